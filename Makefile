@@ -1,0 +1,44 @@
+# One command each: `make demo` generates text with the bundled model; `make test` runs the tests.
+# Both create .venv on first use. torch is pinned to 2.13.0 here (the local CPU build); the
+# package itself only asks for torch>=2.4.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+PROMPT ?= ROMEO:
+
+.PHONY: demo test test-slow test-all lint bench gallery serve clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/lmgen generate "$(PROMPT)" --max-new-tokens 120 --strategy sample --seed 1
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests bench
+
+test: $(VENV)/.dev lint
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+serve: $(VENV)/.runtime
+	$(BIN)/lmgen serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,18 @@
+"""lmgen: a GPT language model, every decoding strategy, and pictures of each step."""
+
+from .errors import ConfigError, GenerationError, LmgenError, ModelLoadError
+from .lm import LM, load
+from .model import GPT, GPTConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT",
+    "LM",
+    "ConfigError",
+    "GPTConfig",
+    "GenerationError",
+    "LmgenError",
+    "ModelLoadError",
+    "load",
+]

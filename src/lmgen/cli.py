@@ -1,0 +1,66 @@
+"""The command line: parses arguments, calls the Python API, prints. No logic of its own.
+
+Each family of commands registers itself with `add_parser(subparsers)` and sets `func`;
+every `LmgenError` becomes a one-line `error: …` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import LmgenError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: same shape, exit 2
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="lmgen", description="GPT text generation with every decoding "
+                     "strategy, and pictures of each step.")
+    parser.add_argument("--version", action="version", version=f"lmgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def _registrars():
+    from .cli_generate import add_parsers as generate_parsers
+
+    yield generate_parsers
+    for module, attr in (("lmgen.training.cli", "add_parsers"), ("lmgen.plots.cli", "add_parsers"),
+                         ("lmgen.server.cli", "add_parsers"), ("lmgen.bench_cli", "add_parsers")):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue  # that family is not part of this build
+            raise
+        yield getattr(mod, attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except LmgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

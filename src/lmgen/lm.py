@@ -1,0 +1,69 @@
+"""`LM`: a model, its tokenizer and its config, with the generation API on top."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import read_model_dir, resolve_model, write_model_dir
+from .model import GPT, GPTConfig
+
+
+class LM:
+    def __init__(self, model: GPT, tokenizer, name: str = "lmgen", path: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id, self.config.eos_token_id}
+        return sorted(i for i in ids if i is not None)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        return write_model_dir(self.model, self.tokenizer, directory, dtype=dtype)
+
+    def generate(self, prompt, **kwargs):
+        from .generation import generate
+
+        return generate(self, prompt, **kwargs)
+
+    def stream(self, prompt: str, **kwargs):
+        from .generation import stream
+
+        return stream(self, prompt, **kwargs)
+
+    def next_token(self, prompt: str, **kwargs):
+        from .generation import next_token
+
+        return next_token(self, prompt, **kwargs)
+
+    def __repr__(self) -> str:
+        n = self.model.num_parameters()
+        return f"LM({self.name!r}, {n / 1e6:.1f}M parameters, {self.tokenizer!r})"
+
+
+def load(name_or_dir: str | os.PathLike | None = None, device: str | None = None,
+         dtype: torch.dtype | None = None) -> LM:
+    """Loads a model directory, a bundled model by name (default `shakespeare`), or `hf:NAME`."""
+    path = resolve_model(name_or_dir)
+    _, model, tokenizer = read_model_dir(path)
+    if device or dtype:
+        model.to(device=device, dtype=dtype)
+    name = str(name_or_dir) if name_or_dir is not None else path.name
+    return LM(model, tokenizer, name=name, path=path)
