@@ -38,20 +38,24 @@ class LM:
     def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         return write_model_dir(self.model, self.tokenizer, directory, dtype=dtype)
 
-    def generate(self, prompt, **kwargs):
+    def generate(self, prompt: str | list[str], config=None, **kwargs):
+        """Continuations of `prompt` (a list of prompts gives a list of results); keyword
+        arguments are `GenerationConfig` fields, e.g. strategy="sample", top_p=0.9, seed=1."""
         from .generation import generate
 
-        return generate(self, prompt, **kwargs)
+        return generate(self, prompt, config, **kwargs)
 
-    def stream(self, prompt: str, **kwargs):
+    def stream(self, prompt: str, config=None, **kwargs):
+        """Yields text deltas of one continuation as they are decided."""
         from .generation import stream
 
-        return stream(self, prompt, **kwargs)
+        return stream(self, prompt, config, **kwargs)
 
-    def next_token(self, prompt: str, **kwargs):
+    def next_token(self, prompt: str, top: int = 10, config=None, **kwargs):
+        """The next-token distribution, raw and after the processor chain."""
         from .generation import next_token
 
-        return next_token(self, prompt, **kwargs)
+        return next_token(self, prompt, top, config, **kwargs)
 
     def __repr__(self) -> str:
         n = self.model.num_parameters()
