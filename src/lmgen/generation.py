@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError, GenerationError
 from .generation_config import GenerationConfig
-from .processors import build_chain, sample_from_logits
+from .processors import build_chain, make_generator, sample_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,6 @@ def check_context(lm, prompt_len: int, config: GenerationConfig) -> None:
         )
     if prompt_len > n_pos and config.context_overflow == "slide":
         log.info("prompt of %d tokens cut to its last %d", prompt_len, n_pos)
-
-
-def make_generator(seed: int | None, device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    if seed is None:  # follow torch's global RNG, so torch.manual_seed still reproduces
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.long))
-    g.manual_seed(seed)
-    return g
 
 
 def pad_token_id(lm) -> int:
