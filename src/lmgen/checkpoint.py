@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -56,6 +56,8 @@ def config_to_hf(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
 
 
 def config_from_hf(d: dict, source: str = "config.json") -> GPTConfig:
+    if not isinstance(d, dict):
+        raise ModelLoadError(f"{source}: expected a JSON object, found {type(d).__name__}")
     if d.get("model_type") != "gpt2":
         raise ModelLoadError(
             f"{source}: model_type is {d.get('model_type')!r}; lmgen loads GPT-2 models "
@@ -206,7 +208,10 @@ def write_model_dir(model: GPT, tokenizer, directory: str | Path,
     """Writes a model directory atomically: built in a temporary sibling, then renamed in."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    # Not tempfile.mkdtemp: its 0o700 would make the saved model private; mkdir honours umask.
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    old = None
     try:
         dtype = dtype or model.wte.weight.dtype
         (tmp / "config.json").write_text(
@@ -223,7 +228,6 @@ def write_model_dir(model: GPT, tokenizer, directory: str | Path,
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, old)
@@ -231,6 +235,8 @@ def write_model_dir(model: GPT, tokenizer, directory: str | Path,
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and old.exists() and not directory.exists():
+            os.replace(old, directory)  # the swap failed halfway: put the previous one back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
@@ -250,6 +256,8 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if os.sep in name or (os.altsep and os.altsep in name):  # a path, not a bundled name
+        raise ModelLoadError(f"{path}: no such model directory")
     if name in bundled_models():
         return BUNDLED_DIR / name
     known = ", ".join(bundled_models()) or "none installed"
@@ -274,6 +282,8 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     try:
         path = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
     except Exception as e:
-        raise ModelLoadError(f"hf:{repo_id}: could not download or find it in the cache ({e})")
+        raise ModelLoadError(
+            f"hf:{repo_id}: could not download or find it in the cache ({e})"
+        ) from e
     log.info("hf:%s -> %s", repo_id, path)
     return Path(path)

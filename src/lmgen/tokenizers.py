@@ -142,7 +142,8 @@ class CharTokenizer(_Wrapped):
         vocab = {c: i for i, c in enumerate(chars)}
         vocab.setdefault(UNK, len(vocab))
         backend = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
-        backend.pre_tokenizer = pre_tokenizers.Split(Regex("(?s)."), behavior="isolated")
+        # One piece per code point, newlines included (Oniguruma has no "(?s)" flag).
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         backend.decoder = decoders.Fuse()
         return cls(backend, unknown)
 
@@ -200,6 +201,8 @@ class BPETokenizer(_Wrapped):
         backend = HFTokenizer(models.BPE.from_file(str(vocab_file), str(merges_file)))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
+        if backend.token_to_id(EOS) is not None:
+            backend.add_special_tokens([EOS])  # one token, as in GPT-2's tokenizer.json
         return cls(backend)
 
 
