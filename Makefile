@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PROMPT ?= ROMEO:
 
-.PHONY: demo test test-slow test-all lint bench gallery serve clean
+.PHONY: demo test test-slow test-browser lint bench gallery serve clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(VENV)/.dev lint
 
 test-slow: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m slow
+
+# The playground's browser test drives Debian's Chromium headless (never a downloaded browser).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(VENV)/.dev
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/python -m pytest -q -m browser
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

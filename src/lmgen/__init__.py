@@ -1,6 +1,8 @@
 """lmgen: a GPT language model, every decoding strategy, and pictures of each step."""
 
 from .errors import ConfigError, GenerationError, LmgenError, ModelLoadError
+from .generation import generate, next_token, stream
+from .generation_config import GenerationConfig
 from .lm import LM, load
 from .model import GPT, GPTConfig
 
@@ -11,8 +13,12 @@ __all__ = [
     "LM",
     "ConfigError",
     "GPTConfig",
+    "GenerationConfig",
     "GenerationError",
     "LmgenError",
     "ModelLoadError",
+    "generate",
     "load",
+    "next_token",
+    "stream",
 ]

@@ -19,6 +19,7 @@ EARLY_STOPPING_VALUES = (True, False, "never")
 MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs; reporting more is rarely useful and costs a topk
 MAX_PENALTY = 2.0  # OpenAI's range for presence/frequency penalty is [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
+MAX_LENGTH_PENALTY = 10.0  # length ** penalty overflows a float beyond this; no use for more
 
 # Knobs that only shape the sampling distribution; greedy and beam search ignore them.
 _SAMPLING_DEFAULTS: dict[str, Any] = {
@@ -126,7 +127,8 @@ class GenerationConfig:
         self._check_logit_bias()
         self._check_bad_words()
         _int_at_least("num_beams", self.num_beams, 1)
-        _number("length_penalty", self.length_penalty, "finite", lambda v: True)
+        _number("length_penalty", self.length_penalty, f"in [-{MAX_LENGTH_PENALTY:g}, "
+                f"{MAX_LENGTH_PENALTY:g}]", lambda v: abs(v) <= MAX_LENGTH_PENALTY)
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ConfigError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",

@@ -1,0 +1,519 @@
+// The lmgen playground: the next-token distribution, one step at a time, streaming, beam trees.
+// Plain JavaScript, no build step, nothing from the network but this server's own API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SLIDERS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "num_beams",
+  "max_tokens"];
+const TOP = 15; // candidates shown
+const RULE_NAMES = { TopK: "top-k", TopP: "top-p", MinP: "min-p", TypicalP: "typical-p" };
+
+const state = {
+  history: [], // texts before each step, for undo
+  stepCount: 0,
+  baseSeed: Math.floor(Math.random() * 1e9),
+  abort: null, // AbortController of a running generation
+  refreshTimer: null,
+  refreshSeq: 0,
+};
+
+// -- helpers ------------------------------------------------------------------------------------
+
+function strategy() {
+  return document.querySelector("input[name=strategy]:checked").value;
+}
+
+function num(id) {
+  return Number($(id).value);
+}
+
+function showToken(s) {
+  // Whitespace and control characters made visible.
+  return s.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥")
+    .replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g,
+      (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0")) || "∅";
+}
+
+function fmtPct(p) {
+  if (p >= 0.1) return (100 * p).toFixed(1) + "%";
+  if (p >= 0.001) return (100 * p).toFixed(2) + "%";
+  if (p > 0) return (100 * p).toExponential(1) + "%";
+  return "0%";
+}
+
+function setStatus(msg, isError = false) {
+  const el = $("status");
+  el.textContent = msg;
+  el.classList.toggle("error", isError);
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("apikey").value.trim();
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, body, signal) {
+  const res = await fetch(path, {
+    method: body === undefined ? "GET" : "POST",
+    headers: headers(),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
+  });
+  if (!res.ok) {
+    let message = res.status + " " + res.statusText;
+    try {
+      const data = await res.json();
+      if (data.error && data.error.message) message = data.error.message;
+    } catch (e) { /* not JSON */ }
+    if (res.status === 401) {
+      $("connection").open = true;
+      message = "this server needs an API key: " + message;
+    }
+    throw new ApiError(res.status, message);
+  }
+  return res;
+}
+
+// The processor settings the sliders ask for, by strategy.
+function processorParams() {
+  const p = { repetition_penalty: num("repetition_penalty") };
+  if (strategy() === "sample") {
+    p.temperature = num("temperature");
+    if (num("top_k") > 0) p.top_k = num("top_k");
+    if (num("top_p") < 1) p.top_p = num("top_p");
+    if (num("min_p") > 0) p.min_p = num("min_p");
+  }
+  return p;
+}
+
+function seedFor(step) {
+  const s = $("seed").value.trim();
+  const base = s === "" ? state.baseSeed : Number(s);
+  return base + step;
+}
+
+// -- sliders --------------------------------------------------------------------------------------
+
+function sliderText(id) {
+  const v = num(id);
+  if (id === "top_k") return v === 0 ? "off" : String(v);
+  if (id === "top_p") return v >= 1 ? "off" : v.toFixed(2);
+  if (id === "min_p") return v === 0 ? "off" : v.toFixed(2);
+  if (id === "repetition_penalty") return v === 1 ? "off" : v.toFixed(2);
+  if (id === "temperature") return v.toFixed(2);
+  return String(v);
+}
+
+function syncControls() {
+  for (const id of SLIDERS) $(id + "-out").textContent = sliderText(id);
+  const s = strategy();
+  for (const el of document.querySelectorAll(".slider[data-for]")) {
+    const on = el.dataset.for === s;
+    el.classList.toggle("off", !on);
+    for (const input of el.querySelectorAll("input")) input.disabled = !on;
+  }
+  $("step").disabled = s === "beam" || state.abort !== null;
+  $("step").title = s === "beam" ? "beam search keeps several sequences: press Generate"
+    : "append one token (Ctrl+Enter)";
+  $("generate").textContent = state.abort ? "Stop" : (s === "beam" ? "Run beam search" : "Generate");
+  $("generate").classList.toggle("stop", state.abort !== null);
+  $("undo").disabled = state.history.length === 0 || state.abort !== null;
+}
+
+// -- the distribution chart -----------------------------------------------------------------------
+
+function renderDistribution(data, chosen) {
+  const chart = $("chart");
+  chart.replaceChildren();
+  const cands = data.candidates.slice().sort((a, b) => b.pre_filter_prob - a.pre_filter_prob ||
+    b.prob - a.prob);
+  const maxP = Math.max(1e-9, ...cands.map((c) => Math.max(c.pre_filter_prob, c.processed_prob)));
+  const marked = new Set();
+  const filters = (data.filters || []).filter((f) => f.name in RULE_NAMES);
+  const chosenId = chosen ? chosen.token_id : null;
+  let chosenShown = false;
+  for (const c of cands) {
+    if (c.removed_by && RULE_NAMES[c.removed_by] && !marked.has(c.removed_by)) {
+      marked.add(c.removed_by);
+      const f = filters.find((x) => x.name === c.removed_by);
+      const li = document.createElement("li");
+      li.className = "cutoff";
+      li.setAttribute("role", "separator");
+      li.textContent = `${RULE_NAMES[c.removed_by]} cut-off: ${f ? f.description : c.removed_by}` +
+        (f ? ` removes ${f.removed} of ${data.vocab_size} tokens` : "");
+      chart.append(li);
+    }
+    const li = document.createElement("li");
+    li.className = "bar " + (c.kept ? "kept" : "removed");
+    if (c.token_id === chosenId) {
+      li.classList.add("chosen");
+      chosenShown = true;
+    }
+    const tok = document.createElement("span");
+    tok.className = "tok";
+    tok.textContent = showToken(c.token);
+    tok.title = `token ${c.token_id}: ${JSON.stringify(c.token)}`;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.setAttribute("aria-hidden", "true");
+    const pre = document.createElement("span");
+    pre.className = "pre";
+    pre.style.width = (100 * c.pre_filter_prob / maxP).toFixed(2) + "%";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = (100 * c.processed_prob / maxP).toFixed(2) + "%";
+    track.append(pre, fill);
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = c.kept ? fmtPct(c.processed_prob) : "removed";
+    const small = document.createElement("small");
+    small.textContent = "model " + fmtPct(c.prob);
+    pct.append(small);
+    const sr = document.createElement("span");
+    sr.className = "visually-hidden";
+    sr.textContent = (c.kept ? "" : ` removed by ${RULE_NAMES[c.removed_by] || c.removed_by}`) +
+      (c.token_id === chosenId ? " (chosen)" : "");
+    li.append(tok, track, pct, sr);
+    chart.append(li);
+  }
+  for (const f of filters) {
+    if (!marked.has(f.name) && f.removed > 0) {
+      const li = document.createElement("li");
+      li.className = "cutoff";
+      li.setAttribute("role", "separator");
+      li.textContent = `${RULE_NAMES[f.name]} cut-off (${f.description}) lies below these: ` +
+        `removes ${f.removed} of ${data.vocab_size} tokens`;
+      chart.append(li);
+    }
+  }
+  if (chosen && !chosenShown) {
+    const li = document.createElement("li");
+    li.className = "bar kept chosen";
+    const tok = document.createElement("span");
+    tok.className = "tok";
+    tok.textContent = showToken(chosen.token);
+    const track = document.createElement("span");
+    track.className = "track";
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = fmtPct(chosen.processed_prob);
+    li.append(tok, track, pct);
+    chart.append(li);
+  }
+  const more = document.createElement("li");
+  more.className = "more";
+  more.textContent = `${data.kept_count} of ${data.vocab_size} tokens can be chosen`;
+  chart.append(more);
+  const tail = data.prompt.length > 40 ? "…" + data.prompt.slice(-40) : data.prompt;
+  $("dist-caption").textContent = chosen
+    ? `After “${tail}” the ${chosen.strategy === "sample" ? "sampler (seed " + chosen.seed + ")" : "greedy rule"} chose “${showToken(chosen.token)}”.`
+    : `What could follow “${tail}” (${data.prompt_token_ids.length} tokens).`;
+  $("chain").textContent = "Processor chain: " + (data.chain.length ? data.chain.join(" → ") : "none (the model's own distribution)");
+}
+
+function nextBody(extra) {
+  const s = strategy();
+  return {
+    model: $("model").value || undefined,
+    prompt: $("text").value,
+    top: TOP,
+    strategy: s === "sample" ? "sample" : "greedy",
+    ...processorParams(),
+    ...extra,
+  };
+}
+
+async function refreshDistribution() {
+  const seq = ++state.refreshSeq;
+  try {
+    const res = await api("/v1/lmgen/next", nextBody({}));
+    const data = await res.json();
+    if (seq !== state.refreshSeq) return; // a newer request is on its way
+    renderDistribution(data, null);
+    setStatus("");
+  } catch (e) {
+    if (seq === state.refreshSeq) setStatus(e.message, true);
+  }
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(refreshDistribution, 250);
+}
+
+// -- step ------------------------------------------------------------------------------------------
+
+async function step() {
+  if (strategy() === "beam" || state.abort) return;
+  clearTimeout(state.refreshTimer);
+  const seq = ++state.refreshSeq;
+  const before = $("text").value;
+  const seed = seedFor(state.stepCount);
+  $("step").disabled = true;
+  try {
+    const res = await api("/v1/lmgen/next", nextBody({ choose: true, seed }));
+    const data = await res.json();
+    if (seq !== state.refreshSeq && $("text").value !== before) return;
+    renderDistribution(data, data.chosen);
+    state.history.push(before);
+    state.stepCount += 1;
+    $("text").value = before + data.chosen.text;
+    setStatus(`step ${state.stepCount}: appended “${showToken(data.chosen.token)}” ` +
+      `(p = ${fmtPct(data.chosen.processed_prob)})`);
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    syncControls();
+  }
+}
+
+function undo() {
+  if (!state.history.length) return;
+  $("text").value = state.history.pop();
+  state.stepCount = Math.max(0, state.stepCount - 1);
+  syncControls();
+  scheduleRefresh();
+}
+
+// -- generate (streaming) and beam search -----------------------------------------------------------
+
+async function generate() {
+  if (state.abort) {
+    state.abort.abort();
+    return;
+  }
+  if (strategy() === "beam") return beamSearch();
+  const controller = new AbortController();
+  state.abort = controller;
+  syncControls();
+  const before = $("text").value;
+  state.history.push(before);
+  const body = {
+    model: $("model").value || undefined,
+    prompt: before,
+    max_tokens: num("max_tokens"),
+    stream: true,
+    ...processorParams(),
+  };
+  if (strategy() === "greedy") body.temperature = 0;
+  const seed = $("seed").value.trim();
+  if (strategy() === "sample" && seed !== "") body.seed = Number(seed);
+  setStatus("generating…");
+  let finish = null;
+  try {
+    const res = await api("/v1/completions", body, controller.signal);
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const event = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        if (!event.startsWith("data: ")) continue;
+        const payload = event.slice(6);
+        if (payload === "[DONE]") continue;
+        const data = JSON.parse(payload);
+        if (data.error) throw new ApiError(400, data.error.message);
+        for (const c of data.choices) {
+          $("text").value += c.text;
+          if (c.finish_reason) finish = c.finish_reason;
+        }
+      }
+    }
+    setStatus(`done (${finish === "length" ? "reached max new tokens" : "stopped"})`);
+  } catch (e) {
+    if (e.name === "AbortError") setStatus("stopped");
+    else setStatus(e.message, true);
+  } finally {
+    state.abort = null;
+    syncControls();
+    scheduleRefresh();
+  }
+}
+
+async function beamSearch() {
+  const controller = new AbortController();
+  state.abort = controller;
+  syncControls();
+  setStatus("running beam search…");
+  const before = $("text").value;
+  try {
+    const res = await api("/v1/lmgen/beam", {
+      model: $("model").value || undefined,
+      prompt: before,
+      num_beams: num("num_beams"),
+      max_tokens: Math.min(num("max_tokens"), 40),
+      repetition_penalty: num("repetition_penalty"),
+    }, controller.signal);
+    const data = await res.json();
+    renderTree(data);
+    state.history.push(before);
+    $("text").value = before + data.choices[0].text;
+    setStatus(`beam search with ${data.num_beams} beams: best score ${data.choices[0].score.toFixed(3)}`);
+  } catch (e) {
+    setStatus(e.name === "AbortError" ? "stopped" : e.message, e.name !== "AbortError");
+  } finally {
+    state.abort = null;
+    syncControls();
+    scheduleRefresh();
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgEl(name, attrs, parent) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (parent) parent.append(el);
+  return el;
+}
+
+function renderTree(data) {
+  $("beam-section").hidden = false;
+  const svg = $("tree");
+  svg.replaceChildren();
+  const colW = 118, rowH = 34, nodeW = 100, nodeH = 26, padX = 8, padY = 8;
+  const rows = Math.max(1, ...data.steps.map((s) => s.candidates.length));
+  const width = padX * 2 + (data.steps.length + 1) * colW;
+  const height = padY * 2 + rows * rowH;
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const pos = { root: { x: padX, y: padY + (rows * rowH) / 2 - nodeH / 2 } };
+  const onPath = new Set(data.choices[0] ? data.choices[0].path : []);
+  onPath.add("root");
+  data.steps.forEach((s, i) => {
+    s.candidates.forEach((c, k) => {
+      pos[c.id] = { x: padX + (i + 1) * colW, y: padY + k * rowH };
+    });
+  });
+  const edges = svgEl("g", {}, svg);
+  const nodes = svgEl("g", {}, svg);
+  const drawNode = (id, label, score, cls) => {
+    const p = pos[id];
+    const g = svgEl("g", { class: cls }, nodes);
+    svgEl("rect", { x: p.x, y: p.y, width: nodeW, height: nodeH, rx: 5 }, g);
+    const t = svgEl("text", { x: p.x + 6, y: p.y + 12 }, g);
+    t.textContent = label.length > 12 ? label.slice(0, 11) + "…" : label;
+    if (score !== null) {
+      const st = svgEl("text", { x: p.x + 6, y: p.y + 23, class: "score" }, g);
+      st.textContent = score.toFixed(2);
+    }
+    const title = svgEl("title", {}, g);
+    title.textContent = label + (score !== null ? ` (score ${score.toFixed(3)}, ${cls})` : "");
+  };
+  const prompt = data.prompt.length > 12 ? "…" + data.prompt.slice(-11) : data.prompt;
+  drawNode("root", showToken(prompt), null, "root path");
+  for (const s of data.steps) {
+    for (const c of s.candidates) {
+      const from = pos[c.parent_id];
+      const to = pos[c.id];
+      if (from) {
+        const path = onPath.has(c.id) && onPath.has(c.parent_id);
+        const x1 = from.x + nodeW, y1 = from.y + nodeH / 2, x2 = to.x, y2 = to.y + nodeH / 2;
+        svgEl("path", {
+          d: `M${x1},${y1} C${x1 + 12},${y1} ${x2 - 12},${y2} ${x2},${y2}`,
+          class: "edge " + c.status + (path ? " path" : ""),
+        }, edges);
+      }
+      drawNode(c.id, showToken(c.token), c.score, c.status + (onPath.has(c.id) ? " path" : ""));
+    }
+  }
+  $("beam-caption").textContent = `Beam search, ${data.num_beams} beams, ${data.steps.length} ` +
+    "steps: each column is a step; solid boxes kept, green finished, dashed pruned; " +
+    "the best sequence is outlined.";
+  const list = $("beam-results");
+  list.replaceChildren();
+  for (const c of data.choices) {
+    const li = document.createElement("li");
+    li.textContent = `score ${c.score.toFixed(3)} (${c.finish_reason}): ${JSON.stringify(c.text)}`;
+    list.append(li);
+  }
+}
+
+// -- start -------------------------------------------------------------------------------------------
+
+async function loadModels() {
+  try {
+    const res = await api("/v1/models");
+    const data = await res.json();
+    const select = $("model");
+    select.replaceChildren();
+    for (const m of data.data) {
+      const opt = document.createElement("option");
+      opt.value = m.id;
+      opt.textContent = m.id;
+      select.append(opt);
+    }
+    showModelInfo(data.data);
+    select.onchange = () => {
+      showModelInfo(data.data);
+      scheduleRefresh();
+    };
+    await refreshDistribution();
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function showModelInfo(models) {
+  const m = models.find((x) => x.id === $("model").value);
+  if (!m) return;
+  const params = m.lmgen ? (m.lmgen.parameters / 1e6).toFixed(2) + "M parameters, " : "";
+  $("model-info").textContent = `${params}context ${m.max_model_len}`;
+}
+
+function init() {
+  const saved = sessionStorage.getItem("lmgen-api-key");
+  if (saved) $("apikey").value = saved;
+  $("apikey").addEventListener("change", () => {
+    sessionStorage.setItem("lmgen-api-key", $("apikey").value.trim());
+    loadModels();
+  });
+  for (const id of SLIDERS) {
+    $(id).addEventListener("input", () => {
+      syncControls();
+      scheduleRefresh();
+    });
+  }
+  $("seed").addEventListener("change", scheduleRefresh);
+  for (const radio of document.querySelectorAll("input[name=strategy]")) {
+    radio.addEventListener("change", () => {
+      syncControls();
+      scheduleRefresh();
+    });
+  }
+  $("text").addEventListener("input", () => {
+    state.history = [];
+    state.stepCount = 0;
+    syncControls();
+    scheduleRefresh();
+  });
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      if (e.shiftKey) generate();
+      else step();
+    }
+  });
+  $("step").addEventListener("click", step);
+  $("generate").addEventListener("click", generate);
+  $("undo").addEventListener("click", undo);
+  syncControls();
+  loadModels();
+}
+
+init();

@@ -1,0 +1,355 @@
+"""Model work off the event loop: one worker thread per model, requests advanced in turns.
+
+Every request becomes a job: a Python generator that does one decoding step of model work per
+`next()` and returns its result. The worker thread admits waiting jobs first come, first
+served (up to `max_active` at once) and then gives each active job one step per round, so a
+short request is never stuck behind a long one and the event loop never runs the model.
+
+With `batching=True` (the server's default, chosen by the measurement in docs/SERVER.md) the
+worker also merges waiting jobs that ask for exactly the same settings into one batched decode,
+but only unseeded sampling requests, whose text is random anyway: seeded, greedy, beam and
+streamed requests always decode on their own (batch = their own prompts x n), so a seeded
+request gives exactly the text it gives alone, whatever else is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmgen.generation import _decode_loop, _finish_text, _prepare, _to_result
+from lmgen.generation_config import GenerationConfig
+from lmgen.processors import build_chain
+
+log = logging.getLogger(__name__)
+
+Steps = Generator[None, None, Any]
+
+
+class Overloaded(Exception):
+    """The worker's waiting line is full."""
+
+
+class Cancelled(Exception):
+    """The client went away; the job was dropped."""
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+class Job:
+    """One request's model work and the way its results get back to the event loop.
+
+    `events` (streaming jobs only) receives tuples: ("delta", index, text),
+    ("finish", index, reason) and finally ("end",); the result or the error is then in
+    `future`.
+    """
+
+    key: Any = None  # jobs with equal non-None keys may be merged into one batch
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, stream: bool = False):
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.cancelled = threading.Event()
+        self.loop = loop
+        self.events: asyncio.Queue | None = asyncio.Queue() if stream else None
+
+    def emit(self, *item: Any) -> None:
+        if self.events is None or self.loop is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def steps(self, lm) -> Steps:
+        raise NotImplementedError
+
+
+class CallJob(Job):
+    """Model work done in one piece (next-token distributions, beam search with a trace)."""
+
+    def __init__(self, fn: Callable[[Any], Any], loop=None):
+        super().__init__(loop)
+        self.fn = fn
+
+    def steps(self, lm) -> Steps:
+        return self.fn(lm)
+        yield  # a generator that finishes on its first step
+
+
+class GenerateJob(Job):
+    """Greedy, sampling or beam decoding of one or more prompts, n choices each."""
+
+    def __init__(self, prompts: list[str], config: GenerationConfig, loop=None,
+                 stream: bool = False, prompt_logprobs: int | None = None):
+        super().__init__(loop, stream)
+        self.prompts = prompts
+        self.config = config
+        self.prompt_logprobs = prompt_logprobs  # echo with logprobs: score the prompt too
+        # Only requests whose text is random anyway may share a batch: a batch's padding moves
+        # logits by ~1e-6, which could flip a near-tie. Seeded, greedy and beam requests always
+        # decode alone, so their text is exactly what they give alone.
+        mergeable = (config.effective_strategy() == "sample" and config.seed is None
+                     and not stream and prompt_logprobs is None)
+        if mergeable:
+            self.key = repr(sorted(config.to_dict().items()))
+
+    def steps(self, lm) -> Steps:
+        on_delta = self.emit if self.events is not None else None
+        results = yield from decode_steps(lm, self.prompts, self.config, on_delta)
+        scored = None
+        if self.prompt_logprobs is not None:
+            scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
+        return results, scored
+
+
+def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
+    """One batched decode for several jobs with the same config; returns one result each."""
+    prompts = [p for j in jobs for p in j.prompts]
+    results = yield from decode_steps(lm, prompts, jobs[0].config)
+    out, k = [], 0
+    for j in jobs:
+        out.append((results[k:k + len(j.prompts)], None))
+        k += len(j.prompts)
+    return out
+
+
+# -- stepwise decoding ------------------------------------------------------------------------
+
+
+def decode_steps(lm, prompts: list[str], config: GenerationConfig,
+                 on_delta: Callable[..., None] | None = None) -> Steps:
+    """`generate(lm, prompts, config)` one model step per `next()`; returns its results.
+
+    Uses the same preparation, decode loop and result building as `lmgen.generate`, so the
+    results are the same; `on_delta` gets the text of each choice as it is decided, with the
+    same hold-back rules as `lmgen.generation.stream` (unfinished UTF-8, possible stop-string
+    prefixes), then its finish reason.
+    """
+    config, warnings, _, prompts, ids = _prepare(lm, prompts, config, {})
+    n = config.num_return_sequences
+    if config.effective_strategy() == "beam":
+        from lmgen.beam import beam_search
+
+        yield  # admission and the search are separate turns
+        results = beam_search(lm, prompts, ids, config, warnings)
+        if on_delta is not None:
+            for k, res in enumerate(results):
+                for c in res.choices:
+                    if c.text:
+                        on_delta("delta", k * n + c.index, c.text)
+                    on_delta("finish", k * n + c.index, c.finish_reason)
+        return results
+
+    tok = lm.tokenizer
+    holdback = max((len(s) for s in config.stop or []), default=1) - 1
+    done: set[int] = set()
+    rows: list = []
+
+    def flush(i: int, row) -> None:
+        final = _finish_text(row, tok)
+        if len(final) > row.emitted:
+            on_delta("delta", i, final[row.emitted:])
+            row.emitted = len(final)
+        on_delta("finish", i, row.finish_reason)
+        done.add(i)
+
+    for rows in _decode_loop(lm, ids, config):
+        if on_delta is not None:
+            for i, row in enumerate(rows):
+                if i in done:
+                    continue
+                if row.finish_reason is not None:
+                    flush(i, row)
+                    continue
+                text = row.text if config.stop else tok.decode(row.token_ids)
+                safe = len(text.rstrip("\ufffd")) - holdback
+                if safe > row.emitted:
+                    on_delta("delta", i, text[row.emitted:safe])
+                    row.emitted = safe
+        yield
+    if on_delta is not None:
+        for i, row in enumerate(rows):
+            if i not in done:
+                flush(i, row)
+    chain = build_chain(config, prompt_length=max(map(len, ids)),
+                        eos_token_ids=lm.eos_token_ids).describe()
+    return [_to_result(lm, p, i, rows[k * n:(k + 1) * n], chain, warnings)
+            for k, (p, i) in enumerate(zip(prompts, ids, strict=True))]
+
+
+def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list[dict]]:
+    """Raw log-probabilities of each prompt token given the ones before it (None for the
+    first), and the top-`top` alternatives at each position, as OpenAI's `echo` reports."""
+    ids = ids[-lm.config.n_positions:]
+    x = torch.tensor([ids], device=lm.device)
+    logp = torch.log_softmax(lm.model(x)[0].float(), dim=-1)  # (T, V)
+    lps: list[float | None] = [None]
+    tops: list[dict] = [{}]
+    if len(ids) > 1:
+        lps += logp[:-1].gather(1, x[0, 1:, None])[:, 0].tolist()
+        if top:
+            v, i = logp[:-1].topk(top, dim=-1)
+            for vs, js in zip(v.tolist(), i.tolist(), strict=True):
+                tops.append({lm.tokenizer.token_to_str(j): s for j, s in zip(js, vs, strict=True)})
+        else:
+            tops += [{} for _ in ids[1:]]
+    return lps, tops
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    jobs: list[Job]
+    steps: Iterator
+    merged: bool = False
+
+
+@dataclass
+class Stats:
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    batches: int = 0  # merged decodes (batching mode)
+    merged_jobs: int = 0
+    steps: int = 0
+    max_active_seen: int = 0
+
+
+class ModelWorker:
+    """A thread that owns one model: only it runs the model, one step of one job at a time."""
+
+    def __init__(self, lm, max_active: int = 16, max_waiting: int = 256,
+                 batching: bool = False, max_batch: int = 16):
+        self.lm = lm
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self.batching = batching
+        self.max_batch = max_batch
+        self.stats = Stats()
+        self._inbox: collections.deque[Job] = collections.deque()
+        self._active: list[_Running] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"lmgen-worker[{lm.name}]",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- called from the event loop --
+
+    def submit(self, job: Job) -> Job:
+        with self._cv:
+            if self._stopping:
+                raise Overloaded("the server is shutting down")
+            if len(self._inbox) >= self.max_waiting:
+                raise Overloaded(f"{len(self._inbox)} requests are already waiting for this model")
+            self._inbox.append(job)
+            self._cv.notify()
+        return job
+
+    def load(self) -> dict[str, int]:
+        with self._cv:
+            return {"active": sum(len(r.jobs) for r in self._active), "waiting": len(self._inbox)}
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        # One inference mode around everything: the jobs' own `inference_mode` blocks are
+        # entered and left in interleaved order, which must not switch autograd back on.
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._inbox and not self._active:
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    self._admit()
+                    self.stats.max_active_seen = max(self.stats.max_active_seen,
+                                                     sum(len(r.jobs) for r in self._active))
+                for run in list(self._active):
+                    self._advance(run)
+        for run in self._active:
+            self._drop(run, Cancelled("the server is shutting down"))
+        for job in self._inbox:
+            _fail(job, Cancelled("the server is shutting down"))
+
+    def _admit(self) -> None:
+        while self._inbox and len(self._active) < self.max_active:
+            job = self._inbox.popleft()
+            if job.cancelled.is_set():
+                self.stats.cancelled += 1
+                _fail(job, Cancelled("the client went away"))
+                continue
+            group = [job]
+            if self.batching and job.key is not None:
+                for other in list(self._inbox):
+                    if len(group) >= self.max_batch:
+                        break
+                    if other.key == job.key and not other.cancelled.is_set():
+                        self._inbox.remove(other)
+                        group.append(other)
+            if len(group) > 1:
+                self.stats.batches += 1
+                self.stats.merged_jobs += len(group)
+                steps = merged_steps(self.lm, group)  # type: ignore[arg-type]
+                self._active.append(_Running(group, steps, merged=True))
+            else:
+                self._active.append(_Running(group, job.steps(self.lm)))
+
+    def _advance(self, run: _Running) -> None:
+        if all(j.cancelled.is_set() for j in run.jobs):
+            self.stats.cancelled += len(run.jobs)
+            self._drop(run, Cancelled("the client went away"))
+            return
+        try:
+            next(run.steps)
+            self.stats.steps += 1
+        except StopIteration as stop:
+            self._active.remove(run)
+            results = stop.value if run.merged else [stop.value]
+            for job, result in zip(run.jobs, results, strict=True):
+                self.stats.completed += 1
+                if not job.future.done():
+                    job.future.set_result(result)
+                job.emit("end")
+        except Exception as e:  # bad input surfaces here (ConfigError, GenerationError, ...)
+            if not isinstance(e, ValueError | LookupError):
+                log.debug("job failed", exc_info=True)
+            self.stats.failed += len(run.jobs)
+            self._active.remove(run)
+            for job in run.jobs:
+                _fail(job, e)
+
+    def _drop(self, run: _Running, error: Exception) -> None:
+        if run in self._active:
+            self._active.remove(run)
+        close = getattr(run.steps, "close", None)
+        if close is not None:
+            close()
+        for job in run.jobs:
+            _fail(job, error)
+
+
+def _fail(job: Job, error: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)
+    job.emit("end")

@@ -1,0 +1,72 @@
+"""`lmgen serve`: arguments, model names, and one real start of the command."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+import lmgen
+from lmgen.cli import build_parser, main
+from lmgen.server.cli import model_name
+
+
+def test_serve_is_registered_with_its_defaults():
+    args = build_parser().parse_args(["serve", "-m", "a=/x", "-m", "b"])
+    assert args.model == ["a=/x", "b"]
+    assert (args.host, args.port, args.batching) == ("127.0.0.1", 8000, "on")
+
+
+def test_model_names(tmp_path):
+    (tmp_path / "my-model").mkdir()
+    assert model_name("tiny=/some/dir") == ("tiny", "/some/dir")
+    assert model_name(str(tmp_path / "my-model")) == ("my-model", str(tmp_path / "my-model"))
+    assert model_name("hf:openai-community/gpt2") == ("gpt2", "hf:openai-community/gpt2")
+    assert model_name("shakespeare") == ("shakespeare", "shakespeare")
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "70000"], ["serve", "--max-active", "0"],
+                                  ["serve", "--api-key", ""]])
+def test_bad_options_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_lmgen_serve_starts_and_answers(tmp_path):
+    from lmgen.lm import LM
+    from lmgen.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(texts=["To be, or not to be."] * 20, vocab_size=270)
+    torch.manual_seed(0)
+    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1,
+                          n_head=2, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    LM(lmgen.GPT(cfg), tok).save(tmp_path / "m")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "lmgen", "serve", "-m", f"small={tmp_path / 'm'}",
+           "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["small"]
+        r = httpx.post(url + "/v1/completions", json={"prompt": "To", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["model"] == "small"
+    finally:
+        proc.terminate()
+        proc.wait(10)

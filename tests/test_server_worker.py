@@ -1,0 +1,105 @@
+"""The model worker without HTTP: turn-taking, batching of identical unseeded requests, and
+that nothing reproducible ever shares a batch."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import lmgen
+from lmgen.generation import generate
+from lmgen.generation_config import GenerationConfig
+from lmgen.server.worker import CallJob, Cancelled, GenerateJob, ModelWorker, decode_steps
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from lmgen.lm import LM
+    from lmgen.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(texts=["To be, or not to be: that is the question."] * 20,
+                             vocab_size=280)
+    torch.manual_seed(1)
+    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=1,
+                          n_head=2, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("worker") / "m"
+    LM(lmgen.GPT(cfg), tok).save(path)
+    return lmgen.load(path)
+
+
+def _wait(job, timeout=30):
+    return job.future.result(timeout)
+
+
+def test_decode_steps_equals_generate_and_streams(lm):
+    config = GenerationConfig(strategy="sample", seed=3, max_new_tokens=12,
+                              num_return_sequences=2, stop=["e"])
+    events = []
+    steps = decode_steps(lm, ["To be", "or not"], config, lambda *e: events.append(e))
+    n_steps = 0
+    try:
+        while True:
+            next(steps)
+            n_steps += 1
+    except StopIteration as stop:
+        results = stop.value
+    ref = generate(lm, ["To be", "or not"], config)
+    assert [c.text for r in results for c in r.choices] == [c.text for r in ref for c in r.choices]
+    texts = ["", "", "", ""]
+    for kind, i, *rest in events:
+        if kind == "delta":
+            texts[i] += rest[0]
+    assert texts == [c.text for r in ref for c in r.choices]
+    assert sorted(i for kind, i, *_ in events if kind == "finish") == [0, 1, 2, 3]
+    assert n_steps >= 1
+
+
+def test_only_unseeded_sampling_is_mergeable():
+    cfg = GenerationConfig(strategy="sample")
+    assert GenerateJob(["a"], cfg).key is not None
+    assert GenerateJob(["a"], cfg.replace(seed=1)).key is None
+    assert GenerateJob(["a"], cfg.replace(temperature=0.0)).key is None  # greedy
+    assert GenerateJob(["a"], GenerationConfig(strategy="greedy")).key is None
+    assert GenerateJob(["a"], GenerationConfig(strategy="beam", num_beams=2)).key is None
+    assert GenerateJob(["a"], cfg, prompt_logprobs=1).key is None
+    assert GenerateJob(["a"], cfg).key != GenerateJob(["a"], cfg.replace(top_k=3)).key
+
+
+def test_batching_merges_waiting_requests(lm):
+    worker = ModelWorker(lm, batching=True)
+    try:
+        blocker = worker.submit(CallJob(lambda _: time.sleep(0.3)))
+        cfg = GenerationConfig(strategy="sample", max_new_tokens=6, ignore_eos=True)
+        jobs = [worker.submit(GenerateJob([p], cfg)) for p in ("To", "To be", "or not to")]
+        seeded = worker.submit(GenerateJob(["To"], cfg.replace(seed=4)))
+        _wait(blocker)
+        outs = [_wait(j) for j in jobs]
+        assert worker.stats.batches == 1 and worker.stats.merged_jobs == 3
+        for (results, _), p in zip(outs, ("To", "To be", "or not to"), strict=True):
+            assert results[0].prompt == p and len(results[0].token_ids) == 6
+        (alone,), _ = _wait(seeded)
+        assert alone.text == generate(lm, "To", cfg.replace(seed=4)).text
+    finally:
+        worker.close()
+
+
+def test_turns_cancel_and_errors(lm):
+    worker = ModelWorker(lm, batching=False, max_active=2, max_waiting=2)
+    try:
+        cfg = GenerationConfig(strategy="greedy", max_new_tokens=60, ignore_eos=True)
+        long = worker.submit(GenerateJob(["To"], cfg))
+        bad = worker.submit(GenerateJob(["To"], cfg.replace(max_new_tokens=500)))  # > context
+        with pytest.raises(lmgen.GenerationError):
+            _wait(bad)
+        short = worker.submit(GenerateJob(["To"], cfg.replace(max_new_tokens=2)))
+        _wait(short)
+        assert not long.future.done()  # one step each in turn: the short one overtook
+        long.cancel()
+        with pytest.raises(Cancelled):
+            _wait(long)
+        assert worker.stats.cancelled == 1 and worker.stats.failed == 1
+        assert worker.load() == {"active": 0, "waiting": 0}
+    finally:
+        worker.close()
