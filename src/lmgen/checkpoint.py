@@ -226,6 +226,7 @@ def write_model_dir(model: GPT, tokenizer, directory: str | Path,
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         for f in tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes owner-only files; a model is for sharing
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if directory.exists():

@@ -1,0 +1,665 @@
+"""The training loop: a TOML recipe, AdamW + warmup/cosine, checkpoints and resume, DDP.
+
+A run directory holds:
+
+    recipe.toml              the resolved recipe (after --set overrides)
+    metrics.jsonl            one JSON object per log / eval event
+    checkpoints/step-NNNNNN/ model/ (a model directory) + state.pt (optimizer, scheduler,
+                             RNG, data position); the newest complete one is resumed
+    final/                   the trained model directory
+    loss_curve.png           the loss curve, drawn at the end
+
+Under `torchrun` (env WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
+(gloo on CPU, nccl on GPU) and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, LmgenError
+from .data import BatchSampler, Dataset
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRecipe:
+    n_layer: int = 6
+    n_embd: int = 256
+    n_head: int = 4
+    n_positions: int = 256  # the context, and the training window
+    dropout: float = 0.1
+    activation_function: str = "gelu_new"
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class TrainRecipe:
+    seed: int = 1337
+    batch_size: int = 16  # windows per micro-step per process
+    grad_accum: int = 1  # micro-steps per optimizer step per process
+    max_steps: int = 1000
+    max_time: float = 0.0  # minutes; 0 = no limit. The run stops (and saves) when reached
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = no clipping
+    bf16: bool = False  # bf16 autocast
+    eval_interval: int = 200
+    eval_tokens: int = 0  # validation tokens per evaluation; 0 = the whole validation split
+    checkpoint_interval: int = 200
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 64
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class Recipe:
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+
+    def to_toml(self) -> str:
+        lines = []
+        for section in ("model", "train"):
+            lines.append(f"[{section}]")
+            for k, v in dataclasses.asdict(getattr(self, section)).items():
+                lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in (("model", ModelRecipe), ("train", TrainRecipe))
+            for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str) -> ConfigError:
+    keys = _valid_keys()
+    bare = {k.split(".")[1]: k for k in keys}
+    close = difflib.get_close_matches(key, keys + list(bare), n=1, cutoff=0.5)
+    hint = f"; did you mean {bare.get(close[0], close[0])!r}?" if close else ""
+    return ConfigError(f"unknown recipe key {key!r}{hint}", key)
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    """`model.n_layer`, or a bare `n_layer` (the names do not clash) → (section, name)."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if f"{section}.{name}" in _valid_keys():
+            return section, name
+        raise _unknown(key)
+    matches = [k for k in _valid_keys() if k.split(".")[1] == key]
+    if len(matches) == 1:
+        return tuple(matches[0].split("."))  # type: ignore[return-value]
+    raise _unknown(key)
+
+
+def _coerce(section: str, name: str, value):
+    cls = ModelRecipe if section == "model" else TrainRecipe
+    default = getattr(cls(), name)
+    key = f"{section}.{name}"
+    if isinstance(value, str) and not isinstance(default, str):
+        text = value.strip()
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}", key)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"{key} must be an integer, got {value!r}", key)
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}", key)
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        value = str(value)
+    return value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """A recipe from TOML ([model] and [train] tables) with `key=value` overrides on top."""
+    recipe = Recipe()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the recipe ({e.strerror or e})") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from e
+        for section, table in data.items():
+            if section not in ("model", "train") or not isinstance(table, dict):
+                if isinstance(table, dict):
+                    raise _unknown(section)
+                section, name = _resolve_key(section)
+                table = {name: data[section if section in data else name]}
+            for name, value in table.items():
+                sec, nm = _resolve_key(f"{section}.{name}")
+                setattr(getattr(recipe, sec), nm, _coerce(sec, nm, value))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        sec, nm = _resolve_key(key.strip())
+        setattr(getattr(recipe, sec), nm, _coerce(sec, nm, value))
+    _validate(recipe)
+    return recipe
+
+
+def _validate(r: Recipe) -> None:
+    t = r.train
+    for key in ("batch_size", "grad_accum", "max_steps", "eval_interval",
+                "checkpoint_interval", "log_interval", "keep_checkpoints"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}", key)
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={t.lr}, min_lr={t.min_lr})")
+    if t.warmup_steps < 0:
+        raise ConfigError("train.warmup_steps must be >= 0", "warmup_steps")
+
+
+def lr_factor(step: int, recipe: TrainRecipe) -> float:
+    """Multiplier of `lr` at optimizer step `step` (0-based): linear warmup, cosine to min_lr."""
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    span = max(1, recipe.max_steps - recipe.warmup_steps)
+    progress = min(1.0, (step - recipe.warmup_steps) / span)
+    floor = recipe.min_lr / recipe.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Dist(rank, world, local)
+
+
+def _all_mean(value: float, dist_info: Dist, device) -> float:
+    if dist_info.world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist_info.world
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir()
+                  if p.name.startswith("step-") and (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
+    """Builds `checkpoints/.tmp-*` (model dir + state.pt, fsynced) and renames it into place."""
+    from ..checkpoint import write_model_dir
+
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        write_model_dir(model, tokenizer, tmp / "model", dtype=torch.float32)
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainRecipe, device: torch.device):
+    """AdamW; weight decay on matrices (dim >= 2) only, not on biases, LayerNorms."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"lr": t.lr, "betas": (t.beta1, t.beta2)}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+@torch.no_grad()
+def evaluate_loss(model, tokens: np.ndarray, block_size: int, batch_size: int, device,
+                  max_tokens: int = 0, autocast=nullcontext) -> tuple[float, int]:
+    """Mean next-token loss over consecutive non-overlapping windows of the validation tokens
+    (each window starts cold); returns (mean loss in nats, tokens scored)."""
+    n = len(tokens) - 1
+    if max_tokens:
+        n = min(n, max_tokens)
+    total, count = 0.0, 0
+    starts = list(range(0, n, block_size))
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i: i + batch_size]
+        length = min(block_size, n - chunk[-1])
+        if length < block_size:  # a short last window: score it on its own
+            xs = [tokens[s: s + block_size + 1] for s in chunk[:-1]]
+            tail = [tokens[chunk[-1]: chunk[-1] + length + 1]]
+            groups = [xs, tail] if xs else [tail]
+        else:
+            groups = [[tokens[s: s + block_size + 1] for s in chunk]]
+        for rows in groups:
+            t = torch.from_numpy(np.stack([np.asarray(r, dtype=np.int64) for r in rows]))
+            t = t.to(device)
+            with autocast():
+                logits = model(t[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                   t[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += t[:, 1:].numel()
+    return total / max(1, count), count
+
+
+def _sample(model, tokenizer, t: TrainRecipe, step: int) -> str | None:
+    """A sampled continuation of `sample_prompt`, or None when generation is unavailable."""
+    if not t.sample_tokens or not t.sample_prompt:
+        return None
+    try:
+        from ..generation import generate
+    except ImportError as e:
+        log.warning("no sample at step %d: lmgen.generation is not available (%s)", step, e)
+        return None
+    from ..lm import LM
+
+    try:
+        out = generate(LM(model, tokenizer), t.sample_prompt, strategy="sample",
+                       max_new_tokens=t.sample_tokens, temperature=0.8, top_k=50, seed=step)
+        return out.text
+    except Exception as e:  # a sample must never end a training run
+        log.warning("no sample at step %d: %s: %s", step, type(e).__name__, e)
+        return None
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available", "device")
+    return torch.device(name)
+
+
+def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: bool = False,
+          progress: bool = True, stop_after: int | None = None) -> Path | None:
+    """Trains per `recipe`; returns the final model directory (None on ranks other than 0).
+
+    `stop_after` ends the run after that many optimizer steps *in this call* without the final
+    save (tests use it to simulate a kill)."""
+    t, m = recipe.train, recipe.model
+    run_dir = Path(run_dir)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = _pick_device(t.device)
+    dist_info = setup_distributed(str(device))
+    if device.type == "cuda" and dist_info.world > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+
+    data = Dataset(data_dir)
+    tokenizer = data.tokenizer()
+    sampler = BatchSampler(data.shards("train"), m.n_positions, t.seed)
+    val_tokens = data.tokens("val")
+    bytes_per_token = data.bytes_per_token("val")
+
+    if run_dir.exists() and not resume:
+        if latest_checkpoint(run_dir) is not None or (run_dir / "final").exists():
+            raise ConfigError(f"{run_dir}: holds a previous run; pass --resume to continue it "
+                              "or choose another --out")
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir)
+
+    from ..checkpoint import read_model_dir
+    from ..model import GPT, GPTConfig
+
+    torch.manual_seed(t.seed)
+    config = GPTConfig(vocab_size=data.vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
+                       n_layer=m.n_layer, n_head=m.n_head, dropout=m.dropout,
+                       activation_function=m.activation_function,
+                       tie_word_embeddings=m.tie_word_embeddings,
+                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT(config)
+    state = None
+    if ckpt is not None:
+        _, loaded, _ = read_model_dir(ckpt / "model")
+        if loaded.config.to_dict() != config.to_dict():
+            raise ConfigError(f"{ckpt}: the checkpoint's model differs from the recipe's; "
+                              "resume with the same recipe")
+        model.load_state_dict(loaded.state_dict())
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    model.to(device)
+    model.train()
+    raw_model = model
+    if dist_info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = make_optimizer(raw_model, t, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
+    start_step, elapsed_before = 0, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        elapsed_before = state.get("elapsed", 0.0)
+        rng = state["rng"]
+        _set_rng_state(rng[dist_info.rank] if isinstance(rng, list) else rng)
+        if state.get("data", {}).get("seed", t.seed) != t.seed:
+            raise ConfigError(f"{ckpt}: trained with seed {state['data']['seed']}, recipe says "
+                              f"{t.seed}")
+        log.info("resuming from %s (step %d)", ckpt, start_step)
+    else:
+        torch.manual_seed(t.seed + dist_info.rank)  # dropout streams differ between ranks
+
+    if dist_info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe.to_toml())
+    metrics = _Metrics(run_dir / "metrics.jsonl", dist_info.main)
+    use_bf16 = t.bf16
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16
+                else nullcontext)
+    tokens_per_step = t.batch_size * t.grad_accum * dist_info.world * m.n_positions
+    if dist_info.main:
+        metrics.write({"event": "start", "step": start_step, "params": raw_model.num_parameters(),
+                       "tokens_per_step": tokens_per_step, "world": dist_info.world,
+                       "device": str(device), "resumed_from": str(ckpt) if ckpt else None})
+
+    def checkpoint_state(step: int, elapsed: float) -> dict:
+        rng = _rng_state()
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * dist_info.world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        return {"step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng, "elapsed": elapsed,
+                "data": {"seed": t.seed, "next_step": step, "world": dist_info.world},
+                "recipe": dataclasses.asdict(recipe)}
+
+    def do_eval(step: int) -> None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            raw_model.eval()
+            loss, n = evaluate_loss(raw_model, val_tokens, m.n_positions, t.batch_size, device,
+                                    t.eval_tokens, autocast)
+            sample = _sample(raw_model, tokenizer, t, step) if dist_info.main else None
+            raw_model.train()
+        bpb = loss / math.log(2) / bytes_per_token
+        rec = {"event": "eval", "step": step, "tokens": step * tokens_per_step,
+               "val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": bpb,
+               "val_tokens": n}
+        if sample is not None:
+            rec["sample"] = sample
+        metrics.write(rec)
+        log.info("step %d: val loss %.4f, ppl %.2f, %.3f bits/byte", step, loss,
+                 rec["val_ppl"], bpb)
+
+    bar = None
+    if dist_info.main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                   mininterval=2.0, desc="training")
+    step = start_step
+    t0 = time.time()
+    last_ckpt = start_step if ckpt is not None else -1
+    window_t, window_tokens = time.time(), 0
+    steps_this_call = 0
+    stopped_by_time = False
+    while step < t.max_steps:
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(t.grad_accum):
+            x, y = sampler.batch(step, micro, t.grad_accum, t.batch_size, dist_info.rank,
+                                 dist_info.world)
+            x, y = x.to(device), y.to(device)
+            sync = micro == t.grad_accum - 1 or dist_info.world == 1
+            ctx = nullcontext() if sync else model.no_sync()
+            with ctx:
+                with autocast():
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+                (loss / t.grad_accum).backward()
+            loss_sum += float(loss.detach())
+        grad_norm = None
+        if t.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), t.grad_clip))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        steps_this_call += 1
+        window_tokens += tokens_per_step
+        train_loss = _all_mean(loss_sum / t.grad_accum, dist_info, device)
+        elapsed = elapsed_before + time.time() - t0
+        if not math.isfinite(train_loss):
+            raise LmgenError(f"the loss became {train_loss} at step {step}; lower train.lr")
+        if step % t.log_interval == 0 or step == t.max_steps:
+            now = time.time()
+            tok_s = window_tokens / max(1e-9, now - window_t)
+            window_t, window_tokens = now, 0
+            metrics.write({"event": "train", "step": step, "tokens": step * tokens_per_step,
+                           "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                           "tokens_per_s": tok_s, "elapsed_s": elapsed})
+            if bar is not None:
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:.0f}")
+        if bar is not None:
+            bar.update(1)
+        out_of_time = bool(t.max_time) and elapsed >= t.max_time * 60
+        if dist_info.world > 1:  # every rank must agree to stop
+            out_of_time = _all_mean(float(out_of_time), dist_info, device) > 0
+        if step % t.eval_interval == 0 or step == t.max_steps or out_of_time:
+            do_eval(step)
+        if step % t.checkpoint_interval == 0 or step == t.max_steps or out_of_time:
+            st = checkpoint_state(step, elapsed)
+            if dist_info.main:
+                save_checkpoint(run_dir, step, raw_model, tokenizer, st, t.keep_checkpoints)
+            last_ckpt = step
+        if out_of_time:
+            stopped_by_time = True
+            log.warning("max_time of %.1f min reached at step %d", t.max_time, step)
+            break
+        if stop_after is not None and steps_this_call >= stop_after:
+            if bar is not None:
+                bar.close()
+            return None
+    if bar is not None:
+        bar.close()
+    if last_ckpt != step and step > 0:
+        st = checkpoint_state(step, elapsed_before + time.time() - t0)
+        if dist_info.main:
+            save_checkpoint(run_dir, step, raw_model, tokenizer, st, t.keep_checkpoints)
+    if not dist_info.main:
+        _barrier(dist_info)
+        return None
+    from ..checkpoint import write_model_dir
+
+    final = write_model_dir(raw_model, tokenizer, run_dir / "final", dtype=torch.float32)
+    metrics.write({"event": "end", "step": step, "stopped_by_time": stopped_by_time,
+                   "elapsed_s": elapsed_before + time.time() - t0})
+    try:
+        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    except Exception as e:  # the picture is a bonus; the model is saved already
+        log.warning("could not draw the loss curve: %s", e)
+    _barrier(dist_info)
+    return final
+
+
+def _barrier(dist_info: Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _Metrics:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill
+    return out
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path,
+                    title: str = "training loss") -> Path:
+    """Train loss (light, and a running mean) and validation loss against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    # A resumed run repeats steps after its checkpoint: keep the last record per step.
+    train = {r["step"]: r for r in rows if r.get("event") == "train"}
+    evals = {r["step"]: r for r in rows if r.get("event") == "eval"}
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    if train:
+        steps = sorted(train)
+        tok = np.array([train[s]["tokens"] for s in steps]) / 1e6
+        loss = np.array([train[s]["loss"] for s in steps])
+        ax.plot(tok, loss, color="tab:blue", alpha=0.25, lw=0.8)
+        k = max(1, len(loss) // 30)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(tok[k - 1:], smooth, color="tab:blue", label="train")
+    if evals:
+        steps = sorted(evals)
+        ax.plot([evals[s]["tokens"] / 1e6 for s in steps], [evals[s]["val_loss"] for s in steps],
+                "o-", color="tab:red", ms=3, label="validation")
+    ax.set_xlabel("tokens seen (millions)")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,301 @@
+"""The training loop: recipes, a tiny run end to end, kill-and-resume, DDP, bits per byte."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmgen.checkpoint import read_model_dir
+from lmgen.errors import ConfigError
+from lmgen.lm import LM
+from lmgen.training.data import build_dataset, files_corpus
+from lmgen.training.evaluate import evaluate_bits_per_byte, evaluate_text
+from lmgen.training.train import (
+    latest_checkpoint,
+    load_recipe,
+    lr_factor,
+    read_metrics,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny.toml"
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import make_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "train.txt").write_text(make_text(1, 400))
+    (d / "val.txt").write_text(make_text(2, 60))
+    out = d / "data"
+    build_dataset(files_corpus([d / "train.txt"], val_files=[d / "val.txt"]), out,
+                  vocab_size=300, progress=False)
+    return out
+
+
+def tiny(*overrides: str):
+    return load_recipe(TINY, ["sample_tokens=0", *overrides])
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def test_recipe_overrides_and_types():
+    r = load_recipe(TINY, ["model.n_layer=3", "lr=0.01", "bf16=true", "sample_prompt=KING:"])
+    assert r.model.n_layer == 3 and r.train.lr == 0.01 and r.train.bf16 is True
+    assert r.train.sample_prompt == "KING:"
+    assert "n_layer = 3" in r.to_toml()
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'train.max_steps'"):
+        load_recipe(TINY, ["max_step=3"])
+    with pytest.raises(ConfigError, match="did you mean 'model.n_layer'"):
+        load_recipe(TINY, ["model.n_layers=3"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match="unknown recipe key 'train.learning_rate'"):
+        load_recipe(bad)
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_recipe(TINY, ["max_steps=abc"])
+
+
+def test_lr_schedule():
+    r = tiny("max_steps=100", "warmup_steps=10", "lr=1.0", "min_lr=0.1").train
+    f = [lr_factor(s, r) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert lr_factor(100, r) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices():
+    from lmgen.model import GPT, GPTConfig
+    from lmgen.training.train import make_optimizer
+
+    model = GPT(GPTConfig(vocab_size=50, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    opt = make_optimizer(model, tiny().train, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_tiny_run_lowers_loss_and_writes_a_model(data_dir, tmp_path):
+    run = tmp_path / "run"
+    final = train(data_dir, run, tiny("max_steps=40", "lr=1e-2"), progress=False)
+    rows = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in rows if r["event"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(300) + 0.5
+    assert {"val_ppl", "val_bpb"} <= set(evals[-1])
+    losses = [r["loss"] for r in rows if r["event"] == "train"]
+    assert losses[-1] < losses[0]
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert (run / "recipe.toml").is_file()
+    assert latest_checkpoint(run).name == "step-000040"
+    _, model, tok = read_model_dir(final)
+    assert model.config.n_layer == 2 and tok.vocab_size == 300
+    # A second run into the same directory must not silently overwrite it.
+    with pytest.raises(ConfigError, match="--resume"):
+        train(data_dir, run, tiny(), progress=False)
+
+
+def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
+    recipe = tiny("max_steps=24", "dropout=0.1", "checkpoint_interval=8", "eval_interval=8")
+    train(data_dir, tmp_path / "whole", recipe, progress=False)
+    # "killed" after 11 steps: the checkpoint of step 8 survives, steps 9-11 are lost
+    assert train(data_dir, tmp_path / "cut", recipe, progress=False, stop_after=11) is None
+    assert latest_checkpoint(tmp_path / "cut").name == "step-000008"
+    assert not (tmp_path / "cut" / "final").exists()
+    train(data_dir, tmp_path / "cut", recipe, resume=True, progress=False)
+    a = read_model_dir(tmp_path / "whole" / "final")[1].state_dict()
+    b = read_model_dir(tmp_path / "cut" / "final")[1].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the half-written checkpoint directories of a kill are never picked up
+    (tmp_path / "cut" / "checkpoints" / ".tmp-partial").mkdir()
+    assert latest_checkpoint(tmp_path / "cut").name == "step-000024"
+
+
+def test_checkpoint_every_n_steps_and_keeps_last(data_dir, tmp_path):
+    train(data_dir, tmp_path / "r", tiny("max_steps=12", "checkpoint_interval=3",
+                                         "keep_checkpoints=2", "eval_interval=100"),
+          progress=False)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert names == ["step-000009", "step-000012"]
+    state = torch.load(tmp_path / "r/checkpoints/step-000012/state.pt", weights_only=False)
+    assert {"optimizer", "scheduler", "rng", "data", "step"} <= set(state)
+
+
+def test_final_model_loads_in_transformers(data_dir, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    final = train(data_dir, tmp_path / "r", tiny("max_steps=4"), progress=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(final).eval()
+    _, ours, _ = read_model_dir(final)
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_cli_train_and_eval(data_dir, tmp_path, capsys):
+    from lmgen.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(TINY),
+                 "--set", "max_steps=4", "--set", "sample_tokens=0", "--no-progress"]) == 0
+    assert main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(TINY),
+                 "--set", "max_stepz=4"]) == 2
+    assert "did you mean 'train.max_steps'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(run / "final"), "--data", str(data_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bytes"] == len(make_text(2, 60).encode())
+    assert 0 < out["bits_per_byte"] < 10
+
+
+# ------------------------------------------------------------------ bits per byte
+
+
+def _full_context_nll(lm: LM, text: str) -> float:
+    ids = [lm.tokenizer.eos_token_id] + lm.tokenizer.encode(text)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(x[:, :-1]).double(), -1)
+    return float(-logp.gather(-1, x[:, 1:, None]).sum())
+
+
+def test_bits_per_byte_sliding_window(data_dir, tmp_path):
+    from lmgen.model import GPT, GPTConfig
+
+    ds_tok = read_model_dir(train(data_dir, tmp_path / "r", tiny("max_steps=2"),
+                                  progress=False))[2]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                          eos_token_id=ds_tok.eos_token_id)).eval()
+    lm = LM(model, ds_tok)
+    text = "The king is dead. Long live the queen!\n" * 2
+    n_tokens = len(ds_tok.encode(text))
+    assert n_tokens + 1 <= 64
+    # the window holds the whole text: exactly the full-context NLL
+    ev = evaluate_text(lm, text, window=64, stride=32)
+    assert ev.tokens == n_tokens
+    expected = _full_context_nll(lm, text) / math.log(2) / len(text.encode())
+    assert ev.bits_per_byte == pytest.approx(expected, rel=1e-6)
+    # short windows: every token scored exactly once, whatever the stride
+    for window, stride in ((8, 8), (8, 3), (5, 1)):
+        ev = evaluate_text(lm, text, window=window, stride=stride, batch_size=3)
+        assert ev.tokens == n_tokens
+        assert 0 < ev.bits_per_byte < 20
+    assert evaluate_bits_per_byte(lm, text, 8, 8) == pytest.approx(
+        evaluate_text(lm, text, 8, 8).bits_per_byte)
+    with pytest.raises(ConfigError, match="window"):
+        evaluate_text(lm, text, window=65)
+
+
+# ------------------------------------------------------------------ DDP
+
+
+def _torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "lmgen", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_two_processes_match_single_process(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    common = ["--data", str(data_dir), "--config", str(TINY), "--no-progress",
+              "--set", "max_steps=6", "--set", "log_interval=1", "--set", "eval_interval=3",
+              "--set", "checkpoint_interval=3", "--set", "sample_tokens=0",
+              "--set", "batch_size=2"]
+    p = _torchrun([*common, "--out", str(tmp_path / "ddp"), "--set", "grad_accum=1"], env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    single = train(data_dir, tmp_path / "single",
+                   tiny("max_steps=6", "log_interval=1", "eval_interval=3",
+                        "checkpoint_interval=3", "batch_size=2", "grad_accum=2"),
+                   progress=False)
+    assert single is not None
+    a = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["event"] == "train"]
+    b = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["event"] == "train"]
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-4)
+    start = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+             if r["event"] == "start"]
+    assert start[0]["world"] == 2
+    # rank 0 alone wrote: one start record, one final model
+    assert len(start) == 1 and (tmp_path / "ddp" / "final" / "config.json").is_file()
+
+
+# ------------------------------------------------------------------ the bundled model
+
+
+def test_bundled_model_loads_and_generates():
+    from lmgen.checkpoint import BUNDLED_DIR
+
+    path = BUNDLED_DIR / "shakespeare"
+    if not (path / "config.json").is_file():
+        pytest.skip("the bundled shakespeare model is not trained yet")
+    size = sum(f.stat().st_size for f in path.iterdir())
+    assert size <= 16 * 1024 * 1024
+    import lmgen
+
+    lm = lmgen.load("shakespeare")
+    assert lm.model.wte.weight.dtype == torch.float32
+    from lmgen.generation import generate
+
+    out = generate(lm, "ROMEO:", strategy="greedy", max_new_tokens=8)
+    assert isinstance(out.text, str) and out.text
+    transformers = pytest.importorskip("transformers")
+    # fp16 on disk; transformers may keep fp16, so compare both in fp32
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval()
+    ids = torch.tensor([lm.tokenizer.encode("ROMEO: What light")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, lm.model(ids), atol=1e-4, rtol=1e-4)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    assert tok.encode("ROMEO: What light") == ids[0].tolist()
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume(data_dir, tmp_path):
+    """A real kill (SIGKILL, mid-step or mid-checkpoint), then --resume: same final weights."""
+    import signal
+    import time
+
+    args = ["--data", str(data_dir), "--config", str(TINY), "--no-progress",
+            "--set", "max_steps=60", "--set", "checkpoint_interval=5", "--set", "dropout=0.1",
+            "--set", "sample_tokens=0", "--set", "eval_interval=20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    main = [sys.executable, "-m", "lmgen", "train"]
+    subprocess.run([*main, *args, "--out", str(tmp_path / "whole")], env=env, check=True,
+                   capture_output=True, timeout=300)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*main, *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(cut) is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(cut) is not None
+    assert not (cut / "final").exists(), "the run ended before the kill; kill sooner"
+    subprocess.run([*main, *args, "--out", str(cut), "--resume"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    a = read_model_dir(tmp_path / "whole" / "final")[1].state_dict()
+    b = read_model_dir(cut / "final")[1].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
