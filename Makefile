@@ -43,6 +43,9 @@ test-browser: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
+gallery: $(VENV)/.runtime
+	$(BIN)/python scripts/make_gallery.py
+
 serve: $(VENV)/.runtime
 	$(BIN)/lmgen serve
 
