@@ -26,7 +26,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/lmgen generate "$(PROMPT)" --max-new-tokens 120 --strategy sample --seed 1
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 
 test: $(VENV)/.dev lint
 	$(BIN)/python -m pytest -q -n 2

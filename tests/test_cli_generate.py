@@ -141,3 +141,42 @@ def test_python_m_lmgen_runs(model_dir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: top_p must be in (0, 1], got 2.0"
+
+
+def test_stop_flag_understands_backslash_escapes():
+    from lmgen.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "x", "--stop", "\\n\\n", "--stop",
+                                      "a\\tb\\\\n\\q"])
+    assert args.stop == ["\n\n", "a\tb\\n\\q"]
+
+
+def test_stream_refuses_beams_before_printing_anything(capsys, model_dir):
+    code, out, err = run(capsys, "generate", "ROMEO:", "--model", model_dir, "--stream",
+                         "--num-beams", "3")
+    assert code == 2 and out == ""
+    assert err.startswith("error: --stream needs")
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "x", "--top-k", "abc"])
+    _, err = capsys.readouterr()
+    assert e.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: argument --top-k")
+
+
+def test_warnings_are_printed_once(capsys, model_dir):
+    code, _, err = run(capsys, "generate", "ROMEO:", "--model", model_dir, "--temperature",
+                       "0", "--top-k", "5", "--max-new-tokens", "2")
+    assert code == 0
+    assert err.count("top_k=5 has no effect") == 1
+
+
+def test_stdin_prompt_drops_the_final_newline(capsys, model_dir, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be, or not\n"))
+    code, out, _ = run(capsys, "generate", "-", "--model", model_dir, "--json",
+                       "--max-new-tokens", "2")
+    assert json.loads(out)["prompt"] == "To be, or not"

@@ -14,9 +14,8 @@ from .errors import LmgenError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own usage errors: same shape, exit 2
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+    def error(self, message: str):  # argparse's own usage errors: the same one line, exit 2
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -54,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the CLI prints the config warnings itself, as "warning: ..."
+        logging.getLogger("lmgen.generation").setLevel(logging.ERROR)
     try:
         return args.func(args) or 0
     except LmgenError as e:

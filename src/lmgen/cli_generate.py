@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from .errors import ConfigError
@@ -52,7 +53,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--min-new-tokens", type=int)
     g.add_argument("--ignore-eos", action="store_true", default=None)
-    g.add_argument("--stop", action="append", metavar="S", help="stop string (repeatable)")
+    g.add_argument("--stop", action="append", metavar="S", type=unescape,
+                   help=r"stop string (repeatable); \n, \t and \\ are understood")
     g.add_argument("--seed", type=int)
     g.add_argument("--context-overflow", choices=["error", "slide"],
                    help="beyond the context: fail (default) or keep the last tokens")
@@ -72,9 +74,19 @@ def config_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+
+
+def unescape(value: str) -> str:
+    r"""`--stop "\n\n"` means two newlines, as in llama.cpp; other backslashes stay."""
+    return re.sub(r"\\[nt\\]", lambda m: _ESCAPES[m.group()], value)
+
+
 def read_prompt(prompt: str) -> str:
+    """`-` reads stdin, without the one newline that `echo` and editors add at the end."""
     if prompt == "-":
-        return sys.stdin.read()
+        text = sys.stdin.read()
+        return text[:-1] if text.endswith("\n") else text
     return prompt
 
 
@@ -95,11 +107,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import lmgen
 
     config = _validated(config_kwargs(args))
-    prompt = read_prompt(args.prompt)
-    lm = lmgen.load(args.model)
     if args.stream:
         if args.json:
             raise ConfigError("--stream and --json cannot be combined", "stream")
+        if config.effective_strategy() == "beam" or config.num_return_sequences != 1:
+            raise ConfigError("--stream needs strategy greedy or sample and one sequence "
+                              "(no --num-beams, no -n)", "stream")
+    prompt = read_prompt(args.prompt)
+    lm = lmgen.load(args.model)
+    if args.stream:
         if not args.no_echo:
             sys.stdout.write(prompt)
         for delta in lm.stream(prompt, config):

@@ -17,6 +17,7 @@ from lmgen.errors import ConfigError
 STRATEGIES = ("greedy", "sample", "beam")
 EARLY_STOPPING_VALUES = (True, False, "never")
 MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs; reporting more is rarely useful and costs a topk
+MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32; use 0 for greedy
 MAX_PENALTY = 2.0  # OpenAI's range for presence/frequency penalty is [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
 MAX_LENGTH_PENALTY = 10.0  # length ** penalty overflows a float beyond this; no use for more
@@ -114,7 +115,8 @@ class GenerationConfig:
                 f"got {self.min_new_tokens}",
                 param="min_new_tokens",
             )
-        _number("temperature", self.temperature, "finite and >= 0", lambda v: v >= 0)
+        _number("temperature", self.temperature, f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
+                lambda v: v == 0 or v >= MIN_TEMPERATURE)
         _int_at_least("top_k", self.top_k, 0, note=" (0 = off)")
         _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
         _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)

@@ -358,7 +358,8 @@ _DECODING = {"temperature": "temperature", "top_p": "top_p", "n": "num_return_se
              "typical_p": "typical_p", "repetition_penalty": "repetition_penalty",
              "no_repeat_ngram_size": "no_repeat_ngram_size", "num_beams": "num_beams",
              "length_penalty": "length_penalty", "early_stopping": "early_stopping",
-             "min_tokens": "min_new_tokens", "ignore_eos": "ignore_eos"}
+             "min_tokens": "min_new_tokens", "ignore_eos": "ignore_eos",
+             "context_overflow": "context_overflow"}
 
 
 def decoding_kwargs(body: schemas._Decoding, extra_stop: list[str] | None = None) -> dict:

@@ -59,6 +59,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Fails early, before any "serving" line, when the address can't be bound."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} is not a usable address: {e.strerror}", "host") from e
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", "port") from e
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -74,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and args.api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this "
               "port can use the models", file=sys.stderr)
+    _check_can_listen(args.host, args.port)
     models = load_models(args.model, args.device)
     app = create_app(models, api_key=args.api_key, batching=args.batching == "on",
                      max_active=args.max_active, max_waiting=args.max_waiting)

@@ -61,6 +61,7 @@ class _Decoding(_Strict):
     early_stopping: bool | Literal["never"] | None = None
     min_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
     ignore_eos: bool | None = None
+    context_overflow: Literal["error", "slide"] | None = None
 
 
 class CompletionRequest(_Decoding):
