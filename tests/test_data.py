@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +164,57 @@ def test_shakespeare_split():
     hamlet = corpus.val[0].text
     probe = hamlet[len(hamlet) // 2: len(hamlet) // 2 + 400]
     assert not any(probe in d.text for d in corpus.train)
+
+
+def test_existing_out_is_refused_unless_force(corpus_dir, tmp_path, capsys):
+    from lmgen.cli import main
+
+    d, val = corpus_dir
+    out = tmp_path / "data"
+    build_dataset(files_corpus([d], val_files=[val]), out, vocab_size=300, progress=False)
+    before = (out / "meta.json").read_text()
+    # a second build into the same directory must not silently replace it
+    with pytest.raises(ConfigError, match="already holds a data directory; pass --force"):
+        build_dataset(files_corpus([d]), out, vocab_size=300, progress=False)
+    args = ["data", str(d), "--out", str(out), "--vocab-size", "300", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--force" in err and str(out) in err
+    assert (out / "meta.json").read_text() == before
+    # --force replaces it
+    assert main([*args, "--force"]) == 0
+    assert (out / "meta.json").read_text() != before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+    # a non-empty folder that is not a data directory is never replaced, --force or not
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert main(["data", str(d), "--out", str(other), "--vocab-size", "300", "--force"]) == 2
+    assert "is not a data directory" in capsys.readouterr().err
+    assert (other / "keep.txt").read_text() == "mine"
+    # an empty existing folder is fine
+    (tmp_path / "empty").mkdir()
+    build_dataset(files_corpus([d]), tmp_path / "empty", vocab_size=300, progress=False)
+    assert (tmp_path / "empty" / "meta.json").is_file()
+
+
+def test_unwritable_out_is_an_error_before_any_work(corpus_dir, tmp_path, capsys, monkeypatch):
+    from lmgen.cli import main
+    from lmgen.training import data as data_mod
+
+    d, _ = corpus_dir
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    called = []
+    monkeypatch.setattr(data_mod, "files_corpus", lambda *a, **k: called.append(1))
+    outs = [a_file, a_file / "sub"]
+    if os.path.isdir("/proc/self"):
+        outs.append(Path("/proc/lmgen-test-out"))
+    for out in outs:
+        assert main(["data", str(d), "--out", str(out), "--vocab-size", "300"]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out}: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert not called  # refused before reading any file
+    with pytest.raises(ConfigError, match="not a directory"):
+        build_dataset(files_corpus([d]), a_file / "sub", vocab_size=300, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -167,6 +168,62 @@ def test_cli_train_and_eval(data_dir, tmp_path, capsys):
     assert 0 < out["bits_per_byte"] < 10
 
 
+def test_no_validation_split_trains_without_eval(tmp_path, capsys, caplog):
+    """`lmgen data --val-fraction 0` then `lmgen train`: no evaluation, and final/ is written."""
+    from lmgen.cli import main
+
+    (tmp_path / "corpus.txt").write_text(make_text(1, 300))
+    data = tmp_path / "d7"
+    assert main(["data", str(tmp_path / "corpus.txt"), "--out", str(data), "--val-fraction",
+                 "0", "--vocab-size", "300", "--no-progress"]) == 0
+    assert "val: 0 files" in capsys.readouterr().out
+    run = tmp_path / "r4"
+    with caplog.at_level(logging.WARNING, logger="lmgen.training.train"):
+        assert main(["train", "--data", str(data), "--out", str(run), "--config", str(TINY),
+                     "--set", "max_steps=2", "--set", "eval_interval=1", "--no-progress"]) == 0
+    assert (run / "final" / "config.json").is_file()
+    assert latest_checkpoint(run).name == "step-000002"
+    assert not [r for r in read_metrics(run / "metrics.jsonl") if r["event"] == "eval"]
+    warnings = [r.getMessage() for r in caplog.records if "no validation split" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not at every would-be evaluation
+    # evaluating on the data dir's (missing) validation split: a clear error, exit 2
+    assert main(["eval", "--model", str(run / "final"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no validation split" in err
+
+
+def test_eval_interval_zero_never_evaluates(data_dir, tmp_path):
+    run = tmp_path / "r"
+    final = train(data_dir, run, tiny("max_steps=3", "eval_interval=0"), progress=False)
+    assert final is not None and (final / "config.json").is_file()
+    rows = read_metrics(run / "metrics.jsonl")
+    assert not [r for r in rows if r["event"] == "eval"]
+    assert [r for r in rows if r["event"] == "end"]
+    with pytest.raises(ConfigError, match="eval_interval must be >= 0"):
+        tiny("eval_interval=-1")
+    with pytest.raises(ConfigError, match="checkpoint_interval must be at least 1"):
+        tiny("checkpoint_interval=0")
+
+
+def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    from lmgen.cli import main
+    from lmgen.training import train as train_mod
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    monkeypatch.setattr(train_mod, "BatchSampler", None)  # any work past the checks fails
+    outs = [a_file, a_file / "run"]
+    if os.path.isdir("/proc/self"):
+        outs.append(Path("/proc/lmgen-test-run"))
+    for out in outs:
+        assert main(["train", "--data", str(data_dir), "--out", str(out), "--config",
+                     str(TINY)]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out}: ") and err.count("\n") == 1, err
+    assert a_file.read_text() == "x"
+
+
 # ------------------------------------------------------------------ bits per byte
 
 
@@ -204,6 +261,40 @@ def test_bits_per_byte_sliding_window(data_dir, tmp_path):
         evaluate_text(lm, text, 8, 8).bits_per_byte)
     with pytest.raises(ConfigError, match="window"):
         evaluate_text(lm, text, window=65)
+
+
+def test_eval_window_and_stride_zero_are_errors(data_dir, tmp_path, capsys):
+    """0 is out of range, not "the default" (which is what None means)."""
+    from lmgen.checkpoint import write_model_dir
+    from lmgen.cli import main
+    from lmgen.model import GPT, GPTConfig
+    from lmgen.training.data import Dataset
+
+    tok = Dataset(data_dir).tokenizer()
+    model = GPT(GPTConfig(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                          eos_token_id=tok.eos_token_id)).eval()
+    lm = LM(model, tok)
+    text = "The king is dead. Long live the queen!\n"
+    with pytest.raises(ConfigError, match=r"window must be in \[1, 16\].*got 0"):
+        evaluate_text(lm, text, window=0)
+    with pytest.raises(ConfigError, match=r"window must be in \[1, 16\].*got -1"):
+        evaluate_text(lm, text, window=-1)
+    with pytest.raises(ConfigError, match=r"stride must be in \[1, window=16\], got 0"):
+        evaluate_text(lm, text, stride=0)
+    with pytest.raises(ConfigError, match=r"stride must be in \[1, window=8\], got 0"):
+        evaluate_text(lm, text, window=8, stride=0)
+    ev = evaluate_text(lm, text)  # None: the defaults
+    assert (ev.window, ev.stride) == (16, 8)
+    path = write_model_dir(model, tok, tmp_path / "m")
+    (tmp_path / "t.txt").write_text(text)
+    base = ["eval", "--model", str(path), "--text", str(tmp_path / "t.txt")]
+    for flags, message in ((["--window", "0"], "window must be in [1, 16]"),
+                           (["--stride", "0"], "stride must be in [1, window=16]")):
+        assert main([*base, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert main([*base, "--window", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stride"] == 4
 
 
 # ------------------------------------------------------------------ DDP

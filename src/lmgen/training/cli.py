@@ -20,7 +20,10 @@ def add_parsers(subparsers) -> None:
         "of every file (cut at a line start) is validation.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="`shakespeare`, or files/folders")
-    p.add_argument("--out", required=True, help="the data directory to write")
+    p.add_argument("--out", required=True,
+                   help="the data directory to write (must not exist, or be empty)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it already holds a data directory")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="BPE vocabulary size, special token included (default 4096)")
     p.add_argument("--tokenizer", metavar="DIR", help="reuse this tokenizer instead of training")
@@ -55,17 +58,26 @@ def add_parsers(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
     src.add_argument("--data", metavar="DATA_DIR", help="the validation split of a data dir")
-    p.add_argument("--window", type=int, default=None, help="tokens per window (the context)")
-    p.add_argument("--stride", type=int, default=None, help="window step (window / 2)")
+    p.add_argument("--window", type=int, default=None,
+                   help="tokens per window, 1 to the model's context (default: the context)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window step, 1 to --window (default: half a window)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data import DEFAULT_VOCAB_SIZE, build_dataset, files_corpus, shakespeare_corpus
+    from .data import (
+        DEFAULT_VOCAB_SIZE,
+        build_dataset,
+        check_data_out,
+        files_corpus,
+        shakespeare_corpus,
+    )
 
     if args.tokenizer and args.vocab_size:
         raise ConfigError("--vocab-size and --tokenizer exclude each other")
+    check_data_out(args.out, args.force)  # before reading, downloading or tokenizing anything
     if args.sources == ["shakespeare"]:
         if args.val_file:
             raise ConfigError("--val-file applies to your own files; shakespeare's validation "
@@ -74,7 +86,7 @@ def _data(args: argparse.Namespace) -> int:
     else:
         corpus = files_corpus(args.sources, args.val_file, args.val_fraction, args.skip_bad)
     meta = build_dataset(corpus, args.out, vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
-                         tokenizer_dir=args.tokenizer,
+                         tokenizer_dir=args.tokenizer, force=args.force,
                          progress=not args.no_progress and sys.stderr.isatty())
     for split, info in meta["splits"].items():
         print(f"{split}: {len(info['files'])} files, {info['bytes']:,} bytes, "
@@ -112,6 +124,9 @@ def _eval(args: argparse.Namespace) -> int:
         from .data import Dataset
 
         data = Dataset(args.data)
+        if not data.has_validation():
+            raise ConfigError(f"{args.data}: has no validation split (built with "
+                              "--val-fraction 0?); evaluate a file with --text FILE instead")
         ids = [int(i) for i in data.tokens("val")]
         tok = data.tokenizer()
         eos = tok.eos_token_id

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,17 +185,56 @@ def split_tail(text: str, fraction: float) -> tuple[str, str]:
 # --------------------------------------------------------------------------- building
 
 
+def check_writable(path: str | Path, beside: bool = False) -> None:
+    """Raises ConfigError naming `path` unless a directory can be made (or written) there.
+
+    Probes the nearest existing ancestor of `path` (of its parent with `beside`, for a
+    directory that is built next to `path` and renamed into place) by creating and removing a
+    temporary directory in it: nothing is left behind, and `os.access` is not trusted (it says
+    yes to root on read-only places such as /proc)."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a directory; choose another --out")
+    probe = path.absolute().parent if beside else path.absolute()
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{path}: cannot create it ({probe} is not a directory)")
+    try:
+        tmp = tempfile.mkdtemp(prefix=".lmgen-write-test-", dir=probe)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write there (creating a directory in {probe} "
+                          f"failed: {e.strerror or e})") from e
+    os.rmdir(tmp)
+
+
+def check_data_out(out: str | Path, force: bool = False) -> None:
+    """The checks `build_dataset` makes before any work: `out` is absent, empty, or (with
+    `force`) an existing data directory; and it can be written."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / META).is_file():
+            raise ConfigError(f"{out}: exists and is not a data directory; choose another --out")
+        if not force:
+            raise ConfigError(f"{out}: already holds a data directory; pass --force to replace "
+                              "it, or choose another --out")
+    check_writable(out, beside=True)
+
+
 def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                  tokenizer_dir: str | Path | None = None, progress: bool = True) -> dict:
+                  tokenizer_dir: str | Path | None = None, progress: bool = True,
+                  force: bool = False) -> dict:
     """Trains (or loads) the tokenizer, writes the shards and meta.json; returns the metadata.
 
-    The directory is built next to `out` and renamed into place, so a half-written dataset is
-    never seen."""
+    An existing non-empty `out` is refused unless it is a data directory and `force` is set
+    (then it is replaced). The directory is built next to `out` and renamed into place, so a
+    half-written dataset is never seen."""
     from ..tokenizers import BPETokenizer, load_tokenizer
 
+    out = Path(out)
+    check_data_out(out, force)
     if not any(d.text.strip() for d in corpus.train):
         raise ConfigError("the training corpus is empty (no non-blank text in any file)")
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -205,7 +245,10 @@ def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOC
                                        vocab_size=vocab_size)
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Not tempfile.mkdtemp: its mode 0o700 would make the data directory private; mkdir
+    # honours the umask.
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         tokenizer.save(tmp / "tokenizer")
         meta = {
@@ -223,11 +266,19 @@ def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOC
             meta["splits"][split] = _write_split(tmp, split, docs, tokenizer, eos, dtype, bar)
         bar.close()
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            if not (out / META).is_file() and any(out.iterdir()):
-                raise ConfigError(f"{out}: exists and is not a data directory; choose another")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if os.path.lexists(out):
+            check_data_out(out, force)  # again: it may have appeared while we worked
+            # Move the old directory aside first, so that a failed rename loses nothing.
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -313,6 +364,11 @@ class Dataset:
         if not shards:
             return np.zeros(0, dtype=np.int64)
         return shards[0] if len(shards) == 1 else np.concatenate(shards)
+
+    def has_validation(self) -> bool:
+        """Whether there is validation text (`--val-fraction 0` keeps none)."""
+        info = self.meta["splits"].get("val")
+        return bool(info and info["shards"] and info["tokens"] > 1 and info["bytes"] > 0)
 
     def bytes_per_token(self, split: str) -> float:
         info = self.meta["splits"][split]

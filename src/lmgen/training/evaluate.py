@@ -53,11 +53,14 @@ def evaluate_text(lm, text: str, window: int | None = None, stride: int | None =
                   batch_size: int = 8, progress: bool = False) -> Evaluation:
     """Sliding-window evaluation of `text` (see the module docstring)."""
     model, tokenizer = lm.model, lm.tokenizer
-    window = window or model.config.n_positions
-    stride = stride or max(1, window // 2)
+    # None means the default; 0 is no default but out of range (an error, not silently None)
+    if window is None:
+        window = model.config.n_positions
     if not 1 <= window <= model.config.n_positions:
         raise ConfigError(f"window must be in [1, {model.config.n_positions}] (the model's "
                           f"context), got {window}", "window")
+    if stride is None:
+        stride = max(1, window // 2)
     if not 1 <= stride <= window:
         raise ConfigError(f"stride must be in [1, window={window}], got {stride}", "stride")
     if not text:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, LmgenError
-from .data import BatchSampler, Dataset
+from .data import BatchSampler, Dataset, check_writable
 
 try:  # Python 3.11+
     import tomllib
@@ -70,7 +70,7 @@ class TrainRecipe:
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 = no clipping
     bf16: bool = False  # bf16 autocast
-    eval_interval: int = 200
+    eval_interval: int = 200  # 0 = never evaluate
     eval_tokens: int = 0  # validation tokens per evaluation; 0 = the whole validation split
     checkpoint_interval: int = 200
     keep_checkpoints: int = 2
@@ -190,10 +190,13 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _validate(r: Recipe) -> None:
     t = r.train
-    for key in ("batch_size", "grad_accum", "max_steps", "eval_interval",
-                "checkpoint_interval", "log_interval", "keep_checkpoints"):
+    for key in ("batch_size", "grad_accum", "max_steps", "checkpoint_interval",
+                "log_interval", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}", key)
+    if t.eval_interval < 0:
+        raise ConfigError(f"train.eval_interval must be >= 0 (0 = never evaluate), got "
+                          f"{t.eval_interval}", "eval_interval")
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={t.lr}, min_lr={t.min_lr})")
     if t.warmup_steps < 0:
@@ -409,15 +412,21 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
         torch.cuda.set_device(device)
 
     data = Dataset(data_dir)
-    tokenizer = data.tokenizer()
-    sampler = BatchSampler(data.shards("train"), m.n_positions, t.seed)
-    val_tokens = data.tokens("val")
-    bytes_per_token = data.bytes_per_token("val")
-
-    if run_dir.exists() and not resume:
+    # The run directory is checked before any work, so that no training is lost to it.
+    if run_dir.is_dir() and not resume:
         if latest_checkpoint(run_dir) is not None or (run_dir / "final").exists():
             raise ConfigError(f"{run_dir}: holds a previous run; pass --resume to continue it "
                               "or choose another --out")
+    if dist_info.main:  # rank 0 alone writes there
+        check_writable(run_dir)
+    tokenizer = data.tokenizer()
+    sampler = BatchSampler(data.shards("train"), m.n_positions, t.seed)
+    has_val = data.has_validation()
+    val_tokens = data.tokens("val") if has_val else None
+    bytes_per_token = data.bytes_per_token("val") if has_val else 0.0
+    evaluating = has_val and t.eval_interval > 0
+    if not has_val and t.eval_interval > 0 and dist_info.main:
+        log.warning("%s has no validation split; training without evaluation", data.path)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir)
@@ -562,7 +571,7 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
         out_of_time = bool(t.max_time) and elapsed >= t.max_time * 60
         if dist_info.world > 1:  # every rank must agree to stop
             out_of_time = _all_mean(float(out_of_time), dist_info, device) > 0
-        if step % t.eval_interval == 0 or step == t.max_steps or out_of_time:
+        if evaluating and (step % t.eval_interval == 0 or step == t.max_steps or out_of_time):
             do_eval(step)
         if step % t.checkpoint_interval == 0 or step == t.max_steps or out_of_time:
             st = checkpoint_state(step, elapsed)
