@@ -174,3 +174,14 @@ def test_next_token_distribution(lm):
     assert set(d) >= {"prompt_token_ids", "chain", "candidates"}
     assert set(d["candidates"][0]) == {"token_id", "token", "logit", "prob", "processed_prob",
                                        "kept"}
+
+
+def test_tiny_temperature_is_refused_not_nan(lm):
+    with pytest.raises(ConfigError, match="temperature must be 0 \\(greedy\\) or >= 0.0001"):
+        lm.next_token("to be", temperature=1e-300)
+
+
+def test_next_token_with_nothing_left_is_an_error(lm):
+    everything = [[i] for i in range(lm.tokenizer.vocab_size)]
+    with pytest.raises(GenerationError, match="no token"):
+        lm.next_token("to be", bad_words_ids=everything, min_new_tokens=1)

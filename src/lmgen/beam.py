@@ -137,9 +137,8 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
             if not go_on:
                 break
             cache.reorder(beam_src.view(-1))
-            logits = model(run_seq.view(B * nb, -1)[:, cur - 1:cur],
-                           attention_mask=torch.ones((B * nb, 1), dtype=torch.long,
-                                                     device=device), cache=cache)[:, -1]
+            # generated tokens are never padding: no attention mask to append
+            logits = model(run_seq.view(B * nb, -1)[:, cur - 1:cur], cache=cache)[:, -1]
 
     results = []
     seqs, raws = fin_seq.tolist(), fin_raw.tolist()

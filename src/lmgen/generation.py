@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError, GenerationError
+from .fast_sampling import FusedSampler
 from .generation_config import GenerationConfig
 from .processors import build_chain, make_generator, sample_from_logits
 
@@ -149,8 +150,13 @@ class _Row:
     emitted: int = 0  # characters of `text` already streamed
 
 
-def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig) -> Iterator[list[_Row]]:
-    """Runs greedy/sampling decoding for all rows; yields the rows after every step."""
+def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast: bool = True,
+                 decode_step=None) -> Iterator[list[_Row]]:
+    """Runs greedy/sampling decoding for all rows; yields the rows after every step.
+
+    `fast=False` draws through the processor chain even where the fused sampler
+    (fast_sampling.py) applies; `decode_step(ids, cache=)` replaces the model for one-token
+    steps (a compiled step, see compile.py)."""
     model, tok = lm.model, lm.tokenizer
     device = lm.device
     strategy = config.effective_strategy()
@@ -178,30 +184,44 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig) -> Iter
     stop = config.stop or []
     need_text = bool(stop)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    all_running = True
+    done = [False] * B
     cache = model.new_cache(B, cache_len)
     seq_mask = torch.cat([mask, torch.ones((B, config.max_new_tokens), dtype=mask.dtype,
                                            device=device)], dim=1)
+
+    fused = FusedSampler.from_chain(chain) if strategy == "sample" and fast else None
+    step_fn = decode_step if decode_step is not None else model
+    eos0 = eos[0] if len(eos) else None
 
     with torch.inference_mode():
         logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
         for step in range(config.max_new_tokens):
             cur = P + step
             logits = logits.float()
-            raw_lse = torch.logsumexp(logits, dim=-1)
-            scores = chain(seq[:, :cur], logits) if chain else logits
-            if strategy == "sample":
-                nxt = sample_from_logits(scores, gens)
+            # one fused pass (log_softmax) rather than logsumexp's several reductions
+            raw_logp = logits.log_softmax(dim=-1)
+            picked = fused(logits, gens) if fused is not None else None
+            if picked is not None:
+                nxt, proc_lp = picked
             else:
-                nxt = scores.argmax(dim=-1)
-            raw_lp = logits.gather(1, nxt[:, None])[:, 0] - raw_lse
-            proc_lp = scores.gather(1, nxt[:, None])[:, 0] - torch.logsumexp(scores, dim=-1)
-            nxt = torch.where(unfinished, nxt, eos[0] if len(eos) else nxt)
+                scores = chain(seq[:, :cur], logits) if chain else logits
+                if strategy == "sample":
+                    nxt = sample_from_logits(scores, gens)
+                else:
+                    nxt = scores.argmax(dim=-1)
+            raw_lp = raw_logp.gather(1, nxt[:, None])[:, 0]
+            if picked is None:
+                proc_lp = (raw_lp if not chain else
+                           scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0])
+            if eos0 is not None and not all_running:
+                nxt = torch.where(unfinished, nxt, eos0)
             seq[:, cur] = nxt
             is_eos = torch.isin(nxt, eos) if (len(eos) and not config.ignore_eos) else None
 
             top = None
             if config.logprobs:
-                top_v, top_i = (logits - raw_lse[:, None]).topk(config.logprobs, dim=-1)
+                top_v, top_i = raw_logp.topk(config.logprobs, dim=-1)
                 top = (top_v.tolist(), top_i.tolist())
             nxt_l, raw_l, proc_l = nxt.tolist(), raw_lp.tolist(), proc_lp.tolist()
             eos_l = is_eos.tolist() if is_eos is not None else [False] * B
@@ -219,11 +239,17 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig) -> Iter
                                     for v, i in zip(top[0][b], top[1][b], strict=True)])
                 if need_text:
                     _check_stop(row, tok, stop)
+            n_running = 0
             for b, row in enumerate(rows):
                 if row.finish_reason is not None:
-                    unfinished[b] = False
+                    if not done[b]:
+                        done[b] = True
+                        unfinished[b] = False
+                else:
+                    n_running += 1
+            all_running = n_running == B
             last = step == config.max_new_tokens - 1
-            if not last and bool(unfinished.any()):
+            if not last and n_running:
                 if cache.length >= cache_len:  # context full: re-prefill the last window
                     cache = model.new_cache(B, cache_len)
                     window = seq[:, cur + 1 - (cache_len - 1): cur + 1]
@@ -231,13 +257,13 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig) -> Iter
                     logits = model(window, attention_mask=wmask, cache=cache,
                                    logits_to_keep=1)[:, -1]
                 else:
-                    logits = model(nxt[:, None], attention_mask=seq_mask[:, cur:cur + 1],
-                                   cache=cache)[:, -1]
+                    # generated tokens are never padding: no attention mask to append
+                    logits = step_fn(nxt[:, None], cache=cache)[:, -1]
             for row in rows:
                 if row.finish_reason is None and last:
                     row.finish_reason = "length"
             yield rows
-            if not bool(unfinished.any()):
+            if not n_running:
                 break
     for row in rows:
         if row.finish_reason is None:
@@ -287,15 +313,48 @@ def _prepare(lm, prompt, config, kwargs):
     return config, warnings, single, prompts, ids
 
 
-def generate(lm, prompt: str | list[str], config: GenerationConfig | None = None, **kwargs):
-    """Generates continuations; a list of prompts returns a list of results."""
+def generate(lm, prompt: str | list[str], config: GenerationConfig | None = None, *,
+             draft=None, speculative_k: int = 4, spec_stats=None, compile=False, **kwargs):
+    """Generates continuations; a list of prompts returns a list of results.
+
+    `draft=` a smaller `LM` sharing the tokenizer: speculative decoding (speculative.py) with
+    `speculative_k` proposals per target pass; the output follows the target's distribution
+    (greedy: the same tokens). `spec_stats=` a `SpeculativeStats` to count acceptances.
+    `compile=True` runs the one-token steps through a torch.compile'd step (compile.py; the
+    first call compiles); a callable from `lmgen.compile.compile_decode_step` is used as is.
+    """
     config, warnings, single, prompts, ids = _prepare(lm, prompt, config, kwargs)
+    if draft is not None:
+        from .speculative import check_draft, speculative_tokens
+
+        check_draft(lm, draft, config)
+        results = []
+        chain = build_chain(config, prompt_length=max(map(len, ids)),
+                            eos_token_ids=lm.eos_token_ids).describe()
+        for p, i in zip(prompts, ids, strict=True):
+            row = _Row(0, 0)
+            row.finish_reason = "length"
+            for t, raw_lp, proc_lp in speculative_tokens(lm, draft, i, config, speculative_k,
+                                                         spec_stats):
+                if t in lm.eos_token_ids and not config.ignore_eos:
+                    row.finish_reason = "eos"
+                    break
+                row.token_ids.append(t)
+                row.logprobs.append(raw_lp)
+                row.processed_logprobs.append(proc_lp)
+            results.append(_to_result(lm, p, i, [row], chain, warnings))
+        return results[0] if single else results
     if config.effective_strategy() == "beam":
         from .beam import beam_search
 
         results = beam_search(lm, prompts, ids, config, warnings)
     else:
-        *_, rows = _decode_loop(lm, ids, config)  # the rows as the loop left them
+        step = None
+        if compile:
+            from .compile import compile_decode_step
+
+            step = compile if callable(compile) else compile_decode_step(lm.model)
+        *_, rows = _decode_loop(lm, ids, config, decode_step=step)  # as the loop left them
         chain = build_chain(config, prompt_length=max(map(len, ids)),
                             eos_token_ids=lm.eos_token_ids).describe()
         n = config.num_return_sequences
@@ -370,7 +429,8 @@ def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None =
 
     The chain is the sampling chain (temperature, top-k, top-p, …) unless another strategy is
     named, since showing what those rules keep is the point of looking."""
-    kwargs.setdefault("strategy", "sample")
+    if config is None:
+        kwargs.setdefault("strategy", "sample")
     config, _ = make_config(config, kwargs)
     if not isinstance(top, int) or top < 0:
         raise ConfigError(f"top must be an int >= 0 (0 = whole vocabulary), got {top!r}", "top")
@@ -382,9 +442,12 @@ def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None =
     with torch.inference_mode():
         logits = lm.model(x, logits_to_keep=1)[:, -1].float()
         processed = chain(x, logits) if chain else logits
+    kept = torch.isfinite(processed[0])
+    if not bool(kept.any()):
+        raise GenerationError(f"the processors {chain.describe()} leave no token with a finite "
+                              "score; loosen them")
     probs = logits.softmax(-1)[0]
     pprobs = processed.softmax(-1)[0]
-    kept = torch.isfinite(processed[0])
     n = lm.tokenizer.vocab_size if top == 0 else min(top, logits.shape[-1])
     order = logits[0].argsort(descending=True)[:n].tolist()
     lg, pr, pp, kp = logits[0].tolist(), probs.tolist(), pprobs.tolist(), kept.tolist()

@@ -63,11 +63,17 @@ class LM:
 
 
 def load(name_or_dir: str | os.PathLike | None = None, device: str | None = None,
-         dtype: torch.dtype | None = None) -> LM:
-    """Loads a model directory, a bundled model by name (default `shakespeare`), or `hf:NAME`."""
+         dtype: torch.dtype | None = None, quantize: str | None = None) -> LM:
+    """Loads a model directory, a bundled model by name (default `shakespeare`), or `hf:NAME`.
+
+    `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize)."""
     path = resolve_model(name_or_dir)
     _, model, tokenizer = read_model_dir(path)
     if device or dtype:
         model.to(device=device, dtype=dtype)
+    if quantize:
+        from .quantize import quantize_model
+
+        quantize_model(model, quantize)
     name = str(name_or_dir) if name_or_dir is not None else path.name
     return LM(model, tokenizer, name=name, path=path)

@@ -70,6 +70,9 @@ class GPTConfig:
         return d
 
 
+SERIAL_DECODE_ATTENTION = True  # see GPT._inference_blocks
+
+
 class KVCache:
     """Keys and values for every layer, preallocated to `max_length` positions.
 
@@ -92,16 +95,28 @@ class KVCache:
         self.has_padding = False
         self.length = 0
         self.max_length = max_length
+        # Per-layer views, made once: the decode step indexes no 5-d tensor per token.
+        self.layers = [(self.k[i], self.v[i]) for i in range(config.n_layer)]
 
     @property
     def batch_size(self) -> int:
         return self.k.shape[1]
 
     def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes old row index[i]. Rows that keep their own content are not copied."""
         n = self.length
-        self.k[:, :, :, :n] = self.k[:, index, :, :n]
-        self.v[:, :, :, :n] = self.v[:, index, :, :n]
-        self.mask = self.mask[index]
+        moved = (index != torch.arange(len(index), device=index.device)).nonzero().flatten()
+        if len(moved) == 0:
+            return
+        if len(moved) < len(index):
+            src = index[moved]
+            self.k[:, moved, :, :n] = self.k[:, src, :, :n]
+            self.v[:, moved, :, :n] = self.v[:, src, :, :n]
+            self.mask[moved] = self.mask[src]
+        else:
+            self.k[:, :, :, :n] = self.k[:, index, :, :n]
+            self.v[:, :, :, :n] = self.v[:, index, :, :n]
+            self.mask[:] = self.mask[index]
 
 
 class CausalSelfAttention(nn.Module):
@@ -180,6 +195,31 @@ class Block(nn.Module):
         return x, weights
 
 
+class _Plan:
+    """The submodules' forward functions in a flat list, looked up once rather than through
+    `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path)."""
+
+    def __init__(self, model: GPT):
+        self.n_head = model.config.n_head
+        self.head_dim = model.config.head_dim
+        self.layers = [
+            (b.ln_1.forward, b.attn.c_attn.forward, b.attn.c_proj.forward, b.ln_2.forward,
+             b.mlp.c_fc.forward, b.mlp.act, b.mlp.c_proj.forward)
+            for b in model.h
+        ]
+        self.ln_f = model.ln_f.forward
+        self.lm_head = model.lm_head.forward
+        self.modules = [m for m in model.modules() if m is not model]
+
+    def hooked(self) -> bool:
+        """Whether any submodule has forward hooks: then the module path runs, so they fire."""
+        from torch.nn.modules import module as M
+
+        if M._global_forward_hooks or M._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+
 def _causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     """Boolean (q_len, k_len) mask; query i sits at key position k_len - q_len + i."""
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
@@ -251,14 +291,32 @@ class GPT(nn.Module):
         if cache is not None and past + T > cache.max_length:
             raise GenerationError(f"KV cache holds {cache.max_length} positions, needs {past + T}")
 
-        key_mask, mask = self._key_mask(attention_mask, cache, B, T, input_ids.device)
-        if mask is not None:
-            mask = mask[:, None, :, :]
-        if position_ids is None:
-            if key_mask is not None:
-                position_ids = positions_from_mask(key_mask)[:, past : past + T]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        if T == 1 and cache is not None and cache.length > 0:
+            key_mask, mask = self._step_mask(attention_mask, cache)
+            if position_ids is None:
+                if key_mask is not None:  # == positions_from_mask(key_mask)[:, past]
+                    position_ids = (key_mask.sum(-1, keepdim=True) - 1).clamp_min(0)
+                else:
+                    position_ids = self._position(past, input_ids.device)
+        else:
+            key_mask, mask = self._key_mask(attention_mask, cache, B, T, input_ids.device)
+            if mask is not None:
+                mask = mask[:, None, :, :]
+            if position_ids is None:
+                if key_mask is not None:
+                    position_ids = positions_from_mask(key_mask)[:, past : past + T]
+                else:
+                    position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+
+        if not (self.training or output_attentions or self._get_plan().hooked()):
+            x = F.embedding(input_ids, self.wte.weight) + F.embedding(position_ids, self.wpe.weight)
+            x = self._inference_blocks(x, mask, cache)
+            if cache is not None:
+                cache.length += T
+            if logits_to_keep and logits_to_keep < T:
+                x = x[:, -logits_to_keep:]
+            plan = self._get_plan()
+            return plan.lm_head(plan.ln_f(x))
 
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         attentions = []
@@ -272,6 +330,87 @@ class GPT(nn.Module):
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.ln_f(x))
         return (logits, attentions) if output_attentions else logits
+
+    def _position(self, past: int, device) -> torch.Tensor:
+        """A (1, 1) position tensor for `past`, from a table made once per device."""
+        table = self.__dict__.get("_positions")
+        if table is None or table.device != torch.device(device):
+            table = torch.arange(self.config.n_positions, device=device)[:, None, None]
+            self.__dict__["_positions"] = table
+        return table[past]
+
+    def _step_mask(self, attention_mask, cache):
+        """The one-token-step case of `_key_mask`: (key mask or None, SDPA mask or None)."""
+        start = cache.length
+        if attention_mask is not None:
+            cache.mask[:, start] = attention_mask[:, 0].bool()
+            cache.has_padding = cache.has_padding or not bool(attention_mask.all())
+        else:
+            cache.mask[:, start] = True
+        if not cache.has_padding:
+            return None, None
+        key_mask = cache.mask[:, : start + 1]
+        # The causal part is all-true for the last query; a padding query (never produced by
+        # the decode loops) that sees nothing is let to see everything, as in `_key_mask`.
+        allowed = key_mask | ~key_mask.any(-1, keepdim=True)
+        return key_mask, allowed[:, None, None, :]
+
+    def _get_plan(self) -> _Plan:
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = _Plan(self)
+            self.__dict__["_plan"] = plan
+        return plan
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_plan", None)
+        state.pop("_positions", None)
+        state.pop("_compiled_step", None)
+        return state
+
+    def reset_plan(self) -> None:
+        """Forget the inference plan; call after replacing submodules (quantize does)."""
+        self.__dict__.pop("_plan", None)
+        self.__dict__.pop("_compiled_step", None)
+
+    def _inference_blocks(self, x: torch.Tensor, mask, cache: KVCache | None) -> torch.Tensor:
+        """The blocks in eval mode without module-call overhead: the same operations in the same
+        order as `Block.forward`, so the results are bitwise identical."""
+        plan = self._get_plan()
+        B, T, C = x.shape
+        H, D = plan.n_head, plan.head_dim
+        start = cache.length if cache is not None else 0
+        end = start + T
+        causal = mask is None and T > 1 and start == 0
+        x = x.view(B * T, C)  # 2-d rows: F.linear goes straight to addmm
+        # One query row per sequence: CPU flash attention splits that tiny job across threads,
+        # and the fork/join costs more than the work (and stalls for milliseconds when another
+        # process holds a core). Run it on one thread; the matrix products keep them all.
+        threads = torch.get_num_threads()
+        serial = SERIAL_DECODE_ATTENTION and T == 1 and threads > 1 and x.device.type == "cpu"
+        for i, (ln_1, c_attn, attn_proj, ln_2, c_fc, act, mlp_proj) in enumerate(plan.layers):
+            q, k, v = c_attn(ln_1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                ck, cv = cache.layers[i]
+                ck[:, :, start:end] = k
+                cv[:, :, start:end] = v
+                k = ck[:, :, :end]
+                v = cv[:, :, :end]
+            if causal:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif serial:
+                torch.set_num_threads(1)
+                try:
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + attn_proj(y.transpose(1, 2).reshape(B * T, C))
+            x = x + mlp_proj(act(c_fc(ln_2(x))))
+        return x.view(B, T, C)
 
     def _key_mask(self, attention_mask, cache, B, T, device):
         """Returns (mask over all keys so far or None, attention mask (B, T, S) or None).

@@ -1,0 +1,52 @@
+"""The benchmark's own pieces (no timing is asserted: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmgen import benchmark as B
+from lmgen.model import GPT, GPTConfig
+
+
+def test_bytes_per_token_counts_each_weight_once():
+    m = GPT(GPTConfig(vocab_size=100, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    params = sum(p.numel() for p in m.parameters()) - m.wpe.weight.numel()  # tied head once
+    assert B.bytes_per_token(m, 0) == params * 4
+    kv = 2 * 1 * 10 * 16 * 4
+    assert B.bytes_per_token(m, 10) == params * 4 + kv
+
+
+def test_runners_agree_on_a_tiny_model(tmp_path):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=120, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                      bos_token_id=None, eos_token_id=None)).eval()
+    d = B.save_hf_dir(m, tmp_path / "m")
+    lm, hf = B.load_lmgen(d, "fp32"), B.load_hf(d, "fp32")
+    w = B.make_workload(120, 64, 6)
+    for case in ("greedy", "beam", "batch8"):
+        a, b = B.lmgen_runner(lm, case, w)(), B.hf_runner(hf, case, w)()
+        assert B.compare(a, b) == "yes"
+    for case in ("sample", "prefill", "ttft"):
+        B.lmgen_runner(lm, case, w)()
+        B.hf_runner(hf, case, w)()
+
+
+def test_markdown_table():
+    rep = B.Report(B.machine_info(), ["--quick"])
+    rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes", 0.5, 0.2, 300, 320))
+    rep.rows.append(B.Row("14M shape", "fp32", "ttft", 0.01, 0.02))
+    rep.bandwidth["14M shape fp32"], rep.limits["14M shape fp32"] = 20.0, 200.0
+    md = B.to_markdown(rep)
+    assert "**2.50×**" in md and "50% / 20%" in md and "**2.00×**" in md
+
+
+@pytest.mark.slow
+def test_quick_run_smoke(tmp_path):
+    out = tmp_path / "b.md"
+    subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], check=True,
+                   capture_output=True, timeout=600)
+    assert "greedy, batch 1" in out.read_text()

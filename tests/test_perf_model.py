@@ -1,0 +1,97 @@
+"""The inference fast path (model.py) against the module path: bitwise-identical logits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lmgen.model import GPT, GPTConfig
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=97, n_positions=64, n_embd=32, n_layer=3, n_head=4,
+                    dropout=0.0, **kw)
+    m = GPT(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def _module_path(m):
+    """Train mode with dropout 0 runs the modules one by one: the reference path."""
+    m.train()
+    for b in m.h:
+        b.attn.attn_dropout = 0.0
+    return m
+
+
+@pytest.mark.parametrize("serial", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fast_path_is_bitwise_equal_to_module_path(padded, serial, monkeypatch):
+    """Bitwise equal; with the one-thread decode attention, equal to float32 rounding (the
+    attention kernel's accumulation order can depend on the thread count)."""
+    import lmgen.model as M
+
+    monkeypatch.setattr(M, "SERIAL_DECODE_ATTENTION", serial)
+    same = (lambda a, b: torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)) if serial else (
+        lambda a, b: torch.equal(a, b) or pytest.fail("not bitwise equal"))
+    fast = _model().eval()
+    slow = _module_path(copy.deepcopy(fast))
+    ids = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :3] = 0
+        mask[2, :1] = 0
+    outs = []
+    with torch.no_grad():
+        for m in (fast, slow):
+            cache = m.new_cache(3, 20)
+            steps = [m(ids, attention_mask=mask, cache=cache)]
+            for i in range(5):
+                steps.append(m(ids[:, i:i + 1], cache=cache))
+            steps.append(m(ids[:, :3], cache=cache))  # a multi-token step after the prompt
+            steps.append(m(ids[:, :1], attention_mask=torch.ones(3, 1, dtype=torch.long),
+                           cache=cache))
+            outs.append(steps)
+            assert cache.length == 7 + 5 + 3 + 1
+    for a, b in zip(*outs, strict=True):
+        same(a, b)
+    with torch.no_grad():  # no cache, and logits_to_keep
+        assert torch.equal(fast(ids, attention_mask=mask), slow(ids, attention_mask=mask))
+        assert torch.equal(fast(ids, logits_to_keep=2), slow(ids, logits_to_keep=2))
+
+
+def test_cache_reorder_moves_only_changed_rows_with_the_same_result():
+    m = _model().eval()
+    ids = torch.randint(0, 97, (4, 5))
+    for index in ([0, 1, 2, 3], [1, 1, 2, 0], [3, 2, 1, 0]):
+        c = m.new_cache(4, 10)
+        with torch.no_grad():
+            m(ids, cache=c)
+        k, v, mask = c.k.clone(), c.v.clone(), c.mask.clone()
+        c.reorder(torch.tensor(index))
+        assert torch.equal(c.k[:, :, :, :5], k[:, index, :, :5])
+        assert torch.equal(c.v[:, :, :, :5], v[:, index, :, :5])
+        assert torch.equal(c.mask, mask[index])
+
+
+def test_hooks_still_fire_and_copies_work():
+    m = _model().eval()
+    seen = []
+    h = m.wte.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    ids = torch.randint(0, 97, (1, 4))
+    with torch.no_grad():
+        m(ids)
+    h.remove()
+    assert seen == [(1, 4, 32)]
+    m2 = copy.deepcopy(m)
+    with torch.no_grad():
+        assert torch.equal(m2(ids), m(ids))
+        m(ids)  # builds the plan
+        m3 = copy.deepcopy(m)
+        assert m3._get_plan().layers[0][0].__self__ is m3.h[0].ln_1
+        assert torch.equal(m3(ids), m(ids))
