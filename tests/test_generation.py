@@ -185,3 +185,18 @@ def test_next_token_with_nothing_left_is_an_error(lm):
     everything = [[i] for i in range(lm.tokenizer.vocab_size)]
     with pytest.raises(GenerationError, match="no token"):
         lm.next_token("to be", bad_words_ids=everything, min_new_tokens=1)
+
+
+def test_beam_results_are_cut_at_stop_strings(lm):
+    kw = dict(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=12,
+              ignore_eos=True)
+    free = lm.generate("to be", **kw)
+    text = free.choices[0].text
+    stop = text[3:5]
+    res = lm.generate("to be", stop=[stop], **kw)
+    best = res.choices[0]
+    assert best.text == text[: text.find(stop)]
+    assert best.finish_reason == "stop"
+    assert lm.tokenizer.decode(best.token_ids).startswith(best.text)
+    assert len(best.logprobs) == len(best.token_ids)
+    assert all(stop not in c.text for c in res.choices)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generation import Choice, GenerationResult, left_pad, pad_token_id
+from .generation import Choice, GenerationResult, left_pad, pad_token_id, stop_cut
 from .generation_config import GenerationConfig
 from .processors import build_chain
 
@@ -154,7 +154,12 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
                 gen, lps, reason = gen[:-1], lps[:-1], "eos"
             if not dones[b][j]:
                 reason = "length"
-            choices.append(Choice(index=j, text=tok.decode(gen), token_ids=gen, logprobs=lps,
+            text = tok.decode(gen)
+            cut = stop_cut(tok, gen, text, config.stop) if config.stop else None
+            if cut is not None:  # beams are cut at a stop string once the search is over
+                text, k = cut
+                gen, lps, reason = gen[:k], lps[:k], "stop"
+            choices.append(Choice(index=j, text=text, token_ids=gen, logprobs=lps,
                                   processed_logprobs=[], finish_reason=reason,
                                   score=scs[b][j]))
         results.append(GenerationResult(lm.name, prompts[b], prompt_ids[b], choices,

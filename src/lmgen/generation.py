@@ -270,18 +270,28 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast
             row.finish_reason = "length"
 
 
+def stop_cut(tok, token_ids: list[int], text: str, stop: list[str]) -> tuple[str, int] | None:
+    """Where `text` (the decoding of `token_ids`) meets its first stop string: the text before
+    it and how many tokens produced that text (the last may straddle the stop string); None
+    when no stop string occurs."""
+    first = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if first < 0:
+        return None
+    kept = text[:first]
+    k = 0
+    while k < len(token_ids) and len(tok.decode(token_ids[:k])) < len(kept):
+        k += 1
+    return kept, k
+
+
 def _check_stop(row: _Row, tok, stop: list[str]) -> None:
     """Ends a row whose decoded text contains a stop string; the stop string is cut off."""
     row.text = tok.decode(row.token_ids)
-    first = min((i for i in (row.text.find(s) for s in stop) if i >= 0), default=-1)
-    if first < 0:
+    cut = stop_cut(tok, row.token_ids, row.text, stop)
+    if cut is None:
         return
-    row.text = row.text[:first]
+    row.text, k = cut
     row.finish_reason = "stop"
-    # Keep the tokens that produced the kept text (the last one may straddle the stop string).
-    k = 0
-    while k < len(row.token_ids) and len(tok.decode(row.token_ids[:k])) < len(row.text):
-        k += 1
     for name in ("token_ids", "logprobs", "processed_logprobs", "top"):
         setattr(row, name, getattr(row, name)[:k])
 

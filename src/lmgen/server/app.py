@@ -387,19 +387,6 @@ def _config(kw: dict) -> GenerationConfig:
         raise _from_lmgen(e) from None
 
 
-def _cut_at_stop(choice, tok, stop: list[str]) -> None:
-    """Beam search has no stop strings of its own: its results are cut at the first one."""
-    first = min((i for i in (choice.text.find(s) for s in stop) if i >= 0), default=-1)
-    if first < 0:
-        return
-    choice.text = choice.text[:first]
-    choice.finish_reason = "stop"
-    k = 0
-    while k < len(choice.token_ids) and len(tok.decode(choice.token_ids[:k])) < len(choice.text):
-        k += 1
-    choice.token_ids, choice.logprobs = choice.token_ids[:k], choice.logprobs[:k]
-
-
 def _usage(results) -> dict:
     prompt = sum(len(r.prompt_token_ids) for r in results)
     completion = sum(len(c.token_ids) for r in results for c in r.choices)
@@ -494,14 +481,9 @@ class _Api:
         want_lp = body.logprobs is not None
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": name}
-        stop = config.stop or []
 
         def choices(out) -> list[dict]:
             results, scored = out
-            if config.effective_strategy() == "beam" and stop:
-                for r in results:
-                    for c in r.choices:
-                        _cut_at_stop(c, lm.tokenizer, stop)
             return [{"index": k * n + c.index,
                      "text": (r.prompt if echo else "") + c.text,
                      "logprobs": _completion_logprobs(lm.tokenizer, r, c, body.logprobs or 0,
@@ -577,9 +559,6 @@ class _Api:
         def choices(out) -> list[dict]:
             results, _ = out
             r = results[0]
-            if config.effective_strategy() == "beam":
-                for c in r.choices:
-                    _cut_at_stop(c, lm.tokenizer, config.stop or [])
             return [{"index": c.index,
                      "message": {"role": "assistant", "content": c.text, "refusal": None},
                      "logprobs": _chat_logprobs(lm.tokenizer, c) if want_lp else None,
