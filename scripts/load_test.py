@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 import socket
@@ -27,6 +26,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from lmgen.server.cli import is_loopback
+
 PROMPTS = [
     "ROMEO:", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we proceed any further,",
     "KING RICHARD III:\nNow is the winter", "To be, or not to be", "HAMLET:\nWhat a piece of work",
@@ -36,13 +37,7 @@ MAX_CLIENTS, MAX_DURATION, MAX_TOKENS = 64, 300.0, 512
 
 
 def loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlparse(url).hostname or "")
 
 
 def free_port() -> int:

@@ -50,7 +50,7 @@ def load_models(specs: list[str] | None, device: str | None = None) -> dict:
     return models
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1", name)
     if args.api_key is not None and not args.api_key:
         raise ConfigError("--api-key must not be empty", "api_key")
-    if not _is_loopback(args.host) and args.api_key is None:
+    if not is_loopback(args.host) and args.api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this "
               "port can use the models", file=sys.stderr)
     _check_can_listen(args.host, args.port)
