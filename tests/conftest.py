@@ -94,3 +94,30 @@ def tiny_lm(tiny_model_dir):
     import lmgen
 
     return lmgen.load(tiny_model_dir)
+
+
+def save_peaky_model(path: Path, texts: list[str]) -> Path:
+    """A tiny random GPT (embeddings scaled up, so its distributions are not flat) and a BPE
+    trained on `texts`, saved as a model directory; built with lmgen alone, no transformers."""
+    import lmgen
+    from lmgen.lm import LM
+    from lmgen.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(texts=texts, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2,
+                          n_head=4, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    model = lmgen.GPT(cfg)
+    with torch.no_grad():
+        model.wte.weight.mul_(10.0)
+    LM(model, tok).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: torch's thread pool only adds contention (the CI box has 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

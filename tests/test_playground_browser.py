@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import lmgen
+from conftest import save_peaky_model
 from lmgen.server import create_app, serve_in_thread
 
 pytestmark = pytest.mark.browser
@@ -32,19 +32,7 @@ KEY = "sk-browser-test"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from lmgen.lm import LM
-    from lmgen.tokenizers import BPETokenizer
-
-    tok = BPETokenizer.train(texts=TEXTS, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2,
-                          n_head=4, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    model = lmgen.GPT(cfg)
-    with torch.no_grad():
-        model.wte.weight.mul_(10.0)
-    path = tmp_path_factory.mktemp("browser") / "tiny"
-    LM(model, tok).save(path)
-    return path
+    return save_peaky_model(tmp_path_factory.mktemp("browser") / "tiny", TEXTS)
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ INF = float("inf")
 SETTINGS = settings(max_examples=50, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool only adds contention (the CI box has 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- strategies -------------------------------------------------------------------------------

@@ -18,13 +18,7 @@ INF = float("inf")
 CHI2_CRITICAL_0_001 = {4: 18.467, 5: 20.515}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool only adds contention (the CI box has 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chi_square(draws: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:

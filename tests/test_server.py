@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 
 import lmgen
+from conftest import save_peaky_model
 from lmgen.generation import generate, next_token
 from lmgen.server import create_app, serve_in_thread
 
@@ -25,20 +25,7 @@ KEY = "sk-test-0123456789"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny random GPT with a trained byte-level BPE; built with lmgen alone (fast)."""
-    from lmgen.lm import LM
-    from lmgen.tokenizers import BPETokenizer
-
-    tok = BPETokenizer.train(texts=TEXTS, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2,
-                          n_head=4, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    model = lmgen.GPT(cfg)
-    with torch.no_grad():  # sharper than the init: the distributions are not all flat
-        model.wte.weight.mul_(10.0)
-    path = tmp_path_factory.mktemp("server") / "tiny"
-    LM(model, tok).save(path)
-    return path
+    return save_peaky_model(tmp_path_factory.mktemp("server") / "tiny", TEXTS)
 
 
 @pytest.fixture(scope="module")
