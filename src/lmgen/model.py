@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decode_linear import DecodeLinear
 from .errors import ConfigError, GenerationError
 
 ACTIVATIONS = {
@@ -195,20 +196,25 @@ class Block(nn.Module):
         return x, weights
 
 
+def _decode_fn(module: nn.Module):
+    return DecodeLinear(module) if isinstance(module, nn.Linear) else module.forward
+
+
 class _Plan:
     """The submodules' forward functions in a flat list, looked up once rather than through
-    `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path)."""
+    `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path). Linear
+    layers go through `DecodeLinear` (`lmgen.load` also lays their weights out for it)."""
 
     def __init__(self, model: GPT):
         self.n_head = model.config.n_head
         self.head_dim = model.config.head_dim
         self.layers = [
-            (b.ln_1.forward, b.attn.c_attn.forward, b.attn.c_proj.forward, b.ln_2.forward,
-             b.mlp.c_fc.forward, b.mlp.act, b.mlp.c_proj.forward)
+            (b.ln_1.forward, _decode_fn(b.attn.c_attn), _decode_fn(b.attn.c_proj), b.ln_2.forward,
+             _decode_fn(b.mlp.c_fc), b.mlp.act, _decode_fn(b.mlp.c_proj))
             for b in model.h
         ]
         self.ln_f = model.ln_f.forward
-        self.lm_head = model.lm_head.forward
+        self.lm_head = _decode_fn(model.lm_head)
         self.modules = [m for m in model.modules() if m is not model]
 
     def hooked(self) -> bool:
