@@ -114,7 +114,6 @@ def save_hf_dir(model, directory: Path) -> Path:
 
 def load_lmgen(directory: Path, dtype: str, tokenizer=None, quantize: str | None = None):
     from .checkpoint import config_from_hf, load_weights, read_tensors
-    from .decode_linear import relayout_for_decode
     from .lm import LM
     from .model import GPT
 
@@ -126,7 +125,6 @@ def load_lmgen(directory: Path, dtype: str, tokenizer=None, quantize: str | None
         from .quantize import quantize_model
 
         quantize_model(model, quantize)
-    relayout_for_decode(model)
     return LM(model, IdTokenizer(config.vocab_size, tokenizer), name=directory.name)
 
 

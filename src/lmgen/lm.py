@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from .checkpoint import read_model_dir, resolve_model, write_model_dir
-from .decode_linear import relayout_for_decode
 from .model import GPT, GPTConfig
 
 
@@ -76,6 +75,5 @@ def load(name_or_dir: str | os.PathLike | None = None, device: str | None = None
         from .quantize import quantize_model
 
         quantize_model(model, quantize)
-    relayout_for_decode(model)
     name = str(name_or_dir) if name_or_dir is not None else path.name
     return LM(model, tokenizer, name=name, path=path)

@@ -71,7 +71,7 @@ class GPTConfig:
         return d
 
 
-SERIAL_DECODE_ATTENTION = True  # see GPT._inference_blocks
+SERIAL_DECODE_ATTENTION = False  # see GPT._inference_blocks
 
 
 class KVCache:
@@ -203,7 +203,7 @@ def _decode_fn(module: nn.Module):
 class _Plan:
     """The submodules' forward functions in a flat list, looked up once rather than through
     `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path). Linear
-    layers go through `DecodeLinear` (`lmgen.load` also lays their weights out for it)."""
+    layers go through `DecodeLinear` (decode_linear.py)."""
 
     def __init__(self, model: GPT):
         self.n_head = model.config.n_head
