@@ -79,7 +79,7 @@ def test_fast_path_equals_module_path(padded, serial, products, threads, monkeyp
         same(fast(ids, logits_to_keep=2), slow(ids, logits_to_keep=2))
 
 
-def test_cache_reorder_moves_only_changed_rows_with_the_same_result():
+def test_cache_reorder_gathers_rows():
     m = _model().eval()
     ids = torch.randint(0, 97, (4, 5))
     for index in ([0, 1, 2, 3], [1, 1, 2, 0], [3, 2, 1, 0]):
@@ -91,6 +91,27 @@ def test_cache_reorder_moves_only_changed_rows_with_the_same_result():
         assert torch.equal(c.k[:, :, :, :5], k[:, index, :, :5])
         assert torch.equal(c.v[:, :, :, :5], v[:, index, :, :5])
         assert torch.equal(c.mask, mask[index])
+        assert all(lk.data_ptr() == c.k[i].data_ptr() for i, (lk, _) in enumerate(c.layers))
+        with torch.no_grad():  # a step on the reordered cache, then a second reorder
+            step = m(ids[:, :1], cache=c)
+        k2 = c.k.clone()
+        c.reorder(torch.tensor([2, 0, 0, 1]))
+        assert torch.equal(c.k[:, :, :, :6], k2[:, [2, 0, 0, 1], :, :6])
+        fresh = m.new_cache(4, 10)
+        with torch.no_grad():
+            m(ids[index], cache=fresh)
+            nxt = ids[:1, :1].expand(4, 1)
+            torch.testing.assert_close(m(nxt, cache=fresh),
+                                       m(nxt, cache=_reordered(m, ids, index)))
+        assert step.shape == (4, 1, 97)
+
+
+def _reordered(m, ids, index):
+    c = m.new_cache(4, 10)
+    with torch.no_grad():
+        m(ids, cache=c)
+    c.reorder(torch.tensor(index))
+    return c
 
 
 def test_hooks_still_fire_and_copies_work():
