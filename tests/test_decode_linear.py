@@ -88,8 +88,7 @@ def test_new_weights_and_dtypes_are_seen(threads):
         torch.testing.assert_close(fn(x), lin(x), atol=1e-5, rtol=1e-5)
         lin.double()
         xd = x.double()
-        torch.testing.assert_close(fn(xd), F.linear(xd, lin.weight, lin.bias))
-        lin.bfloat16()
+        assert torch.equal(fn(xd), F.linear(xd, lin.weight, lin.bias))
+        lin.bfloat16()  # F.linear's own kernel: faster in bfloat16
         xb = x.bfloat16()
-        torch.testing.assert_close(fn(xb), F.linear(xb, lin.weight, lin.bias), atol=2e-2,
-                                   rtol=2e-2)
+        assert torch.equal(fn(xb), F.linear(xb, lin.weight, lin.bias))
