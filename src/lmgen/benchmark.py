@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SHAPES = ("bundled", "14m", "124m")
 DTYPES = ("fp32", "bf16")
 CASES = ("greedy", "sample", "beam", "batch8", "prefill", "ttft")
-EXTRAS = ("int8", "compile", "speculative")
+EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
 
@@ -431,6 +431,13 @@ def run(args) -> Report:
     if "bundled" in shapes and not bundled_available():
         report.notes.append("bundled model `shakespeare` not installed yet: its rows are skipped")
         shapes = [s for s in shapes if s != "bundled"]
+    if "llamacpp" in args.extras:
+        from .llamacpp import find_llama_bench
+
+        if find_llama_bench() is None:
+            report.notes.append("No llama.cpp `llama-bench` binary on PATH or in $LLAMA_BENCH: "
+                                "the llama.cpp comparison was not run.")
+            args.extras = [e for e in args.extras if e != "llamacpp"]
     tmp = Path(tempfile.mkdtemp(prefix="lmgen-bench-"))
     repeats = args.repeats
     for shape in shapes:
@@ -485,6 +492,16 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
     out = []
     greedy = lmgen_runner(lm, "greedy", w)
     base_tokens = greedy()
+    if "sampling" in args.extras and shape == "124m" and dtype == "fp32":
+        sample = lmgen_runner(lm, "sample", w)
+        times = alternate({"greedy": greedy, "sample": sample}, max(args.repeats, 5))
+        tg, ts = statistics.median(times["greedy"]), statistics.median(times["sample"])
+        row = {"what": "sampling T=0.8 k=50 p=0.9 (the fused sampler) vs greedy", "model": label,
+               "dtype": dtype, "plain": w.new_tokens / tg, "optimised": w.new_tokens / ts,
+               "note": f"sampling adds {ts / tg - 1:+.1%} to a greedy step "
+                       f"({max(args.repeats, 5)} alternations)"}
+        out.append(row)
+        print(f"   extra {row}", file=sys.stderr, flush=True)
     if "int8" in args.extras and dtype == "fp32":
         q = load_lmgen(directory, dtype, tok, quantize="int8")
         qg = lmgen_runner(q, "greedy", w)
@@ -525,7 +542,30 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "speculative" in args.extras and shape == "bundled" and dtype == "fp32":
         out.extend(run_speculative(args, lm, tok, w))
+    if "llamacpp" in args.extras and shape in ("14m", "124m") and dtype == "fp32":
+        out.append(run_llamacpp(args, label, lm, w, greedy))
     return out
+
+
+def run_llamacpp(args, label, lm, w, greedy) -> dict:
+    """lmgen greedy against `llama-bench` decoding the same weights (GGUF f32), alternating."""
+    from .llamacpp import find_llama_bench, llama_bench, write_gguf
+
+    row = {"what": "llama.cpp", "kind": "reference", "model": label, "dtype": "fp32",
+           "plain": float("nan"), "optimised": float("nan")}
+    try:
+        path = write_gguf(lm.model, Path(tempfile.mkdtemp(prefix="lmgen-gguf-")) / "m.gguf")
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            ours.append(w.new_tokens / timed(greedy))
+            theirs.append(llama_bench(find_llama_bench(), path, w.new_tokens, args.threads))
+        row["plain"], row["optimised"] = statistics.median(ours), statistics.median(theirs)
+        row["note"] = (f"llama-bench -p 0 -n {w.new_tokens} -t {args.threads}, "
+                       f"{args.repeats} alternations")
+    except Exception as e:  # a reference point: report, never fail the run
+        row["note"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
+    print(f"   extra {row}", file=sys.stderr, flush=True)
+    return row
 
 
 def run_speculative(args, lm, tok, w) -> list[dict]:
@@ -661,14 +701,24 @@ def to_markdown(report: Report) -> str:
               "peak RSS MiB lmgen / tf | equal |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     lines += ["| " + format_row(r) + " |" for r in report.rows]
-    if report.extras:
+    options = [e for e in report.extras if e.get("kind") != "reference"]
+    references = [e for e in report.extras if e.get("kind") == "reference"]
+    if options:
         lines += ["", "## Optimisations measured against plain lmgen (same run)", "",
                   "| optimisation | model | dtype | plain tok/s | with it tok/s | speed-up | "
                   "notes |", "|---|---|---|---|---|---|---|"]
-        for e in report.extras:
+        for e in options:
             sp = e["optimised"] / e["plain"] if e["plain"] == e["plain"] else float("nan")
             lines.append(f"| {e['what']} | {e['model']} | {e['dtype']} | {e['plain']:.1f} | "
                          f"{e['optimised']:.1f} | {sp:.2f}× | {e['note']} |")
+    if references:
+        lines += ["", "## Against llama.cpp (same weights as GGUF f32, same run)", "",
+                  "| model | dtype | lmgen greedy tok/s | llama.cpp tok/s | lmgen / llama.cpp | "
+                  "notes |", "|---|---|---|---|---|---|"]
+        for e in references:
+            r = e["plain"] / e["optimised"] if e["optimised"] == e["optimised"] else float("nan")
+            lines.append(f"| {e['model']} | {e['dtype']} | {e['plain']:.1f} | "
+                         f"{e['optimised']:.1f} | {r:.2f}× | {e['note']} |")
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"

@@ -387,7 +387,9 @@ class GPT(nn.Module):
 
     def _inference_blocks(self, x: torch.Tensor, mask, cache: KVCache | None) -> torch.Tensor:
         """The blocks in eval mode without module-call overhead: the same operations in the same
-        order as `Block.forward`, so the results are bitwise identical."""
+        order as `Block.forward`, except that the linear layers of a decode step (a few rows) go
+        through `DecodeLinear`, equal to `F.linear` to float rounding. With
+        `decode_linear.ENABLED = False` the results are bitwise identical."""
         plan = self._get_plan()
         B, T, C = x.shape
         H, D = plan.n_head, plan.head_dim
@@ -395,9 +397,10 @@ class GPT(nn.Module):
         end = start + T
         causal = mask is None and T > 1 and start == 0
         x = x.view(B * T, C)  # 2-d rows: F.linear goes straight to addmm
-        # One query row per sequence: CPU flash attention splits that tiny job across threads,
-        # and the fork/join costs more than the work (and stalls for milliseconds when another
-        # process holds a core). Run it on one thread; the matrix products keep them all.
+        # SERIAL_DECODE_ATTENTION runs the one-query attention of a decode step on one thread:
+        # on a machine whose cores are busy with other jobs, the kernel's fork/join stalls for
+        # milliseconds. Off by default: on an idle machine the threads win (7-10% for beams
+        # and batches of 8 on the 14M shape).
         threads = torch.get_num_threads()
         serial = SERIAL_DECODE_ATTENTION and T == 1 and threads > 1 and x.device.type == "cpu"
         for i, (ln_1, c_attn, attn_proj, ln_2, c_fc, act, mlp_proj) in enumerate(plan.layers):
