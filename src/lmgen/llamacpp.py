@@ -73,7 +73,9 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
     w.add_tokenizer_pre("default")
     w.add_token_list([f"<{i}>" for i in range(cfg.vocab_size)])
     w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
-    w.add_token_merges([])
+    w.add_token_merges(["<0> <1>"])  # llama.cpp refuses a BPE vocabulary without merges
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
     w.add_add_bos_token(False)
     for name, t in _tensors(model).items():
         t = t.detach().float()
