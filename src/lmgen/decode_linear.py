@@ -45,31 +45,51 @@ class DecodeLinear:
     """Callable like `linear.forward`; reads the module's weight and bias at each call, so
     `.to()`, `load_state_dict` and in-place edits are seen."""
 
-    _onednn_ok = hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
     def __init__(self, linear: nn.Linear):
         self.linear = linear
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.linear.weight, self.linear.bias
-        out_features, in_features = w.shape
-        rows = x.numel() // in_features if in_features else 0
-        if (not ENABLED or x.device.type != "cpu" or not 0 < rows <= MAX_ROWS
-                or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32):
-            return F.linear(x, w, b)
-        x2 = x.reshape(rows, in_features)
-        if rows == 1 or (rows <= SWAP_ROWS and out_features >= in_features):
-            parts = split_parts(out_features, torch.get_num_threads())
-            if parts:
-                y = _swapped(x2, w, b, parts)
-                return y.view(*x.shape[:-1], out_features)
-        if DecodeLinear._onednn_ok:
-            try:
-                y = torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")
-                return y.view(*x.shape[:-1], out_features)
-            except RuntimeError:  # not in this build: F.linear from now on
-                DecodeLinear._onednn_ok = False
+        if torch.compiler.is_compiling():
+            # an opaque op for torch.compile: traced, the batched product's one-column
+            # operand becomes a generated loop 3x slower than the kernel
+            return torch.ops.lmgen.decode_linear(x, w, b)
+        return decode_product(x, w, b)
+
+
+_onednn = {"ok": hasattr(torch.ops.mkldnn, "_linear_pointwise")}
+
+
+def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, w, b)`, by the fastest path for a decode step's few rows (module doc)."""
+    out_features, in_features = w.shape
+    rows = x.numel() // in_features if in_features else 0
+    if (not ENABLED or x.device.type != "cpu" or not 0 < rows <= MAX_ROWS
+            or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32):
         return F.linear(x, w, b)
+    x2 = x.reshape(rows, in_features)
+    if rows == 1 or (rows <= SWAP_ROWS and out_features >= in_features):
+        parts = split_parts(out_features, torch.get_num_threads())
+        if parts:
+            return _swapped(x2, w, b, parts).view(*x.shape[:-1], out_features)
+    if _onednn["ok"]:
+        try:
+            y = torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")
+            return y.view(*x.shape[:-1], out_features)
+        except RuntimeError:  # not in this build: F.linear from now on
+            _onednn["ok"] = False
+    return F.linear(x, w, b)
+
+
+@torch.library.custom_op("lmgen::decode_linear", mutates_args=(),
+                         schema="(Tensor x, Tensor w, Tensor? b) -> Tensor")
+def _decode_linear_op(x, w, b):
+    return decode_product(x, w, b)  # always a new tensor (an op may not alias its input)
+
+
+@_decode_linear_op.register_fake
+def _(x, w, b):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
 def _swapped(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, parts: int):

@@ -89,11 +89,18 @@ class FusedSampler:
         token outside `ids` has probability zero. None: this step needs the chain."""
         V = logits.shape[-1]
         x = logits
-        if self.temperature != 1.0 and not self.temperature_last:
+        scale = self.temperature != 1.0 and not self.temperature_last
+        if scale and not self.top_k:
             x = x / self.temperature  # the same operation as the Temperature processor
         if self.top_k:
             k = min(self.top_k, V)
             vals, ids = x.topk(min(k + 1, V), dim=-1)
+            if scale:
+                # Dividing by T > 0 keeps the order, so the candidates are the same; divided
+                # here, k + 1 values rather than the vocabulary, with the same bits. Two values
+                # that become equal when divided are caught by the tie check below: a tie
+                # reaching past the k-th value always includes the (k+1)-th.
+                vals = vals / self.temperature
             if k < V and bool((vals[:, k] == vals[:, k - 1]).any()):
                 return None  # a tie with the k-th value: the chain keeps more than k
             vals, ids = vals[:, :k], ids[:, :k]
