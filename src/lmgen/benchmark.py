@@ -438,6 +438,10 @@ def run(args) -> Report:
             report.notes.append("No llama.cpp `llama-bench` binary on PATH or in $LLAMA_BENCH: "
                                 "the llama.cpp comparison was not run.")
             args.extras = [e for e in args.extras if e != "llamacpp"]
+    if not torch.cuda.is_available():
+        report.notes.append("No GPU was available to this run: no CUDA table. The decode paths "
+                            "are device-agnostic (the CPU-only decode products fall back to "
+                            "`F.linear` elsewhere).")
     tmp = Path(tempfile.mkdtemp(prefix="lmgen-bench-"))
     repeats = args.repeats
     for shape in shapes:
@@ -719,8 +723,13 @@ def to_markdown(report: Report) -> str:
             r = e["plain"] / e["optimised"] if e["optimised"] == e["optimised"] else float("nan")
             lines.append(f"| {e['model']} | {e['dtype']} | {e['plain']:.1f} | "
                          f"{e['optimised']:.1f} | {r:.2f}× | {e['note']} |")
-    if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    notes = list(report.notes)
+    if any(r.dtype == "bf16" and r.equal not in ("", "yes") for r in report.rows):
+        notes.append("bf16 `equal` column: lmgen's and transformers' bfloat16 products round "
+                     "differently, so some bf16 cases part after a few dozen tokens; every "
+                     "fp32 case is identical.")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -745,6 +754,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--out", default="docs/benchmarks.md",
                    help="markdown file to write ('-' for none)")
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="write the markdown of an earlier run's --json results (no measuring)")
     p.add_argument("--append", action="store_true",
                    help="append this run to --out as a section instead of replacing it")
     return p
@@ -760,6 +771,13 @@ def _split(value: str, allowed: tuple) -> list[str]:
 
         raise ConfigError(f"unknown {bad}; choose from {allowed}")
     return items
+
+
+def load_report(path: str) -> Report:
+    raw = json.loads(Path(path).read_text())
+    return Report(raw["info"], raw.get("args", []), [Row(**r) for r in raw["rows"]],
+                  raw.get("bandwidth", {}), raw.get("limits", {}), raw.get("extras", []),
+                  raw.get("notes", []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -790,7 +808,7 @@ def run_cli(args) -> int:
 
         raise ConfigError("the benchmark compares against transformers: pip install "
                           "transformers") from None
-    report = run(args)
+    report = load_report(args.from_json) if args.from_json else run(args)
     md = to_markdown(report)
     print(md)
     if args.out and args.out != "-":
@@ -803,7 +821,7 @@ def run_cli(args) -> int:
         out.write_text(md)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"info": report.info, "rows": [r.__dict__ for r in report.rows],
+            {"info": report.info, "args": report.args, "rows": [r.__dict__ for r in report.rows],
              "bandwidth": report.bandwidth, "limits": report.limits,
              "extras": report.extras, "notes": report.notes}, indent=2))
     return 0
