@@ -50,8 +50,8 @@ def test_decode_products_equal_f_linear(in_f, out_f, bias, threads):
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_each_path_is_taken(threads, monkeypatch):
-    """One row: the turned-around split; a few rows of a down projection: oneDNN; more than
-    MAX_ROWS, or oneDNN missing: F.linear. Each gives F.linear's numbers."""
+    """One or two rows: the turned-around split; three or more rows of a down projection:
+    oneDNN; more than MAX_ROWS, or oneDNN missing: F.linear. Each gives F.linear's numbers."""
     calls = []
     real_baddbmm, real_linear = torch.baddbmm, F.linear
     monkeypatch.setattr(torch, "baddbmm", lambda *a: calls.append("split") or real_baddbmm(*a))
@@ -59,7 +59,7 @@ def test_each_path_is_taken(threads, monkeypatch):
     narrow = _linear(48, 24, True)
     fn = DecodeLinear(narrow)
     with torch.no_grad():
-        for rows, path in ((1, "split"), (3, "onednn"), (MAX_ROWS + 1, "linear")):
+        for rows, path in ((1, "split"), (2, "split"), (3, "onednn"), (MAX_ROWS + 1, "linear")):
             calls.clear()
             x = torch.randn(rows, 48)
             torch.testing.assert_close(fn(x), real_linear(x, narrow.weight, narrow.bias))

@@ -10,7 +10,8 @@ around and split:
 - up to `SWAP_ROWS` rows, `y.T = W @ x.T` with W's output rows cut into `parts` equal blocks,
   as one batched product (`torch.baddbmm`): 25-30 GB/s on one thread and 30-35 GB/s on two,
   for every shape of GPT-2 small and the 14M benchmark model. Turned around, the down
-  projection (out < in) is slow from two rows up, so it takes the next path there;
+  projection (out < in) is slow from three rows up (13-14 GB/s at 4), so it takes the next
+  path there;
 - up to `MAX_ROWS` rows, oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the kernel
   torch's CPU compiler calls): 14-22 GB/s at 4-8 rows, against 7-11 for `F.linear`.
 
@@ -68,7 +69,7 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
             or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32):
         return F.linear(x, w, b)
     x2 = x.reshape(rows, in_features)
-    if rows == 1 or (rows <= SWAP_ROWS and out_features >= in_features):
+    if rows <= 2 or (rows <= SWAP_ROWS and out_features >= in_features):
         parts = split_parts(out_features, torch.get_num_threads())
         if parts:
             return _swapped(x2, w, b, parts).view(*x.shape[:-1], out_features)
