@@ -114,6 +114,15 @@ def save_peaky_model(path: Path, texts: list[str]) -> Path:
     return path
 
 
+@pytest.fixture
+def threads(request):
+    """`torch.set_num_threads(n)` for one test: parametrize with `indirect=True`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: torch's thread pool only adds contention (the CI box has 2 cores)."""

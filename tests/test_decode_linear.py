@@ -11,14 +11,6 @@ import lmgen.decode_linear as D
 from lmgen.decode_linear import MAX_ROWS, DecodeLinear, split_parts
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _linear(in_f, out_f, bias, seed=0):
     torch.manual_seed(seed)
     lin = nn.Linear(in_f, out_f, bias=bias)

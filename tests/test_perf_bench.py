@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -50,3 +51,28 @@ def test_quick_run_smoke(tmp_path):
     subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], check=True,
                    capture_output=True, timeout=600)
     assert "greedy, batch 1" in out.read_text()
+
+
+def test_extras_tables_and_json_round_trip(tmp_path):
+    """Optimisations and the llama.cpp reference get their own tables; --from-json re-renders
+    a saved run to the same page."""
+    rep = B.Report(B.machine_info(), ["--shapes", "14m"])
+    rep.rows.append(B.Row("14M shape", "bf16", "beam", 10.0, 5.0, "no (first 3 of 8)"))
+    rep.extras.append({"what": "int8 weight-only", "model": "14M", "dtype": "fp32",
+                       "plain": 100.0, "optimised": 150.0, "note": "n"})
+    rep.extras.append({"what": "llama.cpp", "kind": "reference", "model": "14M",
+                       "dtype": "fp32", "plain": 80.0, "optimised": 100.0, "note": "r"})
+    rep.extras.append({"what": "llama.cpp", "kind": "reference", "model": "124M",
+                       "dtype": "fp32", "plain": float("nan"), "optimised": float("nan"),
+                       "note": "failed: x"})
+    md = B.to_markdown(rep)
+    assert "| int8 weight-only | 14M | fp32 | 100.0 | 150.0 | 1.50× | n |" in md
+    assert "| 14M | fp32 | 80.0 | 100.0 | 0.80× | r |" in md
+    assert "| 124M | fp32 | nan | nan | nan× | failed: x |" in md
+    assert "bf16 `equal` column" in md
+    raw = tmp_path / "run.json"
+    raw.write_text(json.dumps({"info": rep.info, "args": rep.args,
+                               "rows": [r.__dict__ for r in rep.rows], "extras": rep.extras}))
+    out = tmp_path / "b.md"
+    assert B.main(["--from-json", str(raw), "--out", str(out)]) == 0
+    assert out.read_text() == md

@@ -29,14 +29,6 @@ def _module_path(m):
     return m
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("products", [False, True])
 @pytest.mark.parametrize("serial", [False, True])

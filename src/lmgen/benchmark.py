@@ -708,21 +708,19 @@ def to_markdown(report: Report) -> str:
     options = [e for e in report.extras if e.get("kind") != "reference"]
     references = [e for e in report.extras if e.get("kind") == "reference"]
     if options:
-        lines += ["", "## Optimisations measured against plain lmgen (same run)", "",
-                  "| optimisation | model | dtype | plain tok/s | with it tok/s | speed-up | "
-                  "notes |", "|---|---|---|---|---|---|---|"]
-        for e in options:
-            sp = e["optimised"] / e["plain"] if e["plain"] == e["plain"] else float("nan")
-            lines.append(f"| {e['what']} | {e['model']} | {e['dtype']} | {e['plain']:.1f} | "
-                         f"{e['optimised']:.1f} | {sp:.2f}× | {e['note']} |")
+        lines += _table("Optimisations measured against plain lmgen (same run)",
+                        ["optimisation", "model", "dtype", "plain tok/s", "with it tok/s",
+                         "speed-up", "notes"],
+                        [[e["what"], e["model"], e["dtype"], f"{e['plain']:.1f}",
+                          f"{e['optimised']:.1f}", f"{_ratio(e['optimised'], e['plain']):.2f}×",
+                          e["note"]] for e in options])
     if references:
-        lines += ["", "## Against llama.cpp (same weights as GGUF f32, same run)", "",
-                  "| model | dtype | lmgen greedy tok/s | llama.cpp tok/s | lmgen / llama.cpp | "
-                  "notes |", "|---|---|---|---|---|---|"]
-        for e in references:
-            r = e["plain"] / e["optimised"] if e["optimised"] == e["optimised"] else float("nan")
-            lines.append(f"| {e['model']} | {e['dtype']} | {e['plain']:.1f} | "
-                         f"{e['optimised']:.1f} | {r:.2f}× | {e['note']} |")
+        lines += _table("Against llama.cpp (same weights as GGUF f32, same run)",
+                        ["model", "dtype", "lmgen greedy tok/s", "llama.cpp tok/s",
+                         "lmgen / llama.cpp", "notes"],
+                        [[e["model"], e["dtype"], f"{e['plain']:.1f}", f"{e['optimised']:.1f}",
+                          f"{_ratio(e['plain'], e['optimised']):.2f}×", e["note"]]
+                         for e in references])
     notes = list(report.notes)
     if any(r.dtype == "bf16" and r.equal not in ("", "yes") for r in report.rows):
         notes.append("bf16 `equal` column: lmgen's and transformers' bfloat16 products round "
@@ -731,6 +729,15 @@ def to_markdown(report: Report) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b == b and b else float("nan")  # b == b: not NaN (a skipped row)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
