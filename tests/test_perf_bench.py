@@ -40,9 +40,12 @@ def test_markdown_table():
     rep = B.Report(B.machine_info(), ["--quick"])
     rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes", 0.5, 0.2, 300, 320))
     rep.rows.append(B.Row("14M shape", "fp32", "ttft", 0.01, 0.02))
+    rep.rows.append(B.Row("14M shape", "fp32", "sample", 90.0, 30.0, "", 0.45, 0.15,
+                          bw_gbs=31.25))
     rep.bandwidth["14M shape fp32"], rep.limits["14M shape fp32"] = 20.0, 200.0
     md = B.to_markdown(rep)
     assert "**2.50×**" in md and "50% / 20%" in md and "**2.00×**" in md
+    assert "45% / 15% (31.2 GB/s)" in md
 
 
 @pytest.mark.slow

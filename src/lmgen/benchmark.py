@@ -245,7 +245,8 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def alternate(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(fns: dict, repeats: int, warmup: int = 1, between=None
+              ) -> dict[str, list[float]]:
     """Runs each function `warmup` times, then `repeats` rounds in alternating order (ABBA...);
     returns the seconds of every timed run per name."""
     names = list(fns)
@@ -257,6 +258,8 @@ def alternate(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]
         for name in (names if r % 2 == 0 else names[::-1]):
             gc.collect()
             times[name].append(timed(fns[name]))
+            if between is not None:
+                between()
     return times
 
 
@@ -395,6 +398,7 @@ class Row:
     bw_hf: float | None = None
     rss_lmgen: float | None = None
     rss_hf: float | None = None
+    bw_gbs: float | None = None  # bandwidth sampled between this case's timed runs
 
     @property
     def ratio(self) -> float:
@@ -473,13 +477,20 @@ def run(args) -> Report:
                 eq = ""
                 if case in ("greedy", "beam", "batch8"):
                     eq = compare(fa(), fb())
-                times = alternate({"lmgen": fa, "hf": fb}, repeats)
+                # Batch-1 cases: the bandwidth is sampled after every timed run, so the limit
+                # is the machine's while the case ran (it drifts by more than the margins).
+                samples: list[float] = []
+                between = (lambda out=samples: out.append(measure_bandwidth(mib=128, repeats=2))
+                           ) if case in ("greedy", "sample") else None
+                times = alternate({"lmgen": fa, "hf": fb}, repeats, between=between)
                 ta, tb = statistics.median(times["lmgen"]), statistics.median(times["hf"])
                 u = units(case, w)
                 row = Row(label, dtype, case, ta if case == "ttft" else u / ta,
                           tb if case == "ttft" else u / tb, eq)
-                if case in ("greedy", "sample"):
-                    row.bw_lmgen, row.bw_hf = row.lmgen / limit, row.hf / limit
+                if samples:
+                    row.bw_gbs = statistics.median(samples)
+                    case_limit = row.bw_gbs * 1e9 / bytes_per_token(lm.model, ctx)
+                    row.bw_lmgen, row.bw_hf = row.lmgen / case_limit, row.hf / case_limit
                 row.rss_lmgen = rss.get("lmgen", {}).get(case)
                 row.rss_hf = rss.get("hf", {}).get(case)
                 report.rows.append(row)
@@ -664,6 +675,8 @@ def _fmt(case: str, v: float) -> str:
 
 def format_row(r: Row) -> str:
     bw = f" | {r.bw_lmgen:.0%} / {r.bw_hf:.0%}" if r.bw_lmgen is not None else " | "
+    if r.bw_gbs is not None:
+        bw += f" ({r.bw_gbs:.1f} GB/s)"
     rss = (f" | {r.rss_lmgen:.0f} / {r.rss_hf:.0f}" if r.rss_lmgen and r.rss_hf else " | ")
     return (f"{r.model} | {r.dtype} | {CASE_NAMES[r.case]} | {_unit(r.case)} | "
             f"{_fmt(r.case, r.lmgen)} | {_fmt(r.case, r.hf)} | **{r.ratio:.2f}×**{bw}{rss} | "
@@ -687,7 +700,9 @@ def to_markdown(report: Report) -> str:
         "A/B runs alternate in one process (ABBA order) after a warm-up; medians shown. "
         "Ratio = lmgen / transformers (time to first token: transformers / lmgen, so > 1 is "
         "faster). `BW` = fraction of the memory-bandwidth limit (measured bandwidth / bytes read "
-        "per token, weights + KV cache), measured in the same run for each model and dtype. "
+        "per token, weights + KV cache); where a bandwidth is shown in that column, it was "
+        "sampled after every timed run of that case (median), otherwise it is the model's "
+        "figure in the first table, measured once before its cases. "
         "Peak RSS: a fresh subprocess per implementation, model and dtype; the peak is reset "
         "after loading (`/proc/self/clear_refs`) and read after each case (VmHWM), so it is the "
         "resident memory during that case, weights included. `equal`: greedy/beam tokens "
