@@ -87,11 +87,10 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
             top_scores, top_idx = acc.topk(keep, dim=-1)
             parent = torch.div(top_idx, V, rounding_mode="floor")
             token = top_idx % V
-            cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_len)).clone()
+            cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_len))
             cand_seq[:, :, cur] = token
             n_gen = cur - P
             cand_raw = run_raw.gather(1, parent[:, :, None].expand(-1, -1, run_raw.shape[2]))
-            cand_raw = cand_raw.clone()
             flat_parent = (parent + batch_offset).view(-1)
             cand_raw[:, :, n_gen] = raw[flat_parent, token.view(-1)].view(B, keep)
             hits = torch.isin(token, eos) if len(eos_ids) else torch.zeros_like(token, dtype=bool)
