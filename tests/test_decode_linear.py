@@ -84,3 +84,13 @@ def test_new_weights_and_dtypes_are_seen(threads):
         lin.bfloat16()  # F.linear's own kernel: faster in bfloat16
         xb = x.bfloat16()
         assert torch.equal(fn(xb), F.linear(xb, lin.weight, lin.bias))
+
+
+def test_with_autograd_it_is_f_linear_and_gradients_flow():
+    """An eval-mode forward with gradients on (saliency, say) must give F.linear's gradients."""
+    lin = _linear(48, 24, True)
+    x = torch.randn(3, 48, requires_grad=True)
+    DecodeLinear(lin)(x).square().sum().backward()
+    want_x = torch.autograd.grad(F.linear(x, lin.weight, lin.bias).square().sum(), x)[0]
+    assert torch.equal(x.grad, want_x)
+    assert lin.weight.grad is not None

@@ -66,8 +66,9 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
     out_features, in_features = w.shape
     rows = x.numel() // in_features if in_features else 0
     if (not ENABLED or x.device.type != "cpu" or not 0 < rows <= MAX_ROWS
-            or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32):
-        return F.linear(x, w, b)
+            or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32
+            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+        return F.linear(x, w, b)  # (oneDNN's op has no backward: autograd gets F.linear)
     x2 = x.reshape(rows, in_features)
     if rows <= 2 or (rows <= SWAP_ROWS and out_features >= in_features):
         parts = split_parts(out_features, torch.get_num_threads())
