@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmgen import benchmark as B
+from lmgen.errors import ConfigError
 from lmgen.model import GPT, GPTConfig
 
 
@@ -79,3 +80,12 @@ def test_extras_tables_and_json_round_trip(tmp_path):
     out = tmp_path / "b.md"
     assert B.main(["--from-json", str(raw), "--out", str(out)]) == 0
     assert out.read_text() == md
+
+
+def test_from_json_refuses_a_file_that_is_not_a_run(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(ConfigError, match="not a results file written by --json"):
+        B.load_report(str(bad))
+    with pytest.raises(ConfigError, match="FileNotFoundError"):
+        B.load_report(str(tmp_path / "missing.json"))

@@ -796,10 +796,16 @@ def _split(value: str, allowed: tuple) -> list[str]:
 
 
 def load_report(path: str) -> Report:
-    raw = json.loads(Path(path).read_text())
-    return Report(raw["info"], raw.get("args", []), [Row(**r) for r in raw["rows"]],
-                  raw.get("bandwidth", {}), raw.get("limits", {}), raw.get("extras", []),
-                  raw.get("notes", []))
+    from .errors import ConfigError
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        return Report(raw["info"], raw.get("args", []), [Row(**r) for r in raw["rows"]],
+                      raw.get("bandwidth", {}), raw.get("limits", {}), raw.get("extras", []),
+                      raw.get("notes", []))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--from-json {path}: not a results file written by --json "
+                          f"({type(e).__name__}: {e})", "from_json") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,8 @@ differ.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,7 @@ MAX_ROWS = 32
 ENABLED = True  # False: every product is F.linear (the reference; tests compare the two)
 
 
+@functools.lru_cache(maxsize=256)
 def split_parts(out_features: int, threads: int) -> int:
     """Blocks for the turned-around product: the smallest divisor of `out_features` that is at
     least max(2, threads) and at most 64; 0 when there is none (then no split)."""

@@ -396,7 +396,7 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         end = start + T
         causal = mask is None and T > 1 and start == 0
-        x = x.view(B * T, C)  # 2-d rows: F.linear goes straight to addmm
+        x = x.view(B * T, C)  # 2-d rows for the products (DecodeLinear, F.linear)
         # SERIAL_DECODE_ATTENTION runs the one-query attention of a decode step on one thread:
         # on a machine whose cores are busy with other jobs, the kernel's fork/join stalls for
         # milliseconds. Off by default: on an idle machine the threads win (7-10% for beams
