@@ -29,8 +29,10 @@ def main(argv=None) -> int:
     model, tok = B.make_model(args.shape)
     d = B.save_hf_dir(model, Path(tempfile.mkdtemp()) / args.shape)
     w = B.make_workload(model.config.vocab_size, model.config.n_positions, args.tokens, tok)
-    runs = {"lmgen": B.lmgen_runner(B.load_lmgen(d, args.dtype, tok), args.case, w),
-            "transformers": B.hf_runner(B.load_hf(d, args.dtype), args.case, w)}
+    runs = {
+        "lmgen": B.lmgen_runner(B.load_lmgen(d, args.dtype, tok), args.case, w),
+        "transformers": B.hf_runner(B.load_hf(d, args.dtype), args.case, w),
+    }
     for name, fn in runs.items():
         fn()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -38,9 +40,11 @@ def main(argv=None) -> int:
         ka = prof.key_averages()
         ops = sum(e.count for e in ka if e.key.startswith("aten::"))
         total = sum(e.self_cpu_time_total for e in ka) / 1e3
-        print(f"\n== {name}: {args.shape} {args.dtype} {args.case}, {w.new_tokens} tokens: "
-              f"{ops / w.new_tokens:.0f} aten ops and {total / w.new_tokens:.2f} ms (profiled) "
-              "per token")
+        print(
+            f"\n== {name}: {args.shape} {args.dtype} {args.case}, {w.new_tokens} tokens: "
+            f"{ops / w.new_tokens:.0f} aten ops and {total / w.new_tokens:.2f} ms (profiled) "
+            "per token"
+        )
         print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
 

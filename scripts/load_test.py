@@ -29,9 +29,14 @@ import httpx
 from lmgen.server.cli import is_loopback
 
 PROMPTS = [
-    "ROMEO:", "JULIET:\nO Romeo, Romeo,", "First Citizen:\nBefore we proceed any further,",
-    "KING RICHARD III:\nNow is the winter", "To be, or not to be", "HAMLET:\nWhat a piece of work",
-    "MENENIUS:\nI tell you, friends,", "LADY MACBETH:\nOut, damned spot!",
+    "ROMEO:",
+    "JULIET:\nO Romeo, Romeo,",
+    "First Citizen:\nBefore we proceed any further,",
+    "KING RICHARD III:\nNow is the winter",
+    "To be, or not to be",
+    "HAMLET:\nWhat a piece of work",
+    "MENENIUS:\nI tell you, friends,",
+    "LADY MACBETH:\nOut, damned spot!",
 ]
 MAX_CLIENTS, MAX_DURATION, MAX_TOKENS = 64, 300.0, 512
 
@@ -48,9 +53,22 @@ def free_port() -> int:
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "lmgen", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--batching", args.batching, "--log-level", "warning",
-           "--max-active", str(args.max_active)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmgen",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--batching",
+        args.batching,
+        "--log-level",
+        "warning",
+        "--max-active",
+        str(args.max_active),
+    ]
     for m in args.model or []:
         cmd += ["--model", m]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -79,8 +97,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def one_request(client: httpx.AsyncClient, args, i: int, rec: dict) -> None:
-    body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens,
-            "temperature": args.temperature, "ignore_eos": True}
+    body = {
+        "prompt": PROMPTS[i % len(PROMPTS)],
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "ignore_eos": True,
+    }
     if args.model_name:
         body["model"] = args.model_name
     if args.seeded:
@@ -126,8 +148,9 @@ async def run(url: str, args) -> dict:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.clients + 4)
     timeout = httpx.Timeout(args.duration + args.grace)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                                 timeout=timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=timeout
+    ) as client:
         stop_at = time.perf_counter() + args.duration
         counter = iter(range(10**9))
 
@@ -149,18 +172,28 @@ async def run(url: str, args) -> dict:
             server = None
     n = len(rec["latency"])
     out = {
-        "url": url, "clients": args.clients, "duration_s": args.duration,
-        "max_tokens": args.max_tokens, "stream": args.stream, "seeded": args.seeded,
+        "url": url,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "max_tokens": args.max_tokens,
+        "stream": args.stream,
+        "seeded": args.seeded,
         "batching": args.batching if not args.url else "(server's)",
-        "wall_s": round(wall, 2), "requests_ok": n,
-        "errors": dict(rec["errors"]), "requests_per_s": round(n / wall, 3),
+        "wall_s": round(wall, 2),
+        "requests_ok": n,
+        "errors": dict(rec["errors"]),
+        "requests_per_s": round(n / wall, 3),
         "tokens_per_s": round(rec["tokens"] / wall, 1),
-        "latency_s": {q: round(percentile(rec["latency"], p), 3)
-                      for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+        "latency_s": {
+            q: round(percentile(rec["latency"], p), 3)
+            for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },
     }
     if args.stream:
-        out["ttft_s"] = {q: round(percentile(rec["ttft"], p), 3)
-                         for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+        out["ttft_s"] = {
+            q: round(percentile(rec["ttft"], p), 3)
+            for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        }
     if server:
         out["server"] = server.get("models")
     return out
@@ -171,13 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="a running server (loopback only); default: start one")
     p.add_argument("--model", action="append", help="model for the started server (repeatable)")
     p.add_argument("--model-name", help="the `model` field of the requests (default: the first)")
-    p.add_argument("--batching", choices=["on", "off"], default="on",
-                   help="the started server's --batching")
+    p.add_argument(
+        "--batching", choices=["on", "off"], default="on", help="the started server's --batching"
+    )
     p.add_argument("--max-active", type=int, default=16, help="the started server's --max-active")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of sending requests")
-    p.add_argument("--grace", type=float, default=30.0,
-                   help="seconds allowed afterwards for requests in flight")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds allowed afterwards for requests in flight",
+    )
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--stream", action="store_true")
@@ -213,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
     lat = out["latency_s"]
-    print(f"{out['clients']} clients x {out['duration_s']:g} s, {out['max_tokens']} tokens/request"
-          f"{', streaming' if args.stream else ''}, batching {out['batching']}")
+    print(
+        f"{out['clients']} clients x {out['duration_s']:g} s, {out['max_tokens']} tokens/request"
+        f"{', streaming' if args.stream else ''}, batching {out['batching']}"
+    )
     print(f"  requests ok     {out['requests_ok']}   errors {out['errors'] or 0}")
     print(f"  throughput      {out['requests_per_s']:.2f} req/s   {out['tokens_per_s']:.1f} tok/s")
     print(f"  latency (s)     p50 {lat['p50']:.3f}   p95 {lat['p95']:.3f}   p99 {lat['p99']:.3f}")

@@ -29,68 +29,117 @@ class Entry:
 
 
 ENTRIES = [
-    Entry("next", "One next token, five decoding methods",
-          ["next", "JULIET:\nO Romeo, Romeo, wherefore art", "--top", "10", "--temperature",
-           "0.8", "--top-k", "5", "--top-p", "0.9", "--num-beams", "3", "--seed", "0"],
-          "Each column is one decoding method looking at the same ten most likely next "
-          "tokens (rows, by raw logit). The colour and the number are the probability that "
-          "method samples from after its processors; hatched grey cells were removed. Greedy "
-          "takes the top row. Temperature rescales every logit, so nothing is removed but "
-          "the shares move. Top-k cuts below the k-th token (dashed line); top-p keeps the "
-          "smallest head of the list whose mass reaches p: the orange line is the running "
-          "total and the dotted line marks p. The red box is the token each method picks "
-          "(the sampled ones with seed 0, the same draw `lmgen generate --seed 0` makes); "
-          "the beam column shows the first step of beam search, which keeps the best three "
-          "continuations as beams and prunes the next three."),
-    Entry("temperature", "Temperature: the same logits, flatter or sharper",
-          ["temperature", "ROMEO:\nWhat say you, my", "--top", "10",
-           "--temperatures", "0.1,0.5,1,1.5,2"],
-          "One row per temperature T: the probability of the ten most likely next tokens "
-          "after dividing the logits by T, and the share of all other tokens in the last "
-          "column. At T = 0.1 almost all the mass sits on the top token (greedy in all but "
-          "name); at T = 2 most of it has drained into the long tail. The bars on the right "
-          "give each distribution's entropy in nats, which grows with T towards the "
-          "entropy of the uniform distribution."),
-    Entry("embeddings", "Embeddings: what the first block receives",
-          ["embeddings", "To be, or not to be, that is the question"],
-          "The three heatmaps have one row per token of the prompt and one column per "
-          "embedding dimension: the token embedding looked up for each token, the positional "
-          "embedding looked up for each position, and their sum, which is exactly what the "
-          "first transformer block reads (the same token at two positions, such as `␣be`, "
-          "has identical rows on the left but different sums). Below left, the cosine "
-          "similarity between the positional embeddings: each position has a direction of "
-          "its own, nearly orthogonal to the others. Below right, the same for the sums: a "
-          "repeated token (`␣be`, `,`) stays similar to itself wherever it stands, which is "
-          "what lets attention find it again."),
-    Entry("attention", "Attention: where each token looks",
-          ["attention", "ROMEO:\nBut soft, what light through yonder window breaks?",
-           "--layer", "1"],
-          "Every head of layer 1 (of 4). Row q shows how the token at position q spreads its "
-          "attention over the tokens up to itself (each row sums to 1); the light grey "
-          "triangle is the future, which a causal model cannot see. The colour scale is a "
-          "square root, so thinly spread attention stays visible. Heads specialise: heads 1 "
-          "and 3 keep returning to the colon that ends the speaker's name, head 2 mostly "
-          "looks at the last few tokens. `--head H` draws one head large, with the weights "
-          "written in."),
-    Entry("beam", "Beam search: the tree it explores",
-          ["beam", "ROMEO:\n", "--num-beams", "3", "--max-new-tokens", "6"],
-          "Read left to right from the prompt. At each step beam search extends every "
-          "running beam, scores the continuations by their cumulative log-probability "
-          "(the number in each box) and looks at the best six: the best three that have not "
-          "ended become the next step's beams (blue), the rest are pruned (grey, dashed). A "
-          "continuation that ends, with the end token or at the length limit, is finished "
-          "(green); the finished hypotheses beam search returns are gold, ranked by their "
-          "length-normalised score in the list below."),
-    Entry("generation", "A generated text, token by token",
-          ["generation", "ROMEO:\nI", "--strategy", "sample", "--temperature", "0.8",
-           "--top-k", "40", "--seed", "2", "--max-new-tokens", "40"],
-          "Sampling with temperature 0.8 and top-k 40 (seed 2). Each generated token is "
-          "coloured by the probability it had when it was drawn: green was an easy choice, "
-          "red a surprising one. Below, per step: that probability (bars; the dots are the "
-          "raw model's probability before temperature and top-k) and the entropy of the "
-          "distribution it was drawn from (solid) and of the raw one (dashed). The line "
-          "breaks after a comma are easy, with low entropy; most words are drawn from wide "
-          "distributions, where temperature and top-k matter most."),
+    Entry(
+        "next",
+        "One next token, five decoding methods",
+        [
+            "next",
+            "JULIET:\nO Romeo, Romeo, wherefore art",
+            "--top",
+            "10",
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "5",
+            "--top-p",
+            "0.9",
+            "--num-beams",
+            "3",
+            "--seed",
+            "0",
+        ],
+        "Each column is one decoding method looking at the same ten most likely next "
+        "tokens (rows, by raw logit). The colour and the number are the probability that "
+        "method samples from after its processors; hatched grey cells were removed. Greedy "
+        "takes the top row. Temperature rescales every logit, so nothing is removed but "
+        "the shares move. Top-k cuts below the k-th token (dashed line); top-p keeps the "
+        "smallest head of the list whose mass reaches p: the orange line is the running "
+        "total and the dotted line marks p. The red box is the token each method picks "
+        "(the sampled ones with seed 0, the same draw `lmgen generate --seed 0` makes); "
+        "the beam column shows the first step of beam search, which keeps the best three "
+        "continuations as beams and prunes the next three.",
+    ),
+    Entry(
+        "temperature",
+        "Temperature: the same logits, flatter or sharper",
+        [
+            "temperature",
+            "ROMEO:\nWhat say you, my",
+            "--top",
+            "10",
+            "--temperatures",
+            "0.1,0.5,1,1.5,2",
+        ],
+        "One row per temperature T: the probability of the ten most likely next tokens "
+        "after dividing the logits by T, and the share of all other tokens in the last "
+        "column. At T = 0.1 almost all the mass sits on the top token (greedy in all but "
+        "name); at T = 2 most of it has drained into the long tail. The bars on the right "
+        "give each distribution's entropy in nats, which grows with T towards the "
+        "entropy of the uniform distribution.",
+    ),
+    Entry(
+        "embeddings",
+        "Embeddings: what the first block receives",
+        ["embeddings", "To be, or not to be, that is the question"],
+        "The three heatmaps have one row per token of the prompt and one column per "
+        "embedding dimension: the token embedding looked up for each token, the positional "
+        "embedding looked up for each position, and their sum, which is exactly what the "
+        "first transformer block reads (the same token at two positions, such as `␣be`, "
+        "has identical rows on the left but different sums). Below left, the cosine "
+        "similarity between the positional embeddings: each position has a direction of "
+        "its own, nearly orthogonal to the others. Below right, the same for the sums: a "
+        "repeated token (`␣be`, `,`) stays similar to itself wherever it stands, which is "
+        "what lets attention find it again.",
+    ),
+    Entry(
+        "attention",
+        "Attention: where each token looks",
+        ["attention", "ROMEO:\nBut soft, what light through yonder window breaks?", "--layer", "1"],
+        "Every head of layer 1 (of 4). Row q shows how the token at position q spreads its "
+        "attention over the tokens up to itself (each row sums to 1); the light grey "
+        "triangle is the future, which a causal model cannot see. The colour scale is a "
+        "square root, so thinly spread attention stays visible. Heads specialise: heads 1 "
+        "and 3 keep returning to the colon that ends the speaker's name, head 2 mostly "
+        "looks at the last few tokens. `--head H` draws one head large, with the weights "
+        "written in.",
+    ),
+    Entry(
+        "beam",
+        "Beam search: the tree it explores",
+        ["beam", "ROMEO:\n", "--num-beams", "3", "--max-new-tokens", "6"],
+        "Read left to right from the prompt. At each step beam search extends every "
+        "running beam, scores the continuations by their cumulative log-probability "
+        "(the number in each box) and looks at the best six: the best three that have not "
+        "ended become the next step's beams (blue), the rest are pruned (grey, dashed). A "
+        "continuation that ends, with the end token or at the length limit, is finished "
+        "(green); the finished hypotheses beam search returns are gold, ranked by their "
+        "length-normalised score in the list below.",
+    ),
+    Entry(
+        "generation",
+        "A generated text, token by token",
+        [
+            "generation",
+            "ROMEO:\nI",
+            "--strategy",
+            "sample",
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "40",
+            "--seed",
+            "2",
+            "--max-new-tokens",
+            "40",
+        ],
+        "Sampling with temperature 0.8 and top-k 40 (seed 2). Each generated token is "
+        "coloured by the probability it had when it was drawn: green was an easy choice, "
+        "red a surprising one. Below, per step: that probability (bars; the dots are the "
+        "raw model's probability before temperature and top-k) and the entropy of the "
+        "distribution it was drawn from (solid) and of the raw one (dashed). The line "
+        "breaks after a comma are easy, with low entropy; most words are drawn from wide "
+        "distributions, where temperature and top-k matter most.",
+    ),
 ]
 
 
@@ -102,8 +151,9 @@ def shrink_png(path: Path) -> None:
     before = path.stat().st_size
     tmp = path.with_suffix(".tmp.png")
     with Image.open(path) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                   dither=Image.Dither.NONE).save(tmp, optimize=True)
+        im.convert("RGB").quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+        ).save(tmp, optimize=True)
     if tmp.stat().st_size < before:
         tmp.replace(path)
     else:
@@ -143,19 +193,34 @@ def write_markdown(path: Path, model: str | None) -> None:
         "",
     ]
     for entry in ENTRIES:
-        lines += [f"## {entry.title}", "", "```bash", command_line(entry, model), "```", "",
-                  f"![{entry.title}](gallery/{entry.name}.png)", "", entry.text, ""]
+        lines += [
+            f"## {entry.title}",
+            "",
+            "```bash",
+            command_line(entry, model),
+            "```",
+            "",
+            f"![{entry.title}](gallery/{entry.name}.png)",
+            "",
+            entry.text,
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
-                        help="model directory or bundled name (default: the bundled model)")
+    parser.add_argument(
+        "--model", default=None, help="model directory or bundled name (default: the bundled model)"
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "gallery")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "gallery.md")
-    parser.add_argument("--only", nargs="*", choices=[e.name for e in ENTRIES],
-                        help="draw only these pictures (the markdown is still rewritten)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=[e.name for e in ENTRIES],
+        help="draw only these pictures (the markdown is still rewritten)",
+    )
     parser.add_argument("--dpi", type=int, default=100)
     args = parser.parse_args(argv)
 

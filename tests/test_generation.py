@@ -15,9 +15,17 @@ TEXT = "to be or not to be, that is the question. whether 'tis nobler in the min
 def lm():
     torch.manual_seed(7)
     tok = BPETokenizer.train(texts=[TEXT * 30], vocab_size=300)
-    model = lmgen.GPT(lmgen.GPTConfig(vocab_size=300, n_positions=48, n_embd=32, n_layer=2,
-                                      n_head=4, bos_token_id=tok.eos_token_id,
-                                      eos_token_id=tok.eos_token_id)).eval()
+    model = lmgen.GPT(
+        lmgen.GPTConfig(
+            vocab_size=300,
+            n_positions=48,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     with torch.no_grad():
         model.wte.weight.mul_(10)  # a peaky distribution, so text is not uniform noise
     return LM(model, tok, name="tiny")
@@ -35,8 +43,14 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(lm):
 
 
 def test_num_return_sequences_gives_different_samples(lm):
-    res = lm.generate("to be", strategy="sample", temperature=1.5, max_new_tokens=12, seed=3,
-                      num_return_sequences=4)
+    res = lm.generate(
+        "to be",
+        strategy="sample",
+        temperature=1.5,
+        max_new_tokens=12,
+        seed=3,
+        num_return_sequences=4,
+    )
     assert [c.index for c in res.choices] == [0, 1, 2, 3]
     assert len({tuple(c.token_ids) for c in res.choices}) > 1
     assert res.text == res.choices[0].text
@@ -49,8 +63,11 @@ def test_temperature_zero_is_greedy(lm):
 
 
 def test_stream_equals_generate(lm):
-    for kw in (dict(strategy="greedy"), dict(strategy="sample", seed=4, top_p=0.9),
-               dict(strategy="sample", seed=9, stop=["e"])):
+    for kw in (
+        dict(strategy="greedy"),
+        dict(strategy="sample", seed=4, top_p=0.9),
+        dict(strategy="sample", seed=9, stop=["e"]),
+    ):
         full = lm.generate("to be", max_new_tokens=25, **kw)
         deltas = list(lm.stream("to be", max_new_tokens=25, **kw))
         assert "".join(deltas) == full.text
@@ -62,8 +79,14 @@ def test_stop_string_is_cut_and_reported(lm):
     text = free.text
     assert len(text) > 4
     stop = text[2:4]
-    res = lm.generate("to be", strategy="sample", seed=2, max_new_tokens=30, temperature=1.5,
-                      stop=[stop, "\u2603never"])
+    res = lm.generate(
+        "to be",
+        strategy="sample",
+        seed=2,
+        max_new_tokens=30,
+        temperature=1.5,
+        stop=[stop, "\u2603never"],
+    )
     cut = text[: text.find(stop)]
     assert res.text == cut
     assert res.finish_reason == "stop"
@@ -116,7 +139,7 @@ def test_sliding_window_keeps_going_and_matches_recomputation(lm):
     P = len(res.prompt_token_ids)
     with torch.no_grad():
         for i in (50, 55, 59):
-            window = torch.tensor([seq[max(0, P + i - 48): P + i]])
+            window = torch.tensor([seq[max(0, P + i - 48) : P + i]])
             assert int(lm.model(window)[0, -1].argmax()) == seq[P + i]
 
 
@@ -127,10 +150,20 @@ def test_empty_prompt_starts_from_bos(lm):
 
 
 def test_empty_prompt_without_bos_is_a_clear_error():
-    tok = WordTokenizer(["hello", "world", "this", "is", "a", "test", "model", "GPT",
-                         "language", "AI"])
-    model = lmgen.GPT(lmgen.GPTConfig(vocab_size=10, n_positions=20, n_embd=16, n_layer=1,
-                                      n_head=2, bos_token_id=None, eos_token_id=None))
+    tok = WordTokenizer(
+        ["hello", "world", "this", "is", "a", "test", "model", "GPT", "language", "AI"]
+    )
+    model = lmgen.GPT(
+        lmgen.GPTConfig(
+            vocab_size=10,
+            n_positions=20,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    )
     lm = LM(model.eval(), tok)
     with pytest.raises(ConfigError, match="empty"):
         lm.generate("", max_new_tokens=2)
@@ -138,21 +171,24 @@ def test_empty_prompt_without_bos_is_a_clear_error():
     assert len(res.text.split()) == 3 and res.finish_reason == "length"
 
 
-@pytest.mark.parametrize("kw, param", [
-    (dict(temperature=-1), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(top_p=0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-1), "top_k"),
-    (dict(min_p=2), "min_p"),
-    (dict(repetition_penalty=0), "repetition_penalty"),
-    (dict(strategy="beam", num_beams=0), "num_beams"),
-    (dict(strategy="beam", num_beams=2, num_return_sequences=3), "num_return_sequences"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-    (dict(min_new_tokens=-2), "min_new_tokens"),
-    (dict(strategy="nucleus"), "strategy"),
-    (dict(top_pp=0.5), "top_pp"),
-])
+@pytest.mark.parametrize(
+    "kw, param",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(min_p=2), "min_p"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(strategy="beam", num_beams=0), "num_beams"),
+        (dict(strategy="beam", num_beams=2, num_return_sequences=3), "num_return_sequences"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(min_new_tokens=-2), "min_new_tokens"),
+        (dict(strategy="nucleus"), "strategy"),
+        (dict(top_pp=0.5), "top_pp"),
+    ],
+)
 def test_bad_parameters_raise_config_error_naming_them(lm, kw, param):
     with pytest.raises(ConfigError) as e:
         lm.generate("to be", **kw)
@@ -172,8 +208,14 @@ def test_next_token_distribution(lm):
     assert dist.greedy_token_id == dist.candidates[0].token_id
     d = dist.to_dict()
     assert set(d) >= {"prompt_token_ids", "chain", "candidates"}
-    assert set(d["candidates"][0]) == {"token_id", "token", "logit", "prob", "processed_prob",
-                                       "kept"}
+    assert set(d["candidates"][0]) == {
+        "token_id",
+        "token",
+        "logit",
+        "prob",
+        "processed_prob",
+        "kept",
+    }
 
 
 def test_tiny_temperature_is_refused_not_nan(lm):
@@ -188,8 +230,9 @@ def test_next_token_with_nothing_left_is_an_error(lm):
 
 
 def test_beam_results_are_cut_at_stop_strings(lm):
-    kw = dict(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=12,
-              ignore_eos=True)
+    kw = dict(
+        strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=12, ignore_eos=True
+    )
     free = lm.generate("to be", **kw)
     text = free.choices[0].text
     stop = text[3:5]

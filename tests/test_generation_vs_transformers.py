@@ -15,11 +15,22 @@ transformers.logging.set_verbosity_error()
 def pair(tmp_path_factory):
     """(our LM, transformers' model) holding the same random weights."""
     torch.manual_seed(1234)
-    tok = BPETokenizer.train(texts=["to be or not to be, that is the question. " * 40,
-                                    "whether 'tis nobler in the mind to suffer"], vocab_size=300)
-    cfg = transformers.GPT2Config(vocab_size=300, n_positions=96, n_embd=48, n_layer=2,
-                                  n_head=4, bos_token_id=tok.eos_token_id,
-                                  eos_token_id=tok.eos_token_id)
+    tok = BPETokenizer.train(
+        texts=[
+            "to be or not to be, that is the question. " * 40,
+            "whether 'tis nobler in the mind to suffer",
+        ],
+        vocab_size=300,
+    )
+    cfg = transformers.GPT2Config(
+        vocab_size=300,
+        n_positions=96,
+        n_embd=48,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     # Sharpen the random head so sequences vary and eos gets chosen now and then.
     with torch.no_grad():
@@ -33,8 +44,13 @@ def pair(tmp_path_factory):
 
 def _hf_generate(hf, lm, prompt_ids, **kw):
     ids = torch.tensor([prompt_ids])
-    return hf.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=lm.eos_token_ids[0],
-                       do_sample=False, **kw)
+    return hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        pad_token_id=lm.eos_token_ids[0],
+        do_sample=False,
+        **kw,
+    )
 
 
 def _strip(seq, eos):
@@ -52,7 +68,7 @@ def test_greedy_equals_transformers(pair, prompt):
     lm, hf = pair
     res = lm.generate(prompt, max_new_tokens=24)
     out = _hf_generate(hf, lm, res.prompt_token_ids, max_new_tokens=24)
-    want = out[0, len(res.prompt_token_ids):].tolist()
+    want = out[0, len(res.prompt_token_ids) :].tolist()
     eos = lm.eos_token_ids[0]
     assert res.token_ids == _strip(want, eos)
     if eos in want:
@@ -71,12 +87,25 @@ def test_greedy_batch_with_left_padding_equals_each_alone(pair):
 
 def test_greedy_with_penalties_equals_transformers(pair):
     lm, hf = pair
-    res = lm.generate("to be or not", max_new_tokens=20, repetition_penalty=1.3,
-                      no_repeat_ngram_size=2, min_new_tokens=5)
-    out = _hf_generate(hf, lm, res.prompt_token_ids, max_new_tokens=20, repetition_penalty=1.3,
-                       no_repeat_ngram_size=2, min_new_tokens=5)
-    assert res.token_ids == _strip(out[0, len(res.prompt_token_ids):].tolist(),
-                                   lm.eos_token_ids[0])
+    res = lm.generate(
+        "to be or not",
+        max_new_tokens=20,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        min_new_tokens=5,
+    )
+    out = _hf_generate(
+        hf,
+        lm,
+        res.prompt_token_ids,
+        max_new_tokens=20,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        min_new_tokens=5,
+    )
+    assert res.token_ids == _strip(
+        out[0, len(res.prompt_token_ids) :].tolist(), lm.eos_token_ids[0]
+    )
 
 
 BEAM_CONFIGS = [
@@ -85,22 +114,41 @@ BEAM_CONFIGS = [
     dict(num_beams=4, length_penalty=0.5, early_stopping=True, num_return_sequences=2),
     dict(num_beams=3, length_penalty=2.0, early_stopping="never", num_return_sequences=3),
     dict(num_beams=5, length_penalty=-0.5, early_stopping=False, num_return_sequences=5),
-    dict(num_beams=4, length_penalty=1.0, early_stopping=True, num_return_sequences=4,
-         min_new_tokens=6),
-    dict(num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=2,
-         no_repeat_ngram_size=2, repetition_penalty=1.2),
+    dict(
+        num_beams=4,
+        length_penalty=1.0,
+        early_stopping=True,
+        num_return_sequences=4,
+        min_new_tokens=6,
+    ),
+    dict(
+        num_beams=3,
+        length_penalty=1.0,
+        early_stopping=False,
+        num_return_sequences=2,
+        no_repeat_ngram_size=2,
+        repetition_penalty=1.2,
+    ),
 ]
 
 
-@pytest.mark.parametrize("cfg", BEAM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}"
-                                                                      for k, v in c.items()))
+@pytest.mark.parametrize(
+    "cfg", BEAM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+)
 @pytest.mark.parametrize("prompt", PROMPTS[:3])
 def test_beam_equals_transformers(pair, prompt, cfg):
     lm, hf = pair
     res = lm.generate(prompt, strategy="beam", max_new_tokens=12, **cfg)
     P = len(res.prompt_token_ids)
-    out = _hf_generate(hf, lm, res.prompt_token_ids, max_new_tokens=12, output_scores=True,
-                       return_dict_in_generate=True, **cfg)
+    out = _hf_generate(
+        hf,
+        lm,
+        res.prompt_token_ids,
+        max_new_tokens=12,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **cfg,
+    )
     eos = lm.eos_token_ids[0]
     assert len(res.choices) == cfg["num_return_sequences"]
     for j, choice in enumerate(res.choices):
@@ -126,8 +174,9 @@ def test_beam_batch_equals_each_alone(pair):
 
 def test_raw_logprobs_are_the_models(pair):
     lm, hf = pair
-    res = lm.generate("to be or not", strategy="sample", seed=5, max_new_tokens=8,
-                      temperature=0.7, top_k=20)
+    res = lm.generate(
+        "to be or not", strategy="sample", seed=5, max_new_tokens=8, temperature=0.7, top_k=20
+    )
     ids = torch.tensor([res.prompt_token_ids + res.token_ids])
     with torch.no_grad():
         lp = hf(ids).logits.log_softmax(-1)[0]
@@ -135,5 +184,7 @@ def test_raw_logprobs_are_the_models(pair):
     want = [lp[P - 1 + i, t].item() for i, t in enumerate(res.token_ids)]
     assert res.choices[0].logprobs == pytest.approx(want, abs=1e-4)
     # Processed log-probs come from the sharpened, truncated distribution: never lower here.
-    assert all(p >= r - 1e-5 for p, r in zip(res.choices[0].processed_logprobs,
-                                             res.choices[0].logprobs, strict=True))
+    assert all(
+        p >= r - 1e-5
+        for p, r in zip(res.choices[0].processed_logprobs, res.choices[0].logprobs, strict=True)
+    )

@@ -36,10 +36,14 @@ def test_gguf_holds_the_weights_under_llama_cpp_names(tmp_path, dtype):
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
     assert len(tensors) == 4 + 2 * 12
     sd = m.state_dict()
-    pairs = {"token_embd.weight": "wte.weight", "blk.1.attn_qkv.weight": "h.1.attn.c_attn.weight",
-             "blk.0.ffn_down.weight": "h.0.mlp.c_proj.weight",
-             "blk.1.ffn_up.bias": "h.1.mlp.c_fc.bias", "output_norm.bias": "ln_f.bias",
-             "position_embd.weight": "wpe.weight"}
+    pairs = {
+        "token_embd.weight": "wte.weight",
+        "blk.1.attn_qkv.weight": "h.1.attn.c_attn.weight",
+        "blk.0.ffn_down.weight": "h.0.mlp.c_proj.weight",
+        "blk.1.ffn_up.bias": "h.1.mlp.c_fc.bias",
+        "output_norm.bias": "ln_f.bias",
+        "position_embd.weight": "wpe.weight",
+    }
     for theirs, ours in pairs.items():
         t = tensors[theirs]
         want = sd[ours].float()
@@ -61,9 +65,11 @@ def test_untied_head_and_refusals(tmp_path):
 
 def test_llama_bench_runner_reads_the_json(tmp_path, monkeypatch):
     fake = tmp_path / "llama-bench"
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    "assert sys.argv[sys.argv.index('-n') + 1] == '16'\n"
-                    "print(json.dumps([{'n_gen': 16, 'avg_ts': 123.5}]))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        "assert sys.argv[sys.argv.index('-n') + 1] == '16'\n"
+        "print(json.dumps([{'n_gen': 16, 'avg_ts': 123.5}]))\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("LLAMA_BENCH", str(fake))
     assert find_llama_bench() == str(fake)

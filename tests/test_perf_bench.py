@@ -24,8 +24,17 @@ def test_bytes_per_token_counts_each_weight_once():
 
 def test_runners_agree_on_a_tiny_model(tmp_path):
     torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=120, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                      bos_token_id=None, eos_token_id=None)).eval()
+    m = GPT(
+        GPTConfig(
+            vocab_size=120,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    ).eval()
     d = B.save_hf_dir(m, tmp_path / "m")
     lm, hf = B.load_lmgen(d, "fp32"), B.load_hf(d, "fp32")
     w = B.make_workload(120, 64, 6)
@@ -41,8 +50,7 @@ def test_markdown_table():
     rep = B.Report(B.machine_info(), ["--quick"])
     rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes", 0.5, 0.2, 300, 320))
     rep.rows.append(B.Row("14M shape", "fp32", "ttft", 0.01, 0.02))
-    rep.rows.append(B.Row("14M shape", "fp32", "sample", 90.0, 30.0, "", 0.45, 0.15,
-                          bw_gbs=31.25))
+    rep.rows.append(B.Row("14M shape", "fp32", "sample", 90.0, 30.0, "", 0.45, 0.15, bw_gbs=31.25))
     rep.bandwidth["14M shape fp32"], rep.limits["14M shape fp32"] = 20.0, 200.0
     md = B.to_markdown(rep)
     assert "**2.50×**" in md and "50% / 20%" in md and "**2.00×**" in md
@@ -52,8 +60,12 @@ def test_markdown_table():
 @pytest.mark.slow
 def test_quick_run_smoke(tmp_path):
     out = tmp_path / "b.md"
-    subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert "greedy, batch 1" in out.read_text()
 
 
@@ -62,21 +74,54 @@ def test_extras_tables_and_json_round_trip(tmp_path):
     a saved run to the same page."""
     rep = B.Report(B.machine_info(), ["--shapes", "14m"])
     rep.rows.append(B.Row("14M shape", "bf16", "beam", 10.0, 5.0, "no (first 3 of 8)"))
-    rep.extras.append({"what": "int8 weight-only", "model": "14M", "dtype": "fp32",
-                       "plain": 100.0, "optimised": 150.0, "note": "n"})
-    rep.extras.append({"what": "llama.cpp", "kind": "reference", "model": "14M",
-                       "dtype": "fp32", "plain": 80.0, "optimised": 100.0, "note": "r"})
-    rep.extras.append({"what": "llama.cpp", "kind": "reference", "model": "124M",
-                       "dtype": "fp32", "plain": float("nan"), "optimised": float("nan"),
-                       "note": "failed: x"})
+    rep.extras.append(
+        {
+            "what": "int8 weight-only",
+            "model": "14M",
+            "dtype": "fp32",
+            "plain": 100.0,
+            "optimised": 150.0,
+            "note": "n",
+        }
+    )
+    rep.extras.append(
+        {
+            "what": "llama.cpp",
+            "kind": "reference",
+            "model": "14M",
+            "dtype": "fp32",
+            "plain": 80.0,
+            "optimised": 100.0,
+            "note": "r",
+        }
+    )
+    rep.extras.append(
+        {
+            "what": "llama.cpp",
+            "kind": "reference",
+            "model": "124M",
+            "dtype": "fp32",
+            "plain": float("nan"),
+            "optimised": float("nan"),
+            "note": "failed: x",
+        }
+    )
     md = B.to_markdown(rep)
     assert "| int8 weight-only | 14M | fp32 | 100.0 | 150.0 | 1.50× | n |" in md
     assert "| 14M | fp32 | 80.0 | 100.0 | 0.80× | r |" in md
     assert "| 124M | fp32 | nan | nan | nan× | failed: x |" in md
     assert "bf16 `equal` column" in md
     raw = tmp_path / "run.json"
-    raw.write_text(json.dumps({"info": rep.info, "args": rep.args,
-                               "rows": [r.__dict__ for r in rep.rows], "extras": rep.extras}))
+    raw.write_text(
+        json.dumps(
+            {
+                "info": rep.info,
+                "args": rep.args,
+                "rows": [r.__dict__ for r in rep.rows],
+                "extras": rep.extras,
+            }
+        )
+    )
     out = tmp_path / "b.md"
     assert B.main(["--from-json", str(raw), "--out", str(out)]) == 0
     assert out.read_text() == md

@@ -12,8 +12,9 @@ from lmgen.model import GPT, GPTConfig
 
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=97, n_positions=64, n_embd=32, n_layer=3, n_head=4,
-                    dropout=0.0, **kw)
+    cfg = GPTConfig(
+        vocab_size=97, n_positions=64, n_embd=32, n_layer=3, n_head=4, dropout=0.0, **kw
+    )
     m = GPT(cfg)
     with torch.no_grad():
         for p in m.parameters():
@@ -42,9 +43,11 @@ def test_fast_path_equals_module_path(padded, serial, products, threads, monkeyp
 
     monkeypatch.setattr(M, "SERIAL_DECODE_ATTENTION", serial)
     monkeypatch.setattr(D, "ENABLED", products)
-    same = (lambda a, b: torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)) if (
-        products or threads > 1) else (
-        lambda a, b: torch.equal(a, b) or pytest.fail("not bitwise equal"))
+    same = (
+        (lambda a, b: torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5))
+        if (products or threads > 1)
+        else (lambda a, b: torch.equal(a, b) or pytest.fail("not bitwise equal"))
+    )
     fast = _model().eval()
     slow = _module_path(copy.deepcopy(fast))
     ids = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(1))
@@ -58,10 +61,11 @@ def test_fast_path_equals_module_path(padded, serial, products, threads, monkeyp
             cache = m.new_cache(3, 20)
             steps = [m(ids, attention_mask=mask, cache=cache)]
             for i in range(5):
-                steps.append(m(ids[:, i:i + 1], cache=cache))
+                steps.append(m(ids[:, i : i + 1], cache=cache))
             steps.append(m(ids[:, :3], cache=cache))  # a multi-token step after the prompt
-            steps.append(m(ids[:, :1], attention_mask=torch.ones(3, 1, dtype=torch.long),
-                           cache=cache))
+            steps.append(
+                m(ids[:, :1], attention_mask=torch.ones(3, 1, dtype=torch.long), cache=cache)
+            )
             outs.append(steps)
             assert cache.length == 7 + 5 + 3 + 1
     for a, b in zip(*outs, strict=True):
@@ -93,8 +97,7 @@ def test_cache_reorder_gathers_rows():
         with torch.no_grad():
             m(ids[index], cache=fresh)
             nxt = ids[:1, :1].expand(4, 1)
-            torch.testing.assert_close(m(nxt, cache=fresh),
-                                       m(nxt, cache=_reordered(m, ids, index)))
+            torch.testing.assert_close(m(nxt, cache=fresh), m(nxt, cache=_reordered(m, ids, index)))
         assert step.shape == (4, 1, 97)
 
 

@@ -113,12 +113,14 @@ def test_ties_and_other_chains_fall_back():
 def test_generation_uses_the_fused_sampler_with_the_same_tokens(tiny_lm):
     from lmgen.generation import _decode_loop, encode_prompt
 
-    cfg = GenerationConfig(strategy="sample", temperature=0.8, top_k=50, top_p=0.9, seed=5,
-                           max_new_tokens=30)
+    cfg = GenerationConfig(
+        strategy="sample", temperature=0.8, top_k=50, top_p=0.9, seed=5, max_new_tokens=30
+    )
     ids = [encode_prompt(tiny_lm, "to be or not")]
     *_, fast = _decode_loop(tiny_lm, ids, cfg)
     *_, slow = _decode_loop(tiny_lm, ids, cfg, fast=False)
     assert fast[0].token_ids == slow[0].token_ids
-    assert all(math.isclose(a, b, abs_tol=1e-5)
-               for a, b in zip(fast[0].processed_logprobs, slow[0].processed_logprobs,
-                               strict=True))
+    assert all(
+        math.isclose(a, b, abs_tol=1e-5)
+        for a, b in zip(fast[0].processed_logprobs, slow[0].processed_logprobs, strict=True)
+    )

@@ -18,8 +18,15 @@ from lmgen.speculative import SpeculativeStats
 
 def _lm(seed, vocab=64, layers=2, scale=6.0):
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=layers, n_head=2,
-                    bos_token_id=None, eos_token_id=None)
+    cfg = GPTConfig(
+        vocab_size=vocab,
+        n_positions=128,
+        n_embd=32,
+        n_layer=layers,
+        n_head=2,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     m = GPT(cfg).eval()
     with torch.no_grad():
         for p in m.parameters():
@@ -99,9 +106,18 @@ def test_sampling_follows_the_target_distribution():
     counts = dict.fromkeys(itertools.product(range(vocab), repeat=2), 0)
     stats = SpeculativeStats()
     for seed in range(n):
-        out = target.generate(prompt, strategy="sample", temperature=0.9, top_k=4, seed=seed,
-                              max_new_tokens=2, ignore_eos=True, draft=draft, speculative_k=2,
-                              spec_stats=stats)
+        out = target.generate(
+            prompt,
+            strategy="sample",
+            temperature=0.9,
+            top_k=4,
+            seed=seed,
+            max_new_tokens=2,
+            ignore_eos=True,
+            draft=draft,
+            speculative_k=2,
+            spec_stats=stats,
+        )
         counts[tuple(out.token_ids)] += 1
     assert 0 < stats.acceptance < 1  # both the accept and the reject branches ran
     support = [c for c in exact if exact[c] > 0]

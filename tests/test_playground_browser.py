@@ -21,10 +21,19 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TEXTS = ["To be, or not to be: that is the question.",
-         "The quick brown fox jumps over the lazy dog; the lazy dog does not mind."] * 12
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TEXTS = [
+    "To be, or not to be: that is the question.",
+    "The quick brown fox jumps over the lazy dog; the lazy dog does not mind.",
+] * 12
 
 
 KEY = "sk-browser-test"
@@ -50,21 +59,32 @@ def keyed_url(model_dir):
 @pytest.fixture
 def browser_page(tmp_path):
     if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; "
-                    "`make test-browser` does it)")
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install -y chromium; "
+            "`make test-browser` does it)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900})
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(15_000)
         page.problems = []  # console errors, page errors, requests that leave the server
         page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
         page.on("pageerror", lambda e: page.problems.append(str(e)))
-        page.on("request", lambda r: r.url.startswith(("http://127.0.0.1:", "data:"))
-                or page.problems.append("outside request: " + r.url))
+        page.on(
+            "request",
+            lambda r: (
+                r.url.startswith(("http://127.0.0.1:", "data:"))
+                or page.problems.append("outside request: " + r.url)
+            ),
+        )
         yield page
         context.close()
 
@@ -76,8 +96,9 @@ def expect(locator):
 
 
 def _bars(page) -> list[str]:
-    return page.eval_on_selector_all("#chart li", "els => els.map(e => e.className + '|' + "
-                                     "e.textContent)")
+    return page.eval_on_selector_all(
+        "#chart li", "els => els.map(e => e.className + '|' + e.textContent)"
+    )
 
 
 def test_playground_step_slider_generate_beam(browser_page, base_url):

@@ -24,8 +24,15 @@ def lm(tiny_tokenizer) -> LM:
     top-k and top-p to cut somewhere interesting."""
     tok = tiny_tokenizer
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2,
-                       n_head=4, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT(config).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -46,8 +53,9 @@ def raw_logits(lm: LM, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_next_kept_sets_are_the_processors_output(lm):
-    data = plots.next_data(lm, PROMPT, top=15, temperature=0.7, top_k=4, top_p=0.6,
-                           num_beams=3, seed=0)
+    data = plots.next_data(
+        lm, PROMPT, top=15, temperature=0.7, top_k=4, top_p=0.6, num_beams=3, seed=0
+    )
     ids, logits = raw_logits(lm, PROMPT)
     shown = torch.tensor(data.token_ids)
     # The shown candidates are the top 15 by raw logit, in order.
@@ -67,8 +75,9 @@ def test_next_kept_sets_are_the_processors_output(lm):
     cum = np.cumsum(logits[0].softmax(-1)[shown].numpy())
     np.testing.assert_allclose(top_p.cumulative, cum, rtol=1e-5)
     if top_p.cutoff is not None:
-        assert cum[top_p.cutoff - 1] >= 0.6 - 1e-6 > (cum[top_p.cutoff - 2]
-                                                      if top_p.cutoff > 1 else 0)
+        assert (
+            cum[top_p.cutoff - 1] >= 0.6 - 1e-6 > (cum[top_p.cutoff - 2] if top_p.cutoff > 1 else 0)
+        )
 
     temp = data.method("temperature")
     assert temp.kept.all()
@@ -85,10 +94,14 @@ def test_next_kept_sets_are_the_processors_output(lm):
 def test_next_samples_what_generate_would_draw(lm):
     """A sampling panel's chosen token is generate's first token with the same seed."""
     data = plots.next_data(lm, PROMPT, temperature=1.3, top_k=6, top_p=0.8, seed=7)
-    for key, kw in (("temperature", {"temperature": 1.3}), ("top_k", {"top_k": 6}),
-                    ("top_p", {"top_p": 0.8})):
-        out = generate(lm, PROMPT, strategy="sample", seed=7,
-                                        max_new_tokens=1, ignore_eos=True, **kw)
+    for key, kw in (
+        ("temperature", {"temperature": 1.3}),
+        ("top_k", {"top_k": 6}),
+        ("top_p", {"top_p": 0.8}),
+    ):
+        out = generate(
+            lm, PROMPT, strategy="sample", seed=7, max_new_tokens=1, ignore_eos=True, **kw
+        )
         assert data.method(key).selected_token_ids == out.token_ids, key
 
 
@@ -100,8 +113,7 @@ def test_next_beam_panel_is_the_first_beam_step(lm):
     assert beam.selected_token_ids == best[:3]  # beams 0, 1, 2 in score order
     assert beam.status[:3] == ["kept"] * 3 and beam.status[3:6] == ["pruned"] * 3
     assert all(s == "unscored" for s in beam.status[6:])
-    np.testing.assert_allclose(beam.probs[:6], logits[0].softmax(-1)[best].numpy(),
-                               rtol=1e-4)
+    np.testing.assert_allclose(beam.probs[:6], logits[0].softmax(-1)[best].numpy(), rtol=1e-4)
 
 
 def test_next_figure_draws_the_data(lm):
@@ -173,9 +185,14 @@ def test_attention_figure_grid_and_one_head(lm):
     assert len([ax for ax in one.axes if ax.get_label() != "<colorbar>"]) == 1
 
 
-@pytest.mark.parametrize("layer, head, message", [(2, None, "layer 2 does not exist"),
-                                                  (-1, None, "layer -1 does not exist"),
-                                                  (0, 4, "head 4 does not exist")])
+@pytest.mark.parametrize(
+    "layer, head, message",
+    [
+        (2, None, "layer 2 does not exist"),
+        (-1, None, "layer -1 does not exist"),
+        (0, 4, "head 4 does not exist"),
+    ],
+)
 def test_attention_bad_index(lm, layer, head, message):
     with pytest.raises(ConfigError, match=message):
         plots.plot_attention(lm, "To be", layer=layer, head=head)
@@ -191,11 +208,11 @@ def test_beam_tree_is_beam_search(lm, bias):
     eos = lm.tokenizer.eos_token_id
     kw = {"logit_bias": {eos: bias}} if bias else {}
     tree = plots.beam_data(lm, PROMPT, num_beams=3, max_new_tokens=5, **kw)
-    result = generate(lm, PROMPT, strategy="beam", num_beams=3,
-                                       num_return_sequences=3, max_new_tokens=5, **kw)
+    result = generate(
+        lm, PROMPT, strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=5, **kw
+    )
     assert [h.token_ids for h in tree.hypotheses] == [c.token_ids for c in result.choices]
-    assert [h.score for h in tree.hypotheses] == pytest.approx([c.score for c in
-                                                                result.choices])
+    assert [h.score for h in tree.hypotheses] == pytest.approx([c.score for c in result.choices])
     for rank, h in enumerate(tree.hypotheses, 1):
         step, index = h.node
         node = next(n for n in tree.steps[step] if n.index == index)
@@ -203,8 +220,11 @@ def test_beam_tree_is_beam_search(lm, bias):
         path = []
         while node is not None:  # walk up the tree
             path.append(node.token_id)
-            node = None if node.parent is None else next(
-                n for n in tree.steps[node.step - 1] if n.index == node.parent)
+            node = (
+                None
+                if node.parent is None
+                else next(n for n in tree.steps[node.step - 1] if n.index == node.parent)
+            )
         path.reverse()
         assert path in (h.token_ids, [*h.token_ids, eos])
     for nodes in tree.steps:
@@ -226,8 +246,9 @@ def test_beam_figure(lm):
 
 
 def test_generation_steps(lm, caplog):
-    kw = dict(strategy="sample", temperature=0.9, top_k=8, seed=3, max_new_tokens=12,
-              ignore_eos=True)
+    kw = dict(
+        strategy="sample", temperature=0.9, top_k=8, seed=3, max_new_tokens=12, ignore_eos=True
+    )
     data = plots.generation_data(lm, PROMPT, **kw)
     result = generate(lm, PROMPT, **kw)
     assert data.token_ids == result.token_ids and len(data.token_ids) == 12
@@ -237,7 +258,7 @@ def test_generation_steps(lm, caplog):
     # Raw entropies against one independent forward pass.
     seq = torch.tensor([result.prompt_token_ids + result.token_ids])
     with torch.no_grad():
-        logits = lm.model(seq)[0, len(result.prompt_token_ids) - 1:-1].double()
+        logits = lm.model(seq)[0, len(result.prompt_token_ids) - 1 : -1].double()
     logp = logits.log_softmax(-1)
     np.testing.assert_allclose(data.raw_entropy, -(logp.exp() * logp).sum(-1), rtol=1e-4)
     # The processed distribution keeps 8 tokens, so its entropy is at most log 8.
@@ -269,17 +290,20 @@ def test_token_labels_are_readable(tiny_tokenizer):
     assert style.decoded_text(tok, tok.encode("café 日本")) == "café 日本"
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda lm: plots.next_data(lm, PROMPT, top_p=1.0), "top_p must be in \\(0, 1\\)"),
-    (lambda lm: plots.next_data(lm, PROMPT, top_k=0), "top_k must be an int >= 1"),
-    (lambda lm: plots.next_data(lm, PROMPT, temperature=0), "temperature must be finite"),
-    (lambda lm: plots.next_data(lm, PROMPT, strategy="beam"), "set by the method panels"),
-    (lambda lm: plots.temperature_data(lm, PROMPT, []), "at least one temperature"),
-    (lambda lm: plots.beam_data(lm, PROMPT, strategy="sample"), "not strategy 'sample'"),
-    (lambda lm: plots.generation_data(lm, PROMPT, top_k=-1), "top_k must be an int >= 0"),
-    (lambda lm: plots.attention_data(lm, ""), "the prompt is empty"),
-    (lambda lm: plots.embedding_data(lm, ""), "the prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda lm: plots.next_data(lm, PROMPT, top_p=1.0), "top_p must be in \\(0, 1\\)"),
+        (lambda lm: plots.next_data(lm, PROMPT, top_k=0), "top_k must be an int >= 1"),
+        (lambda lm: plots.next_data(lm, PROMPT, temperature=0), "temperature must be finite"),
+        (lambda lm: plots.next_data(lm, PROMPT, strategy="beam"), "set by the method panels"),
+        (lambda lm: plots.temperature_data(lm, PROMPT, []), "at least one temperature"),
+        (lambda lm: plots.beam_data(lm, PROMPT, strategy="sample"), "not strategy 'sample'"),
+        (lambda lm: plots.generation_data(lm, PROMPT, top_k=-1), "top_k must be an int >= 0"),
+        (lambda lm: plots.attention_data(lm, ""), "the prompt is empty"),
+        (lambda lm: plots.embedding_data(lm, ""), "the prompt is empty"),
+    ],
+)
 def test_api_bad_input(lm, call, message):
     with pytest.raises(ConfigError, match=message):
         call(lm)

@@ -19,8 +19,15 @@ from lmgen.model import GPT
 def model_dir(tiny_tokenizer, tmp_path_factory):
     tok = tiny_tokenizer
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2,
-                       n_head=4, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     path = tmp_path_factory.mktemp("plots") / "tiny"
     LM(GPT(config).eval(), tok).save(path)
     return str(path)
@@ -41,8 +48,7 @@ COMMANDS = {
     "embeddings": [],
     "attention": ["To be, or not", "--layer", "1"],
     "beam": ["To be, or not", "--num-beams", "2", "--max-new-tokens", "3"],
-    "generation": ["To be, or not", "--temperature", "0.9", "--seed", "1",
-                   "--max-new-tokens", "8"],
+    "generation": ["To be, or not", "--temperature", "0.9", "--seed", "1", "--max-new-tokens", "8"],
 }
 
 
@@ -60,22 +66,26 @@ def test_each_command_writes_a_sensible_png(command, model_dir, tmp_path, capsys
 @pytest.mark.parametrize("fmt, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_other_formats(fmt, magic, model_dir, tmp_path):
     out = tmp_path / "picture"
-    assert main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out),
-                 "--format", fmt]) == 0
+    assert (
+        main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out), "--format", fmt]) == 0
+    )
     assert out.read_bytes().startswith(magic)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["attention", "To be", "--layer", "2"], "layer 2 does not exist: the model has 2 layers"),
-    (["attention", "To be", "--head", "7"], "head 7 does not exist: the model has 4 heads"),
-    (["next", ""], "the prompt is empty"),
-    (["temperature", ""], "the prompt is empty"),
-    (["attention", ""], "the prompt is empty"),
-    (["beam", ""], "the prompt is empty"),
-    (["generation", ""], "the prompt is empty"),
-    (["embeddings", ""], "the prompt is empty"),
-    (["temperature", "To be", "--temperatures", "1,0"], "temperatures must be finite and > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["attention", "To be", "--layer", "2"], "layer 2 does not exist: the model has 2 layers"),
+        (["attention", "To be", "--head", "7"], "head 7 does not exist: the model has 4 heads"),
+        (["next", ""], "the prompt is empty"),
+        (["temperature", ""], "the prompt is empty"),
+        (["attention", ""], "the prompt is empty"),
+        (["beam", ""], "the prompt is empty"),
+        (["generation", ""], "the prompt is empty"),
+        (["embeddings", ""], "the prompt is empty"),
+        (["temperature", "To be", "--temperatures", "1,0"], "temperatures must be finite and > 0"),
+    ],
+)
 def test_bad_input_is_a_clear_error(argv, message, model_dir, tmp_path, capsys):
     out = tmp_path / "x.png"
     assert main(["plot", *argv, "-m", model_dir, "-o", str(out)]) == 2

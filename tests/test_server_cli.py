@@ -30,8 +30,10 @@ def test_model_names(tmp_path):
     assert model_name("shakespeare") == ("shakespeare", "shakespeare")
 
 
-@pytest.mark.parametrize("argv", [["serve", "--port", "70000"], ["serve", "--max-active", "0"],
-                                  ["serve", "--api-key", ""]])
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "--port", "70000"], ["serve", "--max-active", "0"], ["serve", "--api-key", ""]],
+)
 def test_bad_options_exit_2(argv, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
@@ -43,16 +45,32 @@ def test_lmgen_serve_starts_and_answers(tmp_path):
 
     tok = BPETokenizer.train(texts=["To be, or not to be."] * 20, vocab_size=270)
     torch.manual_seed(0)
-    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1,
-                          n_head=2, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    cfg = lmgen.GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     LM(lmgen.GPT(cfg), tok).save(tmp_path / "m")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "lmgen", "serve", "-m", f"small={tmp_path / 'm'}",
-           "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmgen",
+        "serve",
+        "-m",
+        f"small={tmp_path / 'm'}",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

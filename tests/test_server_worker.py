@@ -19,11 +19,19 @@ def lm(tmp_path_factory):
     from lmgen.lm import LM
     from lmgen.tokenizers import BPETokenizer
 
-    tok = BPETokenizer.train(texts=["To be, or not to be: that is the question."] * 20,
-                             vocab_size=280)
+    tok = BPETokenizer.train(
+        texts=["To be, or not to be: that is the question."] * 20, vocab_size=280
+    )
     torch.manual_seed(1)
-    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=1,
-                          n_head=2, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    cfg = lmgen.GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     path = tmp_path_factory.mktemp("worker") / "m"
     LM(lmgen.GPT(cfg), tok).save(path)
     return lmgen.load(path)
@@ -34,8 +42,9 @@ def _wait(job, timeout=30):
 
 
 def test_decode_steps_equals_generate_and_streams(lm):
-    config = GenerationConfig(strategy="sample", seed=3, max_new_tokens=12,
-                              num_return_sequences=2, stop=["e"])
+    config = GenerationConfig(
+        strategy="sample", seed=3, max_new_tokens=12, num_return_sequences=2, stop=["e"]
+    )
     events = []
     steps = decode_steps(lm, ["To be", "or not"], config, lambda *e: events.append(e))
     n_steps = 0

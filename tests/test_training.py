@@ -38,8 +38,12 @@ def data_dir(tmp_path_factory):
     (d / "train.txt").write_text(make_text(1, 400))
     (d / "val.txt").write_text(make_text(2, 60))
     out = d / "data"
-    build_dataset(files_corpus([d / "train.txt"], val_files=[d / "val.txt"]), out,
-                  vocab_size=300, progress=False)
+    build_dataset(
+        files_corpus([d / "train.txt"], val_files=[d / "val.txt"]),
+        out,
+        vocab_size=300,
+        progress=False,
+    )
     return out
 
 
@@ -134,9 +138,12 @@ def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
 
 
 def test_checkpoint_every_n_steps_and_keeps_last(data_dir, tmp_path):
-    train(data_dir, tmp_path / "r", tiny("max_steps=12", "checkpoint_interval=3",
-                                         "keep_checkpoints=2", "eval_interval=100"),
-          progress=False)
+    train(
+        data_dir,
+        tmp_path / "r",
+        tiny("max_steps=12", "checkpoint_interval=3", "keep_checkpoints=2", "eval_interval=100"),
+        progress=False,
+    )
     names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
     assert names == ["step-000009", "step-000012"]
     state = torch.load(tmp_path / "r/checkpoints/step-000012/state.pt", weights_only=False)
@@ -157,10 +164,41 @@ def test_cli_train_and_eval(data_dir, tmp_path, capsys):
     from lmgen.cli import main
 
     run = tmp_path / "r"
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(TINY),
-                 "--set", "max_steps=4", "--set", "sample_tokens=0", "--no-progress"]) == 0
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--config", str(TINY),
-                 "--set", "max_stepz=4"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(run),
+                "--config",
+                str(TINY),
+                "--set",
+                "max_steps=4",
+                "--set",
+                "sample_tokens=0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(run),
+                "--config",
+                str(TINY),
+                "--set",
+                "max_stepz=4",
+            ]
+        )
+        == 2
+    )
     assert "did you mean 'train.max_steps'" in capsys.readouterr().err
     assert main(["eval", "--model", str(run / "final"), "--data", str(data_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -174,13 +212,44 @@ def test_no_validation_split_trains_without_eval(tmp_path, capsys, caplog):
 
     (tmp_path / "corpus.txt").write_text(make_text(1, 300))
     data = tmp_path / "d7"
-    assert main(["data", str(tmp_path / "corpus.txt"), "--out", str(data), "--val-fraction",
-                 "0", "--vocab-size", "300", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                str(tmp_path / "corpus.txt"),
+                "--out",
+                str(data),
+                "--val-fraction",
+                "0",
+                "--vocab-size",
+                "300",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "val: 0 files" in capsys.readouterr().out
     run = tmp_path / "r4"
     with caplog.at_level(logging.WARNING, logger="lmgen.training.train"):
-        assert main(["train", "--data", str(data), "--out", str(run), "--config", str(TINY),
-                     "--set", "max_steps=2", "--set", "eval_interval=1", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(run),
+                    "--config",
+                    str(TINY),
+                    "--set",
+                    "max_steps=2",
+                    "--set",
+                    "eval_interval=1",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert (run / "final" / "config.json").is_file()
     assert latest_checkpoint(run).name == "step-000002"
     assert not [r for r in read_metrics(run / "metrics.jsonl") if r["event"] == "eval"]
@@ -205,8 +274,7 @@ def test_eval_interval_zero_never_evaluates(data_dir, tmp_path):
         tiny("checkpoint_interval=0")
 
 
-def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, capsys,
-                                                          monkeypatch):
+def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, capsys, monkeypatch):
     from lmgen.cli import main
     from lmgen.training import train as train_mod
 
@@ -217,8 +285,9 @@ def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, ca
     if os.path.isdir("/proc/self"):
         outs.append(Path("/proc/lmgen-test-run"))
     for out in outs:
-        assert main(["train", "--data", str(data_dir), "--out", str(out), "--config",
-                     str(TINY)]) == 2, out
+        assert (
+            main(["train", "--data", str(data_dir), "--out", str(out), "--config", str(TINY)]) == 2
+        ), out
         err = capsys.readouterr().err
         assert err.startswith(f"error: {out}: ") and err.count("\n") == 1, err
     assert a_file.read_text() == "x"
@@ -238,11 +307,18 @@ def _full_context_nll(lm: LM, text: str) -> float:
 def test_bits_per_byte_sliding_window(data_dir, tmp_path):
     from lmgen.model import GPT, GPTConfig
 
-    ds_tok = read_model_dir(train(data_dir, tmp_path / "r", tiny("max_steps=2"),
-                                  progress=False))[2]
+    ds_tok = read_model_dir(train(data_dir, tmp_path / "r", tiny("max_steps=2"), progress=False))[2]
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, n_positions=64, n_embd=16, n_layer=1, n_head=2,
-                          eos_token_id=ds_tok.eos_token_id)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=300,
+            n_positions=64,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            eos_token_id=ds_tok.eos_token_id,
+        )
+    ).eval()
     lm = LM(model, ds_tok)
     text = "The king is dead. Long live the queen!\n" * 2
     n_tokens = len(ds_tok.encode(text))
@@ -258,7 +334,8 @@ def test_bits_per_byte_sliding_window(data_dir, tmp_path):
         assert ev.tokens == n_tokens
         assert 0 < ev.bits_per_byte < 20
     assert evaluate_bits_per_byte(lm, text, 8, 8) == pytest.approx(
-        evaluate_text(lm, text, 8, 8).bits_per_byte)
+        evaluate_text(lm, text, 8, 8).bits_per_byte
+    )
     with pytest.raises(ConfigError, match="window"):
         evaluate_text(lm, text, window=65)
 
@@ -271,8 +348,16 @@ def test_eval_window_and_stride_zero_are_errors(data_dir, tmp_path, capsys):
     from lmgen.training.data import Dataset
 
     tok = Dataset(data_dir).tokenizer()
-    model = GPT(GPTConfig(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                          eos_token_id=tok.eos_token_id)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=300,
+            n_positions=16,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     lm = LM(model, tok)
     text = "The king is dead. Long live the queen!\n"
     with pytest.raises(ConfigError, match=r"window must be in \[1, 16\].*got 0"):
@@ -288,8 +373,10 @@ def test_eval_window_and_stride_zero_are_errors(data_dir, tmp_path, capsys):
     path = write_model_dir(model, tok, tmp_path / "m")
     (tmp_path / "t.txt").write_text(text)
     base = ["eval", "--model", str(path), "--text", str(tmp_path / "t.txt")]
-    for flags, message in ((["--window", "0"], "window must be in [1, 16]"),
-                           (["--stride", "0"], "stride must be in [1, window=16]")):
+    for flags, message in (
+        (["--window", "0"], "window must be in [1, 16]"),
+        (["--stride", "0"], "stride must be in [1, window=16]"),
+    ):
         assert main([*base, *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
@@ -301,31 +388,63 @@ def test_eval_window_and_stride_zero_are_errors(data_dir, tmp_path, capsys):
 
 
 def _torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lmgen", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "lmgen",
+        "train",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_ddp_two_processes_match_single_process(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = ["--data", str(data_dir), "--config", str(TINY), "--no-progress",
-              "--set", "max_steps=6", "--set", "log_interval=1", "--set", "eval_interval=3",
-              "--set", "checkpoint_interval=3", "--set", "sample_tokens=0",
-              "--set", "batch_size=2"]
+    common = [
+        "--data",
+        str(data_dir),
+        "--config",
+        str(TINY),
+        "--no-progress",
+        "--set",
+        "max_steps=6",
+        "--set",
+        "log_interval=1",
+        "--set",
+        "eval_interval=3",
+        "--set",
+        "checkpoint_interval=3",
+        "--set",
+        "sample_tokens=0",
+        "--set",
+        "batch_size=2",
+    ]
     p = _torchrun([*common, "--out", str(tmp_path / "ddp"), "--set", "grad_accum=1"], env)
     assert p.returncode == 0, p.stderr[-3000:]
-    single = train(data_dir, tmp_path / "single",
-                   tiny("max_steps=6", "log_interval=1", "eval_interval=3",
-                        "checkpoint_interval=3", "batch_size=2", "grad_accum=2"),
-                   progress=False)
+    single = train(
+        data_dir,
+        tmp_path / "single",
+        tiny(
+            "max_steps=6",
+            "log_interval=1",
+            "eval_interval=3",
+            "checkpoint_interval=3",
+            "batch_size=2",
+            "grad_accum=2",
+        ),
+        progress=False,
+    )
     assert single is not None
     a = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["event"] == "train"]
     b = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["event"] == "train"]
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
     for x, y in zip(a, b, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-4)
-    start = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")
-             if r["event"] == "start"]
+    start = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["event"] == "start"]
     assert start[0]["world"] == 2
     # rank 0 alone wrote: one start record, one final model
     assert len(start) == 1 and (tmp_path / "ddp" / "final" / "config.json").is_file()
@@ -366,16 +485,39 @@ def test_sigkill_at_a_random_moment_then_resume(data_dir, tmp_path):
     import signal
     import time
 
-    args = ["--data", str(data_dir), "--config", str(TINY), "--no-progress",
-            "--set", "max_steps=60", "--set", "checkpoint_interval=5", "--set", "dropout=0.1",
-            "--set", "sample_tokens=0", "--set", "eval_interval=20"]
+    args = [
+        "--data",
+        str(data_dir),
+        "--config",
+        str(TINY),
+        "--no-progress",
+        "--set",
+        "max_steps=60",
+        "--set",
+        "checkpoint_interval=5",
+        "--set",
+        "dropout=0.1",
+        "--set",
+        "sample_tokens=0",
+        "--set",
+        "eval_interval=20",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     main = [sys.executable, "-m", "lmgen", "train"]
-    subprocess.run([*main, *args, "--out", str(tmp_path / "whole")], env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [*main, *args, "--out", str(tmp_path / "whole")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([*main, *args, "--out", str(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*main, *args, "--out", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while latest_checkpoint(cut) is None and time.time() < deadline:
         time.sleep(0.05)
@@ -384,8 +526,13 @@ def test_sigkill_at_a_random_moment_then_resume(data_dir, tmp_path):
     proc.wait()
     assert latest_checkpoint(cut) is not None
     assert not (cut / "final").exists(), "the run ended before the kill; kill sooner"
-    subprocess.run([*main, *args, "--out", str(cut), "--resume"], env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [*main, *args, "--out", str(cut), "--resume"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     a = read_model_dir(tmp_path / "whole" / "final")[1].state_dict()
     b = read_model_dir(cut / "final")[1].state_dict()
     for k in a:

@@ -37,8 +37,14 @@ class BeamTrace:
     finished: list[dict] = field(default_factory=list)  # {"token_ids", "score"}, best first
 
 
-def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: GenerationConfig,
-                warnings: list[str], trace: list[BeamTrace] | None = None):
+def beam_search(
+    lm,
+    prompts: list[str],
+    prompt_ids: list[list[int]],
+    config: GenerationConfig,
+    warnings: list[str],
+    trace: list[BeamTrace] | None = None,
+):
     model, tok = lm.model, lm.tokenizer
     device = lm.device
     nb, lp, early = config.num_beams, config.length_penalty, config.early_stopping
@@ -53,8 +59,10 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
     chain = build_chain(config, prompt_length=P, eos_token_ids=lm.eos_token_ids)
 
     run_seq = ids.repeat_interleave(nb, 0).view(B, nb, P)
-    run_seq = torch.cat([run_seq, torch.full((B, nb, config.max_new_tokens), pad_token_id(lm),
-                                             device=device)], dim=2)
+    run_seq = torch.cat(
+        [run_seq, torch.full((B, nb, config.max_new_tokens), pad_token_id(lm), device=device)],
+        dim=2,
+    )
     run_raw = torch.zeros((B, nb, config.max_new_tokens), device=device)
     run_scores = torch.zeros((B, nb), device=device)
     run_scores[:, 1:] = NEG
@@ -114,9 +122,11 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
             m_scores = torch.cat([fin_scores, norm], 1)
             best = m_scores.topk(nb, dim=-1).indices
             fin_seq = torch.cat([fin_seq, cand_seq], 1).gather(
-                1, best[:, :, None].expand(-1, -1, max_len))
+                1, best[:, :, None].expand(-1, -1, max_len)
+            )
             fin_raw = torch.cat([fin_raw, cand_raw], 1).gather(
-                1, best[:, :, None].expand(-1, -1, fin_raw.shape[2]))
+                1, best[:, :, None].expand(-1, -1, fin_raw.shape[2])
+            )
             fin_scores = m_scores.gather(1, best)
             new_len = torch.full_like(top_scores, n_gen + 1, dtype=torch.long)
             fin_len = torch.cat([fin_len, new_len], 1).gather(1, best)
@@ -127,17 +137,21 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
 
             cur += 1
             best_len = (max_len - P) if (early == "never" and lp > 0) else (cur - P)
-            best_running = run_scores[:, :1] / (best_len ** lp)
-            worst_done = torch.where(fin_done, fin_scores.min(1, keepdim=True).values,
-                                     torch.tensor(NEG, device=device))
+            best_running = run_scores[:, :1] / (best_len**lp)
+            worst_done = torch.where(
+                fin_done, fin_scores.min(1, keepdim=True).values, torch.tensor(NEG, device=device)
+            )
             improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
-            go_on = bool(improvable.any()) and not (bool(fin_done.all()) and early is True) \
+            go_on = (
+                bool(improvable.any())
+                and not (bool(fin_done.all()) and early is True)
                 and not bool(hits.all())
+            )
             if not go_on:
                 break
             cache.reorder(beam_src.view(-1))
             # generated tokens are never padding: no attention mask to append
-            logits = model(run_seq.view(B * nb, -1)[:, cur - 1:cur], cache=cache)[:, -1]
+            logits = model(run_seq.view(B * nb, -1)[:, cur - 1 : cur], cache=cache)[:, -1]
 
     results = []
     seqs, raws = fin_seq.tolist(), fin_raw.tolist()
@@ -146,8 +160,8 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
     for b in range(B):
         choices = []
         for j in range(config.num_return_sequences):
-            gen = seqs[b][j][P:P + lens[b][j]]
-            lps = raws[b][j][:lens[b][j]]
+            gen = seqs[b][j][P : P + lens[b][j]]
+            lps = raws[b][j][: lens[b][j]]
             reason = "length"
             if gen and gen[-1] in eos_ids:
                 gen, lps, reason = gen[:-1], lps[:-1], "eos"
@@ -158,14 +172,22 @@ def beam_search(lm, prompts: list[str], prompt_ids: list[list[int]], config: Gen
             if cut is not None:  # beams are cut at a stop string once the search is over
                 text, k = cut
                 gen, lps, reason = gen[:k], lps[:k], "stop"
-            choices.append(Choice(index=j, text=text, token_ids=gen, logprobs=lps,
-                                  processed_logprobs=[], finish_reason=reason,
-                                  score=scs[b][j]))
-        results.append(GenerationResult(lm.name, prompts[b], prompt_ids[b], choices,
-                                        chain_desc, warnings))
+            choices.append(
+                Choice(
+                    index=j,
+                    text=text,
+                    token_ids=gen,
+                    logprobs=lps,
+                    processed_logprobs=[],
+                    finish_reason=reason,
+                    score=scs[b][j],
+                )
+            )
+        results.append(
+            GenerationResult(lm.name, prompts[b], prompt_ids[b], choices, chain_desc, warnings)
+        )
         if trace is not None:
-            trace[b].finished = [{"token_ids": c.token_ids, "score": c.score}
-                                 for c in choices]
+            trace[b].finished = [{"token_ids": c.token_ids, "score": c.score} for c in choices]
     return results
 
 
@@ -182,7 +204,14 @@ def _record(trace, tok, step, parent, token, scores, hits, just_done, nxt, nb):
                 status, beam = "kept", kept[k]
             else:
                 status, beam = "pruned", None
-            st.candidates.append({"parent": parent_l[b][k], "token_id": token_l[b][k],
-                                  "token": tok.token_to_str(token_l[b][k]),
-                                  "score": score_l[b][k], "status": status, "beam": beam})
+            st.candidates.append(
+                {
+                    "parent": parent_l[b][k],
+                    "token_id": token_l[b][k],
+                    "token": tok.token_to_str(token_l[b][k]),
+                    "score": score_l[b][k],
+                    "status": status,
+                    "beam": beam,
+                }
+            )
         tr.steps.append(st)

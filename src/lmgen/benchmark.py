@@ -69,8 +69,15 @@ def shape_config(shape: str):
     from .model import GPTConfig
 
     if shape == "14m":
-        return GPTConfig(vocab_size=8192, n_positions=1024, n_embd=384, n_layer=6, n_head=6,
-                         bos_token_id=None, eos_token_id=None)
+        return GPTConfig(
+            vocab_size=8192,
+            n_positions=1024,
+            n_embd=384,
+            n_layer=6,
+            n_head=6,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
     if shape == "124m":
         return GPTConfig(bos_token_id=None, eos_token_id=None)
     raise ValueError(shape)
@@ -107,8 +114,9 @@ def save_hf_dir(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = config_to_hf(model.config)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file(state_dict_to_hf(model), str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        state_dict_to_hf(model), str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
     return directory
 
 
@@ -151,18 +159,21 @@ class Workload:
     new_tokens: int
 
 
-def make_workload(vocab: int, n_positions: int, new_tokens: int, tokenizer=None,
-                  seed: int = 1) -> Workload:
+def make_workload(
+    vocab: int, n_positions: int, new_tokens: int, tokenizer=None, seed: int = 1
+) -> Workload:
     g = torch.Generator().manual_seed(seed)
     long_len = min(512, n_positions - 1)
     if tokenizer is not None:
-        text = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, "
-                "and Juliet is the sun.\n") * 64
+        text = (
+            "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, "
+            "and Juliet is the sun.\n"
+        ) * 64
         ids = tokenizer.encode(text)
     else:
         ids = torch.randint(0, vocab, (4096,), generator=g).tolist()
     prompt = ids[:16]
-    batch = [ids[8 * i: 8 * i + 16] for i in range(8)]
+    batch = [ids[8 * i : 8 * i + 16] for i in range(8)]
     return Workload(prompt, batch, ids[:long_len], min(new_tokens, n_positions - 16))
 
 
@@ -175,14 +186,27 @@ def lmgen_runner(lm, case: str, w: Workload, seed: int = 0):
     if case == "greedy":
         return lambda: lm.generate(_text(w.prompt), max_new_tokens=N, ignore_eos=True).token_ids
     if case == "sample":
-        return lambda: lm.generate(_text(w.prompt), strategy="sample", max_new_tokens=N,
-                                   ignore_eos=True, seed=seed, **SAMPLING).token_ids
+        return lambda: (
+            lm.generate(
+                _text(w.prompt),
+                strategy="sample",
+                max_new_tokens=N,
+                ignore_eos=True,
+                seed=seed,
+                **SAMPLING,
+            ).token_ids
+        )
     if case == "beam":
-        return lambda: lm.generate(_text(w.prompt), strategy="beam", num_beams=4,
-                                   max_new_tokens=N, ignore_eos=True).token_ids
+        return lambda: (
+            lm.generate(
+                _text(w.prompt), strategy="beam", num_beams=4, max_new_tokens=N, ignore_eos=True
+            ).token_ids
+        )
     if case == "batch8":
-        return lambda: [r.token_ids for r in lm.generate([_text(p) for p in w.batch],
-                                                         max_new_tokens=N, ignore_eos=True)]
+        return lambda: [
+            r.token_ids
+            for r in lm.generate([_text(p) for p in w.batch], max_new_tokens=N, ignore_eos=True)
+        ]
     if case == "prefill":
         ids = torch.tensor([w.long], device=lm.device)
 
@@ -190,6 +214,7 @@ def lmgen_runner(lm, case: str, w: Workload, seed: int = 0):
             with torch.inference_mode():
                 cache = lm.model.new_cache(1, len(w.long))
                 return lm.model(ids, cache=cache, logits_to_keep=1)[:, -1].float().argmax()
+
         return prefill
     if case == "ttft":
         return lambda: lm.generate(_text(w.long), max_new_tokens=1, ignore_eos=True).token_ids
@@ -202,20 +227,24 @@ def hf_runner(hf, case: str, w: Workload, seed: int = 0):
     def gen(ids, n, **kw):
         x = torch.tensor(ids)
         with torch.inference_mode():
-            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                              min_new_tokens=n, **kw)
-        return out[:, x.shape[1]:].tolist()
+            out = hf.generate(
+                x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, **kw
+            )
+        return out[:, x.shape[1] :].tolist()
 
     if case == "greedy":
         return lambda: gen([w.prompt], N, do_sample=False)[0]
     if case == "sample":
+
         def sample():
             torch.manual_seed(seed)
             return gen([w.prompt], N, do_sample=True, **SAMPLING)[0]
+
         return sample
     if case == "beam":
-        return lambda: gen([w.prompt], N, do_sample=False, num_beams=4, early_stopping=False,
-                           length_penalty=1.0)[0]
+        return lambda: gen(
+            [w.prompt], N, do_sample=False, num_beams=4, early_stopping=False, length_penalty=1.0
+        )[0]
     if case == "batch8":
         return lambda: gen(w.batch, N, do_sample=False)
     if case == "prefill":
@@ -224,6 +253,7 @@ def hf_runner(hf, case: str, w: Workload, seed: int = 0):
         def prefill():
             with torch.inference_mode():
                 return hf(ids, use_cache=True, logits_to_keep=1).logits[:, -1].float().argmax()
+
         return prefill
     if case == "ttft":
         return lambda: gen([w.long], 1, do_sample=False)[0]
@@ -232,8 +262,14 @@ def hf_runner(hf, case: str, w: Workload, seed: int = 0):
 
 def units(case: str, w: Workload) -> float:
     """Work done by one run, in the unit the table reports."""
-    return {"greedy": w.new_tokens, "sample": w.new_tokens, "beam": w.new_tokens,
-            "batch8": 8 * w.new_tokens, "prefill": len(w.long), "ttft": 1}[case]
+    return {
+        "greedy": w.new_tokens,
+        "sample": w.new_tokens,
+        "beam": w.new_tokens,
+        "batch8": 8 * w.new_tokens,
+        "prefill": len(w.long),
+        "ttft": 1,
+    }[case]
 
 
 # -- measurement ----------------------------------------------------------------------------------
@@ -245,8 +281,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def alternate(fns: dict, repeats: int, warmup: int = 1, between=None
-              ) -> dict[str, list[float]]:
+def alternate(fns: dict, repeats: int, warmup: int = 1, between=None) -> dict[str, list[float]]:
     """Runs each function `warmup` times, then `repeats` rounds in alternating order (ABBA...);
     returns the seconds of every timed run per name."""
     names = list(fns)
@@ -255,7 +290,7 @@ def alternate(fns: dict, repeats: int, warmup: int = 1, between=None
             fns[name]()
     times = {n: [] for n in names}
     for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
             times[name].append(timed(fns[name]))
             if between is not None:
@@ -313,11 +348,18 @@ def machine_info() -> dict:
         tv = "not installed"
     from . import __version__
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "memory_gib": round(mem, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": tv, "lmgen": __version__,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": "cpu"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "memory_gib": round(mem, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": tv,
+        "lmgen": __version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": "cpu",
+    }
 
 
 # -- peak memory (subprocess) -------------------------------------------------------------------
@@ -346,8 +388,9 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_worker(impl: str, directory: str, dtype: str, cases: list[str], work: dict,
-               threads: int) -> dict:
+def rss_worker(
+    impl: str, directory: str, dtype: str, cases: list[str], work: dict, threads: int
+) -> dict:
     torch.set_num_threads(threads)
     directory = Path(directory)
     w = Workload(**work)
@@ -370,10 +413,19 @@ def rss_worker(impl: str, directory: str, dtype: str, cases: list[str], work: di
     return out
 
 
-def measure_rss(impl: str, directory: Path, dtype: str, cases: list[str], w: Workload,
-                threads: int) -> dict:
-    args = json.dumps({"impl": impl, "directory": str(directory), "dtype": dtype,
-                       "cases": cases, "work": w.__dict__, "threads": threads})
+def measure_rss(
+    impl: str, directory: Path, dtype: str, cases: list[str], w: Workload, threads: int
+) -> dict:
+    args = json.dumps(
+        {
+            "impl": impl,
+            "directory": str(directory),
+            "dtype": dtype,
+            "cases": cases,
+            "work": w.__dict__,
+            "threads": threads,
+        }
+    )
     cmd = [sys.executable, "-m", "lmgen.benchmark", "--rss-worker", args]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
@@ -439,23 +491,29 @@ def run(args) -> Report:
         from .llamacpp import find_llama_bench
 
         if find_llama_bench() is None:
-            report.notes.append("No llama.cpp `llama-bench` binary on PATH or in $LLAMA_BENCH: "
-                                "the llama.cpp comparison was not run.")
+            report.notes.append(
+                "No llama.cpp `llama-bench` binary on PATH or in $LLAMA_BENCH: "
+                "the llama.cpp comparison was not run."
+            )
             args.extras = [e for e in args.extras if e != "llamacpp"]
     if not torch.cuda.is_available():
-        report.notes.append("No GPU was available to this run: no CUDA table. The decode paths "
-                            "are device-agnostic (the CPU-only decode products fall back to "
-                            "`F.linear` elsewhere).")
+        report.notes.append(
+            "No GPU was available to this run: no CUDA table. The decode paths "
+            "are device-agnostic (the CPU-only decode products fall back to "
+            "`F.linear` elsewhere)."
+        )
     tmp = Path(tempfile.mkdtemp(prefix="lmgen-bench-"))
     repeats = args.repeats
     for shape in shapes:
         model32, tok = make_model(shape)
         directory = save_hf_dir(model32, tmp / shape)
-        label = {"bundled": "shakespeare (bundled)", "14m": "14M shape",
-                 "124m": "GPT-2-small shape"}[shape]
+        label = {
+            "bundled": "shakespeare (bundled)",
+            "14m": "14M shape",
+            "124m": "GPT-2-small shape",
+        }[shape]
         label += f" [{model32.num_parameters() / 1e6:.1f}M]"
-        w = make_workload(model32.config.vocab_size, model32.config.n_positions,
-                          args.tokens, tok)
+        w = make_workload(model32.config.vocab_size, model32.config.n_positions, args.tokens, tok)
         del model32
         for dtype in args.dtypes:
             log.info("== %s %s", label, dtype)
@@ -470,8 +528,10 @@ def run(args) -> Report:
             rss = {}
             if args.rss:
                 rss_cases = [c for c in args.cases if c != "ttft"]
-                rss = {impl: measure_rss(impl, directory, dtype, rss_cases, w, args.threads)
-                       for impl in ("lmgen", "hf")}
+                rss = {
+                    impl: measure_rss(impl, directory, dtype, rss_cases, w, args.threads)
+                    for impl in ("lmgen", "hf")
+                }
             for case in args.cases:
                 fa, fb = lmgen_runner(lm, case, w), hf_runner(hf, case, w)
                 eq = ""
@@ -480,13 +540,22 @@ def run(args) -> Report:
                 # Batch-1 cases: the bandwidth is sampled after every timed run, so the limit
                 # is the machine's while the case ran (it drifts by more than the margins).
                 samples: list[float] = []
-                between = (lambda out=samples: out.append(measure_bandwidth(mib=128, repeats=2))
-                           ) if case in ("greedy", "sample") else None
+                between = (
+                    (lambda out=samples: out.append(measure_bandwidth(mib=128, repeats=2)))
+                    if case in ("greedy", "sample")
+                    else None
+                )
                 times = alternate({"lmgen": fa, "hf": fb}, repeats, between=between)
                 ta, tb = statistics.median(times["lmgen"]), statistics.median(times["hf"])
                 u = units(case, w)
-                row = Row(label, dtype, case, ta if case == "ttft" else u / ta,
-                          tb if case == "ttft" else u / tb, eq)
+                row = Row(
+                    label,
+                    dtype,
+                    case,
+                    ta if case == "ttft" else u / ta,
+                    tb if case == "ttft" else u / tb,
+                    eq,
+                )
                 if samples:
                     row.bw_gbs = statistics.median(samples)
                     case_limit = row.bw_gbs * 1e9 / bytes_per_token(lm.model, ctx)
@@ -496,8 +565,9 @@ def run(args) -> Report:
                 report.rows.append(row)
                 print("   " + format_row(row), file=sys.stderr, flush=True)
             if args.extras:
-                report.extras.extend(run_extras(args, shape, dtype, label, directory, lm, tok,
-                                                w, limit))
+                report.extras.extend(
+                    run_extras(args, shape, dtype, label, directory, lm, tok, w, limit)
+                )
             del lm, hf
             gc.collect()
     return report
@@ -511,10 +581,15 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         sample = lmgen_runner(lm, "sample", w)
         times = alternate({"greedy": greedy, "sample": sample}, max(args.repeats, 5))
         tg, ts = statistics.median(times["greedy"]), statistics.median(times["sample"])
-        row = {"what": "sampling T=0.8 k=50 p=0.9 (the fused sampler) vs greedy", "model": label,
-               "dtype": dtype, "plain": w.new_tokens / tg, "optimised": w.new_tokens / ts,
-               "note": f"sampling adds {ts / tg - 1:+.1%} to a greedy step "
-                       f"({max(args.repeats, 5)} alternations)"}
+        row = {
+            "what": "sampling T=0.8 k=50 p=0.9 (the fused sampler) vs greedy",
+            "model": label,
+            "dtype": dtype,
+            "plain": w.new_tokens / tg,
+            "optimised": w.new_tokens / ts,
+            "note": f"sampling adds {ts / tg - 1:+.1%} to a greedy step "
+            f"({max(args.repeats, 5)} alternations)",
+        }
         out.append(row)
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "int8" in args.extras and dtype == "fp32":
@@ -525,10 +600,15 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         tp, tq = statistics.median(times["plain"]), statistics.median(times["int8"])
         ctx = len(w.prompt) + w.new_tokens / 2
         q_limit = limit * bytes_per_token(lm.model, ctx) / bytes_per_token(q.model, ctx)
-        row = {"what": "int8 weight-only", "model": label, "dtype": dtype,
-               "plain": w.new_tokens / tp, "optimised": w.new_tokens / tq,
-               "note": f"greedy tokens equal to fp32: {same}; "
-                       f"{w.new_tokens / tq / q_limit:.0%} of the int8 bandwidth limit"}
+        row = {
+            "what": "int8 weight-only",
+            "model": label,
+            "dtype": dtype,
+            "plain": w.new_tokens / tp,
+            "optimised": w.new_tokens / tq,
+            "note": f"greedy tokens equal to fp32: {same}; "
+            f"{w.new_tokens / tq / q_limit:.0%} of the int8 bandwidth limit",
+        }
         if shape == "bundled":
             row["note"] += "; " + int8_bits_per_byte(lm, q)
         out.append(row)
@@ -539,20 +619,36 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         try:
             t0 = time.perf_counter()
             step = compile_decode_step(lm.model)
-            cg = lambda: lm.generate(_text(w.prompt), max_new_tokens=w.new_tokens,  # noqa: E731
-                                     ignore_eos=True, compile=step).token_ids
+            cg = lambda: (
+                lm.generate(
+                    _text(w.prompt),
+                    max_new_tokens=w.new_tokens,  # noqa: E731
+                    ignore_eos=True,
+                    compile=step,
+                ).token_ids
+            )
             first = cg()
             compile_s = time.perf_counter() - t0
             same = compare(base_tokens, first)
             times = alternate({"plain": greedy, "compiled": cg}, args.repeats)
             tp, tc = statistics.median(times["plain"]), statistics.median(times["compiled"])
-            row = {"what": "torch.compile decode step", "model": label, "dtype": dtype,
-                   "plain": w.new_tokens / tp, "optimised": w.new_tokens / tc,
-                   "note": f"compile + first run {compile_s:.0f} s; tokens equal: {same}"}
+            row = {
+                "what": "torch.compile decode step",
+                "model": label,
+                "dtype": dtype,
+                "plain": w.new_tokens / tp,
+                "optimised": w.new_tokens / tc,
+                "note": f"compile + first run {compile_s:.0f} s; tokens equal: {same}",
+            }
         except Exception as e:  # compile is optional: report, never fail the run
-            row = {"what": "torch.compile decode step", "model": label, "dtype": dtype,
-                   "plain": float("nan"), "optimised": float("nan"),
-                   "note": f"failed: {type(e).__name__}: {str(e)[:120]}"}
+            row = {
+                "what": "torch.compile decode step",
+                "model": label,
+                "dtype": dtype,
+                "plain": float("nan"),
+                "optimised": float("nan"),
+                "note": f"failed: {type(e).__name__}: {str(e)[:120]}",
+            }
         out.append(row)
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "speculative" in args.extras and shape == "bundled" and dtype == "fp32":
@@ -566,8 +662,14 @@ def run_llamacpp(args, label, lm, w, greedy) -> dict:
     """lmgen greedy against `llama-bench` decoding the same weights (GGUF f32), alternating."""
     from .llamacpp import find_llama_bench, llama_bench, write_gguf
 
-    row = {"what": "llama.cpp", "kind": "reference", "model": label, "dtype": "fp32",
-           "plain": float("nan"), "optimised": float("nan")}
+    row = {
+        "what": "llama.cpp",
+        "kind": "reference",
+        "model": label,
+        "dtype": "fp32",
+        "plain": float("nan"),
+        "optimised": float("nan"),
+    }
     try:
         path = write_gguf(lm.model, Path(tempfile.mkdtemp(prefix="lmgen-gguf-")) / "m.gguf")
         ours, theirs = [], []
@@ -575,8 +677,9 @@ def run_llamacpp(args, label, lm, w, greedy) -> dict:
             ours.append(w.new_tokens / timed(greedy))
             theirs.append(llama_bench(find_llama_bench(), path, w.new_tokens, args.threads))
         row["plain"], row["optimised"] = statistics.median(ours), statistics.median(theirs)
-        row["note"] = (f"llama-bench -p 0 -n {w.new_tokens} -t {args.threads}, "
-                       f"{args.repeats} alternations")
+        row["note"] = (
+            f"llama-bench -p 0 -n {w.new_tokens} -t {args.threads}, {args.repeats} alternations"
+        )
     except Exception as e:  # a reference point: report, never fail the run
         row["note"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
     print(f"   extra {row}", file=sys.stderr, flush=True)
@@ -588,9 +691,16 @@ def run_speculative(args, lm, tok, w) -> list[dict]:
 
     draft_dir = args.draft
     if draft_dir is None:
-        return [{"what": "speculative decoding", "model": lm.name, "dtype": "fp32",
-                 "plain": float("nan"), "optimised": float("nan"),
-                 "note": "no draft model given (--draft DIR)"}]
+        return [
+            {
+                "what": "speculative decoding",
+                "model": lm.name,
+                "dtype": "fp32",
+                "plain": float("nan"),
+                "optimised": float("nan"),
+                "note": "no draft model given (--draft DIR)",
+            }
+        ]
     from .checkpoint import read_model_dir
 
     _, dmodel, _ = read_model_dir(Path(draft_dir))
@@ -604,17 +714,26 @@ def run_speculative(args, lm, tok, w) -> list[dict]:
             kw.update(strategy="sample", seed=0, **SAMPLING)
         stats = SpeculativeStats()
         plain = lambda kw=kw: lm.generate(_text(w.prompt), **kw).token_ids  # noqa: E731
-        spec = lambda kw=kw, st=stats: lm.generate(  # noqa: E731
-            _text(w.prompt), draft=draft, speculative_k=args.spec_k, spec_stats=st,
-            **kw).token_ids
+        spec = lambda kw=kw, st=stats: (
+            lm.generate(  # noqa: E731
+                _text(w.prompt), draft=draft, speculative_k=args.spec_k, spec_stats=st, **kw
+            ).token_ids
+        )
         same = compare(plain(), spec()) if mode == "greedy" else "(sampling: distribution)"
         stats.reset()
         times = alternate({"plain": plain, "spec": spec}, args.repeats)
         tp, ts = statistics.median(times["plain"]), statistics.median(times["spec"])
-        out.append({"what": f"speculative ({mode}, k={args.spec_k})", "model": lm.name,
-                    "dtype": "fp32", "plain": w.new_tokens / tp, "optimised": w.new_tokens / ts,
-                    "note": f"draft {dmodel.num_parameters() / 1e6:.1f}M; acceptance "
-                            f"{stats.acceptance:.0%}; tokens equal: {same}"})
+        out.append(
+            {
+                "what": f"speculative ({mode}, k={args.spec_k})",
+                "model": lm.name,
+                "dtype": "fp32",
+                "plain": w.new_tokens / tp,
+                "optimised": w.new_tokens / ts,
+                "note": f"draft {dmodel.num_parameters() / 1e6:.1f}M; acceptance "
+                f"{stats.acceptance:.0%}; tokens equal: {same}",
+            }
+        )
         print(f"   extra {out[-1]}", file=sys.stderr, flush=True)
     return out
 
@@ -659,14 +778,20 @@ def hamlet_text() -> str | None:
 # -- output ---------------------------------------------------------------------------------------
 
 
-CASE_NAMES = {"greedy": "greedy, batch 1", "sample": "sample T=0.8 k=50 p=0.9, batch 1",
-              "beam": "beam search, 4 beams", "batch8": "greedy, batch 8",
-              "prefill": "prefill, 512-token prompt", "ttft": "time to first token (512)"}
+CASE_NAMES = {
+    "greedy": "greedy, batch 1",
+    "sample": "sample T=0.8 k=50 p=0.9, batch 1",
+    "beam": "beam search, 4 beams",
+    "batch8": "greedy, batch 8",
+    "prefill": "prefill, 512-token prompt",
+    "ttft": "time to first token (512)",
+}
 
 
 def _unit(case: str) -> str:
     return {"prefill": "prompt tok/s", "ttft": "ms", "batch8": "tok/s (all rows)"}.get(
-        case, "tok/s")
+        case, "tok/s"
+    )
 
 
 def _fmt(case: str, v: float) -> str:
@@ -677,10 +802,12 @@ def format_row(r: Row) -> str:
     bw = f" | {r.bw_lmgen:.0%} / {r.bw_hf:.0%}" if r.bw_lmgen is not None else " | "
     if r.bw_gbs is not None:
         bw += f" ({r.bw_gbs:.1f} GB/s)"
-    rss = (f" | {r.rss_lmgen:.0f} / {r.rss_hf:.0f}" if r.rss_lmgen and r.rss_hf else " | ")
-    return (f"{r.model} | {r.dtype} | {CASE_NAMES[r.case]} | {_unit(r.case)} | "
-            f"{_fmt(r.case, r.lmgen)} | {_fmt(r.case, r.hf)} | **{r.ratio:.2f}×**{bw}{rss} | "
-            f"{r.equal}")
+    rss = f" | {r.rss_lmgen:.0f} / {r.rss_hf:.0f}" if r.rss_lmgen and r.rss_hf else " | "
+    return (
+        f"{r.model} | {r.dtype} | {CASE_NAMES[r.case]} | {_unit(r.case)} | "
+        f"{_fmt(r.case, r.lmgen)} | {_fmt(r.case, r.hf)} | **{r.ratio:.2f}×**{bw}{rss} | "
+        f"{r.equal}"
+    )
 
 
 def to_markdown(report: Report) -> str:
@@ -713,34 +840,63 @@ def to_markdown(report: Report) -> str:
         lines += ["| model | dtype | measured bandwidth | batch-1 limit |", "|---|---|---|---|"]
         for k, bw in report.bandwidth.items():
             model, dtype = k.rsplit(" ", 1)
-            lines.append(f"| {model} | {dtype} | {bw:.1f} GB/s | "
-                         f"{report.limits[k]:.0f} tok/s |")
+            lines.append(f"| {model} | {dtype} | {bw:.1f} GB/s | {report.limits[k]:.0f} tok/s |")
         lines.append("")
-    lines += ["| model | dtype | case | unit | lmgen | transformers | ratio | BW lmgen / tf | "
-              "peak RSS MiB lmgen / tf | equal |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| model | dtype | case | unit | lmgen | transformers | ratio | BW lmgen / tf | "
+        "peak RSS MiB lmgen / tf | equal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += ["| " + format_row(r) + " |" for r in report.rows]
     options = [e for e in report.extras if e.get("kind") != "reference"]
     references = [e for e in report.extras if e.get("kind") == "reference"]
     if options:
-        lines += _table("Optimisations measured against plain lmgen (same run)",
-                        ["optimisation", "model", "dtype", "plain tok/s", "with it tok/s",
-                         "speed-up", "notes"],
-                        [[e["what"], e["model"], e["dtype"], f"{e['plain']:.1f}",
-                          f"{e['optimised']:.1f}", f"{_ratio(e['optimised'], e['plain']):.2f}×",
-                          e["note"]] for e in options])
+        lines += _table(
+            "Optimisations measured against plain lmgen (same run)",
+            ["optimisation", "model", "dtype", "plain tok/s", "with it tok/s", "speed-up", "notes"],
+            [
+                [
+                    e["what"],
+                    e["model"],
+                    e["dtype"],
+                    f"{e['plain']:.1f}",
+                    f"{e['optimised']:.1f}",
+                    f"{_ratio(e['optimised'], e['plain']):.2f}×",
+                    e["note"],
+                ]
+                for e in options
+            ],
+        )
     if references:
-        lines += _table("Against llama.cpp (same weights as GGUF f32, same run)",
-                        ["model", "dtype", "lmgen greedy tok/s", "llama.cpp tok/s",
-                         "lmgen / llama.cpp", "notes"],
-                        [[e["model"], e["dtype"], f"{e['plain']:.1f}", f"{e['optimised']:.1f}",
-                          f"{_ratio(e['plain'], e['optimised']):.2f}×", e["note"]]
-                         for e in references])
+        lines += _table(
+            "Against llama.cpp (same weights as GGUF f32, same run)",
+            [
+                "model",
+                "dtype",
+                "lmgen greedy tok/s",
+                "llama.cpp tok/s",
+                "lmgen / llama.cpp",
+                "notes",
+            ],
+            [
+                [
+                    e["model"],
+                    e["dtype"],
+                    f"{e['plain']:.1f}",
+                    f"{e['optimised']:.1f}",
+                    f"{_ratio(e['plain'], e['optimised']):.2f}×",
+                    e["note"],
+                ]
+                for e in references
+            ],
+        )
     notes = list(report.notes)
     if any(r.dtype == "bf16" and r.equal not in ("", "yes") for r in report.rows):
-        notes.append("bf16 `equal` column: lmgen's and transformers' bfloat16 products round "
-                     "differently, so some bf16 cases part after a few dozen tokens; every "
-                     "fp32 case is identical.")
+        notes.append(
+            "bf16 `equal` column: lmgen's and transformers' bfloat16 products round "
+            "differently, so some bf16 cases part after a few dozen tokens; every "
+            "fp32 case is identical."
+        )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -751,35 +907,50 @@ def _ratio(a: float, b: float) -> float:
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    return (["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-            + ["| " + " | ".join(r) + " |" for r in rows])
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 14M shape, fp32, 8 tokens, 1 repeat, no RSS, no extras")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 14M shape, fp32, 8 tokens, 1 repeat, no RSS, no extras",
+    )
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {SHAPES}")
     p.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma list of {DTYPES}")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {CASES}")
-    p.add_argument("--extras", default=",".join(EXTRAS),
-                   help=f"comma list of {EXTRAS}, or 'none'")
+    p.add_argument("--extras", default=",".join(EXTRAS), help=f"comma list of {EXTRAS}, or 'none'")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per run (64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side (3)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch threads (default: all)")
+    p.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)"
+    )
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip peak RSS")
     p.add_argument("--draft", default=None, help="a draft model directory for speculative rows")
-    p.add_argument("--bundled-dir", default=None,
-                   help="use this model directory as the bundled model (before it is installed)")
+    p.add_argument(
+        "--bundled-dir",
+        default=None,
+        help="use this model directory as the bundled model (before it is installed)",
+    )
     p.add_argument("--spec-k", type=int, default=4, help="draft tokens per speculative step")
-    p.add_argument("--out", default="docs/benchmarks.md",
-                   help="markdown file to write ('-' for none)")
+    p.add_argument(
+        "--out", default="docs/benchmarks.md", help="markdown file to write ('-' for none)"
+    )
     p.add_argument("--json", default=None, help="also write the raw results here")
-    p.add_argument("--from-json", default=None, metavar="FILE",
-                   help="write the markdown of an earlier run's --json results (no measuring)")
-    p.add_argument("--append", action="store_true",
-                   help="append this run to --out as a section instead of replacing it")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="FILE",
+        help="write the markdown of an earlier run's --json results (no measuring)",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="append this run to --out as a section instead of replacing it",
+    )
     return p
 
 
@@ -800,12 +971,20 @@ def load_report(path: str) -> Report:
 
     try:
         raw = json.loads(Path(path).read_text())
-        return Report(raw["info"], raw.get("args", []), [Row(**r) for r in raw["rows"]],
-                      raw.get("bandwidth", {}), raw.get("limits", {}), raw.get("extras", []),
-                      raw.get("notes", []))
+        return Report(
+            raw["info"],
+            raw.get("args", []),
+            [Row(**r) for r in raw["rows"]],
+            raw.get("bandwidth", {}),
+            raw.get("limits", {}),
+            raw.get("extras", []),
+            raw.get("notes", []),
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--from-json {path}: not a results file written by --json "
-                          f"({type(e).__name__}: {e})", "from_json") from None
+        raise ConfigError(
+            f"--from-json {path}: not a results file written by --json ({type(e).__name__}: {e})",
+            "from_json",
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -834,8 +1013,9 @@ def run_cli(args) -> int:
     except ImportError:
         from .errors import ConfigError
 
-        raise ConfigError("the benchmark compares against transformers: pip install "
-                          "transformers") from None
+        raise ConfigError(
+            "the benchmark compares against transformers: pip install transformers"
+        ) from None
     report = load_report(args.from_json) if args.from_json else run(args)
     md = to_markdown(report)
     print(md)
@@ -848,10 +1028,20 @@ def run_cli(args) -> int:
             md = out.read_text() + title + body
         out.write_text(md)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"info": report.info, "args": report.args, "rows": [r.__dict__ for r in report.rows],
-             "bandwidth": report.bandwidth, "limits": report.limits,
-             "extras": report.extras, "notes": report.notes}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "info": report.info,
+                    "args": report.args,
+                    "rows": [r.__dict__ for r in report.rows],
+                    "bandwidth": report.bandwidth,
+                    "limits": report.limits,
+                    "extras": report.extras,
+                    "notes": report.notes,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 BUNDLED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "shakespeare"
 # Hugging Face GPT-2 stores these as Conv1D, weight (in, out): the transpose of nn.Linear's.
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                   "mlp.c_proj.weight")
+CONV1D_SUFFIXES = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
 HF_ONLY_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
@@ -171,8 +175,9 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
                 f"{pt}: could not be read as a plain tensor file (weights_only=True refuses "
                 f"pickled code): {e}"
             ) from e
-    raise ModelLoadError(f"{directory}: no weights found (expected model.safetensors or "
-                         "pytorch_model.bin)")
+    raise ModelLoadError(
+        f"{directory}: no weights found (expected model.safetensors or pytorch_model.bin)"
+    )
 
 
 def read_model_dir(directory: str | Path):
@@ -203,8 +208,13 @@ def read_model_dir(directory: str | Path):
     return config, model, tokenizer
 
 
-def write_model_dir(model: GPT, tokenizer, directory: str | Path,
-                    dtype: torch.dtype | None = None, extra_files: dict | None = None) -> Path:
+def write_model_dir(
+    model: GPT,
+    tokenizer,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    extra_files: dict | None = None,
+) -> Path:
     """Writes a model directory atomically: built in a temporary sibling, then renamed in."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -217,11 +227,13 @@ def write_model_dir(model: GPT, tokenizer, directory: str | Path,
         (tmp / "config.json").write_text(
             json.dumps(config_to_hf(model.config, dtype), indent=2) + "\n"
         )
-        save_file(state_dict_to_hf(model, dtype), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            state_dict_to_hf(model, dtype),
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         tokenizer.save(tmp)
-        gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id":
-               model.config.eos_token_id}
+        gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -268,8 +280,15 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
     )
 
 
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-             "vocab.json", "merges.txt", "generation_config.json"]
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+]
 
 
 def download_from_hub(repo_id: str, revision: str | None = None) -> Path:

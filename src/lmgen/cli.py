@@ -22,8 +22,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="lmgen", description="GPT text generation with every decoding "
-                     "strategy, and pictures of each step.")
+    parser = _Parser(
+        prog="lmgen",
+        description="GPT text generation with every decoding strategy, and pictures of each step.",
+    )
     parser.add_argument("--version", action="version", version=f"lmgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -37,8 +39,12 @@ def _registrars():
     from .cli_generate import add_parsers as generate_parsers
 
     yield generate_parsers
-    for module, attr in (("lmgen.training.cli", "add_parsers"), ("lmgen.plots.cli", "add_parsers"),
-                         ("lmgen.server.cli", "add_parsers"), ("lmgen.bench_cli", "add_parsers")):
+    for module, attr in (
+        ("lmgen.training.cli", "add_parsers"),
+        ("lmgen.plots.cli", "add_parsers"),
+        ("lmgen.server.cli", "add_parsers"),
+        ("lmgen.bench_cli", "add_parsers"),
+    ):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as e:
@@ -51,8 +57,10 @@ def _registrars():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:  # the CLI prints the config warnings itself, as "warning: ..."
         logging.getLogger("lmgen.generation").setLevel(logging.ERROR)
     try:

@@ -21,8 +21,12 @@ def _early_stopping(value: str):
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None,
-                   help="model directory, bundled model name, or hf:NAME (default: shakespeare)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="model directory, bundled model name, or hf:NAME (default: shakespeare)",
+    )
 
 
 def add_processor_args(p: argparse.ArgumentParser) -> None:
@@ -39,8 +43,12 @@ def add_processor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frequency-penalty", type=float)
     g.add_argument("--no-repeat-ngram-size", type=int)
     g.add_argument("--min-tokens-to-keep", type=int)
-    g.add_argument("--temperature-last", action="store_true", default=None,
-                   help="apply temperature after the filters (llama.cpp's order)")
+    g.add_argument(
+        "--temperature-last",
+        action="store_true",
+        default=None,
+        help="apply temperature after the filters (llama.cpp's order)",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -53,11 +61,19 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--min-new-tokens", type=int)
     g.add_argument("--ignore-eos", action="store_true", default=None)
-    g.add_argument("--stop", action="append", metavar="S", type=unescape,
-                   help=r"stop string (repeatable); \n, \t and \\ are understood")
+    g.add_argument(
+        "--stop",
+        action="append",
+        metavar="S",
+        type=unescape,
+        help=r"stop string (repeatable); \n, \t and \\ are understood",
+    )
     g.add_argument("--seed", type=int)
-    g.add_argument("--context-overflow", choices=["error", "slide"],
-                   help="beyond the context: fail (default) or keep the last tokens")
+    g.add_argument(
+        "--context-overflow",
+        choices=["error", "slide"],
+        help="beyond the context: fail (default) or keep the last tokens",
+    )
 
 
 def config_kwargs(args: argparse.Namespace) -> dict:
@@ -68,8 +84,9 @@ def config_kwargs(args: argparse.Namespace) -> dict:
     kw = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if kw.get("num_beams", 1) > 1 and "strategy" not in kw:
         kw["strategy"] = "beam"
-    if "strategy" not in kw and any(k in kw for k in ("temperature", "top_k", "top_p", "min_p",
-                                                      "typical_p", "seed")):
+    if "strategy" not in kw and any(
+        k in kw for k in ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
+    ):
         kw["strategy"] = "sample"
     return kw
 
@@ -111,8 +128,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.json:
             raise ConfigError("--stream and --json cannot be combined", "stream")
         if config.effective_strategy() == "beam" or config.num_return_sequences != 1:
-            raise ConfigError("--stream needs strategy greedy or sample and one sequence "
-                              "(no --num-beams, no -n)", "stream")
+            raise ConfigError(
+                "--stream needs strategy greedy or sample and one sequence (no --num-beams, no -n)",
+                "stream",
+            )
     prompt = read_prompt(args.prompt)
     lm = lmgen.load(args.model)
     if args.stream:
@@ -150,23 +169,35 @@ def cmd_next(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"next token after {prompt!r}",
-                  caption="chain: " + (" -> ".join(dist.chain) or "(none)"))
+    table = Table(
+        title=f"next token after {prompt!r}",
+        caption="chain: " + (" -> ".join(dist.chain) or "(none)"),
+    )
     for col in ("rank", "token", "id", "logit", "prob", "after chain", "kept"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for rank, c in enumerate(dist.candidates, 1):
         mark = " <- greedy" if c.token_id == dist.greedy_token_id else ""
         style = None if c.kept else "dim"
-        table.add_row(str(rank), repr(c.token) + mark, str(c.token_id), f"{c.logit:.3f}",
-                      f"{c.prob:.4f}", f"{c.processed_prob:.4f}", "yes" if c.kept else "no",
-                      style=style)
+        table.add_row(
+            str(rank),
+            repr(c.token) + mark,
+            str(c.token_id),
+            f"{c.logit:.3f}",
+            f"{c.prob:.4f}",
+            f"{c.processed_prob:.4f}",
+            "yes" if c.kept else "no",
+            style=style,
+        )
     Console().print(table)
     return 0
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("generate", help="continue a prompt",
-                       description="Continue PROMPT with the chosen decoding strategy.")
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt",
+        description="Continue PROMPT with the chosen decoding strategy.",
+    )
     p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     add_model_arg(p)
     add_generation_args(p)
@@ -175,9 +206,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-echo", action="store_true", help="print only the continuation")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("next", help="show the next-token distribution",
-                       description="Show the most likely next tokens, raw and after the "
-                       "processor chain.")
+    p = sub.add_parser(
+        "next",
+        help="show the next-token distribution",
+        description="Show the most likely next tokens, raw and after the processor chain.",
+    )
     p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     add_model_arg(p)
     add_processor_args(p)

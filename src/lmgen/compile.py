@@ -22,8 +22,8 @@ def _step(model, input_ids: torch.Tensor, pos: torch.Tensor, length: int, ks, vs
     x = F.embedding(input_ids, model.wte.weight) + F.embedding(pos, model.wpe.weight)
     for i, (ln_1, c_attn, attn_proj, ln_2, c_fc, act, mlp_proj) in enumerate(plan.layers):
         q, k, v = c_attn(ln_1(x)).view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4)
-        ks[i][:, :, length - 1: length] = k
-        vs[i][:, :, length - 1: length] = v
+        ks[i][:, :, length - 1 : length] = k
+        vs[i][:, :, length - 1 : length] = v
         y = F.scaled_dot_product_attention(q, ks[i][:, :, :length], vs[i][:, :, :length])
         x = x + attn_proj(y.transpose(1, 2).reshape(B, 1, C))
         x = x + mlp_proj(act(c_fc(ln_2(x))))
@@ -39,8 +39,15 @@ def compile_decode_step(model, **compile_options):
     compiled = torch.compile(_step, **options)
 
     def step(input_ids: torch.Tensor, *, cache, attention_mask=None, **kwargs):
-        if (input_ids.shape[1] != 1 or cache is None or cache.has_padding or kwargs
-                or attention_mask is not None or cache.length == 0 or model.training):
+        if (
+            input_ids.shape[1] != 1
+            or cache is None
+            or cache.has_padding
+            or kwargs
+            or attention_mask is not None
+            or cache.length == 0
+            or model.training
+        ):
             return model(input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
         start = cache.length
         if start + 1 > min(cache.max_length, model.config.n_positions):

@@ -68,9 +68,15 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
     """`F.linear(x, w, b)`, by the fastest path for a decode step's few rows (module doc)."""
     out_features, in_features = w.shape
     rows = x.numel() // in_features if in_features else 0
-    if (not ENABLED or x.device.type != "cpu" or not 0 < rows <= MAX_ROWS
-            or not w.is_contiguous() or x.dtype != w.dtype or w.dtype != torch.float32
-            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+    if (
+        not ENABLED
+        or x.device.type != "cpu"
+        or not 0 < rows <= MAX_ROWS
+        or not w.is_contiguous()
+        or x.dtype != w.dtype
+        or w.dtype != torch.float32
+        or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+    ):
         return F.linear(x, w, b)  # (oneDNN's op has no backward: autograd gets F.linear)
     x2 = x.reshape(rows, in_features)
     if rows <= 2 or (rows <= SWAP_ROWS and out_features >= in_features):
@@ -86,8 +92,9 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
     return F.linear(x, w, b)
 
 
-@torch.library.custom_op("lmgen::decode_linear", mutates_args=(),
-                         schema="(Tensor x, Tensor w, Tensor? b) -> Tensor")
+@torch.library.custom_op(
+    "lmgen::decode_linear", mutates_args=(), schema="(Tensor x, Tensor w, Tensor? b) -> Tensor"
+)
 def _decode_linear_op(x, w, b):
     return decode_product(x, w, b)  # always a new tensor (an op may not alias its input)
 

@@ -33,8 +33,9 @@ NEG_INF = float("-inf")
 
 
 class FusedSampler:
-    def __init__(self, temperature: float, temperature_last: bool, top_k: int, top_p: float,
-                 min_keep: int):
+    def __init__(
+        self, temperature: float, temperature_last: bool, top_k: int, top_p: float, min_keep: int
+    ):
         self.temperature = temperature
         self.temperature_last = temperature_last
         self.top_k = top_k  # 0: off
@@ -65,8 +66,9 @@ class FusedSampler:
             return None
         return cls(temperature, temperature_last, top_k, top_p, keeps.pop())
 
-    def __call__(self, logits: torch.Tensor, generators: Sequence[torch.Generator | None]
-                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def __call__(
+        self, logits: torch.Tensor, generators: Sequence[torch.Generator | None]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(tokens [B], processed log-probabilities of those tokens [B]) or None: fall back."""
         cand = self.candidates(logits)
         if cand is None:

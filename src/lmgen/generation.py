@@ -65,13 +65,22 @@ class GenerationResult:
         """The documented `--json` shape of `lmgen generate`."""
         choices = []
         for c in self.choices:
-            d = {"index": c.index, "text": c.text, "token_ids": c.token_ids,
-                 "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+            d = {
+                "index": c.index,
+                "text": c.text,
+                "token_ids": c.token_ids,
+                "logprobs": c.logprobs,
+                "finish_reason": c.finish_reason,
+            }
             if c.score is not None:
                 d["score"] = c.score
             choices.append(d)
-        return {"model": self.model, "prompt": self.prompt,
-                "prompt_token_ids": self.prompt_token_ids, "choices": choices}
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "prompt_token_ids": self.prompt_token_ids,
+            "choices": choices,
+        }
 
 
 # -- shared preparation ---------------------------------------------------------------------
@@ -99,7 +108,9 @@ def encode_prompt(lm, prompt: str) -> list[int]:
         if start is None:
             raise ConfigError(
                 "the prompt is empty and this tokenizer has no bos/eos token to start from; "
-                "give a non-empty prompt", "prompt")
+                "give a non-empty prompt",
+                "prompt",
+            )
         ids = [start]
     return ids
 
@@ -109,8 +120,8 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -150,8 +161,9 @@ class _Row:
     emitted: int = 0  # characters of `text` already streamed
 
 
-def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast: bool = True,
-                 decode_step=None) -> Iterator[list[_Row]]:
+def _decode_loop(
+    lm, prompts: list[list[int]], config: GenerationConfig, *, fast: bool = True, decode_step=None
+) -> Iterator[list[_Row]]:
     """Runs greedy/sampling decoding for all rows; yields the rows after every step.
 
     `fast=False` draws through the processor chain even where the fused sampler
@@ -187,8 +199,9 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast
     all_running = True
     done = [False] * B
     cache = model.new_cache(B, cache_len)
-    seq_mask = torch.cat([mask, torch.ones((B, config.max_new_tokens), dtype=mask.dtype,
-                                           device=device)], dim=1)
+    seq_mask = torch.cat(
+        [mask, torch.ones((B, config.max_new_tokens), dtype=mask.dtype, device=device)], dim=1
+    )
 
     fused = FusedSampler.from_chain(chain) if strategy == "sample" and fast else None
     step_fn = decode_step if decode_step is not None else model
@@ -212,8 +225,11 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast
                     nxt = scores.argmax(dim=-1)
             raw_lp = raw_logp.gather(1, nxt[:, None])[:, 0]
             if picked is None:
-                proc_lp = (raw_lp if not chain else
-                           scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0])
+                proc_lp = (
+                    raw_lp
+                    if not chain
+                    else scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
+                )
             if eos0 is not None and not all_running:
                 nxt = torch.where(unfinished, nxt, eos0)
             seq[:, cur] = nxt
@@ -235,8 +251,12 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast
                 row.logprobs.append(raw_l[b])
                 row.processed_logprobs.append(proc_l[b])
                 if top is not None:
-                    row.top.append([TopLogprob(i, tok.token_to_str(i), v)
-                                    for v, i in zip(top[0][b], top[1][b], strict=True)])
+                    row.top.append(
+                        [
+                            TopLogprob(i, tok.token_to_str(i), v)
+                            for v, i in zip(top[0][b], top[1][b], strict=True)
+                        ]
+                    )
                 if need_text:
                     _check_stop(row, tok, stop)
             n_running = 0
@@ -252,10 +272,11 @@ def _decode_loop(lm, prompts: list[list[int]], config: GenerationConfig, *, fast
             if not last and n_running:
                 if cache.length >= cache_len:  # context full: re-prefill the last window
                     cache = model.new_cache(B, cache_len)
-                    window = seq[:, cur + 1 - (cache_len - 1): cur + 1]
-                    wmask = seq_mask[:, cur + 1 - (cache_len - 1): cur + 1]
-                    logits = model(window, attention_mask=wmask, cache=cache,
-                                   logits_to_keep=1)[:, -1]
+                    window = seq[:, cur + 1 - (cache_len - 1) : cur + 1]
+                    wmask = seq_mask[:, cur + 1 - (cache_len - 1) : cur + 1]
+                    logits = model(window, attention_mask=wmask, cache=cache, logits_to_keep=1)[
+                        :, -1
+                    ]
                 else:
                     # generated tokens are never padding: no attention mask to append
                     logits = step_fn(nxt[:, None], cache=cache)[:, -1]
@@ -304,9 +325,15 @@ def _finish_text(row: _Row, tok) -> str:
 
 def _to_result(lm, prompt: str, prompt_ids: list[int], rows: list[_Row], chain, warnings):
     choices = [
-        Choice(index=r.choice_index, text=_finish_text(r, lm.tokenizer), token_ids=r.token_ids,
-               logprobs=r.logprobs, processed_logprobs=r.processed_logprobs,
-               finish_reason=r.finish_reason, top_logprobs=r.top or None)
+        Choice(
+            index=r.choice_index,
+            text=_finish_text(r, lm.tokenizer),
+            token_ids=r.token_ids,
+            logprobs=r.logprobs,
+            processed_logprobs=r.processed_logprobs,
+            finish_reason=r.finish_reason,
+            top_logprobs=r.top or None,
+        )
         for r in rows
     ]
     return GenerationResult(lm.name, prompt, prompt_ids, choices, chain, warnings)
@@ -323,8 +350,17 @@ def _prepare(lm, prompt, config, kwargs):
     return config, warnings, single, prompts, ids
 
 
-def generate(lm, prompt: str | list[str], config: GenerationConfig | None = None, *,
-             draft=None, speculative_k: int = 4, spec_stats=None, compile=False, **kwargs):
+def generate(
+    lm,
+    prompt: str | list[str],
+    config: GenerationConfig | None = None,
+    *,
+    draft=None,
+    speculative_k: int = 4,
+    spec_stats=None,
+    compile=False,
+    **kwargs,
+):
     """Generates continuations; a list of prompts returns a list of results.
 
     `draft=` a smaller `LM` sharing the tokenizer: speculative decoding (speculative.py) with
@@ -339,13 +375,15 @@ def generate(lm, prompt: str | list[str], config: GenerationConfig | None = None
 
         check_draft(lm, draft, config)
         results = []
-        chain = build_chain(config, prompt_length=max(map(len, ids)),
-                            eos_token_ids=lm.eos_token_ids).describe()
+        chain = build_chain(
+            config, prompt_length=max(map(len, ids)), eos_token_ids=lm.eos_token_ids
+        ).describe()
         for p, i in zip(prompts, ids, strict=True):
             row = _Row(0, 0)
             row.finish_reason = "length"
-            for t, raw_lp, proc_lp in speculative_tokens(lm, draft, i, config, speculative_k,
-                                                         spec_stats):
+            for t, raw_lp, proc_lp in speculative_tokens(
+                lm, draft, i, config, speculative_k, spec_stats
+            ):
                 if t in lm.eos_token_ids and not config.ignore_eos:
                     row.finish_reason = "eos"
                     break
@@ -365,11 +403,14 @@ def generate(lm, prompt: str | list[str], config: GenerationConfig | None = None
 
             step = compile if callable(compile) else compile_decode_step(lm.model)
         *_, rows = _decode_loop(lm, ids, config, decode_step=step)  # as the loop left them
-        chain = build_chain(config, prompt_length=max(map(len, ids)),
-                            eos_token_ids=lm.eos_token_ids).describe()
+        chain = build_chain(
+            config, prompt_length=max(map(len, ids)), eos_token_ids=lm.eos_token_ids
+        ).describe()
         n = config.num_return_sequences
-        results = [_to_result(lm, p, i, rows[k * n:(k + 1) * n], chain, warnings)
-                   for k, (p, i) in enumerate(zip(prompts, ids, strict=True))]
+        results = [
+            _to_result(lm, p, i, rows[k * n : (k + 1) * n], chain, warnings)
+            for k, (p, i) in enumerate(zip(prompts, ids, strict=True))
+        ]
     return results[0] if single else results
 
 
@@ -380,8 +421,7 @@ def stream(lm, prompt: str, config: GenerationConfig | None = None, **kwargs) ->
     if not single:
         raise ConfigError("stream() takes one prompt", "prompt")
     if config.effective_strategy() == "beam" or config.num_return_sequences != 1:
-        raise ConfigError("streaming needs strategy greedy or sample with one sequence",
-                          "strategy")
+        raise ConfigError("streaming needs strategy greedy or sample with one sequence", "strategy")
     tok = lm.tokenizer
     holdback = max((len(s) for s in config.stop or []), default=1) - 1
     row = None
@@ -392,12 +432,12 @@ def stream(lm, prompt: str, config: GenerationConfig | None = None, **kwargs) ->
             # Hold back an unfinished UTF-8 sequence and a possible stop-string prefix.
             safe = len(text.rstrip("\ufffd")) - holdback
             if safe > row.emitted:
-                yield text[row.emitted:safe]
+                yield text[row.emitted : safe]
                 row.emitted = safe
     if row is not None:
         final = _finish_text(row, tok)
         if len(final) > row.emitted:
-            yield final[row.emitted:]
+            yield final[row.emitted :]
 
 
 # -- the next-token distribution --------------------------------------------------------------
@@ -433,8 +473,9 @@ class NextToken:
         }
 
 
-def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None = None,
-               **kwargs) -> NextToken:
+def next_token(
+    lm, prompt: str, top: int = 10, config: GenerationConfig | None = None, **kwargs
+) -> NextToken:
     """The distribution over the next token, raw and after the processor chain.
 
     The chain is the sampling chain (temperature, top-k, top-p, …) unless another strategy is
@@ -446,7 +487,7 @@ def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None =
         raise ConfigError(f"top must be an int >= 0 (0 = whole vocabulary), got {top!r}", "top")
     ids = encode_prompt(lm, prompt)
     check_context(lm, len(ids), config.replace(max_new_tokens=1))
-    ids = ids[-lm.config.n_positions:]
+    ids = ids[-lm.config.n_positions :]
     chain = build_chain(config, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
     x = torch.tensor([ids], device=lm.device)
     with torch.inference_mode():
@@ -454,14 +495,16 @@ def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None =
         processed = chain(x, logits) if chain else logits
     kept = torch.isfinite(processed[0])
     if not bool(kept.any()):
-        raise GenerationError(f"the processors {chain.describe()} leave no token with a finite "
-                              "score; loosen them")
+        raise GenerationError(
+            f"the processors {chain.describe()} leave no token with a finite score; loosen them"
+        )
     probs = logits.softmax(-1)[0]
     pprobs = processed.softmax(-1)[0]
     n = lm.tokenizer.vocab_size if top == 0 else min(top, logits.shape[-1])
     order = logits[0].argsort(descending=True)[:n].tolist()
     lg, pr, pp, kp = logits[0].tolist(), probs.tolist(), pprobs.tolist(), kept.tolist()
-    candidates = [Candidate(i, lm.tokenizer.token_to_str(i), lg[i], pr[i], pp[i], kp[i])
-                  for i in order]
+    candidates = [
+        Candidate(i, lm.tokenizer.token_to_str(i), lg[i], pr[i], pp[i], kp[i]) for i in order
+    ]
     greedy = int(processed[0].argmax())
     return NextToken(prompt, ids, chain.describe(), candidates, greedy, logits[0], processed[0])

@@ -115,8 +115,12 @@ class GenerationConfig:
                 f"got {self.min_new_tokens}",
                 param="min_new_tokens",
             )
-        _number("temperature", self.temperature, f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
-                lambda v: v == 0 or v >= MIN_TEMPERATURE)
+        _number(
+            "temperature",
+            self.temperature,
+            f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
+            lambda v: v == 0 or v >= MIN_TEMPERATURE,
+        )
         _int_at_least("top_k", self.top_k, 0, note=" (0 = off)")
         _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
         _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
@@ -129,8 +133,12 @@ class GenerationConfig:
         self._check_logit_bias()
         self._check_bad_words()
         _int_at_least("num_beams", self.num_beams, 1)
-        _number("length_penalty", self.length_penalty, f"in [-{MAX_LENGTH_PENALTY:g}, "
-                f"{MAX_LENGTH_PENALTY:g}]", lambda v: abs(v) <= MAX_LENGTH_PENALTY)
+        _number(
+            "length_penalty",
+            self.length_penalty,
+            f"in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}]",
+            lambda v: abs(v) <= MAX_LENGTH_PENALTY,
+        )
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ConfigError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",

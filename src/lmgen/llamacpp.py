@@ -32,12 +32,22 @@ def find_llama_bench() -> str | None:
 def _tensors(model) -> dict[str, torch.Tensor]:
     """GGUF names -> tensors, (out, in) weights as llama.cpp's gpt2 loader expects them."""
     sd = model.state_dict()
-    out = {"token_embd.weight": sd["wte.weight"], "position_embd.weight": sd["wpe.weight"],
-           "output_norm.weight": sd["ln_f.weight"], "output_norm.bias": sd["ln_f.bias"]}
+    out = {
+        "token_embd.weight": sd["wte.weight"],
+        "position_embd.weight": sd["wpe.weight"],
+        "output_norm.weight": sd["ln_f.weight"],
+        "output_norm.bias": sd["ln_f.bias"],
+    }
     if not model.config.tie_word_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
-    names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-             "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    names = {
+        "ln_1": "attn_norm",
+        "attn.c_attn": "attn_qkv",
+        "attn.c_proj": "attn_output",
+        "ln_2": "ffn_norm",
+        "mlp.c_fc": "ffn_up",
+        "mlp.c_proj": "ffn_down",
+    }
     for i in range(model.config.n_layer):
         for ours, theirs in names.items():
             for kind in ("weight", "bias"):
@@ -56,8 +66,10 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
         raise ConfigError(f"GGUF export supports float32 and float16, got {dtype}", "dtype")
     cfg = model.config
     if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ConfigError("llama.cpp's gpt2 uses the tanh GELU; this model uses "
-                          f"{cfg.activation_function!r}", "activation_function")
+        raise ConfigError(
+            f"llama.cpp's gpt2 uses the tanh GELU; this model uses {cfg.activation_function!r}",
+            "activation_function",
+        )
     path = Path(path)
     w = gguf.GGUFWriter(str(path), "gpt2")
     w.add_name("lmgen export")
@@ -67,8 +79,9 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
     w.add_feed_forward_length(cfg.inner_dim)
     w.add_head_count(cfg.n_head)
     w.add_layer_norm_eps(cfg.layer_norm_epsilon)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32
-                    else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(
+        gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16
+    )
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list([f"<{i}>" for i in range(cfg.vocab_size)])
@@ -89,11 +102,30 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
     return path
 
 
-def llama_bench(binary: str, gguf_path: str | os.PathLike, new_tokens: int, threads: int,
-                repeats: int = 1, timeout: float = 600) -> float:
+def llama_bench(
+    binary: str,
+    gguf_path: str | os.PathLike,
+    new_tokens: int,
+    threads: int,
+    repeats: int = 1,
+    timeout: float = 600,
+) -> float:
     """Decode tokens/s (`llama-bench -p 0 -n new_tokens`, the mean over `repeats`)."""
-    cmd = [binary, "-m", str(gguf_path), "-p", "0", "-n", str(new_tokens), "-t", str(threads),
-           "-r", str(repeats), "-o", "json"]
+    cmd = [
+        binary,
+        "-m",
+        str(gguf_path),
+        "-p",
+        "0",
+        "-n",
+        str(new_tokens),
+        "-t",
+        str(threads),
+        "-r",
+        str(repeats),
+        "-o",
+        "json",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-500:]}")

@@ -62,8 +62,12 @@ class LM:
         return f"LM({self.name!r}, {n / 1e6:.1f}M parameters, {self.tokenizer!r})"
 
 
-def load(name_or_dir: str | os.PathLike | None = None, device: str | None = None,
-         dtype: torch.dtype | None = None, quantize: str | None = None) -> LM:
+def load(
+    name_or_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    quantize: str | None = None,
+) -> LM:
     """Loads a model directory, a bundled model by name (default `shakespeare`), or `hf:NAME`.
 
     `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize)."""

@@ -113,8 +113,11 @@ class KVCache:
         made on the first reorder, doubles the cache's memory for beam search only."""
         n = self.length
         if self._spare is None:
-            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v),
-                           torch.empty_like(self.mask))
+            self._spare = (
+                torch.empty_like(self.k),
+                torch.empty_like(self.v),
+                torch.empty_like(self.mask),
+            )
         k, v, mask = self._spare
         torch.index_select(self.k[:, :, :, :n], 1, index, out=k[:, :, :, :n])
         torch.index_select(self.v[:, :, :, :n], 1, index, out=v[:, :, :, :n])
@@ -213,8 +216,15 @@ class _Plan:
         self.n_head = model.config.n_head
         self.head_dim = model.config.head_dim
         self.layers = [
-            (b.ln_1.forward, _decode_fn(b.attn.c_attn), _decode_fn(b.attn.c_proj), b.ln_2.forward,
-             _decode_fn(b.mlp.c_fc), b.mlp.act, _decode_fn(b.mlp.c_proj))
+            (
+                b.ln_1.forward,
+                _decode_fn(b.attn.c_attn),
+                _decode_fn(b.attn.c_proj),
+                b.ln_2.forward,
+                _decode_fn(b.mlp.c_fc),
+                b.mlp.act,
+                _decode_fn(b.mlp.c_proj),
+            )
             for b in model.h
         ]
         self.ln_f = model.ln_f.forward

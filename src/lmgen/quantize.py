@@ -83,8 +83,12 @@ def quantize_model(model, method: str = "int8"):
         raise ConfigError(f"quantize must be one of {METHODS}, got {method!r}", "quantize")
     with torch.no_grad():
         for block in model.h:
-            for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"),
-                                 (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+            for parent, name in (
+                (block.attn, "c_attn"),
+                (block.attn, "c_proj"),
+                (block.mlp, "c_fc"),
+                (block.mlp, "c_proj"),
+            ):
                 setattr(parent, name, Int8Linear.from_linear(getattr(parent, name)))
         model.lm_head = Int8Linear.from_linear(model.lm_head)
     model.reset_plan()

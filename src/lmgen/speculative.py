@@ -49,16 +49,20 @@ def check_draft(lm, draft, config) -> None:
         raise ConfigError(
             f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the "
             f"target's ({lm.config.vocab_size}); speculative decoding needs a shared tokenizer",
-            "draft")
+            "draft",
+        )
     if config.effective_strategy() == "beam":
-        raise ConfigError("speculative decoding works with greedy and sampling, not beam search",
-                          "draft")
+        raise ConfigError(
+            "speculative decoding works with greedy and sampling, not beam search", "draft"
+        )
     if config.num_return_sequences != 1:
-        raise ConfigError("speculative decoding makes one sequence (num_return_sequences=1)",
-                          "draft")
+        raise ConfigError(
+            "speculative decoding makes one sequence (num_return_sequences=1)", "draft"
+        )
     if config.stop or config.logprobs:
-        raise ConfigError("speculative decoding does not support stop strings or top logprobs",
-                          "draft")
+        raise ConfigError(
+            "speculative decoding does not support stop strings or top logprobs", "draft"
+        )
 
 
 def _probs(logits: torch.Tensor) -> torch.Tensor:
@@ -75,21 +79,24 @@ def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
     return min(i, int(nz[-1])) if len(nz) else i
 
 
-def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int,
-                       gen: torch.Generator | None) -> tuple[int, bool]:
+def accept_or_resample(
+    p: torch.Tensor, q: torch.Tensor, token: int, gen: torch.Generator | None
+) -> tuple[int, bool]:
     """The rule that keeps the target's distribution: `token` ~ q is kept with probability
     min(1, p[token] / q[token]); otherwise a token is drawn from norm(max(0, p - q)).
     Returns (token, kept)."""
-    u = torch.rand(1, generator=gen, dtype=torch.float64,
-                   device=gen.device if gen is not None else p.device)
+    u = torch.rand(
+        1, generator=gen, dtype=torch.float64, device=gen.device if gen is not None else p.device
+    )
     if float(u) * float(q[token]) < float(p[token]):  # u < p/q without dividing
         return token, True
     residual = (p - q).clamp_min(0)
     return _draw(residual if float(residual.sum()) > 0 else p, gen), False
 
 
-def speculative_tokens(lm, draft, prompt: list[int], config, k: int = 4,
-                       stats: SpeculativeStats | None = None):
+def speculative_tokens(
+    lm, draft, prompt: list[int], config, k: int = 4, stats: SpeculativeStats | None = None
+):
     """Yields (token, raw logprob, processed logprob) for each generated token."""
     if k < 1:
         raise ConfigError(f"speculative_k must be >= 1, got {k}", "speculative_k")
@@ -101,18 +108,25 @@ def speculative_tokens(lm, draft, prompt: list[int], config, k: int = 4,
     P = len(prompt)
     total = P + config.max_new_tokens
     if total + k + 1 > n_pos:
-        raise ConfigError(f"prompt + max_new_tokens + speculative_k + 1 = {total + k + 1} "
-                          f"exceeds the models' context ({n_pos})", "max_new_tokens")
+        raise ConfigError(
+            f"prompt + max_new_tokens + speculative_k + 1 = {total + k + 1} "
+            f"exceeds the models' context ({n_pos})",
+            "max_new_tokens",
+        )
     chain = build_chain(config, prompt_length=P, eos_token_ids=lm.eos_token_ids)
     eos = set() if config.ignore_eos else set(lm.eos_token_ids)
     seq = torch.tensor([prompt], device=device)
-    seq = torch.cat([seq, torch.zeros((1, config.max_new_tokens + k + 1), dtype=torch.long,
-                                      device=device)], 1)
+    seq = torch.cat(
+        [seq, torch.zeros((1, config.max_new_tokens + k + 1), dtype=torch.long, device=device)], 1
+    )
     n = P  # tokens in seq
     tcache = target.new_cache(1, total + k + 1)
     dcache = small.new_cache(1, total + k + 1)
-    process = (lambda upto, logits: chain(seq[:, :upto], logits)) if chain else (
-        lambda upto, logits: logits)
+    process = (
+        (lambda upto, logits: chain(seq[:, :upto], logits))
+        if chain
+        else (lambda upto, logits: logits)
+    )
     made = 0
     with torch.inference_mode():
         # Both caches hold seq[:n - 1]; seq[n - 1] is pending.
@@ -122,7 +136,7 @@ def speculative_tokens(lm, draft, prompt: list[int], config, k: int = 4,
             kk = min(k, config.max_new_tokens - made)
             # 1. the draft proposes kk tokens
             d_probs, d_tokens = [], []
-            pending = seq[:, dcache.length: n]
+            pending = seq[:, dcache.length : n]
             for j in range(kk):
                 logits = small(pending, cache=dcache, logits_to_keep=1)[:, -1].float()
                 q_scores = process(n + j, logits)[0]
@@ -134,15 +148,16 @@ def speculative_tokens(lm, draft, prompt: list[int], config, k: int = 4,
                     t = int(q_scores.argmax())
                 d_tokens.append(t)
                 seq[0, n + j] = t
-                pending = seq[:, n + j: n + j + 1]
+                pending = seq[:, n + j : n + j + 1]
             # 2. the target scores the pending token and all proposals in one pass
-            t_logits = target(seq[:, tcache.length: n + kk], cache=tcache,
-                              logits_to_keep=kk + 1)[0].float()
+            t_logits = target(seq[:, tcache.length : n + kk], cache=tcache, logits_to_keep=kk + 1)[
+                0
+            ].float()
             raw = t_logits.log_softmax(-1)
             accepted = 0
             out, p_lps = [], []
             for j in range(kk + 1):
-                p_scores = process(n + j, t_logits[j: j + 1])[0]
+                p_scores = process(n + j, t_logits[j : j + 1])[0]
                 p_lps.append(p_scores.log_softmax(-1))
                 if j == kk:  # all kept: one more from the target
                     t = _draw(_probs(p_scores), gen) if sample else int(p_scores.argmax())

@@ -38,8 +38,9 @@ class _Wrapped:
 
     kind = "base"
 
-    def __init__(self, backend: HFTokenizer, eos_token: str | None = None,
-                 bos_token: str | None = None):
+    def __init__(
+        self, backend: HFTokenizer, eos_token: str | None = None, bos_token: str | None = None
+    ):
         self.backend = backend
         self.eos_token = eos_token
         self.bos_token = bos_token
@@ -67,12 +68,17 @@ class _Wrapped:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / "tokenizer.json"))
-        special = {k: v for k, v in (("eos_token", self.eos_token),
-                                     ("bos_token", self.bos_token)) if v}
+        special = {
+            k: v for k, v in (("eos_token", self.eos_token), ("bos_token", self.bos_token)) if v
+        }
         if self.kind == "word" and UNK in self.backend.get_vocab():
             special["unk_token"] = UNK
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces":
-                  False, "lmgen_tokenizer": self.kind, **special}
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            "lmgen_tokenizer": self.kind,
+            **special,
+        }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
@@ -165,8 +171,9 @@ class BPETokenizer(_Wrapped):
 
     kind = "bpe"
 
-    def __init__(self, backend: HFTokenizer, eos_token: str | None = EOS,
-                 bos_token: str | None = None):
+    def __init__(
+        self, backend: HFTokenizer, eos_token: str | None = EOS, bos_token: str | None = None
+    ):
         if eos_token and backend.token_to_id(eos_token) is None:
             eos_token = None
         if bos_token and backend.token_to_id(bos_token) is None:
@@ -174,8 +181,13 @@ class BPETokenizer(_Wrapped):
         super().__init__(backend, eos_token=eos_token, bos_token=bos_token or eos_token)
 
     @classmethod
-    def train(cls, files: Iterable[str | Path] | None = None, vocab_size: int = 8192,
-              texts: Iterable[str] | None = None, show_progress: bool = False) -> BPETokenizer:
+    def train(
+        cls,
+        files: Iterable[str | Path] | None = None,
+        vocab_size: int = 8192,
+        texts: Iterable[str] | None = None,
+        show_progress: bool = False,
+    ) -> BPETokenizer:
         if vocab_size < 257:
             raise ConfigError(
                 f"vocab_size must be at least 257 (256 bytes + {EOS}), got {vocab_size}",
@@ -218,8 +230,7 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
             except Exception as e:
                 raise ModelLoadError(f"{vocab} / {merges}: not a BPE vocabulary ({e})") from e
         raise ModelLoadError(
-            f"{directory}: no tokenizer found (expected tokenizer.json, or vocab.json + "
-            "merges.txt)"
+            f"{directory}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)"
         )
     try:
         backend = HFTokenizer.from_file(str(path))

@@ -35,15 +35,22 @@ DPI = 100
 DEFAULT_MAX_NEW_TOKENS = 40  # `plot generation`'s default: a picture, not a page
 
 _EXPORTS = {
-    "distributions": ["MethodPanel", "NextComparison", "TemperatureSweep", "next_data",
-                      "plot_next", "draw_next", "temperature_data", "plot_temperature",
-                      "draw_temperature", "DEFAULT_TEMPERATURES"],
+    "distributions": [
+        "MethodPanel",
+        "NextComparison",
+        "TemperatureSweep",
+        "next_data",
+        "plot_next",
+        "draw_next",
+        "temperature_data",
+        "plot_temperature",
+        "draw_temperature",
+        "DEFAULT_TEMPERATURES",
+    ],
     "embeddings": ["EmbeddingData", "embedding_data", "plot_embeddings", "draw_embeddings"],
     "attention": ["AttentionData", "attention_data", "plot_attention", "draw_attention"],
-    "beam_tree": ["BeamNode", "BeamTree", "Hypothesis", "beam_data", "plot_beam",
-                  "draw_beam"],
-    "generation": ["GenerationSteps", "generation_data", "plot_generation",
-                   "draw_generation"],
+    "beam_tree": ["BeamNode", "BeamTree", "Hypothesis", "beam_data", "plot_beam", "draw_beam"],
+    "generation": ["GenerationSteps", "generation_data", "plot_generation", "draw_generation"],
     "style": ["save_figure", "token_label", "readable"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

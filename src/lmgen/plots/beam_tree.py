@@ -74,8 +74,9 @@ class BeamTree:
         return [n for step in self.steps for n in step]
 
 
-def beam_data(lm, prompt: str, *, num_beams: int = 3, max_new_tokens: int = 6,
-              **config) -> BeamTree:
+def beam_data(
+    lm, prompt: str, *, num_beams: int = 3, max_new_tokens: int = 6, **config
+) -> BeamTree:
     """Runs beam search on `prompt` with a trace and returns the tree it explored; every
     beam's final hypothesis is returned (`num_return_sequences` defaults to `num_beams`)."""
     from lmgen.beam import beam_search
@@ -85,15 +86,15 @@ def beam_data(lm, prompt: str, *, num_beams: int = 3, max_new_tokens: int = 6,
     require_prompt(prompt, "plot beam")
     strategy = config.pop("strategy", "beam")
     if strategy != "beam":
-        raise ConfigError(f"plot beam draws beam search, not strategy {strategy!r}",
-                          "strategy")
+        raise ConfigError(f"plot beam draws beam search, not strategy {strategy!r}", "strategy")
     config.setdefault("num_return_sequences", num_beams if isinstance(num_beams, int) else 1)
-    cfg, warnings = make_config(None, dict(strategy="beam", num_beams=num_beams,
-                                           max_new_tokens=max_new_tokens, **config))
+    cfg, warnings = make_config(
+        None, dict(strategy="beam", num_beams=num_beams, max_new_tokens=max_new_tokens, **config)
+    )
     ids = encode_prompt(lm, prompt)
     check_context(lm, len(ids), cfg)
     if len(ids) > lm.config.n_positions:
-        ids = ids[-lm.config.n_positions:]
+        ids = ids[-lm.config.n_positions :]
     trace: list = []
     result = beam_search(lm, [prompt], [ids], cfg, warnings, trace=trace)[0]
     return build_tree(lm, prompt, ids, cfg, result, trace[0])
@@ -116,9 +117,19 @@ def build_tree(lm, prompt: str, ids: list[int], cfg, result, trace) -> BeamTree:
             if s and parent is None:
                 continue
             seq = (parent.token_ids if parent else []) + [c["token_id"]]
-            nodes.append(BeamNode(s, i, parent.index if parent else None, c["token_id"],
-                                  style.token_label(tok, c["token_id"]), float(c["score"]),
-                                  c["status"], c["beam"], seq))
+            nodes.append(
+                BeamNode(
+                    s,
+                    i,
+                    parent.index if parent else None,
+                    c["token_id"],
+                    style.token_label(tok, c["token_id"]),
+                    float(c["score"]),
+                    c["status"],
+                    c["beam"],
+                    seq,
+                )
+            )
         steps.append(nodes)
 
     ends = {}
@@ -130,12 +141,18 @@ def build_tree(lm, prompt: str, ids: list[int], cfg, result, trace) -> BeamTree:
         node = ends.get(tuple(c.token_ids))
         if node is not None:
             node.rank = rank
-        hypotheses.append(Hypothesis(list(c.token_ids), style.decoded_text(tok, c.token_ids),
-                                     float(c.score),
-                                     c.finish_reason,
-                                     (node.step, node.index) if node else None))
-    return BeamTree(prompt, list(ids), cfg.num_beams, cfg.length_penalty, steps, hypotheses,
-                    result, trace)
+        hypotheses.append(
+            Hypothesis(
+                list(c.token_ids),
+                style.decoded_text(tok, c.token_ids),
+                float(c.score),
+                c.finish_reason,
+                (node.step, node.index) if node else None,
+            )
+        )
+    return BeamTree(
+        prompt, list(ids), cfg.num_beams, cfg.length_penalty, steps, hypotheses, result, trace
+    )
 
 
 # -- the picture -------------------------------------------------------------------------------
@@ -147,6 +164,7 @@ def _layout(tree: BeamTree) -> tuple[dict[tuple[int, int], float], float]:
     ys: dict[tuple[int, int], float] = {}
     root = (width - 1) / 2
     for s, nodes in enumerate(tree.steps):
+
         def parent_y(n, s=s):
             return root if n.parent is None else ys[(s - 1, n.parent)]
 
@@ -180,58 +198,132 @@ def draw_beam(tree: BeamTree) -> Figure:
 
     def box(x, y, text, status, rank=None, size=9.5):
         face = "#fff3bf" if rank else _FACE[status]
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, zorder=3,
-                color="#444444" if status == "pruned" else "black",
-                bbox=dict(boxstyle="round,pad=0.3", facecolor=face, edgecolor=_EDGE[status],
-                          linewidth=2.2 if rank else 1.2))
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=size,
+            zorder=3,
+            color="#444444" if status == "pruned" else "black",
+            bbox=dict(
+                boxstyle="round,pad=0.3",
+                facecolor=face,
+                edgecolor=_EDGE[status],
+                linewidth=2.2 if rank else 1.2,
+            ),
+        )
 
     prompt = style.readable(style.shorten(tree.prompt, 16), spaces=False)
-    ax.text(0, root, prompt, ha="center", va="center", fontsize=10, zorder=3, wrap=True,
-            bbox=dict(boxstyle="round,pad=0.4", facecolor="#f0f0f0", edgecolor="#555555"))
+    ax.text(
+        0,
+        root,
+        prompt,
+        ha="center",
+        va="center",
+        fontsize=10,
+        zorder=3,
+        wrap=True,
+        bbox=dict(boxstyle="round,pad=0.4", facecolor="#f0f0f0", edgecolor="#555555"),
+    )
     for s, nodes in enumerate(tree.steps):
         x = (s + 1) * dx
-        ax.text(x, -0.55, f"step {s + 1}", ha="center", va="bottom", fontsize=10,
-                color="#555555")
+        ax.text(x, -0.55, f"step {s + 1}", ha="center", va="bottom", fontsize=10, color="#555555")
         for n in nodes:
             y = ys[(s, n.index)]
             px, py = (0.0, root) if n.parent is None else (s * dx, ys[(s - 1, n.parent)])
-            ax.add_line(Line2D([px, x], [py, y], color=_EDGE[n.status], zorder=1,
-                               linewidth=1.8 if n.status != "pruned" else 1.0,
-                               linestyle="-" if n.status != "pruned" else (0, (3, 2))))
+            ax.add_line(
+                Line2D(
+                    [px, x],
+                    [py, y],
+                    color=_EDGE[n.status],
+                    zorder=1,
+                    linewidth=1.8 if n.status != "pruned" else 1.0,
+                    linestyle="-" if n.status != "pruned" else (0, (3, 2)),
+                )
+            )
             label = style.shorten(n.token, 12)
             text = f"{label}\n{n.score:.2f}"
             box(x, y, text, n.status, n.rank)
             if n.rank:
-                ax.text(x + 0.5 * dx - 0.12, y, f"#{n.rank}", ha="left", va="center",
-                        fontsize=10, fontweight="bold", color=style.FINISHED, zorder=4)
+                ax.text(
+                    x + 0.5 * dx - 0.12,
+                    y,
+                    f"#{n.rank}",
+                    ha="left",
+                    va="center",
+                    fontsize=10,
+                    fontweight="bold",
+                    color=style.FINISHED,
+                    zorder=4,
+                )
             elif n.status == "kept":
-                ax.text(x, y + 0.42, f"beam {n.beam}", ha="center", va="top", fontsize=7.5,
-                        color=style.KEPT, zorder=4)
-    handles = [Patch(facecolor=_FACE["kept"], edgecolor=_EDGE["kept"], label="kept: a beam"),
-               Patch(facecolor=_FACE["finished"], edgecolor=_EDGE["finished"],
-                     label="finished (end token or length limit)"),
-               Patch(facecolor="#fff3bf", edgecolor=_EDGE["finished"], linewidth=2,
-                     label="returned hypothesis #rank"),
-               Patch(facecolor="white", edgecolor=_EDGE["pruned"], label="pruned")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4,
-              frameon=False, fontsize=9.5)
+                ax.text(
+                    x,
+                    y + 0.42,
+                    f"beam {n.beam}",
+                    ha="center",
+                    va="top",
+                    fontsize=7.5,
+                    color=style.KEPT,
+                    zorder=4,
+                )
+    handles = [
+        Patch(facecolor=_FACE["kept"], edgecolor=_EDGE["kept"], label="kept: a beam"),
+        Patch(
+            facecolor=_FACE["finished"],
+            edgecolor=_EDGE["finished"],
+            label="finished (end token or length limit)",
+        ),
+        Patch(
+            facecolor="#fff3bf",
+            edgecolor=_EDGE["finished"],
+            linewidth=2,
+            label="returned hypothesis #rank",
+        ),
+        Patch(facecolor="white", edgecolor=_EDGE["pruned"], label="pruned"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=4,
+        frameon=False,
+        fontsize=9.5,
+    )
 
     lst = fig.add_subplot(grid[1])
     lst.axis("off")
     lst.set_xlim(0, 1)
     lst.set_ylim(len(tree.hypotheses) + 0.1, -1.0)
     lp = tree.length_penalty
-    lst.text(0, -0.6, f"finished hypotheses, best first (score = sum of log-probs / "
-             f"length^{lp:g})", fontsize=10.5, fontweight="bold", va="center")
+    lst.text(
+        0,
+        -0.6,
+        f"finished hypotheses, best first (score = sum of log-probs / length^{lp:g})",
+        fontsize=10.5,
+        fontweight="bold",
+        va="center",
+    )
     for k, h in enumerate(tree.hypotheses):
         text = style.readable(style.shorten(h.text, 70), spaces=False)
         end = " + end token" if h.finish_reason == "eos" else ""
-        lst.text(0, k + 0.3, f"#{k + 1}   {h.score:7.3f}   {len(h.token_ids)} tokens{end}",
-                 fontsize=10, va="center", family=style.MONO)
+        lst.text(
+            0,
+            k + 0.3,
+            f"#{k + 1}   {h.score:7.3f}   {len(h.token_ids)} tokens{end}",
+            fontsize=10,
+            va="center",
+            family=style.MONO,
+        )
         lst.text(0.25, k + 0.3, f"“{text}”", fontsize=10.5, va="center")
-    fig.suptitle(f"Beam search, {tree.num_beams} beams, after "
-                 f"“{style.quoted(tree.prompt, 40)}”  (node: token, cumulative "
-                 "log-prob)", fontsize=13)
+    fig.suptitle(
+        f"Beam search, {tree.num_beams} beams, after "
+        f"“{style.quoted(tree.prompt, 40)}”  (node: token, cumulative "
+        "log-prob)",
+        fontsize=13,
+    )
     return fig
 
 

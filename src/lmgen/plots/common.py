@@ -17,8 +17,9 @@ def as_lm(lm):
 
         return lmgen.load(lm)
     if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
-        raise ConfigError(f"expected an LM (lmgen.load(...)) or a model name, got "
-                          f"{type(lm).__name__}", "lm")
+        raise ConfigError(
+            f"expected an LM (lmgen.load(...)) or a model name, got {type(lm).__name__}", "lm"
+        )
     return lm
 
 

@@ -94,9 +94,11 @@ class NextComparison:
 def _check_method_knobs(config: dict) -> None:
     clash = sorted(set(config) & set(_METHOD_KNOBS))
     if clash:
-        raise ConfigError(f"{', '.join(clash)}: set by the method panels themselves; use the "
-                          "named arguments (temperature=, top_k=, top_p=, num_beams=, seed=)",
-                          clash[0])
+        raise ConfigError(
+            f"{', '.join(clash)}: set by the method panels themselves; use the "
+            "named arguments (temperature=, top_k=, top_p=, num_beams=, seed=)",
+            clash[0],
+        )
 
 
 def _prefix_cutoff(status: list[str]) -> int | None:
@@ -108,9 +110,18 @@ def _prefix_cutoff(status: list[str]) -> int | None:
     return None
 
 
-def next_data(lm, prompt: str, *, top: int = 10, temperature: float = 0.8, top_k: int = 5,
-              top_p: float = 0.9, num_beams: int = 3, seed: int = 0,
-              **config) -> NextComparison:
+def next_data(
+    lm,
+    prompt: str,
+    *,
+    top: int = 10,
+    temperature: float = 0.8,
+    top_k: int = 5,
+    top_p: float = 0.9,
+    num_beams: int = 3,
+    seed: int = 0,
+    **config,
+) -> NextComparison:
     """The next-token distribution after `prompt` as greedy decoding, temperature sampling,
     top-k, top-p and the first beam-search step see it, on the same top-`top` candidates.
 
@@ -127,30 +138,46 @@ def next_data(lm, prompt: str, *, top: int = 10, temperature: float = 0.8, top_k
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed must be an int >= 0, got {seed!r}", "seed")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ConfigError(f"top_k must be an int >= 1 for the top-k panel, got {top_k!r}",
-                          "top_k")
+        raise ConfigError(f"top_k must be an int >= 1 for the top-k panel, got {top_k!r}", "top_k")
     if not isinstance(top_p, int | float) or not 0 < top_p < 1:
-        raise ConfigError(f"top_p must be in (0, 1) for the top-p panel, got {top_p!r}",
-                          "top_p")
+        raise ConfigError(f"top_p must be in (0, 1) for the top-p panel, got {top_p!r}", "top_p")
     if not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
-        raise ConfigError(f"temperature must be finite and > 0 for the temperature panel, "
-                          f"got {temperature!r}", "temperature")
+        raise ConfigError(
+            f"temperature must be finite and > 0 for the temperature panel, got {temperature!r}",
+            "temperature",
+        )
     tok = lm.tokenizer
 
     greedy = next_token(lm, prompt, top=top, strategy="greedy", **config)
     ids = [c.token_id for c in greedy.candidates]
     index = torch.tensor(ids)
     V = int(greedy.logits.shape[-1])
-    data = NextComparison(prompt, greedy.prompt_token_ids, ids, style.token_labels(tok, ids),
-                          to_numpy(greedy.logits[index]),
-                          to_numpy(greedy.logits.softmax(-1)[index]), V, seed)
+    data = NextComparison(
+        prompt,
+        greedy.prompt_token_ids,
+        ids,
+        style.token_labels(tok, ids),
+        to_numpy(greedy.logits[index]),
+        to_numpy(greedy.logits.softmax(-1)[index]),
+        V,
+        seed,
+    )
 
     def panel(key, title, subtitle, nt, selected, **extra) -> MethodPanel:
         kept_all = torch.isfinite(nt.processed_logits)
         probs = nt.processed_logits.softmax(-1)
         status = ["kept" if bool(kept_all[i]) else "removed" for i in ids]
-        return MethodPanel(key, title, subtitle, nt.chain, to_numpy(probs[index]), status,
-                           selected, int(kept_all.sum()), **extra)
+        return MethodPanel(
+            key,
+            title,
+            subtitle,
+            nt.chain,
+            to_numpy(probs[index]),
+            status,
+            selected,
+            int(kept_all.sum()),
+            **extra,
+        )
 
     def sample(nt) -> list[int]:
         # The decode loop's own generator and sampler, seeded as `generate(seed=...)` does.
@@ -158,12 +185,20 @@ def next_data(lm, prompt: str, *, top: int = 10, temperature: float = 0.8, top_k
         picked = sample_from_logits(nt.processed_logits[None], [gen])
         return [int(picked[0])]
 
-    data.methods.append(panel("greedy", "greedy", "the most likely token", greedy,
-                              [greedy.greedy_token_id]))
+    data.methods.append(
+        panel("greedy", "greedy", "the most likely token", greedy, [greedy.greedy_token_id])
+    )
 
     nt = next_token(lm, prompt, top=1, strategy="sample", temperature=temperature, **config)
-    data.methods.append(panel("temperature", f"temperature T={temperature:g}",
-                              "sample softmax(logits / T)", nt, sample(nt)))
+    data.methods.append(
+        panel(
+            "temperature",
+            f"temperature T={temperature:g}",
+            "sample softmax(logits / T)",
+            nt,
+            sample(nt),
+        )
+    )
 
     nt = next_token(lm, prompt, top=1, strategy="sample", top_k=top_k, **config)
     p = panel("top_k", f"top-k, k={top_k}", "", nt, sample(nt), threshold=float(top_k))
@@ -179,8 +214,9 @@ def next_data(lm, prompt: str, *, top: int = 10, temperature: float = 0.8, top_k
     # that runs before it in the chain), summed in the order shown.
     cfg = GenerationConfig.from_kwargs(strategy="sample", top_p=top_p, **config)
     ids_t = torch.tensor([data.prompt_token_ids], device=lm.device)
-    chain = build_chain(cfg, prompt_length=len(data.prompt_token_ids),
-                        eos_token_ids=lm.eos_token_ids)
+    chain = build_chain(
+        cfg, prompt_length=len(data.prompt_token_ids), eos_token_ids=lm.eos_token_ids
+    )
     at = next(i for i, proc in enumerate(chain) if isinstance(proc, TopP))
     before = type(chain)(chain[:at])
     entering = before(ids_t, nt.logits[None].to(lm.device)) if before else nt.logits[None]
@@ -202,8 +238,9 @@ def _beam_panel(lm, prompt, data: NextComparison, num_beams: int, config: dict) 
 
     # Two steps, so that the first step's candidates are judged as running beams rather than
     # all finishing at the length limit; the picture shows the first.
-    cfg, warnings = make_config(None, dict(strategy="beam", num_beams=num_beams,
-                                           max_new_tokens=2, **config))
+    cfg, warnings = make_config(
+        None, dict(strategy="beam", num_beams=num_beams, max_new_tokens=2, **config)
+    )
     ids = prompt_ids(lm, prompt, new_tokens=2)
     trace: list = []
     beam_search(lm, [prompt], [ids], cfg, warnings, trace=trace)
@@ -222,9 +259,17 @@ def _beam_panel(lm, prompt, data: NextComparison, num_beams: int, config: dict) 
     from lmgen.processors import build_chain
 
     chain = build_chain(cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
-    return MethodPanel("beam", f"beam search, {num_beams} beams", sub, chain.describe(),
-                       np.array(probs, dtype=float), status, [c["token_id"] for c in kept],
-                       len(kept), threshold=float(len(first)))
+    return MethodPanel(
+        "beam",
+        f"beam search, {num_beams} beams",
+        sub,
+        chain.describe(),
+        np.array(probs, dtype=float),
+        status,
+        [c["token_id"] for c in kept],
+        len(kept),
+        threshold=float(len(first)),
+    )
 
 
 # -- the picture -------------------------------------------------------------------------------
@@ -263,8 +308,9 @@ def _draw_panel(ax, panel: MethodPanel, data: NextComparison, norm, cmap):
     n = len(panel.probs)
     removed = ~panel.kept
     shown = np.where(removed, np.nan, panel.probs)
-    image = ax.imshow(shown[:, None], cmap=cmap, norm=norm, aspect="auto",
-                      extent=(0.0, 1.0, n - 0.5, -0.5))
+    image = ax.imshow(
+        shown[:, None], cmap=cmap, norm=norm, aspect="auto", extent=(0.0, 1.0, n - 0.5, -0.5)
+    )
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(n - 0.5, -0.5)
     for spine in ax.spines.values():
@@ -272,13 +318,25 @@ def _draw_panel(ax, panel: MethodPanel, data: NextComparison, norm, cmap):
     selected = set(panel.selected_token_ids)
     for i, (t, p, st) in enumerate(zip(data.token_ids, panel.probs, panel.status, strict=True)):
         if st in ("removed", "pruned", "unscored"):
-            ax.add_patch(Rectangle((0, i - 0.5), 1, 1, facecolor="none", edgecolor="white",
-                                   hatch="///", linewidth=0, zorder=2))
-            text = {"removed": "removed", "pruned": f"{pct(p)} pruned",
-                    "unscored": f"not in the top {panel.threshold:g}"}[st]
+            ax.add_patch(
+                Rectangle(
+                    (0, i - 0.5),
+                    1,
+                    1,
+                    facecolor="none",
+                    edgecolor="white",
+                    hatch="///",
+                    linewidth=0,
+                    zorder=2,
+                )
+            )
+            text = {
+                "removed": "removed",
+                "pruned": f"{pct(p)} pruned",
+                "unscored": f"not in the top {panel.threshold:g}",
+            }[st]
             x, ha = (0.04, "left") if panel.cumulative is not None else (0.5, "center")
-            ax.text(x, i, text, ha=ha, va="center", color=style.REMOVED_TEXT,
-                    fontsize=9, zorder=7)
+            ax.text(x, i, text, ha=ha, va="center", color=style.REMOVED_TEXT, fontsize=9, zorder=7)
             continue
         dark = norm(p) > 0.55
         label = pct(p)
@@ -286,35 +344,91 @@ def _draw_panel(ax, panel: MethodPanel, data: NextComparison, norm, cmap):
             label += " (ends)"
         # On the top-p panel the numbers sit left, out of the cumulative line's way.
         x, ha = (0.04, "left") if panel.cumulative is not None else (0.5, "center")
-        ax.text(x, i, label, ha=ha, va="center", zorder=7, fontsize=10,
-                color="white" if dark else "black")
+        ax.text(
+            x,
+            i,
+            label,
+            ha=ha,
+            va="center",
+            zorder=7,
+            fontsize=10,
+            color="white" if dark else "black",
+        )
         if t in selected:
-            ax.add_patch(Rectangle((0.02, i - 0.46), 0.96, 0.92, facecolor="none",
-                                   edgecolor=style.SELECTED, linewidth=2.5, zorder=4))
+            ax.add_patch(
+                Rectangle(
+                    (0.02, i - 0.46),
+                    0.96,
+                    0.92,
+                    facecolor="none",
+                    edgecolor=style.SELECTED,
+                    linewidth=2.5,
+                    zorder=4,
+                )
+            )
     if panel.key == "beam":
         for b, t in enumerate(panel.selected_token_ids):
             if t in data.token_ids:
-                ax.text(0.97, data.token_ids.index(t), f"b{b}", ha="right", va="center",
-                        fontsize=8, color=style.SELECTED, zorder=5)
+                ax.text(
+                    0.97,
+                    data.token_ids.index(t),
+                    f"b{b}",
+                    ha="right",
+                    va="center",
+                    fontsize=8,
+                    color=style.SELECTED,
+                    zorder=5,
+                )
     if panel.cutoff is not None:
         y = panel.cutoff - 0.5
         ax.axhline(y, color=style.CUTOFF, linewidth=2.2, linestyle=(0, (4, 2)), zorder=5)
         what = f"k = {panel.threshold:g}" if panel.key == "top_k" else "mass ≥ p reached"
-        ax.text(0.98, y - 0.08, what, ha="right", va="bottom", fontsize=8.5, zorder=6,
-                color=style.CUTOFF, bbox=dict(facecolor="white", edgecolor="none", pad=0.5,
-                                              alpha=0.85))
+        ax.text(
+            0.98,
+            y - 0.08,
+            what,
+            ha="right",
+            va="bottom",
+            fontsize=8.5,
+            zorder=6,
+            color=style.CUTOFF,
+            bbox=dict(facecolor="white", edgecolor="none", pad=0.5, alpha=0.85),
+        )
     if panel.key in ("top_k", "top_p") and panel.cutoff is None and panel.kept.all():
-        ax.text(0.5, n - 0.55, f"cut-off below #{n}: keeps {panel.kept_count}", ha="center",
-                va="bottom", fontsize=8.5, zorder=8, color=style.CUTOFF,
-                bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
+        ax.text(
+            0.5,
+            n - 0.55,
+            f"cut-off below #{n}: keeps {panel.kept_count}",
+            ha="center",
+            va="bottom",
+            fontsize=8.5,
+            zorder=8,
+            color=style.CUTOFF,
+            bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85),
+        )
     if panel.cumulative is not None:
         y = np.arange(n)
-        ax.plot(panel.cumulative, y, color="#ff7f0e", marker="o", markersize=3.5,
-                linewidth=1.6, zorder=6, label="cumulative mass")
+        ax.plot(
+            panel.cumulative,
+            y,
+            color="#ff7f0e",
+            marker="o",
+            markersize=3.5,
+            linewidth=1.6,
+            zorder=6,
+            label="cumulative mass",
+        )
         ax.axvline(panel.threshold, color="#ff7f0e", linestyle=":", linewidth=1.6, zorder=6)
-        ax.text(panel.threshold, -0.45, f" p={panel.threshold:g} ",
-                color="#c65a00", fontsize=8.5, ha="right" if panel.threshold > 0.6 else "left",
-                va="top", zorder=6)
+        ax.text(
+            panel.threshold,
+            -0.45,
+            f" p={panel.threshold:g} ",
+            color="#c65a00",
+            fontsize=8.5,
+            ha="right" if panel.threshold > 0.6 else "left",
+            va="top",
+            zorder=6,
+        )
         ax.set_xticks([0, 0.5, 1.0], ["0", "0.5", "1"])
         ax.tick_params(axis="x", labelsize=8, length=2)
         ax.set_xlabel("cumulative mass (orange)", fontsize=9)
@@ -381,8 +495,9 @@ class TemperatureSweep:
     vocab_size: int
 
 
-def temperature_data(lm, prompt: str, temperatures=DEFAULT_TEMPERATURES, *, top: int = 10,
-                     **config) -> TemperatureSweep:
+def temperature_data(
+    lm, prompt: str, temperatures=DEFAULT_TEMPERATURES, *, top: int = 10, **config
+) -> TemperatureSweep:
     """The next-token distribution after `prompt` at each temperature, via the sampling chain
     `next_token` builds; the shown candidates are the top `top` by raw logit."""
     from lmgen.generation import next_token
@@ -412,9 +527,18 @@ def temperature_data(lm, prompt: str, temperatures=DEFAULT_TEMPERATURES, *, top:
         rest.append(max(0.0, 1.0 - float(shown.sum())))
         ent.append(float(entropy(nt.processed_logits)))
         chains.append(nt.chain)
-    return TemperatureSweep(prompt, prompt_ids_, ids, style.token_labels(lm.tokenizer, ids),
-                            np.array(temps), np.stack(rows), np.array(rest), np.array(ent),
-                            chains, int(nt.logits.shape[-1]))
+    return TemperatureSweep(
+        prompt,
+        prompt_ids_,
+        ids,
+        style.token_labels(lm.tokenizer, ids),
+        np.array(temps),
+        np.stack(rows),
+        np.array(rest),
+        np.array(ent),
+        chains,
+        int(nt.logits.shape[-1]),
+    )
 
 
 @style.styled
@@ -426,17 +550,28 @@ def draw_temperature(data: TemperatureSweep) -> Figure:
     bars = fig.add_subplot(grid[1], sharey=ax)
     table = np.concatenate([data.probs, data.rest[:, None]], axis=1)
     cmap = matplotlib_cmap(style.SEQ_CMAP)
-    image = ax.imshow(table, cmap=cmap, vmin=0.0, vmax=max(1e-9, float(table.max())),
-                      aspect="auto")
+    image = ax.imshow(table, cmap=cmap, vmin=0.0, vmax=max(1e-9, float(table.max())), aspect="auto")
     norm = image.norm
     for r in range(m):
         for c in range(n + 1):
             v = table[r, c]
-            ax.text(c, r, pct(v), ha="center", va="center", fontsize=9,
-                    color="white" if norm(v) > 0.55 else "black")
+            ax.text(
+                c,
+                r,
+                pct(v),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if norm(v) > 0.55 else "black",
+            )
     ax.axvline(n - 0.5, color="white", linewidth=4)
-    ax.set_xticks(range(n + 1), [*data.tokens, "(all others)"], rotation=45, ha="right",
-                  rotation_mode="anchor")
+    ax.set_xticks(
+        range(n + 1),
+        [*data.tokens, "(all others)"],
+        rotation=45,
+        ha="right",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(range(m), [f"T = {t:g}" for t in data.temperatures])
     ax.set_xlabel(f"top {n} next tokens by raw logit")
     ax.set_title("probability = softmax(logits / T)")

@@ -53,11 +53,14 @@ def embedding_data(lm, prompt: str | None = None) -> EmbeddingData:
     def keep(name):
         def hook(module, args, output=None):
             seen[name] = (output if output is not None else args[0]).detach()
+
         return hook
 
-    handles = [model.wte.register_forward_hook(keep("token")),
-               model.wpe.register_forward_hook(keep("position")),
-               model.drop.register_forward_pre_hook(keep("combined"))]
+    handles = [
+        model.wte.register_forward_hook(keep("token")),
+        model.wpe.register_forward_hook(keep("position")),
+        model.drop.register_forward_pre_hook(keep("combined")),
+    ]
     try:
         with torch.inference_mode():
             model(torch.tensor([ids], device=lm.device), logits_to_keep=1)
@@ -67,9 +70,17 @@ def embedding_data(lm, prompt: str | None = None) -> EmbeddingData:
     token = seen["token"][0]
     position = seen["position"][0]
     combined = seen["combined"][0]
-    return EmbeddingData(prompt, ids, style.token_labels(lm.tokenizer, ids),
-                         list(range(len(ids))), to_numpy(token), to_numpy(position),
-                         to_numpy(combined), _cosine(position), _cosine(combined))
+    return EmbeddingData(
+        prompt,
+        ids,
+        style.token_labels(lm.tokenizer, ids),
+        list(range(len(ids))),
+        to_numpy(token),
+        to_numpy(position),
+        to_numpy(combined),
+        _cosine(position),
+        _cosine(combined),
+    )
 
 
 def _cosine(rows: torch.Tensor) -> np.ndarray:
@@ -89,9 +100,11 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
     grid = fig.add_gridspec(2, 3, height_ratios=[top_h, side])
     labels = [f"{t}  @{p}" for t, p in zip(data.tokens, data.positions, strict=True)]
     label_size = 10 if n <= 24 else 7
-    panels = [("token embedding  wte[token]", data.token),
-              ("positional embedding  wpe[position]", data.position),
-              ("sum: the first block's input", data.combined)]
+    panels = [
+        ("token embedding  wte[token]", data.token),
+        ("positional embedding  wpe[position]", data.position),
+        ("sum: the first block's input", data.combined),
+    ]
     # A few large values would wash the rest out: the scale ends at the 99th percentile.
     limit = float(np.percentile(np.abs(np.concatenate([m for _, m in panels])), 99)) or 1.0
     image = None
@@ -99,8 +112,14 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
     for i, (title, matrix) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i], sharey=first)
         first = first or ax
-        image = ax.imshow(matrix, cmap=style.DIV_CMAP, vmin=-limit, vmax=limit,
-                          aspect="auto", interpolation="nearest")
+        image = ax.imshow(
+            matrix,
+            cmap=style.DIV_CMAP,
+            vmin=-limit,
+            vmax=limit,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ax.set_title(title)
         ax.set_xlabel(f"dimension (0 – {dim - 1})")
         if i == 0:
@@ -112,11 +131,20 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
 
     bottom = grid[1, :].subgridspec(1, 2)
     ticks = list(range(n) if n <= 40 else range(0, n, max(1, n // 20)))
-    for k, (matrix, title, names) in enumerate([
-        (data.position_cosine, "cosine similarity of positional embeddings",
-         [str(data.positions[i]) for i in ticks]),
-        (data.combined_cosine, "cosine similarity of the sums", [data.tokens[i] for i in ticks]),
-    ]):
+    for k, (matrix, title, names) in enumerate(
+        [
+            (
+                data.position_cosine,
+                "cosine similarity of positional embeddings",
+                [str(data.positions[i]) for i in ticks],
+            ),
+            (
+                data.combined_cosine,
+                "cosine similarity of the sums",
+                [data.tokens[i] for i in ticks],
+            ),
+        ]
+    ):
         ax = fig.add_subplot(bottom[k])
         cos = ax.imshow(matrix, cmap=style.DIV_CMAP, vmin=-1, vmax=1, interpolation="nearest")
         rotate = 0 if k == 0 else 90
@@ -126,8 +154,7 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
         ax.set_ylabel("position" if k == 0 else "token")
         ax.set_title(title)
         fig.colorbar(cos, ax=ax, shrink=0.9, pad=0.02).set_label("cosine similarity")
-    fig.suptitle(f"Embeddings of “{style.quoted(data.prompt)}” "
-                 f"({n} tokens, {dim} dimensions)")
+    fig.suptitle(f"Embeddings of “{style.quoted(data.prompt)}” ({n} tokens, {dim} dimensions)")
     return fig
 
 

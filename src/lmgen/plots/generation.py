@@ -57,8 +57,7 @@ class GenerationSteps:
     """the `GenerationResult` generate returned"""
 
 
-def generation_data(lm, prompt: str, config=None, *, choice: int = 0,
-                    **kwargs) -> GenerationSteps:
+def generation_data(lm, prompt: str, config=None, *, choice: int = 0, **kwargs) -> GenerationSteps:
     """Generates from `prompt` (any `generate` arguments: strategy, temperature, top_k, seed,
     …; max_new_tokens defaults to 40 here) and collects each step's probabilities and
     entropies."""
@@ -76,16 +75,21 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0,
         cfg = config.replace(**kwargs) if kwargs else config
         cfg.validate()
     if not isinstance(choice, int) or not 0 <= choice < cfg.num_return_sequences:
-        raise ConfigError(f"choice must be an int in [0, {cfg.num_return_sequences - 1}], "
-                          f"got {choice!r}", "choice")
+        raise ConfigError(
+            f"choice must be an int in [0, {cfg.num_return_sequences - 1}], got {choice!r}",
+            "choice",
+        )
     result = generate(lm, prompt, cfg)
     ch = result.choices[choice]
     ids, gen = list(result.prompt_token_ids), list(ch.token_ids)
     n_pos = lm.config.n_positions
     if len(ids) + len(gen) > n_pos:
-        raise ConfigError(f"prompt ({len(ids)} tokens) + continuation ({len(gen)}) exceed "
-                          f"the model's context of {n_pos}: the plot reads them in one pass; "
-                          "lower max_new_tokens", "max_new_tokens")
+        raise ConfigError(
+            f"prompt ({len(ids)} tokens) + continuation ({len(gen)}) exceed "
+            f"the model's context of {n_pos}: the plot reads them in one pass; "
+            "lower max_new_tokens",
+            "max_new_tokens",
+        )
     strategy = cfg.effective_strategy()
     chain = build_chain(cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
     seq = torch.tensor([ids + gen], device=lm.device)
@@ -93,9 +97,9 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0,
     raw_p, proc_p, ent, raw_ent = [], [], [], []
     if n:
         with torch.inference_mode():
-            logits = lm.model(seq[:, : P + n - 1])[0, P - 1:].float()  # step i: row i
+            logits = lm.model(seq[:, : P + n - 1])[0, P - 1 :].float()  # step i: row i
             for i in range(n):
-                step = logits[i: i + 1]
+                step = logits[i : i + 1]
                 if strategy == "beam":  # beam search runs the chain on log-probabilities
                     step = torch.log_softmax(step, dim=-1)
                 processed = chain(seq[:, : P + i], step) if chain else step
@@ -114,10 +118,22 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0,
     if ch.logprobs:
         raw_p = list(np.exp(np.array(ch.logprobs)))
     tok = lm.tokenizer
-    return GenerationSteps(prompt, ids, gen, style.token_labels(tok, gen), probs,
-                           np.array(raw_p, dtype=float), np.array(ent), np.array(raw_ent),
-                           _pieces(tok, ids, gen), prompt, strategy, result.chain,
-                           ch.finish_reason, result)
+    return GenerationSteps(
+        prompt,
+        ids,
+        gen,
+        style.token_labels(tok, gen),
+        probs,
+        np.array(raw_p, dtype=float),
+        np.array(ent),
+        np.array(raw_ent),
+        _pieces(tok, ids, gen),
+        prompt,
+        strategy,
+        result.chain,
+        ch.finish_reason,
+        result,
+    )
 
 
 def _pieces(tok, prompt_ids: list[int], gen: list[int]) -> list[tuple[str, list[int]]]:
@@ -130,7 +146,7 @@ def _pieces(tok, prompt_ids: list[int], gen: list[int]) -> list[tuple[str, list[
         text = tok.decode(prompt_ids + gen[: i + 1])
         whole = not text.endswith("\ufffd") or i - start >= 3 or i == len(gen) - 1
         if text.startswith(done) and whole:
-            piece = text[len(done):]
+            piece = text[len(done) :]
             if "\ufffd" in piece:  # bytes that make no character: show each token's bytes
                 pieces.extend((style.token_text(tok, gen[k]), [k]) for k in range(start, i + 1))
             else:
@@ -183,15 +199,15 @@ def _wrap(prompt: str, pieces, cols: int):
 
 def _shown(text: str) -> str:
     """Text for the flow: drawable characters, line breaks kept for the wrapping."""
-    return "\n".join(style.readable(part, spaces=False, math=False) if part else ""
-                     for part in text.split("\n"))
+    return "\n".join(
+        style.readable(part, spaces=False, math=False) if part else "" for part in text.split("\n")
+    )
 
 
 @style.styled
 def draw_generation(data: GenerationSteps, color_by: str = "processed") -> Figure:
     if color_by not in ("processed", "raw"):
-        raise ConfigError(f"color_by must be 'processed' or 'raw', got {color_by!r}",
-                          "color_by")
+        raise ConfigError(f"color_by must be 'processed' or 'raw', got {color_by!r}", "color_by")
     n = len(data.token_ids)
     width, margin = 13.0, 0.55
     cols = int((width - 2 * margin) / _CHAR_W)
@@ -215,48 +231,109 @@ def draw_generation(data: GenerationSteps, color_by: str = "processed") -> Figur
     ax.axis("off")
     for line, col, chunk, who in runs:
         if who is None:
-            ax.text(col, line + 0.5, chunk, family=style.MONO, fontsize=_FONT_PT,
-                    va="center", ha="left", color="#777777", parse_math=False)
+            ax.text(
+                col,
+                line + 0.5,
+                chunk,
+                family=style.MONO,
+                fontsize=_FONT_PT,
+                va="center",
+                ha="left",
+                color="#777777",
+                parse_math=False,
+            )
             continue
         group = data.pieces[who][1]
         p = float(np.prod([values[k] for k in group]))
-        ax.add_patch(Rectangle((col, line + 0.1), len(chunk), 0.8, facecolor=cmap(norm(p)),
-                               edgecolor="white", linewidth=0.8, alpha=0.6))
-        ax.text(col, line + 0.5, chunk, family=style.MONO, fontsize=_FONT_PT, va="center",
-                ha="left", color="black", parse_math=False)
+        ax.add_patch(
+            Rectangle(
+                (col, line + 0.1),
+                len(chunk),
+                0.8,
+                facecolor=cmap(norm(p)),
+                edgecolor="white",
+                linewidth=0.8,
+                alpha=0.6,
+            )
+        )
+        ax.text(
+            col,
+            line + 0.5,
+            chunk,
+            family=style.MONO,
+            fontsize=_FONT_PT,
+            va="center",
+            ha="left",
+            color="black",
+            parse_math=False,
+        )
 
     bar_ax = axes(top + text_h + 0.25, 0.13, left=width - margin - 4.0, w=4.0)
     fig.colorbar(_mappable(cmap, norm), cax=bar_ax, orientation="horizontal")
     bar_ax.set_xlabel(f"probability of the chosen token ({color_by})", fontsize=9.5)
     bar_ax.tick_params(labelsize=8.5)
-    fig.text(margin / width, 1 - (top + text_h + 0.3) / height,
-             "grey: the prompt; coloured: generated tokens", fontsize=9.5, color="#555555",
-             va="top")
+    fig.text(
+        margin / width,
+        1 - (top + text_h + 0.3) / height,
+        "grey: the prompt; coloured: generated tokens",
+        fontsize=9.5,
+        color="#555555",
+        va="top",
+    )
 
     x = np.arange(1, n + 1)
     y0 = top + text_h + 0.9
     pa = axes(y0, chart_h, left=margin + 0.45, w=width - 2 * margin - 0.45)
-    pa.bar(x, data.probs, color=[cmap(norm(v)) for v in data.probs], edgecolor="#555555",
-           linewidth=0.4, width=0.8, label="chosen token, after the processors")
-    pa.plot(x, data.raw_probs, linestyle="none", marker="o", markersize=4, color="black",
-            label="the same, raw model")
+    pa.bar(
+        x,
+        data.probs,
+        color=[cmap(norm(v)) for v in data.probs],
+        edgecolor="#555555",
+        linewidth=0.4,
+        width=0.8,
+        label="chosen token, after the processors",
+    )
+    pa.plot(
+        x,
+        data.raw_probs,
+        linestyle="none",
+        marker="o",
+        markersize=4,
+        color="black",
+        label="the same, raw model",
+    )
     pa.set_ylim(0, 1.05)
     pa.set_ylabel("probability")
     pa.set_xlim(0.4, n + 0.6)
     pa.tick_params(axis="x", labelbottom=False)
     handles, labels = pa.get_legend_handles_labels()
-    pa.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(0, 1.28), ncol=2,
-              frameon=False, fontsize=9)
+    pa.legend(
+        handles[::-1],
+        labels[::-1],
+        loc="upper left",
+        bbox_to_anchor=(0, 1.28),
+        ncol=2,
+        frameon=False,
+        fontsize=9,
+    )
     pa.grid(axis="y", alpha=0.3)
 
     ea = axes(y0 + chart_h + gap, chart_h, left=margin + 0.45, w=width - 2 * margin - 0.45)
     ea.sharex(pa)
-    ea.plot(x, data.entropy, marker="o", markersize=4, color="#9467bd",
-            label="distribution chosen from")
+    ea.plot(
+        x, data.entropy, marker="o", markersize=4, color="#9467bd", label="distribution chosen from"
+    )
     ea.plot(x, data.raw_entropy, linestyle="--", color="#7f7f7f", label="raw model")
     ea.set_ylabel("entropy (nats)")
-    ea.set_ylim(0, max(0.5, float(np.max(data.raw_entropy, initial=0.0)),
-                       float(np.max(data.entropy, initial=0.0))) * 1.12)
+    ea.set_ylim(
+        0,
+        max(
+            0.5,
+            float(np.max(data.raw_entropy, initial=0.0)),
+            float(np.max(data.entropy, initial=0.0)),
+        )
+        * 1.12,
+    )
     ea.legend(loc="upper left", bbox_to_anchor=(0, 1.25), ncol=2, frameon=False, fontsize=9)
     ea.grid(axis="y", alpha=0.3)
     if n <= 80:
@@ -268,12 +345,29 @@ def draw_generation(data: GenerationSteps, color_by: str = "processed") -> Figur
     ea.set_xlim(0.4, n + 0.6)
 
     chain = " → ".join(data.chain) if data.chain else "no processors"
-    end = {"eos": "ended with the end token", "length": "stopped at max_new_tokens",
-           "stop": "stopped at a stop string"}.get(data.finish_reason, data.finish_reason)
-    fig.text(0.5, 1 - 0.28 / height, f"Generation, {data.strategy}: {n} tokens, {end}",
-             ha="center", va="center", fontsize=14, fontweight="bold")
-    fig.text(0.5, 1 - 0.62 / height, style.esc(f"chain: {chain}"), ha="center",
-             va="center", fontsize=10, color="#444444")
+    end = {
+        "eos": "ended with the end token",
+        "length": "stopped at max_new_tokens",
+        "stop": "stopped at a stop string",
+    }.get(data.finish_reason, data.finish_reason)
+    fig.text(
+        0.5,
+        1 - 0.28 / height,
+        f"Generation, {data.strategy}: {n} tokens, {end}",
+        ha="center",
+        va="center",
+        fontsize=14,
+        fontweight="bold",
+    )
+    fig.text(
+        0.5,
+        1 - 0.62 / height,
+        style.esc(f"chain: {chain}"),
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="#444444",
+    )
     return fig
 
 

@@ -202,7 +202,7 @@ def quoted(text: str, limit: int = 60) -> str:
 
 def shorten(text: str, limit: int = 60) -> str:
     """The end of a long text, `…`-prefixed: the end of a prompt is what the model continues."""
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 # -- writing files ----------------------------------------------------------------------------
@@ -214,17 +214,19 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     if fmt is not None:
         fmt = fmt.lower()
         if fmt not in FORMATS:
-            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}",
-                              "format")
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", "format")
         if suffix in FORMATS and suffix != fmt:
-            raise ConfigError(f"{path}: the name ends in .{suffix} but the format is {fmt}; "
-                              "make them agree", "format")
+            raise ConfigError(
+                f"{path}: the name ends in .{suffix} but the format is {fmt}; make them agree",
+                "format",
+            )
         return fmt
     return suffix if suffix in FORMATS else "png"
 
 
-def check_output(path: str | os.PathLike, fmt: str | None = None,
-                 dpi: int = DPI) -> tuple[Path, str]:
+def check_output(
+    path: str | os.PathLike, fmt: str | None = None, dpi: int = DPI
+) -> tuple[Path, str]:
     """(path, format) for a figure file, or ConfigError naming the path when it cannot be
     written; called before any work so a bad `--out` fails at once."""
     fmt = output_format(path, fmt)
@@ -239,14 +241,14 @@ def check_output(path: str | os.PathLike, fmt: str | None = None,
     if not parent.is_dir():
         why = "is not a folder" if parent.exists() else "does not exist"
         raise ConfigError(f"cannot write {path}: the folder {parent} {why}", "out")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists()
-                                                    and not os.access(path, os.W_OK)):
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"cannot write {path}: permission denied", "out")
     return path, fmt
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, fmt: str | None = None,
-                dpi: int = DPI) -> Path:
+def save_figure(
+    fig: Figure, path: str | os.PathLike, fmt: str | None = None, dpi: int = DPI
+) -> Path:
     """Writes `fig` to `path` (png, svg or pdf; from `fmt`, else the suffix, else png)
     through a temporary file in the same folder renamed into place, so a reader never sees
     half an image. Returns the path written; one that cannot be written raises ConfigError

@@ -52,15 +52,25 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",
-              "assistant": "Assistant", "tool": "Tool"}
+CHAT_ROLES = {
+    "system": "System",
+    "developer": "System",
+    "user": "User",
+    "assistant": "Assistant",
+    "tool": "Tool",
+}
 CHAT_STOP = ["\nUser:", "\nSystem:"]
 # GenerationConfig's names -> the API's, in parameters and error messages
-API_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n",
-             "min_new_tokens": "min_tokens"}
+API_NAMES = {
+    "max_new_tokens": "max_tokens",
+    "num_return_sequences": "n",
+    "min_new_tokens": "min_tokens",
+}
 _FILTERS = (TopK, TopP, MinP, TypicalP)
-_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -69,16 +79,28 @@ _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 
 class APIError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code, self.headers = param, code, headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -92,11 +114,14 @@ def _api_text(text: str) -> str:
 
 def _from_lmgen(e: LmgenError, prompt_param: str = "prompt") -> APIError:
     if isinstance(e, GenerationError) and "context" in str(e):
-        return APIError(400, _api_text(str(e)), param=prompt_param,
-                        code="context_length_exceeded")
+        return APIError(400, _api_text(str(e)), param=prompt_param, code="context_length_exceeded")
     param = getattr(e, "param", None)
-    return APIError(400, _api_text(str(e)), param=API_NAMES.get(param, param),
-                    code="invalid_value" if isinstance(e, ConfigError) else None)
+    return APIError(
+        400,
+        _api_text(str(e)),
+        param=API_NAMES.get(param, param),
+        code="invalid_value" if isinstance(e, ConfigError) else None,
+    )
 
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|dict|list|none)$|\[")
@@ -104,8 +129,12 @@ _TYPE_TAG = re.compile(r"^(str|int|float|bool|dict|list|none)$|\[")
 
 def _known_params() -> list[str]:
     names: set[str] = set()
-    for model in (schemas.CompletionRequest, schemas.ChatRequest, schemas.NextRequest,
-                  schemas.BeamRequest):
+    for model in (
+        schemas.CompletionRequest,
+        schemas.ChatRequest,
+        schemas.NextRequest,
+        schemas.BeamRequest,
+    ):
         names.update(model.model_fields)
     return sorted(names)
 
@@ -125,15 +154,24 @@ def _validation_error(errors: list[dict]) -> APIError:
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(loc[-1], _known_params(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return APIError(400, f"unknown parameter {where!r}{hint}", param=param,
-                        code="unknown_parameter")
+        return APIError(
+            400, f"unknown parameter {where!r}{hint}", param=param, code="unknown_parameter"
+        )
     if kind == "missing":
-        return APIError(400, f"missing required parameter {where!r}", param=param,
-                        code="missing_required_parameter")
+        return APIError(
+            400,
+            f"missing required parameter {where!r}",
+            param=param,
+            code="missing_required_parameter",
+        )
     got = repr(e.get("input"))
     got = got if len(got) <= 80 else got[:77] + "..."
-    return APIError(400, f"invalid value for {where!r}: {e.get('msg')} (got {got})", param=param,
-                    code="invalid_value")
+    return APIError(
+        400,
+        f"invalid value for {where!r}: {e.get('msg')} (got {got})",
+        param=param,
+        code="invalid_value",
+    )
 
 
 # -- the ASGI guard: API key and body size, before anything reads the body --------------------
@@ -154,19 +192,25 @@ class _Guard:
             # compare_digest: the time taken does not depend on where the keys differ
             good = hmac.compare_digest(token.strip(), self.key)
             if not (scheme.lower() == b"bearer" and good):
-                err = APIError(401, "missing or incorrect API key: send 'Authorization: Bearer "
-                               "KEY' with the key given to `lmgen serve --api-key`",
-                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                err = APIError(
+                    401,
+                    "missing or incorrect API key: send 'Authorization: Bearer "
+                    "KEY' with the key given to `lmgen serve --api-key`",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 return await err.response()(scope, receive, send)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        too_big = APIError(413, f"the request body is larger than {self.max_body} bytes",
-                           code="request_too_large")
+        too_big = APIError(
+            413, f"the request body is larger than {self.max_body} bytes", code="request_too_large"
+        )
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
                 return await APIError(400, "invalid Content-Length").response()(
-                    scope, receive, send)
+                    scope, receive, send
+                )
             if int(length) > self.max_body:
                 return await too_big.response()(scope, receive, send)
         body, more = [], True
@@ -201,17 +245,28 @@ class _Served:
         self.lm, self.worker, self.created = lm, worker, created
 
 
-def create_app(models: dict, api_key: str | None = None, *, batching: bool = True,
-               max_active: int = 16, max_waiting: int = 256,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    models: dict,
+    api_key: str | None = None,
+    *,
+    batching: bool = True,
+    max_active: int = 16,
+    max_waiting: int = 256,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The app serving `models` ({name: LM}); the first is the default when a request names
     none. With `api_key`, every /v1 route needs `Authorization: Bearer <api_key>`."""
     if not models:
         raise ValueError("create_app needs at least one model")
     now = int(time.time())
-    served = {name: _Served(lm, ModelWorker(lm, max_active=max_active, max_waiting=max_waiting,
-                                            batching=batching), now)
-              for name, lm in models.items()}
+    served = {
+        name: _Served(
+            lm,
+            ModelWorker(lm, max_active=max_active, max_waiting=max_waiting, batching=batching),
+            now,
+        )
+        for name, lm in models.items()
+    }
 
     @asynccontextmanager
     async def lifespan(app):
@@ -219,9 +274,14 @@ def create_app(models: dict, api_key: str | None = None, *, batching: bool = Tru
         for s in served.values():
             s.worker.close()
 
-    app = FastAPI(title="lmgen", summary="OpenAI-compatible API and playground",
-                  lifespan=lifespan, docs_url=None, redoc_url=None,  # those load a CDN
-                  default_response_class=SafeJSONResponse)
+    app = FastAPI(
+        title="lmgen",
+        summary="OpenAI-compatible API and playground",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,  # those load a CDN
+        default_response_class=SafeJSONResponse,
+    )
     app.state.models = served
     app.state.api_key_required = api_key is not None
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -230,9 +290,12 @@ def create_app(models: dict, api_key: str | None = None, *, batching: bool = Tru
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": {name: {**s.worker.load(),
-                                                   **_public_stats(s.worker)}
-                                           for name, s in served.items()}}
+        return {
+            "status": "ok",
+            "models": {
+                name: {**s.worker.load(), **_public_stats(s.worker)} for name, s in served.items()
+            },
+        }
 
     @app.get("/v1/models")
     async def list_models():
@@ -265,9 +328,11 @@ def create_app(models: dict, api_key: str | None = None, *, batching: bool = Tru
 
     @app.get("/", include_in_schema=False)
     async def playground():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                            headers={"Content-Security-Policy": _CSP,
-                                     "Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            media_type="text/html",
+            headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"},
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
@@ -275,8 +340,13 @@ def create_app(models: dict, api_key: str | None = None, *, batching: bool = Tru
 
 def _public_stats(worker: ModelWorker) -> dict:
     st = worker.stats
-    return {"completed": st.completed, "cancelled": st.cancelled, "failed": st.failed,
-            "batched_requests": st.merged_jobs, "batching": worker.batching}
+    return {
+        "completed": st.completed,
+        "cancelled": st.cancelled,
+        "failed": st.failed,
+        "batched_requests": st.merged_jobs,
+        "batching": worker.batching,
+    }
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -292,8 +362,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _http(request, e: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         message = f"{e.detail}: {request.method} {request.url.path}"
-        return APIError(e.status_code, message, code=code,
-                        headers=getattr(e, "headers", None)).response()
+        return APIError(
+            e.status_code, message, code=code, headers=getattr(e, "headers", None)
+        ).response()
 
     @app.exception_handler(LmgenError)
     async def _lmgen(request, e: LmgenError):
@@ -346,20 +417,35 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     out = {}
     for k, v in bias.items():
         if not k.strip().isdigit():
-            raise APIError(400, f"logit_bias keys must be token ids (ints >= 0), got {k!r}",
-                           param="logit_bias", code="invalid_value")
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids (ints >= 0), got {k!r}",
+                param="logit_bias",
+                code="invalid_value",
+            )
         out[int(k)] = v
     return out
 
 
-_DECODING = {"temperature": "temperature", "top_p": "top_p", "n": "num_return_sequences",
-             "seed": "seed", "presence_penalty": "presence_penalty",
-             "frequency_penalty": "frequency_penalty", "top_k": "top_k", "min_p": "min_p",
-             "typical_p": "typical_p", "repetition_penalty": "repetition_penalty",
-             "no_repeat_ngram_size": "no_repeat_ngram_size", "num_beams": "num_beams",
-             "length_penalty": "length_penalty", "early_stopping": "early_stopping",
-             "min_tokens": "min_new_tokens", "ignore_eos": "ignore_eos",
-             "context_overflow": "context_overflow"}
+_DECODING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "n": "num_return_sequences",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "num_beams": "num_beams",
+    "length_penalty": "length_penalty",
+    "early_stopping": "early_stopping",
+    "min_tokens": "min_new_tokens",
+    "ignore_eos": "ignore_eos",
+    "context_overflow": "context_overflow",
+}
 
 
 def decoding_kwargs(body: schemas._Decoding, extra_stop: list[str] | None = None) -> dict:
@@ -390,8 +476,11 @@ def _config(kw: dict) -> GenerationConfig:
 def _usage(results) -> dict:
     prompt = sum(len(r.prompt_token_ids) for r in results)
     completion = sum(len(c.token_ids) for r in results for c in r.choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _warnings(results) -> dict:
@@ -408,18 +497,31 @@ class _Api:
             name = next(iter(self.served))
         s = self.served.get(name)
         if s is None:
-            raise APIError(404, f"the model {name!r} does not exist; this server has: "
-                           f"{', '.join(self.served)}", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server has: {', '.join(self.served)}",
+                param="model",
+                code="model_not_found",
+            )
         return name, s
 
     def model_card(self, name: str) -> dict:
         s = self.served[name]
         cfg = s.lm.config
-        return {"id": name, "object": "model", "created": s.created, "owned_by": "lmgen",
-                "max_model_len": cfg.n_positions,
-                "lmgen": {"parameters": s.lm.model.num_parameters(),
-                          "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
-                          "n_embd": cfg.n_embd, "tokenizer": type(s.lm.tokenizer).__name__}}
+        return {
+            "id": name,
+            "object": "model",
+            "created": s.created,
+            "owned_by": "lmgen",
+            "max_model_len": cfg.n_positions,
+            "lmgen": {
+                "parameters": s.lm.model.num_parameters(),
+                "vocab_size": cfg.vocab_size,
+                "n_layer": cfg.n_layer,
+                "n_embd": cfg.n_embd,
+                "tokenizer": type(s.lm.tokenizer).__name__,
+            },
+        }
 
     # -- running jobs --
 
@@ -428,8 +530,13 @@ class _Api:
         try:
             worker.submit(job)
         except Overloaded as e:
-            raise APIError(429, f"the server is busy: {e}; retry shortly", type="server_error",
-                           code="overloaded", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                429,
+                f"the server is busy: {e}; retry shortly",
+                type="server_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def run(self, request: Request, worker: ModelWorker, job: Job):
         """Runs `job` and returns its result; drops it if the client goes away first."""
@@ -484,25 +591,42 @@ class _Api:
 
         def choices(out) -> list[dict]:
             results, scored = out
-            return [{"index": k * n + c.index,
-                     "text": (r.prompt if echo else "") + c.text,
-                     "logprobs": _completion_logprobs(lm.tokenizer, r, c, body.logprobs or 0,
-                                                      scored[k] if scored else None)
-                     if want_lp else None,
-                     "finish_reason": FINISH[c.finish_reason]}
-                    for k, r in enumerate(results) for c in r.choices]
+            return [
+                {
+                    "index": k * n + c.index,
+                    "text": (r.prompt if echo else "") + c.text,
+                    "logprobs": _completion_logprobs(
+                        lm.tokenizer, r, c, body.logprobs or 0, scored[k] if scored else None
+                    )
+                    if want_lp
+                    else None,
+                    "finish_reason": FINISH[c.finish_reason],
+                }
+                for k, r in enumerate(results)
+                for c in r.choices
+            ]
 
         prompt_lp = (body.logprobs or 0) if (echo and want_lp) else None
         incremental = not want_lp and config.effective_strategy() != "beam"
         if not body.stream:
-            out = await self.run(request, s.worker, GenerateJob(prompts, config,
-                                                                prompt_logprobs=prompt_lp))
-            return {**head, "choices": choices(out), "usage": _usage(out[0]),
-                    "system_fingerprint": None, **_warnings(out[0])}
+            out = await self.run(
+                request, s.worker, GenerateJob(prompts, config, prompt_logprobs=prompt_lp)
+            )
+            return {
+                **head,
+                "choices": choices(out),
+                "usage": _usage(out[0]),
+                "system_fingerprint": None,
+                **_warnings(out[0]),
+            }
 
         def chunk(index: int, text: str, reason: str | None = None, logprobs=None) -> dict:
-            return {**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                         "finish_reason": reason}]}
+            return {
+                **head,
+                "choices": [
+                    {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+                ],
+            }
 
         def on_event(item) -> list[dict]:
             if item[0] == "delta":
@@ -515,13 +639,24 @@ class _Api:
             return [chunk(k * n + j, p) for k, p in enumerate(prompts) for j in range(n)]
 
         def on_whole(out) -> list[dict]:  # non-incremental streams: one chunk per choice
-            return [chunk(c["index"], c["text"], c["finish_reason"], c["logprobs"])
-                    for c in choices(out)]
+            return [
+                chunk(c["index"], c["text"], c["finish_reason"], c["logprobs"])
+                for c in choices(out)
+            ]
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         job = GenerateJob(prompts, config, stream=incremental, prompt_logprobs=prompt_lp)
-        return self.stream(request, s.worker, job, on_start if incremental else lambda: [],
-                           on_event, on_whole, head, include_usage, incremental)
+        return self.stream(
+            request,
+            s.worker,
+            job,
+            on_start if incremental else lambda: [],
+            on_event,
+            on_whole,
+            head,
+            include_usage,
+            incremental,
+        )
 
     # -- chat --
 
@@ -541,9 +676,13 @@ class _Api:
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
             if room < 1:
-                raise APIError(400, f"the conversation ({length} tokens) fills the model's "
-                               f"context of {lm.config.n_positions} tokens", param="messages",
-                               code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"the conversation ({length} tokens) fills the model's "
+                    f"context of {lm.config.n_positions} tokens",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
             max_tokens = min(room, schemas.MAX_TOKENS)
         kw["max_new_tokens"] = max_tokens
         config = _config(kw)
@@ -552,29 +691,41 @@ class _Api:
         except GenerationError as e:
             raise _from_lmgen(e, "messages") from None
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": rid, "object": "chat.completion", "created": created, "model": name,
-                "system_fingerprint": None}
+        head = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "system_fingerprint": None,
+        }
         want_lp = bool(body.logprobs)
 
         def choices(out) -> list[dict]:
             results, _ = out
             r = results[0]
-            return [{"index": c.index,
-                     "message": {"role": "assistant", "content": c.text, "refusal": None},
-                     "logprobs": _chat_logprobs(lm.tokenizer, c) if want_lp else None,
-                     "finish_reason": FINISH[c.finish_reason]}
-                    for c in r.choices]
+            return [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": _chat_logprobs(lm.tokenizer, c) if want_lp else None,
+                    "finish_reason": FINISH[c.finish_reason],
+                }
+                for c in r.choices
+            ]
 
         if not body.stream:
             out = await self.run(request, s.worker, GenerateJob([prompt], config))
-            return {**head, "choices": choices(out), "usage": _usage(out[0]),
-                    **_warnings(out[0])}
+            return {**head, "choices": choices(out), "usage": _usage(out[0]), **_warnings(out[0])}
 
         chead = {**head, "object": "chat.completion.chunk"}
 
         def chunk(index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
-            return {**chead, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                          "finish_reason": reason}]}
+            return {
+                **chead,
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+                ],
+            }
 
         def on_event(item) -> list[dict]:
             if item[0] == "delta":
@@ -585,23 +736,49 @@ class _Api:
             return [chunk(j, {"role": "assistant", "content": ""}) for j in range(n)]
 
         def on_whole(out) -> list[dict]:
-            return [item for c in choices(out) for item in (
-                chunk(c["index"], {"role": "assistant", "content": c["message"]["content"]},
-                      None, c["logprobs"]),
-                chunk(c["index"], {}, c["finish_reason"]))]
+            return [
+                item
+                for c in choices(out)
+                for item in (
+                    chunk(
+                        c["index"],
+                        {"role": "assistant", "content": c["message"]["content"]},
+                        None,
+                        c["logprobs"],
+                    ),
+                    chunk(c["index"], {}, c["finish_reason"]),
+                )
+            ]
 
         incremental = not want_lp and config.effective_strategy() != "beam"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         job = GenerateJob([prompt], config, stream=incremental)
-        return self.stream(request, s.worker, job, on_start if incremental else lambda: [],
-                           on_event, on_whole, chead, include_usage, incremental)
+        return self.stream(
+            request,
+            s.worker,
+            job,
+            on_start if incremental else lambda: [],
+            on_event,
+            on_whole,
+            chead,
+            include_usage,
+            incremental,
+        )
 
     # -- server-sent events --
 
-    def stream(self, request: Request, worker: ModelWorker, job: Job,
-               on_start: Callable[[], list], on_event: Callable[[tuple], list],
-               on_whole: Callable[[Any], list], head: dict, include_usage: bool,
-               incremental: bool) -> StreamingResponse:
+    def stream(
+        self,
+        request: Request,
+        worker: ModelWorker,
+        job: Job,
+        on_start: Callable[[], list],
+        on_event: Callable[[tuple], list],
+        on_whole: Callable[[Any], list],
+        head: dict,
+        include_usage: bool,
+        incremental: bool,
+    ) -> StreamingResponse:
         """Streams a job as server-sent events ending in `data: [DONE]`. An incremental job
         sends its text as it is decided; otherwise each choice comes whole at the end. When
         the client goes away, the job is dropped at the worker's next turn."""
@@ -627,8 +804,11 @@ class _Api:
                     yield _sse(_from_lmgen(e).body())
                 except Exception as e:
                     log.exception("stream failed")
-                    yield _sse(APIError(500, f"internal error: {type(e).__name__}",
-                                        type="server_error").body())
+                    yield _sse(
+                        APIError(
+                            500, f"internal error: {type(e).__name__}", type="server_error"
+                        ).body()
+                    )
                 else:
                     if not incremental:
                         for c in on_whole(out):
@@ -639,9 +819,11 @@ class _Api:
             finally:
                 job.cancel()  # a no-op when it finished; stops it when the client left
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
 async def _disconnected(request: Request) -> None:
@@ -652,15 +834,32 @@ async def _disconnected(request: Request) -> None:
 
 
 def _refuse_unsupported(body: schemas.ChatRequest) -> None:
-    harmless = {"tool_choice": ("none",), "response_format": ({"type": "text"},),
-                "modalities": (["text"],)}
-    for name in ("tools", "tool_choice", "functions", "function_call", "response_format",
-                 "audio", "modalities", "prediction", "web_search_options"):
+    harmless = {
+        "tool_choice": ("none",),
+        "response_format": ({"type": "text"},),
+        "modalities": (["text"],),
+    }
+    for name in (
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "response_format",
+        "audio",
+        "modalities",
+        "prediction",
+        "web_search_options",
+    ):
         value = getattr(body, name)
         if value is None or value == [] or value in harmless.get(name, ()):
             continue
-        raise APIError(400, f"{name} is not supported: lmgen's models are plain language "
-                       "models, not chat- or tool-tuned", param=name, code="unsupported")
+        raise APIError(
+            400,
+            f"{name} is not supported: lmgen's models are plain language "
+            "models, not chat- or tool-tuned",
+            param=name,
+            code="unsupported",
+        )
 
 
 def chat_prompt(messages: list[schemas.ChatMessage]) -> str:
@@ -696,8 +895,7 @@ def _completion_logprobs(tok, result, choice, top: int, scored) -> dict:
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
-            "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _chat_logprobs(tok, choice) -> dict:
@@ -705,17 +903,35 @@ def _chat_logprobs(tok, choice) -> dict:
     for k, t in enumerate(choice.token_ids):
         s = tok.token_to_str(t)
         alts = choice.top_logprobs[k] if choice.top_logprobs else []
-        content.append({"token": s, "logprob": choice.logprobs[k], "bytes": list(s.encode()),
-                        "top_logprobs": [{"token": a.token, "logprob": a.logprob,
-                                          "bytes": list(a.token.encode())} for a in alts]})
+        content.append(
+            {
+                "token": s,
+                "logprob": choice.logprobs[k],
+                "bytes": list(s.encode()),
+                "top_logprobs": [
+                    {"token": a.token, "logprob": a.logprob, "bytes": list(a.token.encode())}
+                    for a in alts
+                ],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
 # -- the playground's endpoints (run in the worker thread) ---------------------------------------
 
-_PROCESSOR_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
-                     "presence_penalty", "frequency_penalty", "no_repeat_ngram_size",
-                     "min_tokens_to_keep", "temperature_last")
+_PROCESSOR_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "no_repeat_ngram_size",
+    "min_tokens_to_keep",
+    "temperature_last",
+)
 
 
 def next_payload(lm, body: schemas.NextRequest) -> dict:
@@ -723,8 +939,9 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
     each candidate (`removed_by`), its probability before the filters (`pre_filter_prob`), a
     summary of the rules (`filters`) and, with `choose`, the token the generation loop would
     pick (greedy: the most likely processed token; sample: a draw with `seed`)."""
-    kw: dict[str, Any] = {k: getattr(body, k) for k in _PROCESSOR_FIELDS
-                          if getattr(body, k) is not None}
+    kw: dict[str, Any] = {
+        k: getattr(body, k) for k in _PROCESSOR_FIELDS if getattr(body, k) is not None
+    }
     kw["strategy"] = body.strategy or "sample"
     if body.logit_bias:
         kw["logit_bias"] = _logit_bias(body.logit_bias)
@@ -732,8 +949,10 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
         kw["seed"] = body.seed
     nt = next_token(lm, body.prompt, top=body.top, **kw)
     if bool(torch.isnan(nt.processed_logits.float().softmax(-1)).any()):
-        raise GenerationError("after the processor chain no token has a finite probability: "
-                              "the temperature or a penalty is too extreme")
+        raise GenerationError(
+            "after the processor chain no token has a finite probability: "
+            "the temperature or a penalty is too extreme"
+        )
     out = nt.to_dict()
     config, _ = make_config(None, kw)
     ids = nt.prompt_token_ids
@@ -757,9 +976,15 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
         c["removed_by"] = names[k] if k >= 0 else None
         c["pre_filter_prob"] = pre_prob[c["token_id"]]
     counts = torch.bincount(removed_by[removed_by >= 0], minlength=len(chain)).tolist()
-    out["filters"] = [{"index": k, "name": names[k], "description": repr(p),
-                       "removed": counts[k] if k < len(counts) else 0}
-                      for k, p in enumerate(chain)]
+    out["filters"] = [
+        {
+            "index": k,
+            "name": names[k],
+            "description": repr(p),
+            "removed": counts[k] if k < len(counts) else 0,
+        }
+        for k, p in enumerate(chain)
+    ]
     out["prompt"] = body.prompt
     out["vocab_size"] = int(scores.shape[-1])
     out["kept_count"] = int(torch.isfinite(nt.processed_logits).sum())
@@ -772,12 +997,17 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
             tid = nt.greedy_token_id
         tok = lm.tokenizer
         before, after = tok.decode(ids), tok.decode(ids + [tid])
-        delta = after[len(before):] if after.startswith(before) else tok.token_to_str(tid)
+        delta = after[len(before) :] if after.startswith(before) else tok.token_to_str(tid)
         probs = nt.processed_logits.float().softmax(-1)
-        out["chosen"] = {"token_id": tid, "token": tok.token_to_str(tid), "text": delta,
-                         "strategy": strategy, "seed": body.seed,
-                         "processed_prob": float(probs[tid]),
-                         "prob": float(nt.logits.float().softmax(-1)[tid])}
+        out["chosen"] = {
+            "token_id": tid,
+            "token": tok.token_to_str(tid),
+            "text": delta,
+            "strategy": strategy,
+            "seed": body.seed,
+            "processed_prob": float(probs[tid]),
+            "prob": float(nt.logits.float().softmax(-1)[tid]),
+        }
     return out
 
 
@@ -787,15 +1017,22 @@ def beam_payload(lm, body: schemas.BeamRequest) -> dict:
     returned hypothesis through it."""
     from lmgen.beam import beam_search
 
-    kw: dict[str, Any] = {"strategy": "beam", "num_beams": body.num_beams,
-                          "max_new_tokens": body.max_tokens}
-    for api_name, name in (("n", "num_return_sequences"), ("length_penalty", "length_penalty"),
-                           ("early_stopping", "early_stopping"),
-                           ("repetition_penalty", "repetition_penalty"),
-                           ("presence_penalty", "presence_penalty"),
-                           ("frequency_penalty", "frequency_penalty"),
-                           ("no_repeat_ngram_size", "no_repeat_ngram_size"),
-                           ("min_tokens", "min_new_tokens"), ("ignore_eos", "ignore_eos")):
+    kw: dict[str, Any] = {
+        "strategy": "beam",
+        "num_beams": body.num_beams,
+        "max_new_tokens": body.max_tokens,
+    }
+    for api_name, name in (
+        ("n", "num_return_sequences"),
+        ("length_penalty", "length_penalty"),
+        ("early_stopping", "early_stopping"),
+        ("repetition_penalty", "repetition_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("no_repeat_ngram_size", "no_repeat_ngram_size"),
+        ("min_tokens", "min_new_tokens"),
+        ("ignore_eos", "ignore_eos"),
+    ):
         value = getattr(body, api_name)
         if value is not None:
             kw[name] = value
@@ -823,25 +1060,54 @@ def beam_payload(lm, body: schemas.BeamRequest) -> dict:
     for c in result.choices:
         path, node = [], "root"
         for t, token in enumerate(c.token_ids):
-            match = next((d for d in steps[t]["candidates"] if d["parent_id"] == node
-                          and d["token_id"] == token), None) if t < len(steps) else None
+            match = (
+                next(
+                    (
+                        d
+                        for d in steps[t]["candidates"]
+                        if d["parent_id"] == node and d["token_id"] == token
+                    ),
+                    None,
+                )
+                if t < len(steps)
+                else None
+            )
             if match is None:
                 break
             node = match["id"]
             path.append(node)
         if c.finish_reason == "eos" and len(c.token_ids) < len(steps):
-            end = next((d for d in steps[len(c.token_ids)]["candidates"]
-                        if d["parent_id"] == node and d["token_id"] in eos
-                        and d["status"] == "finished"), None)
+            end = next(
+                (
+                    d
+                    for d in steps[len(c.token_ids)]["candidates"]
+                    if d["parent_id"] == node and d["token_id"] in eos and d["status"] == "finished"
+                ),
+                None,
+            )
             if end is not None:
                 path.append(end["id"])
-        choices.append({"index": c.index, "text": c.text, "token_ids": c.token_ids,
-                        "score": c.score, "finish_reason": FINISH[c.finish_reason],
-                        "path": path})
-    return {"prompt": body.prompt, "prompt_token_ids": ids, "chain": result.chain,
-            "num_beams": config.num_beams, "length_penalty": config.length_penalty,
-            "steps": steps, "choices": choices, "warnings": [_api_text(w) for w in warnings],
-            "usage": _usage([result])}
+        choices.append(
+            {
+                "index": c.index,
+                "text": c.text,
+                "token_ids": c.token_ids,
+                "score": c.score,
+                "finish_reason": FINISH[c.finish_reason],
+                "path": path,
+            }
+        )
+    return {
+        "prompt": body.prompt,
+        "prompt_token_ids": ids,
+        "chain": result.chain,
+        "num_beams": config.num_beams,
+        "length_penalty": config.length_penalty,
+        "steps": steps,
+        "choices": choices,
+        "warnings": [_api_text(w) for w in warnings],
+        "usage": _usage([result]),
+    }
 
 
 # -- running the app in a thread (tests, notebooks) ---------------------------------------------
@@ -861,10 +1127,12 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                              name="lmgen-uvicorn")
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="lmgen-uvicorn"
+    )
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

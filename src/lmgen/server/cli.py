@@ -41,8 +41,9 @@ def load_models(specs: list[str] | None, device: str | None = None) -> dict:
             name, model = model_name(spec)
             lm = lmgen.load(model, device=device)
         if name in models:
-            raise ConfigError(f"two models are named {name!r}; name them with --model NAME=MODEL",
-                              "model")
+            raise ConfigError(
+                f"two models are named {name!r}; name them with --model NAME=MODEL", "model"
+            )
         lm.name = name
         lm.model.eval()
         models[name] = lm
@@ -88,39 +89,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key:
         raise ConfigError("--api-key must not be empty", "api_key")
     if not is_loopback(args.host) and args.api_key is None:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this "
-              "port can use the models", file=sys.stderr)
+        print(
+            f"warning: serving on {args.host} without --api-key: anyone who can reach this "
+            "port can use the models",
+            file=sys.stderr,
+        )
     _check_can_listen(args.host, args.port)
     models = load_models(args.model, args.device)
-    app = create_app(models, api_key=args.api_key, batching=args.batching == "on",
-                     max_active=args.max_active, max_waiting=args.max_waiting)
-    print(f"lmgen: serving {', '.join(models)} at http://{args.host}:{args.port}/ "
-          f"(playground at /, API at /v1)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    app = create_app(
+        models,
+        api_key=args.api_key,
+        batching=args.batching == "on",
+        max_active=args.max_active,
+        max_waiting=args.max_waiting,
+    )
+    print(
+        f"lmgen: serving {', '.join(models)} at http://{args.host}:{args.port}/ "
+        f"(playground at /, API at /v1)",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
     return 0
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
-        "serve", help="serve models over an OpenAI-compatible API, with a playground",
+        "serve",
+        help="serve models over an OpenAI-compatible API, with a playground",
         description="Serve models over an OpenAI-compatible HTTP API (/v1/completions, "
-        "/v1/chat/completions, /v1/models) and a playground page at /.")
-    p.add_argument("--model", "-m", action="append", metavar="[NAME=]MODEL",
-                   help="a model directory, bundled model or hf:NAME, optionally named; "
-                   "repeat to serve several (default: the bundled model)")
+        "/v1/chat/completions, /v1/models) and a playground page at /.",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        metavar="[NAME=]MODEL",
+        help="a model directory, bundled model or hf:NAME, optionally named; "
+        "repeat to serve several (default: the bundled model)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", default=os.environ.get("LMGEN_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 (default: $LMGEN_API_KEY)")
-    p.add_argument("--batching", choices=["on", "off"], default=DEFAULT_BATCHING,
-                   help="merge waiting requests with identical settings into one batch "
-                   f"(default: {DEFAULT_BATCHING}; see docs/SERVER.md)")
-    p.add_argument("--max-active", type=int, default=16,
-                   help="requests decoded in turns at once per model (default: 16)")
-    p.add_argument("--max-waiting", type=int, default=256,
-                   help="requests waiting per model before answering 429 (default: 256)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("LMGEN_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $LMGEN_API_KEY)",
+    )
+    p.add_argument(
+        "--batching",
+        choices=["on", "off"],
+        default=DEFAULT_BATCHING,
+        help="merge waiting requests with identical settings into one batch "
+        f"(default: {DEFAULT_BATCHING}; see docs/SERVER.md)",
+    )
+    p.add_argument(
+        "--max-active",
+        type=int,
+        default=16,
+        help="requests decoded in turns at once per model (default: 16)",
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="requests waiting per model before answering 429 (default: 256)",
+    )
     p.add_argument("--device", default=None, help="torch device for the models")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     p.set_defaults(func=cmd_serve)

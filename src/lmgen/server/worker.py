@@ -91,8 +91,14 @@ class CallJob(Job):
 class GenerateJob(Job):
     """Greedy, sampling or beam decoding of one or more prompts, n choices each."""
 
-    def __init__(self, prompts: list[str], config: GenerationConfig, loop=None,
-                 stream: bool = False, prompt_logprobs: int | None = None):
+    def __init__(
+        self,
+        prompts: list[str],
+        config: GenerationConfig,
+        loop=None,
+        stream: bool = False,
+        prompt_logprobs: int | None = None,
+    ):
         super().__init__(loop, stream)
         self.prompts = prompts
         self.config = config
@@ -100,8 +106,12 @@ class GenerateJob(Job):
         # Only requests whose text is random anyway may share a batch: a batch's padding moves
         # logits by ~1e-6, which could flip a near-tie. Seeded, greedy and beam requests always
         # decode alone, so their text is exactly what they give alone.
-        mergeable = (config.effective_strategy() == "sample" and config.seed is None
-                     and not stream and prompt_logprobs is None)
+        mergeable = (
+            config.effective_strategy() == "sample"
+            and config.seed is None
+            and not stream
+            and prompt_logprobs is None
+        )
         if mergeable:
             self.key = repr(sorted(config.to_dict().items()))
 
@@ -120,7 +130,7 @@ def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
     results = yield from decode_steps(lm, prompts, jobs[0].config)
     out, k = [], 0
     for j in jobs:
-        out.append((results[k:k + len(j.prompts)], None))
+        out.append((results[k : k + len(j.prompts)], None))
         k += len(j.prompts)
     return out
 
@@ -128,8 +138,9 @@ def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
 # -- stepwise decoding ------------------------------------------------------------------------
 
 
-def decode_steps(lm, prompts: list[str], config: GenerationConfig,
-                 on_delta: Callable[..., None] | None = None) -> Steps:
+def decode_steps(
+    lm, prompts: list[str], config: GenerationConfig, on_delta: Callable[..., None] | None = None
+) -> Steps:
     """`generate(lm, prompts, config)` one model step per `next()`; returns its results.
 
     Uses the same preparation, decode loop and result building as `lmgen.generate`, so the
@@ -160,7 +171,7 @@ def decode_steps(lm, prompts: list[str], config: GenerationConfig,
     def flush(i: int, row) -> None:
         final = _finish_text(row, tok)
         if len(final) > row.emitted:
-            on_delta("delta", i, final[row.emitted:])
+            on_delta("delta", i, final[row.emitted :])
             row.emitted = len(final)
         on_delta("finish", i, row.finish_reason)
         done.add(i)
@@ -176,23 +187,26 @@ def decode_steps(lm, prompts: list[str], config: GenerationConfig,
                 text = row.text if config.stop else tok.decode(row.token_ids)
                 safe = len(text.rstrip("\ufffd")) - holdback
                 if safe > row.emitted:
-                    on_delta("delta", i, text[row.emitted:safe])
+                    on_delta("delta", i, text[row.emitted : safe])
                     row.emitted = safe
         yield
     if on_delta is not None:
         for i, row in enumerate(rows):
             if i not in done:
                 flush(i, row)
-    chain = build_chain(config, prompt_length=max(map(len, ids)),
-                        eos_token_ids=lm.eos_token_ids).describe()
-    return [_to_result(lm, p, i, rows[k * n:(k + 1) * n], chain, warnings)
-            for k, (p, i) in enumerate(zip(prompts, ids, strict=True))]
+    chain = build_chain(
+        config, prompt_length=max(map(len, ids)), eos_token_ids=lm.eos_token_ids
+    ).describe()
+    return [
+        _to_result(lm, p, i, rows[k * n : (k + 1) * n], chain, warnings)
+        for k, (p, i) in enumerate(zip(prompts, ids, strict=True))
+    ]
 
 
 def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list[dict]]:
     """Raw log-probabilities of each prompt token given the ones before it (None for the
     first), and the top-`top` alternatives at each position, as OpenAI's `echo` reports."""
-    ids = ids[-lm.config.n_positions:]
+    ids = ids[-lm.config.n_positions :]
     x = torch.tensor([ids], device=lm.device)
     logp = torch.log_softmax(lm.model(x)[0].float(), dim=-1)  # (T, V)
     lps: list[float | None] = [None]
@@ -232,8 +246,14 @@ class Stats:
 class ModelWorker:
     """A thread that owns one model: only it runs the model, one step of one job at a time."""
 
-    def __init__(self, lm, max_active: int = 16, max_waiting: int = 256,
-                 batching: bool = False, max_batch: int = 16):
+    def __init__(
+        self,
+        lm,
+        max_active: int = 16,
+        max_waiting: int = 256,
+        batching: bool = False,
+        max_batch: int = 16,
+    ):
         self.lm = lm
         self.max_active = max_active
         self.max_waiting = max_waiting
@@ -244,8 +264,9 @@ class ModelWorker:
         self._active: list[_Running] = []
         self._cv = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"lmgen-worker[{lm.name}]",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"lmgen-worker[{lm.name}]", daemon=True
+        )
         self._thread.start()
 
     # -- called from the event loop --
@@ -283,8 +304,9 @@ class ModelWorker:
                     if self._stopping:
                         break
                     self._admit()
-                    self.stats.max_active_seen = max(self.stats.max_active_seen,
-                                                     sum(len(r.jobs) for r in self._active))
+                    self.stats.max_active_seen = max(
+                        self.stats.max_active_seen, sum(len(r.jobs) for r in self._active)
+                    )
                 for run in list(self._active):
                     self._advance(run)
         for run in self._active:

