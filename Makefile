@@ -27,6 +27,7 @@ demo: $(VENV)/.runtime
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(VENV)/.dev lint
 	$(BIN)/python -m pytest -q -n 2
