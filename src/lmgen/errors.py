@@ -19,3 +19,7 @@ class ModelLoadError(LmgenError):
 
 class GenerationError(LmgenError):
     """Generation cannot proceed (e.g. the prompt plus new tokens exceed the context)."""
+
+
+class ContextLengthError(GenerationError):
+    """The prompt plus the tokens asked for do not fit the model's context."""

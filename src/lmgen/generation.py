@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError, GenerationError
+from .errors import ConfigError, ContextLengthError, GenerationError
 from .fast_sampling import FusedSampler
 from .generation_config import GenerationConfig
 from .processors import build_chain, make_generator, sample_from_logits
@@ -128,7 +128,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 def check_context(lm, prompt_len: int, config: GenerationConfig) -> None:
     n_pos = lm.config.n_positions
     if prompt_len + config.max_new_tokens > n_pos and config.context_overflow == "error":
-        raise GenerationError(
+        raise ContextLengthError(
             f"prompt ({prompt_len} tokens) + max_new_tokens ({config.max_new_tokens}) = "
             f"{prompt_len + config.max_new_tokens} exceeds the model's context of {n_pos} "
             "tokens; shorten the prompt, lower max_new_tokens, or set "

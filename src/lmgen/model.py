@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decode_linear import DecodeLinear
-from .errors import ConfigError, GenerationError
+from .errors import ConfigError, ContextLengthError, GenerationError
 
 ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -304,7 +304,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
-            raise GenerationError(
+            raise ContextLengthError(
                 f"sequence of {past + T} tokens exceeds the model's context of "
                 f"{self.config.n_positions} positions (n_positions)"
             )
