@@ -33,7 +33,7 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool | None = None  # vLLM's; accepted and ignored
 
 
-class _Decoding(_Strict):
+class Decoding(_Strict):
     """Knobs shared by completions and chat: OpenAI's, then lmgen's extensions (sent by the
     `openai` client through `extra_body`)."""
 
@@ -64,7 +64,7 @@ class _Decoding(_Strict):
     context_overflow: Literal["error", "slide"] | None = None
 
 
-class CompletionRequest(_Decoding):
+class CompletionRequest(Decoding):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
     logprobs: int | None = Field(None, ge=0)
     echo: bool | None = None
@@ -85,7 +85,7 @@ class ChatMessage(BaseModel):
     name: str | None = Field(None, max_length=MAX_STRING)
 
 
-class ChatRequest(_Decoding):
+class ChatRequest(Decoding):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool | None = None
@@ -156,3 +156,11 @@ class BeamRequest(_Strict):
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     min_tokens: int | None = Field(None, ge=0, le=MAX_BEAM_TRACE_TOKENS)
     ignore_eos: bool | None = None
+
+
+def known_params() -> list[str]:
+    """Every field of every request body: the candidates of "did you mean"."""
+    names: set[str] = set()
+    for model in (CompletionRequest, ChatRequest, NextRequest, BeamRequest):
+        names.update(model.model_fields)
+    return sorted(names)

@@ -1,0 +1,87 @@
+"""Request bodies -> GenerationConfig: one field map for every endpoint.
+
+An API field and the GenerationConfig field it sets; fields not listed keep their names
+(`temperature`, `top_k`, ...). Every endpoint builds its config through `config_kwargs`, so a
+field means the same thing wherever it is accepted, and its value is checked by the same
+`GenerationConfig.validate` as on the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from lmgen.errors import ConfigError
+from lmgen.generation_config import GenerationConfig
+
+from .errors import APIError, from_lmgen
+
+FIELD_MAP = {
+    "max_tokens": "max_new_tokens",
+    "n": "num_return_sequences",
+    "min_tokens": "min_new_tokens",
+}
+# Request fields that are GenerationConfig fields under the same name.
+SAME_NAME = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "ignore_eos",
+    "context_overflow",
+    "min_tokens_to_keep",
+    "temperature_last",
+    "strategy",
+)
+
+
+def config_kwargs(body: BaseModel) -> dict[str, Any]:
+    """GenerationConfig keyword arguments for the fields of `body` that are set."""
+    kw: dict[str, Any] = {}
+    fields = type(body).model_fields
+    for api_name in fields:
+        name = FIELD_MAP.get(api_name, api_name if api_name in SAME_NAME else None)
+        value = getattr(body, api_name)
+        if name is not None and value is not None:
+            kw[name] = value
+    if "stop" in fields:
+        stop = body.stop
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        if stop:
+            kw["stop"] = stop
+    if "logit_bias" in fields and body.logit_bias:
+        kw["logit_bias"] = logit_bias(body.logit_bias)
+    return kw
+
+
+def logit_bias(bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI's `{"token id": bias}` with the ids as ints."""
+    out = {}
+    for k, v in bias.items():
+        if not k.strip().isdigit():
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids (ints >= 0), got {k!r}",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[int(k)] = v
+    return out
+
+
+def make_config(kw: dict) -> GenerationConfig:
+    """A validated config, or the 400 that says which value is wrong."""
+    try:
+        return GenerationConfig.from_kwargs(**kw)
+    except ConfigError as e:
+        raise from_lmgen(e) from None

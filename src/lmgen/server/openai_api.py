@@ -1,0 +1,354 @@
+"""OpenAI's completions and chat completions over lmgen: request -> job -> response, with
+OpenAI's response shapes (choices, logprobs in both of its shapes, usage, stream chunks)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anyio
+from fastapi import Request
+
+from lmgen.errors import GenerationError, LmgenError
+from lmgen.generation import check_context, encode_prompt
+
+from . import jobs, schemas
+from .errors import APIError, api_text, from_lmgen
+from .mapping import config_kwargs, make_config
+from .registry import Registry
+from .worker import GenerateJob
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+CHAT_ROLES = {
+    "system": "System",
+    "developer": "System",
+    "user": "User",
+    "assistant": "Assistant",
+    "tool": "Tool",
+}
+CHAT_STOP = ["\nUser:", "\nSystem:"]
+
+
+def usage(results) -> dict:
+    prompt = sum(len(r.prompt_token_ids) for r in results)
+    completion = sum(len(c.token_ids) for r in results for c in r.choices)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def warnings_field(results) -> dict:
+    warnings = results[0].warnings if results else []
+    return {"warnings": [api_text(w) for w in warnings]} if warnings else {}
+
+
+def sampling_kwargs(body: schemas.Decoding) -> dict:
+    """Sampling is the default, as in OpenAI's API; temperature 0 is greedy; num_beams > 1 is
+    beam search."""
+    return {"strategy": "beam" if (body.num_beams or 1) > 1 else "sample", **config_kwargs(body)}
+
+
+async def prompt_lengths(lm, prompts: list[str], param: str) -> list[int]:
+    def lengths():
+        return [len(encode_prompt(lm, p)) for p in prompts]
+
+    try:
+        return await anyio.to_thread.run_sync(lengths)
+    except LmgenError as e:
+        raise from_lmgen(e, param) from None
+
+
+def fits_context(lm, length: int, config, param: str) -> None:
+    try:
+        check_context(lm, length, config)
+    except GenerationError as e:
+        raise from_lmgen(e, param) from None
+
+
+# -- completions ----------------------------------------------------------------------------
+
+
+async def completions(models: Registry, body: schemas.CompletionRequest, request: Request):
+    name, s = models.pick(body.model)
+    lm = s.lm
+    n = body.n or 1
+    if body.best_of is not None and body.best_of != n:
+        raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
+    if body.suffix:
+        raise APIError(400, "suffix is not supported by these models", param="suffix")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    kw = sampling_kwargs(body)
+    if body.logprobs:
+        kw["logprobs"] = body.logprobs
+    kw.setdefault("max_new_tokens", 16)
+    config = make_config(kw)
+    lengths = await prompt_lengths(lm, prompts, "prompt")
+    fits_context(lm, max(lengths), config, "prompt")
+    echo = bool(body.echo)
+    want_lp = body.logprobs is not None
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": name}
+
+    def choices(out) -> list[dict]:
+        results, scored = out
+        return [
+            {
+                "index": k * n + c.index,
+                "text": (r.prompt if echo else "") + c.text,
+                "logprobs": completion_logprobs(
+                    lm.tokenizer, r, c, body.logprobs or 0, scored[k] if scored else None
+                )
+                if want_lp
+                else None,
+                "finish_reason": FINISH[c.finish_reason],
+            }
+            for k, r in enumerate(results)
+            for c in r.choices
+        ]
+
+    prompt_lp = (body.logprobs or 0) if (echo and want_lp) else None
+    incremental = not want_lp and config.effective_strategy() != "beam"
+    if not body.stream:
+        out = await jobs.run(
+            request, s.worker, GenerateJob(prompts, config, prompt_logprobs=prompt_lp)
+        )
+        return {
+            **head,
+            "choices": choices(out),
+            "usage": usage(out[0]),
+            "system_fingerprint": None,
+            **warnings_field(out[0]),
+        }
+
+    def chunk(index: int, text: str, reason: str | None = None, logprobs=None) -> dict:
+        return {
+            **head,
+            "choices": [
+                {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+            ],
+        }
+
+    def on_event(item) -> list[dict]:
+        if item[0] == "delta":
+            return [chunk(item[1], item[2])]
+        return [chunk(item[1], "", FINISH[item[2]])]
+
+    def on_start() -> list[dict]:
+        if not echo or not incremental:
+            return []
+        return [chunk(k * n + j, p) for k, p in enumerate(prompts) for j in range(n)]
+
+    def on_whole(out) -> list[dict]:  # non-incremental streams: one chunk per choice
+        return [
+            chunk(c["index"], c["text"], c["finish_reason"], c["logprobs"]) for c in choices(out)
+        ]
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    job = GenerateJob(prompts, config, stream=incremental, prompt_logprobs=prompt_lp)
+    return jobs.stream(
+        s.worker,
+        job,
+        on_start=on_start,
+        on_event=on_event,
+        on_whole=on_whole,
+        on_usage=(lambda out: {**head, "choices": [], "usage": usage(out[0])})
+        if include_usage
+        else None,
+        incremental=incremental,
+    )
+
+
+# -- chat -----------------------------------------------------------------------------------
+
+
+async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
+    name, s = models.pick(body.model)
+    lm = s.lm
+    refuse_unsupported(body)
+    n = body.n or 1
+    prompt = chat_prompt(body.messages)
+    kw = sampling_kwargs(body)
+    kw["stop"] = kw.get("stop", []) + [s for s in CHAT_STOP if s not in kw.get("stop", [])]
+    if body.logprobs:
+        kw["logprobs"] = body.top_logprobs or 0
+    elif body.top_logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    (length,) = await prompt_lengths(lm, [prompt], "messages")
+    room = lm.config.n_positions - length
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is None:
+        if room < 1:
+            raise APIError(
+                400,
+                f"the conversation ({length} tokens) fills the model's "
+                f"context of {lm.config.n_positions} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        max_tokens = min(room, schemas.MAX_TOKENS)
+    kw["max_new_tokens"] = max_tokens
+    config = make_config(kw)
+    fits_context(lm, length, config, "messages")
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": name,
+        "system_fingerprint": None,
+    }
+    want_lp = bool(body.logprobs)
+
+    def choices(out) -> list[dict]:
+        results, _ = out
+        return [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": chat_logprobs(lm.tokenizer, c) if want_lp else None,
+                "finish_reason": FINISH[c.finish_reason],
+            }
+            for c in results[0].choices
+        ]
+
+    if not body.stream:
+        out = await jobs.run(request, s.worker, GenerateJob([prompt], config))
+        return {**head, "choices": choices(out), "usage": usage(out[0]), **warnings_field(out[0])}
+
+    chead = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
+        return {
+            **chead,
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+            ],
+        }
+
+    def on_event(item) -> list[dict]:
+        if item[0] == "delta":
+            return [chunk(item[1], {"content": item[2]})]
+        return [chunk(item[1], {}, FINISH[item[2]])]
+
+    incremental = not want_lp and config.effective_strategy() != "beam"
+
+    def on_start() -> list[dict]:
+        if not incremental:
+            return []
+        return [chunk(j, {"role": "assistant", "content": ""}) for j in range(n)]
+
+    def on_whole(out) -> list[dict]:
+        return [
+            item
+            for c in choices(out)
+            for item in (
+                chunk(
+                    c["index"],
+                    {"role": "assistant", "content": c["message"]["content"]},
+                    None,
+                    c["logprobs"],
+                ),
+                chunk(c["index"], {}, c["finish_reason"]),
+            )
+        ]
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    job = GenerateJob([prompt], config, stream=incremental)
+    return jobs.stream(
+        s.worker,
+        job,
+        on_start=on_start,
+        on_event=on_event,
+        on_whole=on_whole,
+        on_usage=(lambda out: {**chead, "choices": [], "usage": usage(out[0])})
+        if include_usage
+        else None,
+        incremental=incremental,
+        prompt_param="messages",
+    )
+
+
+def refuse_unsupported(body: schemas.ChatRequest) -> None:
+    harmless = {
+        "tool_choice": ("none",),
+        "response_format": ({"type": "text"},),
+        "modalities": (["text"],),
+    }
+    for name in (
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "response_format",
+        "audio",
+        "modalities",
+        "prediction",
+        "web_search_options",
+    ):
+        value = getattr(body, name)
+        if value is None or value == [] or value in harmless.get(name, ()):
+            continue
+        raise APIError(
+            400,
+            f"{name} is not supported: lmgen's models are plain language "
+            "models, not chat- or tool-tuned",
+            param=name,
+            code="unsupported",
+        )
+
+
+def chat_prompt(messages: list[schemas.ChatMessage]) -> str:
+    """The plain role-tagged template: one `Role: text` line per message, then `Assistant:`.
+
+    Our models are not chat-tuned: they continue this text as they would any other."""
+    lines = []
+    for m in messages:
+        if isinstance(m.content, list):
+            text = "".join(p.text for p in m.content)
+        else:
+            text = m.content or ""
+        lines.append(f"{CHAT_ROLES[m.role]}: {text}")
+    return "\n".join(lines) + "\nAssistant:"
+
+
+# -- logprobs in OpenAI's two shapes ----------------------------------------------------------
+
+
+def completion_logprobs(tok, result, choice, top: int, scored) -> dict:
+    tokens = [tok.token_to_str(t) for t in choice.token_ids]
+    lps: list[float | None] = list(choice.logprobs)
+    tops: list[dict] | None = None
+    if top and choice.top_logprobs:
+        tops = [{t.token: t.logprob for t in step} for step in choice.top_logprobs]
+    if scored is not None:  # echo: the prompt's tokens come first
+        p_lps, p_tops = scored
+        tokens = [tok.token_to_str(t) for t in result.prompt_token_ids] + tokens
+        lps = p_lps + lps
+        if top:
+            tops = p_tops + (tops or [{} for _ in choice.token_ids])
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(tok, choice) -> dict:
+    content = []
+    for k, t in enumerate(choice.token_ids):
+        s = tok.token_to_str(t)
+        alts = choice.top_logprobs[k] if choice.top_logprobs else []
+        content.append(
+            {
+                "token": s,
+                "logprob": choice.logprobs[k],
+                "bytes": list(s.encode()),
+                "top_logprobs": [
+                    {"token": a.token, "logprob": a.logprob, "bytes": list(a.token.encode())}
+                    for a in alts
+                ],
+            }
+        )
+    return {"content": content, "refusal": None}

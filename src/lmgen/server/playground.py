@@ -1,0 +1,189 @@
+"""The playground's endpoints: the next-token distribution with what each processor removed
+(`/v1/lmgen/next`), and beam search with its whole tree (`/v1/lmgen/beam`). The payloads are
+built in the model's worker thread."""
+
+from __future__ import annotations
+
+import torch
+from fastapi import Request
+
+from lmgen.beam import beam_search
+from lmgen.errors import GenerationError
+from lmgen.generation import check_context, encode_prompt, make_config, next_token
+from lmgen.generation_config import GenerationConfig
+from lmgen.processors import (
+    MinP,
+    TopK,
+    TopP,
+    TypicalP,
+    build_chain,
+    make_generator,
+    sample_from_logits,
+)
+
+from . import jobs, schemas
+from .errors import api_text
+from .mapping import config_kwargs
+from .openai_api import FINISH, usage
+from .registry import Registry
+from .worker import CallJob
+
+FILTERS = (TopK, TopP, MinP, TypicalP)
+
+
+async def next_route(models: Registry, body: schemas.NextRequest, request: Request) -> dict:
+    name, s = models.pick(body.model)
+    out = await jobs.run(request, s.worker, CallJob(lambda lm: next_payload(lm, body)))
+    return {"model": name, **out}
+
+
+async def beam_route(models: Registry, body: schemas.BeamRequest, request: Request) -> dict:
+    name, s = models.pick(body.model)
+    out = await jobs.run(request, s.worker, CallJob(lambda lm: beam_payload(lm, body)))
+    return {"object": "lmgen.beam", "model": name, **out}
+
+
+def next_payload(lm, body: schemas.NextRequest) -> dict:
+    """`lmgen next --json` for the body, plus what the playground draws: which rule removed
+    each candidate (`removed_by`), its probability before the filters (`pre_filter_prob`), a
+    summary of the rules (`filters`) and, with `choose`, the token the generation loop would
+    pick (greedy: the most likely processed token; sample: a draw with `seed`)."""
+    kw = {"strategy": "sample", **config_kwargs(body)}
+    nt = next_token(lm, body.prompt, top=body.top, **kw)
+    if bool(torch.isnan(nt.processed_logits.float().softmax(-1)).any()):
+        raise GenerationError(
+            "after the processor chain no token has a finite probability: "
+            "the temperature or a penalty is too extreme"
+        )
+    out = nt.to_dict()
+    config = GenerationConfig.from_kwargs(**kw)
+    ids = nt.prompt_token_ids
+    chain = build_chain(config, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
+    x = torch.tensor([ids], device=nt.logits.device)
+    scores = nt.logits[None].float()
+    pre = scores
+    removed_by = torch.full(scores.shape[-1:], -1, dtype=torch.long)
+    for k, p in enumerate(chain):
+        new = p(x, scores.clone())
+        newly = (torch.isfinite(scores[0]) & ~torch.isfinite(new[0])).cpu()
+        removed_by[newly] = k
+        if not isinstance(p, FILTERS):
+            pre = p(x, pre.clone())
+        scores = new
+    pre_prob = pre.softmax(-1)[0].tolist()
+    names = [type(p).__name__ for p in chain]
+    rb = removed_by.tolist()
+    for c in out["candidates"]:
+        k = rb[c["token_id"]]
+        c["removed_by"] = names[k] if k >= 0 else None
+        c["pre_filter_prob"] = pre_prob[c["token_id"]]
+    counts = torch.bincount(removed_by[removed_by >= 0], minlength=len(chain)).tolist()
+    out["filters"] = [
+        {
+            "index": k,
+            "name": names[k],
+            "description": repr(p),
+            "removed": counts[k] if k < len(counts) else 0,
+        }
+        for k, p in enumerate(chain)
+    ]
+    out["prompt"] = body.prompt
+    out["vocab_size"] = int(scores.shape[-1])
+    out["kept_count"] = int(torch.isfinite(nt.processed_logits).sum())
+    if body.choose:
+        strategy = config.effective_strategy()
+        if strategy == "sample":
+            g = make_generator(body.seed, nt.processed_logits.device)
+            tid = int(sample_from_logits(nt.processed_logits[None].float(), [g])[0])
+        else:
+            tid = nt.greedy_token_id
+        tok = lm.tokenizer
+        before, after = tok.decode(ids), tok.decode(ids + [tid])
+        delta = after[len(before) :] if after.startswith(before) else tok.token_to_str(tid)
+        probs = nt.processed_logits.float().softmax(-1)
+        out["chosen"] = {
+            "token_id": tid,
+            "token": tok.token_to_str(tid),
+            "text": delta,
+            "strategy": strategy,
+            "seed": body.seed,
+            "processed_prob": float(probs[tid]),
+            "prob": float(nt.logits.float().softmax(-1)[tid]),
+        }
+    return out
+
+
+def beam_payload(lm, body: schemas.BeamRequest) -> dict:
+    """Beam search for one prompt with its trace: every step's candidates (parent beam, token,
+    cumulative score, kept | finished | pruned), as a tree with node ids, and the path of each
+    returned hypothesis through it."""
+    config, warnings = make_config(None, {"strategy": "beam", **config_kwargs(body)})
+    ids = encode_prompt(lm, body.prompt)
+    check_context(lm, len(ids), config)
+    trace: list = []
+    (result,) = beam_search(lm, [body.prompt], [ids], config, warnings, trace=trace)
+    tr = trace[0]
+    steps, prev_kept = [], {}
+    for st in tr.steps:
+        kept, cands = {}, []
+        for k, c in enumerate(st.candidates):
+            node = f"{st.step}:{k}"
+            parent_id = "root" if st.step == 0 else prev_kept.get(c["parent"])
+            cands.append({"id": node, "parent_id": parent_id, **c})
+            if c["status"] == "kept":
+                kept[c["beam"]] = node
+        steps.append({"step": st.step, "candidates": cands})
+        prev_kept = kept
+    eos = set(lm.eos_token_ids)
+    choices = []
+    for c in result.choices:
+        path, node = [], "root"
+        for t, token in enumerate(c.token_ids):
+            match = (
+                next(
+                    (
+                        d
+                        for d in steps[t]["candidates"]
+                        if d["parent_id"] == node and d["token_id"] == token
+                    ),
+                    None,
+                )
+                if t < len(steps)
+                else None
+            )
+            if match is None:
+                break
+            node = match["id"]
+            path.append(node)
+        if c.finish_reason == "eos" and len(c.token_ids) < len(steps):
+            end = next(
+                (
+                    d
+                    for d in steps[len(c.token_ids)]["candidates"]
+                    if d["parent_id"] == node and d["token_id"] in eos and d["status"] == "finished"
+                ),
+                None,
+            )
+            if end is not None:
+                path.append(end["id"])
+        choices.append(
+            {
+                "index": c.index,
+                "text": c.text,
+                "token_ids": c.token_ids,
+                "score": c.score,
+                "finish_reason": FINISH[c.finish_reason],
+                "path": path,
+            }
+        )
+    return {
+        "prompt": body.prompt,
+        "prompt_token_ids": ids,
+        "chain": result.chain,
+        "num_beams": config.num_beams,
+        "length_penalty": config.length_penalty,
+        "steps": steps,
+        "choices": choices,
+        "warnings": [api_text(w) for w in warnings],
+        "usage": usage([result]),
+    }
