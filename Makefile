@@ -41,8 +41,9 @@ test-browser: $(VENV)/.dev
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	$(BIN)/python -m pytest -q -m browser
 
+# The full benchmark (an hour or more on 2 cores); it rewrites the committed page and its data.
 bench: $(VENV)/.dev
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --out docs/benchmarks.md --json docs/benchmarks.json
 
 gallery: $(VENV)/.runtime
 	$(BIN)/python scripts/make_gallery.py

@@ -1,2 +1,2 @@
-"""Benchmarks (`python -m bench`): a thin entry over `lmgen.benchmark`, which holds the code so
-that `lmgen bench` works from an installed package too."""
+"""Benchmarks (`python -m bench`), a development tool of the repository: they compare lmgen
+with transformers (and llama.cpp), so they live outside the installed package."""

@@ -1,9 +1,9 @@
-"""`python -m bench [--quick] [--shapes ...] [--dtypes ...] [--cases ...]`: see lmgen.benchmark."""
+"""`python -m bench [--quick] [--shapes ...] [--out FILE] [--json FILE] ...`: bench.benchmark."""
 
 import logging
 import sys
 
-from lmgen.benchmark import main
+from bench.benchmark import main
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 sys.exit(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lmgen import benchmark as B
+from bench import benchmark as B
 
 
 def main(argv=None) -> int:

@@ -1,15 +1,19 @@
-"""The benchmark's own pieces (no timing is asserted: benchmarks are not tests)."""
+"""The benchmark's own pieces (no timing is asserted: benchmarks are not tests).
+
+The benchmark is a development tool in bench/, outside the installed package."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from lmgen import benchmark as B
+from bench import benchmark as B
 from lmgen.errors import ConfigError
 from lmgen.model import GPT, GPTConfig
 
@@ -125,6 +129,137 @@ def test_extras_tables_and_json_round_trip(tmp_path):
     out = tmp_path / "b.md"
     assert B.main(["--from-json", str(raw), "--out", str(out)]) == 0
     assert out.read_text() == md
+
+
+def _saved_run(tmp_path):
+    rep = B.Report(B.machine_info(), ["--shapes", "14m", "--draft", "my runs/draft"])
+    rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes"))
+    raw = tmp_path / "run.json"
+    raw.write_text(json.dumps(B.report_to_json(rep)))
+    return rep, raw
+
+
+def test_from_json_works_without_transformers(tmp_path):
+    """`python -m bench --from-json` renders a page in a process where transformers cannot
+    be imported; measuring there refuses with one line."""
+    rep, raw = _saved_run(tmp_path)
+    out = tmp_path / "page.md"
+    run_bench = (
+        "import runpy, sys; sys.modules['transformers'] = None; "  # unimportable from here
+        "sys.argv = ['bench', *sys.argv[1:]]; runpy.run_module('bench', run_name='__main__')"
+    )
+    root = Path(B.__file__).resolve().parent.parent
+    p = subprocess.run(
+        [sys.executable, "-c", run_bench, "--from-json", str(raw), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert p.returncode == 0, p.stderr
+    assert out.read_text() == B.to_markdown(rep)
+    assert p.stdout == f"wrote {out} (the markdown page)\n"
+    p = subprocess.run(
+        [sys.executable, "-c", run_bench, "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert p.returncode == 2
+    assert p.stderr == (
+        "error: the benchmark compares against transformers: pip install transformers\n"
+    )
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """`run` replaced by a canned report, so the writing rules are tested without measuring."""
+    calls = []
+
+    def run(args):
+        calls.append(args)
+        rep = B.Report(B.machine_info(), list(args.argv))
+        rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes"))
+        return rep
+
+    monkeypatch.setattr(B, "run", run)
+    return calls
+
+
+def test_a_run_writes_only_where_told(tmp_path, monkeypatch, capsys, fake_run):
+    monkeypatch.chdir(tmp_path)
+    assert B.main(["--quick"]) == 0
+    page = capsys.readouterr().out
+    assert "greedy, batch 1" in page and "command: `python -m bench --quick`" in page
+    assert list(tmp_path.iterdir()) == []  # no docs/ created, nothing written
+    argv = ["--quick", "--cases", "greedy", "--out", "b.md", "--json", "r.json"]
+    assert B.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "wrote b.md (the markdown page)",
+        "wrote r.json (the raw results; --from-json renders them again)",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.md", "r.json"]
+    cmd = "python -m bench --quick --cases greedy --out b.md --json r.json"
+    assert f"command: `{cmd}`" in (tmp_path / "b.md").read_text()
+    assert json.loads((tmp_path / "r.json").read_text())["args"] == argv
+
+
+def test_the_command_line_is_recorded_quoted(fake_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert B.main(["--draft", "my runs/draft", "--quick"]) == 0
+    assert "command: `python -m bench --draft 'my runs/draft' --quick`" in capsys.readouterr().out
+
+
+def test_append_adds_a_section(fake_run, tmp_path, capsys):
+    page = tmp_path / "b.md"
+    assert B.main(["--quick", "--out", str(page)]) == 0
+    assert B.main(["--quick", "--cases", "greedy", "--append", "--out", str(page)]) == 0
+    text = page.read_text()
+    assert text.count("# Benchmarks: lmgen vs transformers") == 1
+    assert f"## Another run: `python -m bench --quick --cases greedy --append --out {page}`" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--append"], "--append adds a section to the --out page: give --out FILE"),
+        (["--out", "no/such/folder/b.md"], "the folder no/such/folder does not exist"),
+        (["--json", "."], "--json .: is a folder"),
+    ],
+)
+def test_bad_outputs_fail_before_measuring(argv, message, fake_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert B.main(["--quick", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert fake_run == [] and list(tmp_path.iterdir()) == []
+
+
+def test_lmgen_bench_points_to_python_m_bench(capsys):
+    from lmgen.cli import main
+
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "run `python -m bench`" in err
+
+
+def test_the_package_holds_no_benchmark_and_never_imports_transformers():
+    """transformers is the test oracle, a dev dependency: nothing installed imports it."""
+    import importlib.util
+
+    import lmgen
+
+    pkg = Path(lmgen.__file__).parent
+    for name in ("benchmark", "bench_cli", "llamacpp"):
+        assert importlib.util.find_spec(f"lmgen.{name}") is None
+    offenders = [
+        str(f.relative_to(pkg))
+        for f in pkg.rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+transformers\b", f.read_text(), re.M)
+    ]
+    assert offenders == []
 
 
 def test_from_json_refuses_a_file_that_is_not_a_run(tmp_path, capsys):

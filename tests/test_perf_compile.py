@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmgen.benchmark import IdTokenizer
+from bench.benchmark import IdTokenizer
 from lmgen.lm import LM
 from lmgen.model import GPT, GPTConfig
 

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from lmgen.benchmark import IdTokenizer
+from bench.benchmark import IdTokenizer
 from lmgen.errors import ConfigError
 from lmgen.lm import LM
 from lmgen.model import GPT, GPTConfig

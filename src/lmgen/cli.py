@@ -43,7 +43,6 @@ def _registrars():
         ("lmgen.training.cli", "add_parsers"),
         ("lmgen.plots.cli", "add_parsers"),
         ("lmgen.server.cli", "add_parsers"),
-        ("lmgen.bench_cli", "add_parsers"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])
@@ -52,6 +51,24 @@ def _registrars():
                 continue  # that family is not part of this build
             raise
         yield getattr(mod, attr)
+    yield _bench_pointer
+
+
+def _bench_pointer(sub) -> None:
+    """`lmgen bench` moved out of the package (it needs transformers): a one-line pointer,
+    unlisted in --help."""
+    p = sub.add_parser("bench", add_help=False, prefix_chars="\0")  # every word is "rest"
+    p.add_argument("rest", nargs="*")
+    p.set_defaults(func=_moved)
+
+
+def _moved(args) -> int:
+    print(
+        "error: the benchmark moved out of the package: run `python -m bench` in a checkout of "
+        "the repository (it needs the dev extras: pip install -e '.[dev]')",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,32 +1,36 @@
-"""The benchmark's optional reference point: llama.cpp decoding the same weights.
+"""GGUF export: a GPT written as a GGUF file of llama.cpp's `gpt2` architecture.
 
-`write_gguf` stores a GPT as a GGUF file of llama.cpp's `gpt2` architecture (the `gguf` package
-writes it; tensors keep their values, in float32 or float16). `llama_bench` runs a
-`llama-bench` binary on it and returns its decode rate. Nothing here downloads anything: the
-binary comes from $LLAMA_BENCH or PATH, and without one the comparison is skipped.
+The `gguf` package (llama.cpp's own writer) is an optional extra, `pip install 'lmgen[gguf]'`,
+imported on first use. Tensors keep their values, 2-d weights in float32 or float16, norms and
+biases in float32, as llama.cpp's converter writes them.
 
-The file carries a placeholder vocabulary (`<0>`, `<1>`, ...): `llama-bench` decodes random
-token ids and never tokenizes text, so only the vocabulary's size matters.
+The file carries a placeholder vocabulary (`<0>`, `<1>`, ...): enough for `llama-bench`, which
+decodes random token ids and never tokenizes text; llama.cpp's BPE loader also asks for at
+least one merge and for bos/eos ids, which are given as placeholders too. To chat with the
+file in llama.cpp, convert the model directory with llama.cpp's `convert_hf_to_gguf.py`
+instead (lmgen model directories are Hugging Face GPT-2 directories).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
 
+GGUF_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
-def find_llama_bench() -> str | None:
-    explicit = os.environ.get("LLAMA_BENCH")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    return shutil.which("llama-bench")
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ConfigError(
+            "writing GGUF needs the gguf package: pip install gguf (or lmgen[gguf])"
+        ) from None
+    return gguf
 
 
 def _tensors(model) -> dict[str, torch.Tensor]:
@@ -55,14 +59,11 @@ def _tensors(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
-    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (float32 or float16),
-    norms and biases in float32, as llama.cpp's converter does."""
-    try:
-        import gguf
-    except ImportError:
-        raise ConfigError("writing GGUF needs the gguf package: pip install gguf") from None
-    if dtype not in (torch.float32, torch.float16):
+def write_gguf(
+    model, path: str | os.PathLike, dtype: torch.dtype = torch.float32, name: str = "lmgen export"
+) -> Path:
+    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (float32 or float16)."""
+    if dtype not in GGUF_DTYPES.values():
         raise ConfigError(f"GGUF export supports float32 and float16, got {dtype}", "dtype")
     cfg = model.config
     if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -70,9 +71,12 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
             f"llama.cpp's gpt2 uses the tanh GELU; this model uses {cfg.activation_function!r}",
             "activation_function",
         )
+    if any(getattr(m, "qweight", None) is not None for m in model.modules()):
+        raise ConfigError("cannot export an int8-quantized model: load it unquantized", "quantize")
+    gguf = _gguf()
     path = Path(path)
     w = gguf.GGUFWriter(str(path), "gpt2")
-    w.add_name("lmgen export")
+    w.add_name(name)
     w.add_block_count(cfg.n_layer)
     w.add_context_length(cfg.n_positions)
     w.add_embedding_length(cfg.n_embd)
@@ -90,44 +94,13 @@ def write_gguf(model, path: str | os.PathLike, dtype: torch.dtype = torch.float3
     w.add_bos_token_id(0)
     w.add_eos_token_id(0)
     w.add_add_bos_token(False)
-    for name, t in _tensors(model).items():
-        t = t.detach().float()
-        if t.dim() == 2 and name != "position_embd.weight":
+    for tname, t in _tensors(model).items():
+        t = t.detach().float().cpu()
+        if t.dim() == 2 and tname != "position_embd.weight":
             t = t.to(dtype)
-        w.add_tensor(name, t.contiguous().numpy())
+        w.add_tensor(tname, t.contiguous().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
-
-
-def llama_bench(
-    binary: str,
-    gguf_path: str | os.PathLike,
-    new_tokens: int,
-    threads: int,
-    repeats: int = 1,
-    timeout: float = 600,
-) -> float:
-    """Decode tokens/s (`llama-bench -p 0 -n new_tokens`, the mean over `repeats`)."""
-    cmd = [
-        binary,
-        "-m",
-        str(gguf_path),
-        "-p",
-        "0",
-        "-n",
-        str(new_tokens),
-        "-t",
-        str(threads),
-        "-r",
-        str(repeats),
-        "-o",
-        "json",
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-500:]}")
-    results = json.loads(p.stdout)
-    return float(results[0]["avg_ts"])

