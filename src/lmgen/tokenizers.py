@@ -219,7 +219,12 @@ class BPETokenizer(_Wrapped):
 
 
 def load_tokenizer(directory: str | Path) -> _Wrapped:
-    """Loads `tokenizer.json` (ours or GPT-2's), or GPT-2's `vocab.json` + `merges.txt`."""
+    """Loads `tokenizer.json` (ours or GPT-2's), or GPT-2's `vocab.json` + `merges.txt`.
+
+    tokenizer_config.json is checked field by field: a malformed file is a ModelLoadError
+    naming it, never a traceback."""
+    from .checkpoint import read_json_file
+
     directory = Path(directory)
     path = directory / "tokenizer.json"
     if not path.is_file():
@@ -227,34 +232,84 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
         if vocab.is_file() and merges.is_file():
             try:
                 return BPETokenizer.from_vocab_merges(vocab, merges)
-            except Exception as e:
-                raise ModelLoadError(f"{vocab} / {merges}: not a BPE vocabulary ({e})") from e
+            except BaseException as e:  # tokenizers' Rust panics derive from BaseException
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise ModelLoadError(
+                    f"{vocab} / {merges}: not a BPE vocabulary ({_first_line(e)})"
+                ) from e
         raise ModelLoadError(
             f"{directory}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)"
         )
     try:
         backend = HFTokenizer.from_file(str(path))
-    except Exception as e:
-        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({e})") from e
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({_first_line(e)})") from e
     cfg_path = directory / "tokenizer_config.json"
-    cfg = {}
-    if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except ValueError as e:
-            raise ModelLoadError(f"{cfg_path}: invalid JSON ({e})") from e
+    cfg = read_json_file(cfg_path, 64 << 20) if cfg_path.is_file() else {}
+    if not isinstance(cfg, dict):
+        from .checkpoint import json_type
+
+        raise ModelLoadError(f"{cfg_path}: expected a JSON object, found {json_type(cfg)}")
     kind = cfg.get("lmgen_tokenizer")
-    model_type = json.loads(path.read_text()).get("model", {}).get("type")
-    if kind == "word" or (kind is None and model_type == "WordLevel"):
-        return WordTokenizer(backend, unknown="unk" if cfg.get("unk_token") else "error")
-    if kind == "char":
-        return CharTokenizer(backend)
-    eos = _token_text(cfg.get("eos_token")) or EOS
-    bos = _token_text(cfg.get("bos_token"))
-    return BPETokenizer(backend, eos_token=eos, bos_token=bos)
+    if kind not in (None, "word", "char", "bpe"):
+        raise ModelLoadError(
+            f"{cfg_path}: lmgen_tokenizer must be one of 'word', 'char', 'bpe', got {_show(kind)}"
+        )
+    eos, bos, unk = (
+        _token_text(cfg, key, cfg_path) for key in ("eos_token", "bos_token", "unk_token")
+    )
+    model_type = type(backend.model).__name__
+    try:
+        if kind == "word" or (kind is None and model_type == "WordLevel"):
+            return WordTokenizer(backend, unknown="unk" if unk else "error")
+        if kind == "char":
+            return CharTokenizer(backend)
+        return BPETokenizer(backend, eos_token=eos or EOS, bos_token=bos)
+    except ConfigError as e:
+        raise ModelLoadError(f"{cfg_path}: {e}") from e
 
 
-def _token_text(value) -> str | None:
+def _token_text(cfg: dict, key: str, source: Path) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken object
+    (`{"content": "...", ...}`), or absent/null."""
+    value = cfg.get(key)
     if isinstance(value, dict):
-        return value.get("content")
-    return value
+        value = value.get("content", _MISSING)
+    if value is None or isinstance(value, str):
+        return value
+    raise ModelLoadError(
+        f"{source}: {key} must be a string or an object with a 'content' string, got "
+        f"{_show(cfg.get(key))}"
+    )
+
+
+_MISSING = object()
+
+
+def _show(value) -> str:
+    from .checkpoint import show
+
+    return show(value)
+
+
+def _first_line(e: BaseException) -> str:
+    from .checkpoint import first_line
+
+    return first_line(e)
+
+
+def check_token_ids(tokenizer, vocab_size: int, source: str) -> None:
+    """Every id the tokenizer can produce must index the model's embedding: ids are checked
+    (not the count: a vocabulary may have gaps), added tokens included."""
+    ids = tokenizer.backend.get_vocab(with_added_tokens=True).values()
+    if not ids:
+        raise ModelLoadError(f"{source}: the tokenizer has no tokens")
+    top = max(ids)
+    if top >= vocab_size:
+        raise ModelLoadError(
+            f"{source}: the tokenizer has {len(ids)} tokens with ids up to {top}, but the "
+            f"model's vocab_size is {vocab_size}"
+        )
