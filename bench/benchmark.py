@@ -696,7 +696,7 @@ def run_llamacpp(args, label, lm, w, greedy) -> dict:
 
 
 def run_speculative(args, lm, tok, w) -> list[dict]:
-    from lmgen.speculative import SpeculativeStats
+    from lmgen.decoding.speculative import SpeculativeStats
 
     draft_dir = args.draft
     if draft_dir is None:

@@ -229,17 +229,22 @@ def test_next_token_with_nothing_left_is_an_error(lm):
         lm.next_token("to be", bad_words_ids=everything, min_new_tokens=1)
 
 
-def test_beam_results_are_cut_at_stop_strings(lm):
+def test_beam_hypotheses_end_at_stop_strings(lm):
+    """A stop string ends a hypothesis during the search, as EOS does: it joins the finished
+    set scored by its length up to the stop, and its text is cut before the stop string."""
     kw = dict(
-        strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=12, ignore_eos=True
+        strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=12, ignore_eos=True
     )
     free = lm.generate("to be", **kw)
     text = free.choices[0].text
     stop = text[3:5]
     res = lm.generate("to be", stop=[stop], **kw)
-    best = res.choices[0]
-    assert best.text == text[: text.find(stop)]
-    assert best.finish_reason == "stop"
-    assert lm.tokenizer.decode(best.token_ids).startswith(best.text)
-    assert len(best.logprobs) == len(best.token_ids)
-    assert all(stop not in c.text for c in res.choices)
+    for c in res.choices:
+        assert stop not in c.text
+        full = lm.tokenizer.decode(c.token_ids)
+        assert full.startswith(c.text)
+        assert len(c.logprobs) == len(c.token_ids) == len(c.processed_logprobs)
+        if c.finish_reason == "stop":  # cut where the plain loop cuts (tests/test_text.py)
+            assert stop in full
+    scores = [c.score for c in res.choices]
+    assert scores == sorted(scores, reverse=True)

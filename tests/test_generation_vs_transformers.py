@@ -188,3 +188,37 @@ def test_raw_logprobs_are_the_models(pair):
         p >= r - 1e-5
         for p, r in zip(res.choices[0].processed_logprobs, res.choices[0].logprobs, strict=True)
     )
+
+
+@pytest.mark.parametrize("cfg", BEAM_CONFIGS[:4], ids=lambda c: ",".join(map(str, c.values())))
+def test_beam_stop_string_ends_hypotheses_as_transformers_eos_does(pair, cfg):
+    """A one-character stop string ends a hypothesis at the first token whose text holds it,
+    as if those tokens were EOS ids: transformers' beam search given them as `eos_token_id`
+    (its EOS-finished hypothesis keeps that token) is the oracle, tokens and scores. The
+    character is one the free search writes, so the stop changes the search."""
+    from lmgen.decoding.text import stop_cut
+
+    lm, hf = pair
+    tok = lm.tokenizer
+    kw = dict(strategy="beam", max_new_tokens=12, **cfg)
+    free = lm.generate("to be or not", **kw)
+    char = next(c for c in free.choices[0].text[2:] if c.strip())
+    stops = [i for i in range(tok.vocab_size) if char in tok.decode([i])]
+    res = lm.generate("to be or not", stop=[char], **kw)
+    P = len(res.prompt_token_ids)
+    eos = lm.eos_token_ids[0]
+    out = _hf_generate(
+        hf, lm, res.prompt_token_ids, max_new_tokens=12, output_scores=True,
+        return_dict_in_generate=True, eos_token_id=[eos, *stops], **cfg,
+    )  # fmt: skip
+    assert [c.token_ids for c in res.choices] != [c.token_ids for c in free.choices]
+    for j, choice in enumerate(res.choices):
+        want = _strip(out.sequences[j, P:].tolist(), eos)
+        cut = stop_cut(tok, want, tok.decode(want), [char])
+        if cut is not None:
+            assert choice.finish_reason == "stop"
+            assert (choice.text, len(choice.token_ids)) == cut
+            assert choice.token_ids == want[: cut[1]]
+        else:
+            assert choice.token_ids == want
+        assert choice.score == pytest.approx(out.sequences_scores[j].item(), abs=1e-5)

@@ -123,5 +123,5 @@ def test_hooks_still_fire_and_copies_work():
         assert torch.equal(m2(ids), m(ids))
         m(ids)  # builds the plan
         m3 = copy.deepcopy(m)
-        assert m3._get_plan().layers[0][0].__self__ is m3.h[0].ln_1
+        assert m3.inference_plan().layers[0][0].__self__ is m3.h[0].ln_1
         assert torch.equal(m3(ids), m(ids))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lmgen.fast_sampling import FusedSampler
+from lmgen.decoding.sampling import FusedSampler
 from lmgen.generation_config import GenerationConfig
 from lmgen.processors import build_chain, sample_from_logits
 
@@ -111,16 +111,22 @@ def test_ties_and_other_chains_fall_back():
 
 
 def test_generation_uses_the_fused_sampler_with_the_same_tokens(tiny_lm):
-    from lmgen.generation import _decode_loop, encode_prompt
+    from lmgen import Session
 
     cfg = GenerationConfig(
         strategy="sample", temperature=0.8, top_k=50, top_p=0.9, seed=5, max_new_tokens=30
     )
-    ids = [encode_prompt(tiny_lm, "to be or not")]
-    *_, fast = _decode_loop(tiny_lm, ids, cfg)
-    *_, slow = _decode_loop(tiny_lm, ids, cfg, fast=False)
-    assert fast[0].token_ids == slow[0].token_ids
+    fast_session = Session(tiny_lm, "to be or not", cfg, record=())
+    assert fast_session._stepper.fused is not None
+    (fast,) = fast_session.results()
+    # recording the step's logits needs the whole processed distribution: the chain's path
+    slow_session = Session(tiny_lm, "to be or not", cfg, record=("logits",))
+    assert slow_session._stepper.fused is None
+    (slow,) = slow_session.results()
+    assert fast.token_ids == slow.token_ids
     assert all(
         math.isclose(a, b, abs_tol=1e-5)
-        for a, b in zip(fast[0].processed_logprobs, slow[0].processed_logprobs, strict=True)
+        for a, b in zip(
+            fast.choices[0].processed_logprobs, slow.choices[0].processed_logprobs, strict=True
+        )
     )

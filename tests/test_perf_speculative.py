@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bench.benchmark import IdTokenizer
+from lmgen.decoding.speculative import SpeculativeStats
 from lmgen.errors import ConfigError
 from lmgen.lm import LM
 from lmgen.model import GPT, GPTConfig
-from lmgen.speculative import SpeculativeStats
 
 
 def _lm(seed, vocab=64, layers=2, scale=6.0):
@@ -64,7 +64,7 @@ def _p_value(observed, expected):
 
 
 def test_accept_or_resample_gives_the_target_distribution_chi_square():
-    from lmgen.speculative import _draw, accept_or_resample
+    from lmgen.decoding.speculative import _draw, accept_or_resample
 
     g = torch.Generator().manual_seed(0)
     p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0], dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lmgen.processors as processors
+import lmgen.decoding.sampling as sampling
 from lmgen.errors import GenerationError
 from lmgen.processors import Temperature, TopK, make_generator, sample_from_logits
 
@@ -105,17 +105,13 @@ def test_never_draws_minus_inf(batch, vocab, seed, masked, scale):
 
 def test_top_edge_clamped(monkeypatch):
     # u * total rounding up to the total must not select a trailing -inf token (or run off)
-    monkeypatch.setattr(
-        processors, "_uniform", lambda g, device: torch.ones(1, dtype=torch.float64)
-    )
+    monkeypatch.setattr(sampling, "_uniform", lambda g, device: torch.ones(1, dtype=torch.float64))
     logits = torch.tensor([[0.0, 1.0, -INF, -INF], [0.0, 0.0, 0.0, 0.0]])
     assert sample_from_logits(logits, [None, None]).tolist() == [1, 3]
 
 
 def test_lowest_edge_skips_leading_minus_inf(monkeypatch):
-    monkeypatch.setattr(
-        processors, "_uniform", lambda g, device: torch.zeros(1, dtype=torch.float64)
-    )
+    monkeypatch.setattr(sampling, "_uniform", lambda g, device: torch.zeros(1, dtype=torch.float64))
     logits = torch.tensor([[-INF, -INF, 2.0, 1.0]])
     assert sample_from_logits(logits, [None]).tolist() == [2]
 

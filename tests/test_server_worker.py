@@ -11,7 +11,7 @@ import torch
 import lmgen
 from lmgen.generation import generate
 from lmgen.generation_config import GenerationConfig
-from lmgen.server.worker import CallJob, Cancelled, GenerateJob, ModelWorker, decode_steps
+from lmgen.server.worker import CallJob, Cancelled, GenerateJob, ModelWorker, session_steps
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,12 @@ def _wait(job, timeout=30):
     return job.future.result(timeout)
 
 
-def test_decode_steps_equals_generate_and_streams(lm):
+def test_session_steps_equal_generate_and_stream(lm):
     config = GenerationConfig(
         strategy="sample", seed=3, max_new_tokens=12, num_return_sequences=2, stop=["e"]
     )
     events = []
-    steps = decode_steps(lm, ["To be", "or not"], config, lambda *e: events.append(e))
+    steps = session_steps(lm, ["To be", "or not"], config, lambda *e: events.append(e))
     n_steps = 0
     try:
         while True:

@@ -1,7 +1,7 @@
 """lmgen: a GPT language model, every decoding strategy, and pictures of each step."""
 
+from .decoding import GenerationResult, Session, StepOutput, generate, next_token, stream
 from .errors import ConfigError, GenerationError, LmgenError, ModelLoadError
-from .generation import generate, next_token, stream
 from .generation_config import GenerationConfig
 from .lm import LM, load
 from .model import GPT, GPTConfig
@@ -15,8 +15,11 @@ __all__ = [
     "GPTConfig",
     "GenerationConfig",
     "GenerationError",
+    "GenerationResult",
     "LmgenError",
     "ModelLoadError",
+    "Session",
+    "StepOutput",
     "generate",
     "load",
     "next_token",

@@ -41,19 +41,25 @@ class LM:
     def generate(self, prompt: str | list[str], config=None, **kwargs):
         """Continuations of `prompt` (a list of prompts gives a list of results); keyword
         arguments are `GenerationConfig` fields, e.g. strategy="sample", top_p=0.9, seed=1."""
-        from .generation import generate
+        from .decoding.api import generate
 
         return generate(self, prompt, config, **kwargs)
 
     def stream(self, prompt: str, config=None, **kwargs):
         """Yields text deltas of one continuation as they are decided."""
-        from .generation import stream
+        from .decoding.api import stream
 
         return stream(self, prompt, config, **kwargs)
 
+    def session(self, prompts, config=None, **kwargs):
+        """A stepwise `Session` over `prompts` (see lmgen.decoding.session)."""
+        from .decoding.session import Session
+
+        return Session(self, prompts, config, **kwargs)
+
     def next_token(self, prompt: str, top: int = 10, config=None, **kwargs):
         """The next-token distribution, raw and after the processor chain."""
-        from .generation import next_token
+        from .decoding.api import next_token
 
         return next_token(self, prompt, top, config, **kwargs)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +79,12 @@ SERIAL_DECODE_ATTENTION = False  # see GPT._inference_blocks
 class KVCache:
     """Keys and values for every layer, preallocated to `max_length` positions.
 
-    `length` counts the positions filled; `mask` (batch, max_length) marks real tokens, so
-    left-padded rows never attend to their padding. Beam search reorders rows with `reorder`.
+    Written only through its methods: `update(layer, start, k, v)` stores one layer's keys and
+    values at explicit positions and returns the filled prefix (gpt-fast's `KVCache.update`);
+    `mark(start, attention_mask)` records which of the new positions are real tokens;
+    `advance(n)` moves `length` on once every layer is written; `truncate(n)` rolls back
+    (speculative decoding); `reorder` and `repeat_rows` move rows (beam search). `mask`
+    (batch, max_length) marks real tokens, so left-padded rows never attend to their padding.
     """
 
     def __init__(
@@ -94,15 +100,71 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.mask = torch.ones(batch_size, max_length, dtype=torch.bool, device=device)
         self.has_padding = False
-        self.length = 0
+        self._length = 0
         self.max_length = max_length
         # Per-layer views, made once: the decode step indexes no 5-d tensor per token.
         self.layers = [(self.k[i], self.v[i]) for i in range(config.n_layer)]
         self._spare = None  # see reorder
 
     @property
+    def length(self) -> int:
+        """Positions filled."""
+        return self._length
+
+    @property
     def batch_size(self) -> int:
         return self.k.shape[1]
+
+    def update(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes `k`, `v` (batch, head, T, dim) at positions start..start+T of `layer`;
+        returns that layer's keys and values for positions 0..start+T."""
+        end = start + k.shape[2]
+        ck, cv = self.layers[layer]
+        ck[:, :, start:end] = k
+        cv[:, :, start:end] = v
+        return ck[:, :, :end], cv[:, :, :end]
+
+    def mark(self, start: int, attention_mask: torch.Tensor | None, T: int = 1) -> None:
+        """Records positions start..start+T as real tokens (no mask) or as `attention_mask`
+        (batch, T) says."""
+        if attention_mask is None:
+            self.mask[:, start : start + T] = True
+        else:
+            self.mask[:, start : start + T] = attention_mask.bool()
+            self.has_padding = self.has_padding or not bool(attention_mask.all())
+
+    def advance(self, n: int) -> None:
+        if self._length + n > self.max_length:
+            raise GenerationError(f"KV cache holds {self.max_length} positions, needs more")
+        self._length += n
+
+    def truncate(self, n: int) -> None:
+        """Forgets every position from `n` on (the keys stay, to be overwritten)."""
+        if not 0 <= n <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} positions to {n}")
+        self._length = n
+
+    def repeat_rows(self, n: int, max_length: int | None = None) -> KVCache:
+        """A new cache (of `max_length` positions, default this one's) in which each row is
+        repeated `n` times in place (row i -> rows i*n .. i*n+n-1), filled as far as this one."""
+        L = self._length
+        new = KVCache.__new__(KVCache)
+        m = max_length or self.max_length
+        nl, B, H, _, D = self.k.shape
+        new.k = self.k.new_zeros((nl, B * n, H, m, D))
+        new.v = self.v.new_zeros((nl, B * n, H, m, D))
+        new.mask = self.mask.new_ones((B * n, m))
+        new.k[:, :, :, :L] = self.k[:, :, :, :L].repeat_interleave(n, 1)
+        new.v[:, :, :, :L] = self.v[:, :, :, :L].repeat_interleave(n, 1)
+        new.mask[:, :L] = self.mask[:, :L].repeat_interleave(n, 0)
+        new.has_padding = self.has_padding
+        new._length = L
+        new.max_length = m
+        new.layers = [(new.k[i], new.v[i]) for i in range(nl)]
+        new._spare = None
+        return new
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i].
@@ -111,7 +173,7 @@ class KVCache:
         cache (one `index_select` per tensor: 4-6x faster than copying rows in place, which
         needs a temporary anyway since rows can be both source and destination). The spare set,
         made on the first reorder, doubles the cache's memory for beam search only."""
-        n = self.length
+        n = self._length
         if self._spare is None:
             self._spare = (
                 torch.empty_like(self.k),
@@ -128,6 +190,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """The fused q/k/v and output projections; the attention itself is `attend`."""
+
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.n_head = config.n_head
@@ -138,40 +202,6 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.k[self.layer_idx, :, :, start:end] = k
-            cache.v[self.layer_idx, :, :, start:end] = v
-            k = cache.k[self.layer_idx, :, :, :end]
-            v = cache.v[self.layer_idx, :, :, :end]
-        weights = None
-        if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if mask is None:
-                mask = _causal_mask(T, k.shape[2], x.device)
-            scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(-1)
-            y = weights @ v
-        elif mask is None and T > 1 and k.shape[2] == T:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
-            )
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-            )
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), weights
-
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -181,8 +211,9 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[config.activation_function]
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Block(nn.Module):
@@ -196,19 +227,57 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, cache, need_weights=False):
-        a, weights = self.attn(self.ln_1(x), mask, cache, need_weights)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, weights
+    def ops(self) -> BlockOps:
+        """The block's operations as module calls (hooks fire, dropout applies)."""
+        a, m = self.attn, self.mlp
+        return BlockOps(
+            self.ln_1, a.c_attn, a.c_proj, self.ln_2, m.c_fc, m.act, m.c_proj,
+            a.resid_dropout, m.dropout,
+        )  # fmt: skip
+
+
+class BlockOps(NamedTuple):
+    """One block's operations, in the order `block_forward` applies them."""
+
+    ln_1: Callable
+    c_attn: Callable
+    attn_proj: Callable
+    ln_2: Callable
+    c_fc: Callable
+    act: Callable
+    mlp_proj: Callable
+    attn_drop: Callable = _identity
+    mlp_drop: Callable = _identity
+
+
+def block_forward(
+    x: torch.Tensor, ops: BlockOps, B: int, T: int, H: int, D: int, attend: Callable
+) -> torch.Tensor:
+    """A block's arithmetic, written once: the module path, the inference path and the
+    compiled decode step all run this. `x` is (B, T, C) or (B*T, C); `attend(q, k, v)` takes
+    (B, H, T, D) queries, keys and values and returns the attended values in that shape (it
+    writes the KV cache and chooses the mask)."""
+    q, k, v = ops.c_attn(ops.ln_1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    y = attend(q, k, v)
+    x = x + ops.attn_drop(ops.attn_proj(y.transpose(1, 2).reshape(x.shape)))
+    return x + ops.mlp_drop(ops.mlp_proj(ops.act(ops.c_fc(ops.ln_2(x)))))
+
+
+def attention_weights(q, k, v, mask):
+    """Explicit softmax attention that also returns its weights (for plots)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is None:
+        mask = _causal_mask(q.shape[2], k.shape[2], q.device)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return weights @ v, weights
 
 
 def _decode_fn(module: nn.Module):
     return DecodeLinear(module) if isinstance(module, nn.Linear) else module.forward
 
 
-class _Plan:
-    """The submodules' forward functions in a flat list, looked up once rather than through
+class InferencePlan:
+    """The submodules' forward functions, looked up once rather than through
     `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path). Linear
     layers go through `DecodeLinear` (decode_linear.py)."""
 
@@ -216,7 +285,7 @@ class _Plan:
         self.n_head = model.config.n_head
         self.head_dim = model.config.head_dim
         self.layers = [
-            (
+            BlockOps(
                 b.ln_1.forward,
                 _decode_fn(b.attn.c_attn),
                 _decode_fn(b.attn.c_proj),
@@ -317,7 +386,7 @@ class GPT(nn.Module):
                 if key_mask is not None:  # == positions_from_mask(key_mask)[:, past]
                     position_ids = (key_mask.sum(-1, keepdim=True) - 1).clamp_min(0)
                 else:
-                    position_ids = self._position(past, input_ids.device)
+                    position_ids = self.position(past, input_ids.device)
         else:
             key_mask, mask = self._key_mask(attention_mask, cache, B, T, input_ids.device)
             if mask is not None:
@@ -328,30 +397,44 @@ class GPT(nn.Module):
                 else:
                     position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
 
-        if not (self.training or output_attentions or self._get_plan().hooked()):
+        causal = mask is None and T > 1 and past == 0
+        if not (self.training or output_attentions or self.inference_plan().hooked()):
+            plan = self.inference_plan()
             x = F.embedding(input_ids, self.wte.weight) + F.embedding(position_ids, self.wpe.weight)
-            x = self._inference_blocks(x, mask, cache)
+            x = x.view(B * T, -1)  # 2-d rows for the products (DecodeLinear, F.linear)
+            serial = (
+                SERIAL_DECODE_ATTENTION
+                and T == 1
+                and x.device.type == "cpu"
+                and torch.get_num_threads() > 1
+            )
+            for i, ops in enumerate(plan.layers):
+                attend = _Attend(i, cache, past, mask, causal, 0.0, serial)
+                x = block_forward(x, ops, B, T, plan.n_head, plan.head_dim, attend)
             if cache is not None:
-                cache.length += T
+                cache.advance(T)
+            x = x.view(B, T, -1)
             if logits_to_keep and logits_to_keep < T:
                 x = x[:, -logits_to_keep:]
-            plan = self._get_plan()
             return plan.lm_head(plan.ln_f(x))
 
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         attentions = []
-        for block in self.h:
-            x, weights = block(x, mask, cache, output_attentions)
+        dropout = self.config.dropout if self.training else 0.0
+        H, D = self.config.n_head, self.config.head_dim
+        for i, block in enumerate(self.h):
+            attend = _Attend(i, cache, past, mask, causal, dropout, False, output_attentions)
+            x = block_forward(x, block.ops(), B, T, H, D, attend)
             if output_attentions:
-                attentions.append(weights)
+                attentions.append(attend.weights)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.ln_f(x))
         return (logits, attentions) if output_attentions else logits
 
-    def _position(self, past: int, device) -> torch.Tensor:
+    def position(self, past: int, device) -> torch.Tensor:
         """A (1, 1) position tensor for `past`, from a table made once per device."""
         table = self.__dict__.get("_positions")
         if table is None or table.device != torch.device(device):
@@ -362,11 +445,7 @@ class GPT(nn.Module):
     def _step_mask(self, attention_mask, cache):
         """The one-token-step case of `_key_mask`: (key mask or None, SDPA mask or None)."""
         start = cache.length
-        if attention_mask is not None:
-            cache.mask[:, start] = attention_mask[:, 0].bool()
-            cache.has_padding = cache.has_padding or not bool(attention_mask.all())
-        else:
-            cache.mask[:, start] = True
+        cache.mark(start, attention_mask[:, :1] if attention_mask is not None else None)
         if not cache.has_padding:
             return None, None
         key_mask = cache.mask[:, : start + 1]
@@ -375,10 +454,11 @@ class GPT(nn.Module):
         allowed = key_mask | ~key_mask.any(-1, keepdim=True)
         return key_mask, allowed[:, None, None, :]
 
-    def _get_plan(self) -> _Plan:
+    def inference_plan(self) -> InferencePlan:
+        """The eval-mode operations, looked up once (rebuilt by `reset_plan`)."""
         plan = self.__dict__.get("_plan")
         if plan is None:
-            plan = _Plan(self)
+            plan = InferencePlan(self)
             self.__dict__["_plan"] = plan
         return plan
 
@@ -387,53 +467,11 @@ class GPT(nn.Module):
         state = dict(state)
         state.pop("_plan", None)
         state.pop("_positions", None)
-        state.pop("_compiled_step", None)
         return state
 
     def reset_plan(self) -> None:
         """Forget the inference plan; call after replacing submodules (quantize does)."""
         self.__dict__.pop("_plan", None)
-        self.__dict__.pop("_compiled_step", None)
-
-    def _inference_blocks(self, x: torch.Tensor, mask, cache: KVCache | None) -> torch.Tensor:
-        """The blocks in eval mode without module-call overhead: the same operations in the same
-        order as `Block.forward`, except that the linear layers of a decode step (a few rows) go
-        through `DecodeLinear`, equal to `F.linear` to float rounding. With
-        `decode_linear.ENABLED = False` the results are bitwise identical."""
-        plan = self._get_plan()
-        B, T, C = x.shape
-        H, D = plan.n_head, plan.head_dim
-        start = cache.length if cache is not None else 0
-        end = start + T
-        causal = mask is None and T > 1 and start == 0
-        x = x.view(B * T, C)  # 2-d rows for the products (DecodeLinear, F.linear)
-        # SERIAL_DECODE_ATTENTION runs the one-query attention of a decode step on one thread:
-        # on a machine whose cores are busy with other jobs, the kernel's fork/join stalls for
-        # milliseconds. Off by default: on an idle machine the threads win (7-10% for beams
-        # and batches of 8 on the 14M shape).
-        threads = torch.get_num_threads()
-        serial = SERIAL_DECODE_ATTENTION and T == 1 and threads > 1 and x.device.type == "cpu"
-        for i, (ln_1, c_attn, attn_proj, ln_2, c_fc, act, mlp_proj) in enumerate(plan.layers):
-            q, k, v = c_attn(ln_1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-            if cache is not None:
-                ck, cv = cache.layers[i]
-                ck[:, :, start:end] = k
-                cv[:, :, start:end] = v
-                k = ck[:, :, :end]
-                v = cv[:, :, :end]
-            if causal:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif serial:
-                torch.set_num_threads(1)
-                try:
-                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                finally:
-                    torch.set_num_threads(threads)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + attn_proj(y.transpose(1, 2).reshape(B * T, C))
-            x = x + mlp_proj(act(c_fc(ln_2(x))))
-        return x.view(B, T, C)
 
     def _key_mask(self, attention_mask, cache, B, T, device):
         """Returns (mask over all keys so far or None, attention mask (B, T, S) or None).
@@ -441,11 +479,7 @@ class GPT(nn.Module):
         None means "no padding anywhere": the fast causal paths apply."""
         if cache is not None:
             start, end = cache.length, cache.length + T
-            if attention_mask is not None:
-                cache.mask[:, start:end] = attention_mask.bool()
-                cache.has_padding = cache.has_padding or not bool(attention_mask.all())
-            else:
-                cache.mask[:, start:end] = True
+            cache.mark(start, attention_mask, T)
             if not cache.has_padding:
                 if T == 1 or start == 0:
                     return None, None
@@ -461,3 +495,37 @@ class GPT(nn.Module):
         # Its output is never read: real tokens never attend to padding keys.
         allowed = allowed | ~allowed.any(-1, keepdim=True)
         return key_mask, allowed
+
+
+class _Attend:
+    """One layer's attention for `block_forward`: writes this call's keys and values into the
+    cache, then attends with the mask the call needs (causal, padding, or none)."""
+
+    __slots__ = ("layer", "cache", "start", "mask", "causal", "dropout", "serial", "explicit",
+                 "weights")  # fmt: skip
+
+    def __init__(self, layer, cache, start, mask, causal, dropout, serial, explicit=False):
+        self.layer, self.cache, self.start, self.mask = layer, cache, start, mask
+        self.causal, self.dropout, self.serial, self.explicit = causal, dropout, serial, explicit
+        self.weights = None
+
+    def __call__(self, q, k, v):
+        if self.cache is not None:
+            k, v = self.cache.update(self.layer, self.start, k, v)
+        if self.explicit:
+            y, self.weights = attention_weights(q, k, v, self.mask)
+            return y
+        if self.causal:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout)
+        if self.serial:
+            # SERIAL_DECODE_ATTENTION runs the one-query attention of a decode step on one
+            # thread: on a machine whose cores are busy with other jobs, the kernel's fork/join
+            # stalls for milliseconds. Off by default: on an idle machine the threads win (7-10%
+            # for beams and batches of 8 on the 14M shape).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+            finally:
+                torch.set_num_threads(threads)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=self.dropout)

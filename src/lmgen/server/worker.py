@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 
-from lmgen.generation import _decode_loop, _finish_text, _prepare, _to_result
+from lmgen.decoding.session import Session
 from lmgen.generation_config import GenerationConfig
-from lmgen.processors import build_chain
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,12 @@ class CallJob(Job):
 
 
 class GenerateJob(Job):
-    """Greedy, sampling or beam decoding of one or more prompts, n choices each."""
+    """Greedy, sampling or beam decoding of one or more prompts, n choices each: a `Session`
+    advanced one step per turn (beam search too, so a long search never holds the worker)."""
 
     def __init__(
         self,
-        prompts: list[str],
+        prompts: list,
         config: GenerationConfig,
         loop=None,
         stream: bool = False,
@@ -117,7 +117,7 @@ class GenerateJob(Job):
 
     def steps(self, lm) -> Steps:
         on_delta = self.emit if self.events is not None else None
-        results = yield from decode_steps(lm, self.prompts, self.config, on_delta)
+        results = yield from session_steps(lm, self.prompts, self.config, on_delta)
         scored = None
         if self.prompt_logprobs is not None:
             scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
@@ -127,7 +127,7 @@ class GenerateJob(Job):
 def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
     """One batched decode for several jobs with the same config; returns one result each."""
     prompts = [p for j in jobs for p in j.prompts]
-    results = yield from decode_steps(lm, prompts, jobs[0].config)
+    results = yield from session_steps(lm, prompts, jobs[0].config)
     out, k = [], 0
     for j in jobs:
         out.append((results[k : k + len(j.prompts)], None))
@@ -138,79 +138,43 @@ def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
 # -- stepwise decoding ------------------------------------------------------------------------
 
 
-def decode_steps(
-    lm, prompts: list[str], config: GenerationConfig, on_delta: Callable[..., None] | None = None
+def session_steps(
+    lm, prompts: list, config: GenerationConfig, on_delta: Callable[..., None] | None = None
 ) -> Steps:
-    """`generate(lm, prompts, config)` one model step per `next()`; returns its results.
+    """A `Session` over `prompts`, one step per `next()`; returns its results.
 
-    Uses the same preparation, decode loop and result building as `lmgen.generate`, so the
-    results are the same; `on_delta` gets the text of each choice as it is decided, with the
-    same hold-back rules as `lmgen.generation.stream` (unfinished UTF-8, possible stop-string
-    prefixes), then its finish reason.
+    `on_delta` gets ("delta", choice, text) as each choice's text is decided (the session's
+    hold-back rules: unfinished UTF-8, possible stop-string prefixes), then ("finish", choice,
+    reason). Closing the generator (a cancelled job) closes the session, which frees its
+    cache at once.
     """
-    config, warnings, _, prompts, ids = _prepare(lm, prompts, config, {})
-    n = config.num_return_sequences
-    if config.effective_strategy() == "beam":
-        from lmgen.beam import beam_search
-
-        yield  # admission and the search are separate turns
-        results = beam_search(lm, prompts, ids, config, warnings)
-        if on_delta is not None:
-            for k, res in enumerate(results):
-                for c in res.choices:
-                    if c.text:
-                        on_delta("delta", k * n + c.index, c.text)
-                    on_delta("finish", k * n + c.index, c.finish_reason)
-        return results
-
-    tok = lm.tokenizer
-    holdback = max((len(s) for s in config.stop or []), default=1) - 1
-    done: set[int] = set()
-    rows: list = []
-
-    def flush(i: int, row) -> None:
-        final = _finish_text(row, tok)
-        if len(final) > row.emitted:
-            on_delta("delta", i, final[row.emitted :])
-            row.emitted = len(final)
-        on_delta("finish", i, row.finish_reason)
-        done.add(i)
-
-    for rows in _decode_loop(lm, ids, config):
-        if on_delta is not None:
-            for i, row in enumerate(rows):
-                if i in done:
-                    continue
-                if row.finish_reason is not None:
-                    flush(i, row)
-                    continue
-                text = row.text if config.stop else tok.decode(row.token_ids)
-                safe = len(text.rstrip("\ufffd")) - holdback
-                if safe > row.emitted:
-                    on_delta("delta", i, text[row.emitted : safe])
-                    row.emitted = safe
-        yield
-    if on_delta is not None:
-        for i, row in enumerate(rows):
-            if i not in done:
-                flush(i, row)
-    chain = build_chain(
-        config, prompt_length=max(map(len, ids)), eos_token_ids=lm.eos_token_ids
-    ).describe()
-    return [
-        _to_result(lm, p, i, rows[k * n : (k + 1) * n], chain, warnings)
-        for k, (p, i) in enumerate(zip(prompts, ids, strict=True))
-    ]
+    session = Session(lm, prompts, config, record=("text",) if on_delta else ())
+    yield  # admission and the first model step are separate turns
+    try:
+        while not session.done:
+            out = session.step()
+            if on_delta is not None:
+                for i, delta in enumerate(out.deltas):
+                    if delta:
+                        on_delta("delta", i, delta)
+                for i, reason in out.finished.items():
+                    on_delta("finish", i, reason)
+            if not session.done:
+                yield
+    finally:
+        session.close()
+    return session.results()
 
 
-def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list[dict]]:
+def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list[dict | None]]:
     """Raw log-probabilities of each prompt token given the ones before it (None for the
-    first), and the top-`top` alternatives at each position, as OpenAI's `echo` reports."""
+    first), and the top-`top` alternatives at each position (None for the first), as OpenAI's
+    `echo` reports."""
     ids = ids[-lm.config.n_positions :]
     x = torch.tensor([ids], device=lm.device)
     logp = torch.log_softmax(lm.model(x)[0].float(), dim=-1)  # (T, V)
     lps: list[float | None] = [None]
-    tops: list[dict] = [{}]
+    tops: list[dict | None] = [None]
     if len(ids) > 1:
         lps += logp[:-1].gather(1, x[0, 1:, None])[:, 0].tolist()
         if top:

@@ -1,4 +1,6 @@
-"""Temperature -> top-k -> top-p -> inverse-CDF draw, done on the top candidates only.
+"""Choosing a token: the one inverse-CDF draw every sampling path uses, per-request seeded
+generators, and a fused temperature -> top-k -> top-p sampler that works on the top
+candidates only.
 
 The processor chain (processors.py) is the definition: it rewrites the whole vocabulary
 (a top-k pass, a pass per mask, a sort for top-p) and `sample_from_logits` then builds a CDF
@@ -26,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from lmgen.errors import GenerationError
 
 from .processors import Temperature, TopK, TopP
 
@@ -76,12 +80,7 @@ class FusedSampler:
             return None
         ids, scores = cand
         # Draw in token-id order, as sample_from_logits does over the whole vocabulary.
-        probs = scores.double().softmax(dim=-1)
-        cdf = probs.cumsum(dim=-1)
-        u = torch.cat([_uniform(g, logits.device) for g in generators]).unsqueeze(1)
-        pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-        last = scores.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1, True)
-        pick = torch.minimum(pick, last)
+        pick = draw(scores.double().softmax(dim=-1), generators)[:, None]
         tokens = ids.gather(1, pick)[:, 0]
         logprob = (scores.gather(1, pick) - torch.logsumexp(scores, -1, keepdim=True))[:, 0]
         return tokens, logprob
@@ -148,6 +147,45 @@ class FusedSampler:
             scores = scores / self.temperature
         ids, order = ids.sort(dim=-1)
         return ids, scores.gather(1, order)
+
+
+def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator | None:
+    """A generator seeded for one request, or None (use torch's global RNG)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """The one token draw: row i of `probs` [B, V] (float64, any non-negative weights) is
+    inverted at one float64 uniform from `generators[i]` (None: torch's global RNG), so a
+    seeded row draws the same tokens whatever else shares the batch. Tokens of weight zero are
+    never drawn. Every path that samples (the chain, the fused sampler, speculative decoding)
+    draws here."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.cat([_uniform(g, probs.device) for g in generators]).unsqueeze(1)
+    picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    # u * total can round up to the total: clamp to the last token that has weight.
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
+    return torch.minimum(picked, last)[:, 0]
+
+
+def sample_from_logits(
+    logits: torch.Tensor, generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """One token per row from softmax(logits); tokens at -inf are never drawn."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
+    if len(generators) != logits.shape[0]:
+        raise ValueError(f"need one generator per row: {len(generators)} for {logits.shape[0]}")
+    probs = logits.double().softmax(dim=-1)
+    bad = ~(probs.sum(-1) > 0)  # nan (all -inf, or nan logits) or no mass
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise GenerationError(f"no token can be sampled in rows {rows}: every logit is -inf")
+    return draw(probs, generators)
 
 
 def _uniform(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

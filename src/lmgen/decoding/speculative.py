@@ -1,0 +1,214 @@
+"""Speculative decoding: a small draft model proposes k tokens, the target checks them in one
+forward pass, and the output follows the target's distribution exactly.
+
+- Greedy: a proposal is kept while it equals the target's argmax; at the first mismatch the
+  target's token is taken. The tokens are identical to plain greedy decoding.
+- Sampling (Leviathan et al. 2023; Chen et al. 2023): proposal x drawn from the draft's
+  processed distribution q is kept with probability min(1, p(x) / q(x)) under the target's
+  processed distribution p; at the first rejection a token is drawn from norm(max(0, p - q));
+  when all k are kept, one more is drawn from the target. Every emitted token is distributed
+  exactly as p, for any draft.
+
+Both models see the same processor chain (penalties, temperature, top-k, ...), applied to each
+position with the sequence up to it. One prompt, one sequence; both caches roll back through
+`DecodeState.rewind`. Draws come from the request's generator. Past the context (under
+`context_overflow="slide"`) every step would slide both windows, so the stepper goes on with
+plain one-token steps of the target: the same tokens the plain loop makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmgen.errors import ConfigError
+
+from .sampling import draw
+from .state import DecodeState, Tokens
+from .steppers import Pick, top_alternatives
+
+
+@dataclass
+class SpeculativeStats:
+    """Counts over calls: proposals made, proposals kept, target passes."""
+
+    proposed: int = 0
+    accepted: int = 0
+    rounds: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.proposed if self.proposed else float("nan")
+
+    @property
+    def tokens_per_round(self) -> float:
+        return (self.accepted + self.rounds) / self.rounds if self.rounds else float("nan")
+
+    def reset(self) -> None:
+        self.proposed = self.accepted = self.rounds = 0
+
+
+def check_draft(lm, draft, config, k: int) -> None:
+    if draft.config.vocab_size != lm.config.vocab_size:
+        raise ConfigError(
+            f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the "
+            f"target's ({lm.config.vocab_size}); speculative decoding needs a shared tokenizer",
+            "draft",
+        )
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"speculative_k must be an int >= 1, got {k!r}", "speculative_k")
+    if config.effective_strategy() == "beam":
+        raise ConfigError(
+            "speculative decoding (draft) works with greedy and sampling, not strategy 'beam'",
+            "draft",
+        )
+    if config.num_return_sequences != 1:
+        raise ConfigError(
+            "speculative decoding (draft) makes one sequence: num_return_sequences must be 1, "
+            f"got {config.num_return_sequences}",
+            "num_return_sequences",
+        )
+
+
+def _probs(logits: torch.Tensor) -> torch.Tensor:
+    return logits.double().softmax(dim=-1)
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
+    return int(draw(probs[None], [gen])[0])
+
+
+def accept_or_resample(
+    p: torch.Tensor, q: torch.Tensor, token: int, gen: torch.Generator | None
+) -> tuple[int, bool]:
+    """The rule that keeps the target's distribution: `token` ~ q is kept with probability
+    min(1, p[token] / q[token]); otherwise a token is drawn from norm(max(0, p - q)).
+    Returns (token, kept)."""
+    u = torch.rand(
+        1, generator=gen, dtype=torch.float64, device=gen.device if gen is not None else p.device
+    )
+    if float(u) * float(q[token]) < float(p[token]):  # u < p/q without dividing
+        return token, True
+    residual = (p - q).clamp_min(0)
+    return _draw(residual if float(residual.sum()) > 0 else p, gen), False
+
+
+class SpeculativeStepper:
+    def __init__(self, lm, draft, tokens: Tokens, config, chain, generators, k: int,
+                 stats: SpeculativeStats | None = None):  # fmt: skip
+        if tokens.rows != 1:
+            raise ConfigError("speculative decoding (draft) takes one prompt", "prompt")
+        self.tok = lm.tokenizer
+        self.tokens = tokens
+        self.config = config
+        self.chain = chain
+        self.sample = config.effective_strategy() == "sample"
+        self.gen = generators[0]
+        self.k = k
+        self.stats = stats
+        capacity = tokens.prompt_width + config.max_new_tokens
+        policy = config.context_overflow
+        self.target = DecodeState(lm.model, tokens, capacity, policy)
+        self.draft = DecodeState(draft.model, tokens, capacity, policy)
+        self.capacity = min(self.target.capacity, self.draft.capacity)
+        self.made = 0
+        self.raw_logits = self.processed_logits = None
+        self.done = False
+
+    def _process(self, upto: int, logits: torch.Tensor) -> torch.Tensor:
+        return self.chain(self.tokens.seq[:, :upto], logits) if self.chain else logits
+
+    def prefill(self) -> None:
+        # Both caches hold every token but the last, which each round feeds first.
+        n = self.tokens.length
+        if n > 1 and n <= self.capacity:
+            self.tokens.length = n - 1
+            self.target.feed()
+            self.draft.feed()
+            self.tokens.length = n
+
+    def select(self) -> list[list[Pick]]:
+        n = self.tokens.length
+        kk = min(self.k, self.config.max_new_tokens - self.made)
+        if n + kk > self.capacity:
+            return [self._plain_step()]
+        # 1. the draft proposes kk tokens
+        d_probs, d_tokens = [], []
+        for j in range(kk):
+            logits = self.draft.feed()[:, -1].float()
+            q_scores = self._process(n + j, logits)[0]
+            if self.sample:
+                q = _probs(q_scores)
+                t = _draw(q, self.gen)
+                d_probs.append(q)
+            else:
+                t = int(q_scores.argmax())
+            d_tokens.append(t)
+            self.tokens.write(n + j, [t])
+            self.tokens.length = n + j + 1
+        # 2. the target scores the pending token and all proposals in one pass
+        self.tokens.length = n + kk
+        t_logits = self.target.feed(keep=kk + 1)[0].float()
+        raw = t_logits.log_softmax(-1)
+        accepted = 0
+        out, p_lps = [], []
+        for j in range(kk + 1):
+            p_scores = self._process(n + j, t_logits[j : j + 1])[0]
+            p_lps.append(p_scores.log_softmax(-1))
+            if j == kk:  # all kept: one more from the target
+                t = _draw(_probs(p_scores), self.gen) if self.sample else int(p_scores.argmax())
+                out.append(t)
+                break
+            t = d_tokens[j]
+            if self.sample:
+                t, kept = accept_or_resample(_probs(p_scores), d_probs[j], t, self.gen)
+                out.append(t)
+                if kept:
+                    accepted += 1
+                    continue
+                break
+            best = int(p_scores.argmax())
+            if t == best:
+                accepted += 1
+                out.append(t)
+                continue
+            out.append(best)
+            break
+        if self.stats is not None:
+            self.stats.proposed += kk
+            self.stats.accepted += accepted
+            self.stats.rounds += 1
+        # 3. keep what was accepted; both caches roll back to all but the newest token
+        out = out[: self.config.max_new_tokens - self.made]
+        self.tokens.write(n, out)
+        self.tokens.length = n + len(out)
+        self.made += len(out)
+        self.target.rewind(self.tokens.length - 1)
+        self.draft.rewind(self.tokens.length - 1)
+        top = None
+        if self.config.logprobs:
+            top = top_alternatives(self.tok, raw[: len(out)], self.config.logprobs)
+        return [
+            [
+                Pick(t, float(raw[j, t]), float(p_lps[j][t]), top[j] if top else None)
+                for j, t in enumerate(out)
+            ]
+        ]
+
+    def _plain_step(self) -> list[Pick]:
+        """One token from the target alone (the sliding window past the context)."""
+        logits = self.target.feed()[:, -1].float()
+        raw = logits.log_softmax(-1)
+        scores = self._process(self.tokens.length, logits)[0]
+        t = _draw(_probs(scores), self.gen) if self.sample else int(scores.argmax())
+        self.tokens.write(self.tokens.length, [t])
+        self.tokens.length += 1
+        self.made += 1
+        n_top = self.config.logprobs
+        top = top_alternatives(self.tok, raw, n_top) if n_top else None
+        proc = float(scores.log_softmax(-1)[t])
+        return [Pick(t, float(raw[0, t]), proc, top[0] if top else None)]
+
+    def advance(self, finished: list[bool]) -> None:
+        pass  # each round starts by feeding what the caches have not seen

@@ -1,0 +1,110 @@
+"""Greedy and sampling: the stepper that picks one token per row per step.
+
+A stepper turns one step's logits into tokens over a shared `DecodeState`; `Session` does the
+rest (EOS, stop strings, text, results). The protocol, which beam.py and speculative.py
+follow too: `prefill()` once, then `select()` picks this step's tokens (a list of `Pick`s per
+row), then `advance(finished)` runs the model for the next step; `done` says when the
+stepper itself has nothing more to do; `raw_logits`/`processed_logits` hold the step's
+distributions when recording them was asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .results import TopLogprob
+from .sampling import FusedSampler, sample_from_logits
+from .state import DecodeState, Tokens
+
+
+@dataclass
+class Pick:
+    token_id: int
+    logprob: float  # raw model
+    processed_logprob: float
+    top: list[TopLogprob] | None = None
+
+
+def top_alternatives(tok, raw_logp: torch.Tensor, n: int) -> list[list[TopLogprob]]:
+    """The raw model's `n` most likely tokens per row of `raw_logp` (rows, vocab)."""
+    values, ids = raw_logp.topk(n, dim=-1)
+    return [
+        [TopLogprob(i, tok.token_to_str(i), v) for v, i in zip(vs, js, strict=True)]
+        for vs, js in zip(values.tolist(), ids.tolist(), strict=True)
+    ]
+
+
+class SampleStepper:
+    """Greedy (argmax) or sampling (one seeded draw per row) from the processed logits."""
+
+    def __init__(self, lm, tokens: Tokens, config, chain, generators, *, record_logits=False,
+                 step_fn=None):  # fmt: skip
+        self.tok = lm.tokenizer
+        self.tokens = tokens
+        self.config = config
+        self.chain = chain
+        self.sample = config.effective_strategy() == "sample"
+        self.generators = generators
+        self.record_logits = record_logits
+        capacity = tokens.prompt_width + config.max_new_tokens
+        self.state = DecodeState(lm.model, tokens, capacity, config.context_overflow, step_fn)
+        self.fused = FusedSampler.from_chain(chain) if self.sample and not record_logits else None
+        eos = lm.eos_token_ids
+        self.pad = eos[0] if eos else None
+        self.unfinished = torch.ones(tokens.rows, dtype=torch.bool, device=tokens.seq.device)
+        self.all_running = True
+        self.logits: torch.Tensor | None = None
+        self.raw_logits = self.processed_logits = None
+        self.done = False
+
+    def prefill(self) -> None:
+        self.logits = self.state.feed()[:, -1]
+
+    def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, processed) logits of the pending step, without choosing."""
+        logits = self.logits.float()
+        seq = self.tokens.seq[:, : self.tokens.length]
+        return logits, (self.chain(seq, logits) if self.chain else logits)
+
+    def select(self) -> list[list[Pick]]:
+        logits = self.logits.float()
+        # one fused pass (log_softmax) rather than logsumexp's several reductions
+        raw_logp = logits.log_softmax(dim=-1)
+        picked = self.fused(logits, self.generators) if self.fused is not None else None
+        if picked is not None:
+            nxt, proc_lp = picked
+        else:
+            seq = self.tokens.seq[:, : self.tokens.length]
+            scores = self.chain(seq, logits) if self.chain else logits
+            if self.sample:
+                nxt = sample_from_logits(scores, self.generators)
+            else:
+                nxt = scores.argmax(dim=-1)
+            if self.chain:
+                proc_lp = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
+            if self.record_logits:
+                self.raw_logits, self.processed_logits = logits, scores
+        raw_lp = raw_logp.gather(1, nxt[:, None])[:, 0]
+        if picked is None and not self.chain:
+            proc_lp = raw_lp
+        if self.pad is not None and not self.all_running:
+            nxt = torch.where(self.unfinished, nxt, self.pad)
+        self.tokens.append(nxt)
+        top = None
+        if self.config.logprobs:
+            top = top_alternatives(self.tok, raw_logp, self.config.logprobs)
+        ids, raw, proc = nxt.tolist(), raw_lp.tolist(), proc_lp.tolist()
+        return [
+            [Pick(ids[b], raw[b], proc[b], top[b] if top is not None else None)]
+            for b in range(len(ids))
+        ]
+
+    def advance(self, finished: list[bool]) -> None:
+        if any(finished):
+            self.unfinished = torch.tensor(
+                [not f for f in finished], dtype=torch.bool, device=self.unfinished.device
+            )
+        self.all_running = not any(finished)
+        self.logits = self.state.feed()[:, -1]
