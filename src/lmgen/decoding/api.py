@@ -10,7 +10,7 @@ from lmgen.errors import ConfigError, GenerationError
 from lmgen.generation_config import GenerationConfig
 
 from .results import BeamTrace, Candidate, GenerationResult, NextToken
-from .session import Session, _split_prompts, make_config
+from .session import Session, split_prompts, make_config
 
 
 def generate(lm, prompt, config: GenerationConfig | None = None, *, draft=None,
@@ -30,7 +30,7 @@ def generate(lm, prompt, config: GenerationConfig | None = None, *, draft=None,
         return results[0] if session.single else results
     # Speculative decoding runs one sequence at a time: a session per prompt.
     config, _ = make_config(config, kwargs)
-    single, prompts = _split_prompts(prompt)
+    single, prompts = split_prompts(prompt)
     if not prompts:
         raise ConfigError("no prompts given", "prompt")
     results: list[GenerationResult] = []

@@ -127,7 +127,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _split_prompts(prompts) -> tuple[bool, list]:
+def split_prompts(prompts) -> tuple[bool, list]:
     if isinstance(prompts, str):
         return True, [prompts]
     if isinstance(prompts, Sequence) and prompts and all(_is_int(t) for t in prompts):
@@ -188,7 +188,7 @@ class Session:
                 "record",
             )
         self.record = frozenset(record)
-        self.single, prompts = _split_prompts(prompts)
+        self.single, prompts = split_prompts(prompts)
         if not prompts:
             raise ConfigError("no prompts given", "prompt")
         self.prompt_token_ids = [encode_prompt(lm, p) for p in prompts]
