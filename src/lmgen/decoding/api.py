@@ -103,13 +103,29 @@ def next_token(lm, prompt: str, top: int = 10, config: GenerationConfig | None =
 def beam_trace(lm, prompt: str, config: GenerationConfig | None = None, **kwargs):
     """Beam search over one prompt with every step's candidates recorded: (the result, its
     `BeamTrace`), for the beam-tree plot and the playground."""
+    steps = beam_trace_steps(lm, prompt, config, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def beam_trace_steps(lm, prompt: str, config: GenerationConfig | None = None, **kwargs):
+    """`beam_trace` as a generator that yields after each step of the search (a server runs
+    one per turn) and returns (the result, its `BeamTrace`)."""
     session = Session(lm, prompt, config, record=("candidates",), **kwargs)
     if session.strategy != "beam" or not session.single:
         raise ConfigError("beam_trace() takes one prompt and strategy 'beam'", "strategy")
     trace = BeamTrace(session.prompt_token_ids[0])
-    for out in session:
-        if out.candidates:
-            trace.steps.append(out.candidates[0])
+    try:
+        while not session.done:
+            out = session.step()
+            if out.candidates:
+                trace.steps.append(out.candidates[0])
+            yield
+    finally:
+        session.close()
     (result,) = session.results()
     trace.finished = [{"token_ids": c.token_ids, "score": c.score} for c in result.choices]
     return result, trace

@@ -76,7 +76,7 @@ class Job:
 
 
 class CallJob(Job):
-    """Model work done in one piece (next-token distributions, beam search with a trace)."""
+    """Model work done in one piece (next-token distributions)."""
 
     def __init__(self, fn: Callable[[Any], Any], loop=None):
         super().__init__(loop)
@@ -85,6 +85,19 @@ class CallJob(Job):
     def steps(self, lm) -> Steps:
         return self.fn(lm)
         yield  # a generator that finishes on its first step
+
+
+class StepsJob(Job):
+    """Model work that is itself a generator of steps (`fn(lm)` yields between model steps
+    and returns the result), e.g. beam search with a trace: one step per turn, and a dropped
+    job stops within a step."""
+
+    def __init__(self, fn: Callable[[Any], Steps], loop=None):
+        super().__init__(loop)
+        self.fn = fn
+
+    def steps(self, lm) -> Steps:
+        return self.fn(lm)
 
 
 class GenerateJob(Job):
