@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
-from conftest import save_peaky_model
 
 import lmgen
+from conftest import save_peaky_model
 from lmgen.server import create_app, serve_in_thread
 
 TEXTS = ["To be, or not to be: that is the question."] * 20

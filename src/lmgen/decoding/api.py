@@ -10,7 +10,7 @@ from lmgen.errors import ConfigError, GenerationError
 from lmgen.generation_config import GenerationConfig
 
 from .results import BeamTrace, Candidate, GenerationResult, NextToken
-from .session import Session, split_prompts, make_config
+from .session import Session, make_config, split_prompts
 
 
 def generate(lm, prompt, config: GenerationConfig | None = None, *, draft=None,
