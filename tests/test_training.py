@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,10 +20,14 @@ from lmgen.lm import LM
 from lmgen.training.data import build_dataset, files_corpus
 from lmgen.training.evaluate import evaluate_bits_per_byte, evaluate_text
 from lmgen.training.train import (
+    checkpoint_dirs,
+    checkpoint_problem,
+    clean_run_dir,
     latest_checkpoint,
     load_recipe,
     lr_factor,
     read_metrics,
+    save_checkpoint,
     train,
 )
 
@@ -293,6 +298,156 @@ def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, ca
     assert a_file.read_text() == "x"
 
 
+# ------------------------------------------------------------------ kills and resume
+
+
+class _Killed(BaseException):
+    """A simulated kill -9 (BaseException: no `except Exception` stops it)."""
+
+
+@contextlib.contextmanager
+def _dies_at(n: int):
+    """The n-th filesystem change (mkdir, rename, unlink, rmdir, a safetensors write) raises
+    _Killed, and so does every one after it: as after a kill -9, nothing the dying process
+    still tries (its cleanup included) reaches the disk. Yields the running count."""
+    import lmgen.checkpoint as ck
+
+    count = [0]
+
+    def dying(fn):
+        def call(*args, **kwargs):
+            count[0] += 1
+            if count[0] >= n:
+                raise _Killed
+            return fn(*args, **kwargs)
+
+        return call
+
+    names = ("mkdir", "replace", "rename", "unlink", "rmdir")
+    real = {name: getattr(os, name) for name in names}
+    real_save = ck.save_file
+    for name in names:
+        setattr(os, name, dying(real[name]))
+    ck.save_file = dying(real_save)
+    try:
+        yield count
+    finally:
+        for name in names:
+            setattr(os, name, real[name])
+        ck.save_file = real_save
+
+
+def _tiny_model(data_dir):
+    from lmgen.model import GPT, GPTConfig
+    from lmgen.training.data import Dataset
+
+    tok = Dataset(data_dir).tokenizer()
+    config = GPTConfig(vocab_size=300, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    return GPT(config), tok
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "optimizer": {}, "scheduler": {}, "rng": {}}
+
+
+def _assert_consistent(run: Path, allowed: set[str]) -> None:
+    """Every step-* directory complete, the newest one loads, one of `allowed`."""
+    for _, p in checkpoint_dirs(run):
+        assert checkpoint_problem(p) is None, (p, checkpoint_problem(p))
+    latest = latest_checkpoint(run)
+    assert latest is not None and latest.name in allowed, latest
+    read_model_dir(latest / "model")
+    assert torch.load(latest / "state.pt", weights_only=False)["step"] == int(latest.name[5:])
+
+
+def test_checkpoint_save_killed_at_every_filesystem_step(data_dir, tmp_path):
+    """A kill at each of the filesystem changes of one checkpoint save (new checkpoint in,
+    the oldest rotated out; and a same-step re-save): every step-* directory left is
+    complete, the newest loads, and the next start removes every temporary."""
+    model, tok = _tiny_model(data_dir)
+
+    def setup(run: Path) -> None:
+        for step in (1, 2):
+            save_checkpoint(run, step, model, tok, _state(step), keep=2)
+
+    for label, step, allowed in (
+        ("new", 3, {"step-000002", "step-000003"}),
+        ("again", 2, {"step-000001", "step-000002"}),
+    ):
+        with _dies_at(10**9) as count:
+            setup(tmp_path / f"{label}-count")
+            before = count[0]
+            save_checkpoint(tmp_path / f"{label}-count", step, model, tok, _state(step), keep=2)
+        steps = count[0] - before
+        assert steps >= 10  # mkdtemp, model dir build and swap, rename in, rotation
+        for k in range(1, steps + 1):
+            run = tmp_path / f"{label}-{k}"
+            setup(run)
+            with pytest.raises(_Killed), _dies_at(k):
+                save_checkpoint(run, step, model, tok, _state(step), keep=2)
+            _assert_consistent(run, allowed)
+            clean_run_dir(run)
+            left = sorted(p.name for p in (run / "checkpoints").iterdir())
+            assert all(n.startswith("step-") for n in left), (k, left)
+            _assert_consistent(run, allowed)
+
+
+def test_final_model_write_killed_at_every_step_is_recovered(data_dir, tmp_path):
+    from lmgen.checkpoint import recover_model_dir, write_model_dir
+
+    model, tok = _tiny_model(data_dir)
+    with _dies_at(10**9) as count:
+        write_model_dir(model, tok, tmp_path / "count" / "final")
+        before = count[0]
+        write_model_dir(model, tok, tmp_path / "count" / "final")
+    for k in range(1, count[0] - before + 1):
+        final = tmp_path / f"r{k}" / "final"
+        write_model_dir(model, tok, final)
+        with pytest.raises(_Killed), _dies_at(k):
+            write_model_dir(model, tok, final)
+        recover_model_dir(final)
+        assert sorted(p.name for p in final.parent.iterdir()) == ["final"], k
+        read_model_dir(final)
+
+
+def test_resume_skips_reports_and_sets_aside_broken_checkpoints(data_dir, tmp_path, caplog):
+    recipe = tiny("max_steps=12", "checkpoint_interval=4", "keep_checkpoints=3", "dropout=0.1")
+    train(data_dir, tmp_path / "whole", recipe, progress=False)
+    cut = tmp_path / "cut"
+    assert train(data_dir, cut, recipe, progress=False, stop_after=12) is None
+    ck = cut / "checkpoints"
+    assert [p.name for _, p in checkpoint_dirs(cut)] == [f"step-0000{s:02d}" for s in (4, 8, 12)]
+    state = ck / "step-000012" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # torn
+    (ck / "step-000008" / "model" / "model.safetensors").unlink()  # what rmtree in place left
+    for stale in (ck / ".tmp-abcd1234", ck / ".trash-step-000001-0123abcd", cut / ".final.tmp-9"):
+        (stale / "model").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="lmgen.training.train"):
+        train(data_dir, cut, recipe, resume=True, progress=False)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "step-000012 is broken (state.pt does not load" in said
+    assert "step-000008 is broken (model/model.safetensors missing)" in said
+    start = [r for r in read_metrics(cut / "metrics.jsonl") if r["event"] == "start"][-1]
+    assert start["resumed_from"].endswith("step-000004")
+    assert [s.split(":")[0] for s in start["skipped_checkpoints"]] == [
+        "step-000012",
+        "step-000008",
+    ]
+    names = sorted(p.name for p in ck.iterdir())
+    assert names == [
+        "broken-step-000008",
+        "broken-step-000012",
+        "step-000004",
+        "step-000008",
+        "step-000012",
+    ]
+    assert not list(cut.glob(".final.*"))
+    a = read_model_dir(tmp_path / "whole" / "final")[1].state_dict()
+    b = read_model_dir(cut / "final")[1].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 # ------------------------------------------------------------------ bits per byte
 
 
@@ -537,3 +692,19 @@ def test_sigkill_at_a_random_moment_then_resume(data_dir, tmp_path):
     b = read_model_dir(cut / "final")[1].state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_sigkill_loop_of_30_never_leaves_a_broken_or_unresumable_run(tmp_path):
+    """scripts/probe_kill9.py: 30 SIGKILLs at random moments of checkpoint-every-step training
+    on one run directory, each followed by --resume; then the run to its end."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_kill9", ROOT / "scripts/probe_kill9.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    figures = probe.run_probe(iterations=30, seed=1, work=tmp_path, say=lambda line: None)
+    assert figures["iterations"] == 30 and not figures["finished_early"], figures
+    assert figures["broken_states"] == 0 and figures["unresumable_states"] == 0, figures
+    assert figures["mid_checkpoint_kills"] > 0, figures  # the kills did catch saves
+    assert figures["final_identical"] and figures["left_after_finish"] == [], figures

@@ -503,6 +503,28 @@ def write_model_dir(
     return directory
 
 
+def recover_model_dir(directory: str | Path) -> list[str]:
+    """Tidies what an interrupted `write_model_dir(directory)` can leave beside it: a
+    `.NAME.tmp-*` build (removed) and, from a kill between its two renames, the previous
+    `.NAME.old-*` (renamed back when `directory` is missing, else removed). Returns what it
+    did, one line each; only the process that writes `directory` may call it."""
+    directory = Path(directory)
+    done = []
+    if not directory.parent.is_dir():
+        return done
+    for p in sorted(directory.parent.glob(f".{directory.name}.old-*")):
+        if not directory.exists():
+            os.replace(p, directory)
+            done.append(f"restored {directory} from {p.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p}")
+    for p in sorted(directory.parent.glob(f".{directory.name}.tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(f"removed {p}")
+    return done
+
+
 def bundled_models() -> list[str]:
     if not BUNDLED_DIR.is_dir():
         return []

@@ -72,7 +72,12 @@ def add_parsers(subparsers) -> None:
         dest="overrides",
         help="override a recipe key, e.g. --set train.max_steps=200 (repeatable)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint that loads (broken ones are reported and "
+        "set aside)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

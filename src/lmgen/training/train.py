@@ -22,9 +22,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,20 +264,83 @@ def _all_mean(value: float, dist_info: Dist, device) -> float:
 
 
 # --------------------------------------------------------------------------- checkpoints
+# A checkpoint appears and disappears by rename only: built in `.tmp-*`, renamed to
+# `step-NNNNNN`; removed by renaming it to `.trash-*` first and deleting that. So a kill at any
+# moment leaves every `step-*` directory complete; what it can leave behind is `.tmp-*` and
+# `.trash-*`, which the next start removes.
+
+CHECKPOINT_FILES = (
+    "state.pt",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/tokenizer.json",
+)
+_STEP = re.compile(r"step-(\d+)")
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `checkpoints/step-N` directory, complete or not, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.fullmatch(p.name))]
+    return sorted(found)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint directory is not complete (a look at its files, nothing loaded)."""
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    return f"{', '.join(missing)} missing" if missing else None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = sorted(
-        p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.pt").is_file()
-    )
-    return done[-1] if done else None
+    """The newest complete checkpoint of a run, or None."""
+    for _, p in reversed(checkpoint_dirs(run_dir)):
+        if checkpoint_problem(p) is None:
+            return p
+    return None
+
+
+def remove_tree(path: Path) -> None:
+    """Deletes a directory so that no kill leaves half of it under its name: rename, then rm."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Renames a broken checkpoint to `broken-step-N` (kept for inspection, never resumed)."""
+    target = path.with_name(f"broken-{path.name}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"broken-{path.name}.{n}")
+    os.replace(path, target)
+    log.warning("checkpoint %s is broken (%s): skipped, moved to %s", path, reason, target.name)
+    return target
+
+
+def clean_run_dir(run_dir: Path) -> list[str]:
+    """Removes the temporaries a killed run leaves (`checkpoints/.tmp-*` and `.trash-*`, a
+    half-written `final/`). Returns one line per thing done; the writing process alone calls
+    it, before it writes anything."""
+    from ..checkpoint import recover_model_dir
+
+    done = recover_model_dir(run_dir / "final")
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p}")
+    for line in done:
+        log.info("%s", line)
+    return done
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
-    """Builds `checkpoints/.tmp-*` (model dir + state.pt, fsynced) and renames it into place."""
+    """Builds `checkpoints/.tmp-*` (model dir + state.pt, fsynced), renames it into place,
+    then removes all but the newest `keep` checkpoints up to `step`."""
     from ..checkpoint import write_model_dir
 
     root = run_dir / "checkpoints"
@@ -288,16 +353,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run)
+            remove_tree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
+    older = [p for s, p in checkpoint_dirs(run_dir) if s < step]
+    for p in older[: max(0, len(older) - (keep - 1))]:
+        remove_tree(p)
     return final
 
 
@@ -331,6 +397,40 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resumable(run_dir: Path, dist_info: Dist):
+    """The newest checkpoint that loads: (path, model, state, skipped). One that does not (a
+    file missing, its model or state.pt unreadable) is reported, set aside and skipped."""
+    from ..checkpoint import first_line, read_model_dir
+
+    skipped = []
+    for _, path in reversed(checkpoint_dirs(run_dir)):
+        try:
+            problem = checkpoint_problem(path)
+            if problem is not None:
+                raise LmgenError(problem)
+            _, model, _ = read_model_dir(path / "model")
+            try:
+                state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            except Exception as e:  # a torn or foreign file fails in many ways
+                raise LmgenError(f"state.pt does not load ({first_line(e)})") from e
+            if not isinstance(state, dict):
+                raise LmgenError(f"state.pt holds {type(state).__name__}, not a training state")
+            missing = [k for k in STATE_KEYS if k not in state]
+            if missing:
+                raise LmgenError(f"state.pt lacks {', '.join(missing)}")
+        except LmgenError as e:
+            reason = first_line(e)
+            skipped.append(f"{path.name}: {reason}")
+            if dist_info.main:
+                set_aside(path, reason)
+            continue
+        return path, model, state, skipped
+    return None, None, None, skipped
+
+
+STATE_KEYS = ("step", "optimizer", "scheduler", "rng")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -452,7 +552,7 @@ def train(
     data = Dataset(data_dir)
     # The run directory is checked before any work, so that no training is lost to it.
     if run_dir.is_dir() and not resume:
-        if latest_checkpoint(run_dir) is not None or (run_dir / "final").exists():
+        if checkpoint_dirs(run_dir) or (run_dir / "final").exists():
             raise ConfigError(
                 f"{run_dir}: holds a previous run; pass --resume to continue it "
                 "or choose another --out"
@@ -467,11 +567,19 @@ def train(
     evaluating = has_val and t.eval_interval > 0
     if not has_val and t.eval_interval > 0 and dist_info.main:
         log.warning("%s has no validation split; training without evaluation", data.path)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    if dist_info.main and run_dir.is_dir():
+        clean_run_dir(run_dir)  # the temporaries a kill left
+    _barrier(dist_info)
+    ckpt, loaded, state, skipped = None, None, None, []
+    if resume:
+        ckpt, loaded, state, skipped = _resumable(run_dir, dist_info)
     if resume and ckpt is None:
-        log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir)
+        log.warning(
+            "--resume: no %scheckpoint in %s; starting from scratch",
+            "usable " if skipped else "",
+            run_dir,
+        )
 
-    from ..checkpoint import read_model_dir
     from ..model import GPT, GPTConfig
 
     torch.manual_seed(t.seed)
@@ -488,16 +596,14 @@ def train(
         eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT(config)
-    state = None
     if ckpt is not None:
-        _, loaded, _ = read_model_dir(ckpt / "model")
         if loaded.config.to_dict() != config.to_dict():
             raise ConfigError(
                 f"{ckpt}: the checkpoint's model differs from the recipe's; "
                 "resume with the same recipe"
             )
         model.load_state_dict(loaded.state_dict())
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        del loaded
     model.to(device)
     model.train()
     raw_model = model
@@ -543,6 +649,7 @@ def train(
                 "world": dist_info.world,
                 "device": str(device),
                 "resumed_from": str(ckpt) if ckpt else None,
+                "skipped_checkpoints": skipped,
             }
         )
 
