@@ -298,6 +298,16 @@ def test_train_unwritable_out_is_an_error_before_any_work(data_dir, tmp_path, ca
     assert a_file.read_text() == "x"
 
 
+def test_recipe_toml_round_trips_any_text(tmp_path):
+    prompt = 'ROMEO 🙂 "quoted" back\\slash\nnew line\ttab\x7f'
+    r = tiny(f"sample_prompt={prompt}", "max_time=1.5")
+    (tmp_path / "recipe.toml").write_text(r.to_toml())
+    again = load_recipe(tmp_path / "recipe.toml")
+    assert again == r and again.train.sample_prompt == prompt
+    with pytest.raises(ConfigError, match="sample_prompt is not valid UTF-8"):
+        tiny("sample_prompt=ROMEO \udcff")  # a non-UTF-8 byte from the command line
+
+
 # ------------------------------------------------------------------ kills and resume
 
 
@@ -446,6 +456,40 @@ def test_resume_skips_reports_and_sets_aside_broken_checkpoints(data_dir, tmp_pa
     b = read_model_dir(cut / "final")[1].state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_resume_uses_the_runs_own_recipe_and_prints_each_eval(data_dir, tmp_path, capsys):
+    from lmgen.cli import main
+
+    run = tmp_path / "r"
+    first = ["--set", "max_steps=6", "--set", "eval_interval=3", "--set", "sample_tokens=4"]
+    base = ["train", "--data", str(data_dir), "--out", str(run), "--no-progress"]
+    assert main([*base, "--config", str(TINY), *first, "--set", "checkpoint_interval=3"]) == 0
+    out = capsys.readouterr().out
+    evals = [line for line in out.splitlines() if ": val loss " in line]
+    assert [line.split(":")[0] for line in evals] == ["step 3/6", "step 6/6"], out
+    assert all(" bits/byte" in line and "ppl " in line for line in evals)
+    assert out.count("  | ROMEO:") == 2  # the sample (prompt and continuation) below each
+    # no --config: the run's recipe.toml (tiny's 2 layers, not the built-in 6), --set on top
+    assert main([*base, "--resume", "--set", "max_steps=9"]) == 0
+    out = capsys.readouterr().out
+    assert f"recipe: {run / 'recipe.toml'}" in out
+    assert "resuming from" in out and "step-000006 (step 6)" in out
+    assert "step 9/9: val loss" in out
+    assert read_model_dir(run / "final")[0].n_layer == 2
+    assert "max_steps = 9" in (run / "recipe.toml").read_text()
+
+
+def test_verbose_flag_before_or_after_the_command():
+    from lmgen.cli import build_parser
+
+    parser = build_parser()
+    args = ["--data", "d", "--out", "o"]
+    assert parser.parse_args(["train", *args]).verbose is False
+    assert parser.parse_args(["-v", "train", *args]).verbose is True
+    assert parser.parse_args(["train", *args, "-v"]).verbose is True
+    assert parser.parse_args(["data", "x", "--out", "o", "--verbose"]).verbose is True
+    assert parser.parse_args(["eval", "--text", "t", "-v"]).verbose is True
 
 
 # ------------------------------------------------------------------ bits per byte

@@ -53,6 +53,7 @@ def add_parsers(subparsers) -> None:
         help="skip unreadable or non-UTF-8 files with a warning instead of failing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _verbose(p)
     p.set_defaults(func=_data)
 
     p = subparsers.add_parser(
@@ -63,7 +64,11 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="a data directory from `lmgen data`")
     p.add_argument("--out", required=True, help="the run directory")
-    p.add_argument("--config", metavar="RECIPE.toml", help="the recipe (default: built-in)")
+    p.add_argument(
+        "--config",
+        metavar="RECIPE.toml",
+        help="the recipe (default: built-in; with --resume, the run's own RUN_DIR/recipe.toml)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -79,6 +84,7 @@ def add_parsers(subparsers) -> None:
         "set aside)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _verbose(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -103,7 +109,19 @@ def add_parsers(subparsers) -> None:
         help="window step, 1 to --window (default: half a window)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    _verbose(p)
     p.set_defaults(func=_eval)
+
+
+def _verbose(p) -> None:
+    """`-v` after the command too (`lmgen train ... -v`), not only before it."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # absent: the top-level flag's value stands
+        help="log progress details",
+    )
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -147,11 +165,50 @@ def _data(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import load_recipe, train
 
-    recipe = load_recipe(args.config, args.overrides)
-    final = train(args.data, args.out, recipe, resume=args.resume, progress=not args.no_progress)
+    config = args.config
+    saved = Path(args.out) / "recipe.toml"
+    if config is None and args.resume and saved.is_file():
+        config = saved  # the run's own recipe: --resume needs only --data and --out
+        print(f"recipe: {saved} (the run's own; --set overrides apply on top)")
+    recipe = load_recipe(config, args.overrides)
+    final = train(
+        args.data,
+        args.out,
+        recipe,
+        resume=args.resume,
+        progress=not args.no_progress,
+        on_event=_Console(recipe.train.max_steps, recipe.train.sample_prompt),
+    )
     if final is not None:
         print(f"model -> {final}")
     return 0
+
+
+class _Console:
+    """What a training run says on stdout: where it resumed, and each evaluation (validation
+    loss, perplexity, bits per byte, the sample), whatever the log level."""
+
+    def __init__(self, max_steps: int, sample_prompt: str):
+        self.max_steps, self.sample_prompt = max_steps, sample_prompt
+
+    def __call__(self, record: dict) -> None:
+        event = record.get("event")
+        if event == "start" and record.get("resumed_from"):
+            self._say(f"resuming from {record['resumed_from']} (step {record['step']})")
+        elif event == "eval":
+            self._say(
+                f"step {record['step']}/{self.max_steps}: val loss {record['val_loss']:.4f}, "
+                f"ppl {record['val_ppl']:.2f}, {record['val_bpb']:.4f} bits/byte"
+            )
+            if record.get("sample") is not None:
+                lines = (self.sample_prompt + record["sample"]).splitlines() or [""]
+                self._say("\n".join("  | " + line for line in lines))
+
+    @staticmethod
+    def _say(text: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stdout)  # above the progress bar, not through it
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,24 @@ def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return json.dumps(v)
+        return _toml_string(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if v != v else ("inf" if v > 0 else "-inf")
     return repr(v)
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: non-ASCII kept as is (json.dumps would write an emoji as a
+    surrogate pair, which TOML refuses), control characters and DEL escaped."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{ord(ch):04x}"))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _valid_keys() -> list[str]:
@@ -214,6 +231,11 @@ def _validate(r: Recipe) -> None:
         raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={t.lr}, min_lr={t.min_lr})")
     if t.warmup_steps < 0:
         raise ConfigError("train.warmup_steps must be >= 0", "warmup_steps")
+    for key in ("sample_prompt", "device"):
+        try:
+            getattr(t, key).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(f"train.{key} is not valid UTF-8 text (at {e.start})", key) from e
 
 
 def lr_factor(step: int, recipe: TrainRecipe) -> float:
@@ -534,9 +556,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    on_event: Callable[[dict], None] | None = None,
 ) -> Path | None:
     """Trains per `recipe`; returns the final model directory (None on ranks other than 0).
 
+    `on_event(record)` is called with every record written to metrics.jsonl (rank 0 only):
+    the CLI prints the evaluations from it.
     `stop_after` ends the run after that many optimizer steps *in this call* without the final
     save (tests use it to simulate a kill)."""
     t, m = recipe.train, recipe.model
@@ -633,7 +658,7 @@ def train(
     if dist_info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe.to_toml())
-    metrics = _Metrics(run_dir / "metrics.jsonl", dist_info.main)
+    metrics = _Metrics(run_dir / "metrics.jsonl", dist_info.main, on_event)
     use_bf16 = t.bf16
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
@@ -650,6 +675,7 @@ def train(
                 "device": str(device),
                 "resumed_from": str(ckpt) if ckpt else None,
                 "skipped_checkpoints": skipped,
+                "max_steps": t.max_steps,
             }
         )
 
@@ -817,8 +843,8 @@ def _barrier(dist_info: Dist) -> None:
 
 
 class _Metrics:
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, on_event=None):
+        self.path, self.enabled, self.on_event = path, enabled, on_event
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -826,6 +852,8 @@ class _Metrics:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.on_event is not None:
+            self.on_event(record)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
