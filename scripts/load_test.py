@@ -3,12 +3,19 @@
     python scripts/load_test.py --model shakespeare --clients 8 --duration 30
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 4 --duration 10 --stream
 
+    python scripts/load_test.py --memory-probe --clients 8 --duration 60
+
 Without --url it starts `lmgen serve` itself on a free loopback port (with --batching on|off)
 and stops it at the end. Each client sends completions back to back (a fixed set of prompts,
 `ignore_eos` so every request decodes exactly --max-tokens tokens) until the duration is over;
 requests still running then get --grace seconds to finish. Prints throughput, latency
 p50/p95/p99 (and time to first token with --stream) and error counts; --json prints one JSON
 object instead. Not part of the test suite.
+
+--memory-probe sends, from each client, one request of the largest size the API allows
+(32 prompts x n=16 = 512 rows, each prompt plus max_tokens filling the context) and reports
+the answers and the started server's peak resident memory (VmHWM), which is what the memory
+budget (`lmgen serve --memory-budget`) bounds.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     ]
     for m in args.model or []:
         cmd += ["--model", m]
+    if args.memory_budget:
+        cmd += ["--memory-budget", args.memory_budget]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -199,6 +208,76 @@ async def run(url: str, args) -> dict:
     return out
 
 
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def max_size_body(args) -> dict:
+    """32 prompts x n=16 whose prompt + max_tokens fill the model's context."""
+    import lmgen
+
+    lm = lmgen.load((args.model or [None])[0])
+    ids = lm.tokenizer.encode(" ".join(PROMPTS) * 20)[: lm.config.n_positions // 2]
+    prompt = lm.tokenizer.decode(ids)
+    length = len(lm.tokenizer.encode(prompt))
+    return {
+        "prompt": [prompt] * 32,
+        "n": 16,
+        "max_tokens": lm.config.n_positions - length,
+        "ignore_eos": True,
+        "temperature": 1.0,
+    }
+
+
+async def memory_probe(url: str, args, pid: int | None) -> dict:
+    body = max_size_body(args)
+    statuses: Counter = Counter()
+    peak = [peak_rss_mib(pid) if pid else None]
+    async with httpx.AsyncClient(base_url=url, timeout=args.duration) as client:
+
+        async def one() -> None:
+            try:
+                r = await client.post("/v1/completions", json=body)
+                statuses[str(r.status_code)] += 1
+            except httpx.TimeoutException:
+                statuses["timeout"] += 1
+            except httpx.HTTPError as e:
+                statuses[type(e).__name__] += 1
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                if pid:
+                    peak.append(peak_rss_mib(pid))
+
+        sampler = asyncio.create_task(sample())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(args.clients)))
+        wall = time.perf_counter() - t0
+        sampler.cancel()
+        try:
+            health = (await client.get("/health", timeout=5)).json()
+        except (httpx.HTTPError, ValueError):
+            health = None
+    rows = len(body["prompt"]) * body["n"]
+    return {
+        "clients": args.clients,
+        "rows_per_request": rows,
+        "max_tokens": body["max_tokens"],
+        "statuses": dict(statuses),
+        "wall_s": round(wall, 1),
+        "server_peak_rss_mib": max((p for p in peak if p), default=None),
+        "server_memory": (health or {}).get("memory"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="a running server (loopback only); default: start one")
@@ -222,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeded", action="store_true", help="give every request its own seed")
     p.add_argument("--api-key", default=os.environ.get("LMGEN_API_KEY"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--memory-probe",
+        action="store_true",
+        help="one maximum-size request per client; report the server's peak memory",
+    )
+    p.add_argument("--memory-budget", help="the started server's --memory-budget")
     args = p.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
         p.error(f"--clients must be in [1, {MAX_CLIENTS}]")
@@ -239,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         proc, url = start_server(args)
     try:
+        if args.memory_probe:
+            out = asyncio.run(memory_probe(url.rstrip("/"), args, proc.pid if proc else None))
+            print(json.dumps(out))
+            return 0
         out = asyncio.run(run(url.rstrip("/"), args))
     finally:
         if proc is not None:

@@ -13,7 +13,7 @@ import torch
 
 import lmgen
 from lmgen.cli import build_parser, main
-from lmgen.server.cli import model_name
+from lmgen.server.cli import memory_size, model_name
 
 
 def test_serve_is_registered_with_its_defaults():
@@ -32,11 +32,27 @@ def test_model_names(tmp_path):
 
 @pytest.mark.parametrize(
     "argv",
-    [["serve", "--port", "70000"], ["serve", "--max-active", "0"], ["serve", "--api-key", ""]],
+    [
+        ["serve", "--port", "70000"],
+        ["serve", "--max-active", "0"],
+        ["serve", "--api-key", ""],
+        ["serve", "--memory-budget", "lots"],
+        ["serve", "--memory-budget=-1G"],
+        ["serve", "--memory-budget", "1G", "--max-request-memory", "2G"],
+        ["serve", "--allowed-host", "http://x/"],
+    ],
 )
 def test_bad_options_exit_2(argv, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_memory_sizes():
+    assert memory_size("3G", "x") == 3 << 30
+    assert memory_size("512M", "x") == memory_size("512MiB", "x") == 512 << 20
+    assert memory_size("1.5gb", "x") == 3 << 29
+    assert memory_size("1048576", "x") == 1 << 20
+    assert memory_size(None, "x") is None
 
 
 def test_lmgen_serve_starts_and_answers(tmp_path):
@@ -85,6 +101,11 @@ def test_lmgen_serve_starts_and_answers(tmp_path):
         assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["small"]
         r = httpx.post(url + "/v1/completions", json={"prompt": "To", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["model"] == "small"
+        # bound to loopback: another site's name (DNS rebinding) is refused
+        r = httpx.get(url + "/v1/models", headers={"Host": "evil.example"})
+        assert r.status_code == 421 and r.json()["error"]["code"] == "invalid_host"
+        assert httpx.get(f"http://localhost:{port}/health").status_code == 200
+        assert httpx.get(url + "/health").json()["memory"]["budget_bytes"] == 3 << 30
     finally:
         proc.terminate()
         proc.wait(10)

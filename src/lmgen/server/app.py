@@ -20,8 +20,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import openai_api, playground, schemas
+from .budget import DEFAULT_TOTAL, DEFAULT_WAIT_S, MemoryBudget
 from .errors import add_error_handlers
-from .guard import Guard
+from .guard import Guard, HostCheck
+from .openapi import BODY_ERRORS, COMMON_ERRORS, STREAMED, without_422
 from .registry import Registry
 from .responses import SafeJSONResponse
 from .worker import ModelWorker
@@ -42,10 +44,22 @@ def create_app(
     max_active: int = 16,
     max_waiting: int = 256,
     max_body_bytes: int = MAX_BODY_BYTES,
+    memory_budget: int = DEFAULT_TOTAL,
+    max_request_memory: int | None = None,
+    memory_wait_s: float = DEFAULT_WAIT_S,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The app serving `models` ({name: LM}); the first is the default when a request names
-    none. With `api_key`, every /v1 route needs `Authorization: Bearer <api_key>`."""
-    served = Registry(models, max_active=max_active, max_waiting=max_waiting, batching=batching)
+    none. With `api_key`, every /v1 route needs `Authorization: Bearer <api_key>`.
+
+    Requests reserve the memory they need from `memory_budget` bytes (at most
+    `max_request_memory` each; see budget.py). With `allowed_hosts` (a list, possibly
+    empty), only requests whose Host header is a loopback name or one of those hosts are
+    served (`lmgen serve` passes it when bound to loopback); None serves any Host."""
+    budget = MemoryBudget(memory_budget, max_request_memory, memory_wait_s)
+    served = Registry(
+        models, budget, max_active=max_active, max_waiting=max_waiting, batching=batching
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -62,40 +76,43 @@ def create_app(
     )
     app.state.models = served
     app.state.api_key_required = api_key is not None
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    hosts = HostCheck(allowed_hosts) if allowed_hosts is not None else None
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, hosts=hosts)
     add_error_handlers(app, schemas.known_params())
+    without_422(app)
 
-    @app.get("/health")
+    @app.get("/health", responses={421: COMMON_ERRORS[421]})
     async def health():
         return {
             "status": "ok",
             "models": {
                 name: {**s.worker.load(), **public_stats(s.worker)} for name, s in served.items()
             },
+            "memory": budget.stats(),
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=COMMON_ERRORS)
     async def list_models():
         return {"object": "list", "data": [served.card(n) for n in served]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses=COMMON_ERRORS)
     async def get_model(model_id: str):
         served.pick(model_id)
         return served.card(model_id)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**BODY_ERRORS, **STREAMED})
     async def completions(body: schemas.CompletionRequest, request: Request):
         return await openai_api.completions(served, body, request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**BODY_ERRORS, **STREAMED})
     async def chat(body: schemas.ChatRequest, request: Request):
         return await openai_api.chat(served, body, request)
 
-    @app.post("/v1/lmgen/next")
+    @app.post("/v1/lmgen/next", responses=BODY_ERRORS)
     async def lmgen_next(body: schemas.NextRequest, request: Request):
         return await playground.next_route(served, body, request)
 
-    @app.post("/v1/lmgen/beam")
+    @app.post("/v1/lmgen/beam", responses=BODY_ERRORS)
     async def lmgen_beam(body: schemas.BeamRequest, request: Request):
         return await playground.beam_route(served, body, request)
 

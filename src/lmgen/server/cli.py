@@ -51,6 +51,26 @@ def load_models(specs: list[str] | None, device: str | None = None) -> dict:
     return models
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def memory_size(text: str | None, param: str) -> int | None:
+    """`3G`, `512M`, `1.5GiB`, `1073741824` -> bytes (binary units)."""
+    if text is None:
+        return None
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and value * _UNITS[unit] < 1 << 50):
+        raise ConfigError(
+            f"--{param.replace('_', '-')} takes a size such as 3G or 512M, got {text!r}", param
+        )
+    return int(value * _UNITS[unit])
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -88,6 +108,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1", name)
     if args.api_key is not None and not args.api_key:
         raise ConfigError("--api-key must not be empty", "api_key")
+    budget = memory_size(args.memory_budget, "memory_budget")
+    per_request = memory_size(args.max_request_memory, "max_request_memory")
+    if per_request is not None and per_request > budget:
+        raise ConfigError(
+            f"--max-request-memory ({args.max_request_memory}) must not exceed "
+            f"--memory-budget ({args.memory_budget})",
+            "max_request_memory",
+        )
+    hosts = list(args.allowed_host or [])
+    for host in hosts:
+        if not host or any(c in host for c in "/ \t"):
+            raise ConfigError(f"--allowed-host takes a host name, got {host!r}", "allowed_host")
     if not is_loopback(args.host) and args.api_key is None:
         print(
             f"warning: serving on {args.host} without --api-key: anyone who can reach this "
@@ -102,6 +134,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batching=args.batching == "on",
         max_active=args.max_active,
         max_waiting=args.max_waiting,
+        memory_budget=budget,
+        max_request_memory=per_request,
+        # DNS rebinding: on loopback, only loopback Host headers and the --allowed-host ones
+        allowed_hosts=hosts if is_loopback(args.host) or hosts else None,
     )
     print(
         f"lmgen: serving {', '.join(models)} at http://{args.host}:{args.port}/ "
@@ -154,6 +190,30 @@ def add_parsers(sub) -> None:
         type=int,
         default=256,
         help="requests waiting per model before answering 429 (default: 256)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default="3G",
+        metavar="SIZE",
+        help="memory all running requests may reserve together (KV cache and working set, "
+        "estimated from the model's shape); a request that finds too little free waits, then "
+        "gets 429 (default: 3G)",
+    )
+    p.add_argument(
+        "--max-request-memory",
+        default=None,
+        metavar="SIZE",
+        help="the most one request may reserve; a larger one gets 413 "
+        "(default: the whole --memory-budget)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST",
+        help="answer requests whose Host header is HOST, besides loopback names (repeat for "
+        "several; '*' for any). Bound to loopback, the server answers only loopback names "
+        "unless told more, which stops DNS-rebinding attacks from web pages; bound elsewhere "
+        "it answers any Host unless --allowed-host is given",
     )
     p.add_argument("--device", default=None, help="torch device for the models")
     p.add_argument(

@@ -1,5 +1,6 @@
 """Running a worker job from a request handler: as one answer, or streamed as server-sent
-events. A full waiting line is a 429; a client that goes away has its job dropped."""
+events. The job's memory is reserved first (budget.py) and given back when it ends; a full
+waiting line is a 429; a client that goes away has its job dropped."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from lmgen.errors import LmgenError
 
 from .errors import APIError, from_lmgen, internal_error
+from .registry import Served
 from .responses import sse_event
 from .worker import Cancelled, Job, ModelWorker, Overloaded
 
@@ -33,6 +35,21 @@ def submit(worker: ModelWorker, job: Job) -> None:
         ) from None
 
 
+async def start(served: Served, job: Job, cost: tuple[int, str]) -> None:
+    """Reserves the job's memory (`cost`: bytes, and what they are for), then submits it; the
+    reservation ends with the job."""
+    nbytes, what = cost
+    budget = served.budget
+    await budget.reserve(nbytes, what)
+    job.loop = asyncio.get_running_loop()
+    try:
+        submit(served.worker, job)
+    except BaseException:
+        budget.release(nbytes)
+        raise
+    budget.release_when_done(job.future, nbytes)
+
+
 async def disconnected(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -40,10 +57,9 @@ async def disconnected(request: Request) -> None:
             return
 
 
-async def run(request: Request, worker: ModelWorker, job: Job) -> Any:
+async def run(request: Request, served: Served, job: Job, cost: tuple[int, str]) -> Any:
     """Runs `job` and returns its result; drops it if the client goes away first."""
-    job.loop = asyncio.get_running_loop()
-    submit(worker, job)
+    await start(served, job, cost)
     fut = asyncio.wrap_future(job.future)
     fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
     gone = asyncio.ensure_future(disconnected(request))
@@ -57,9 +73,10 @@ async def run(request: Request, worker: ModelWorker, job: Job) -> Any:
     raise Cancelled("the client went away")
 
 
-def stream(
-    worker: ModelWorker,
+async def stream(
+    served: Served,
     job: Job,
+    cost: tuple[int, str],
     *,
     on_start: Callable[[], list],
     on_event: Callable[[tuple], list],
@@ -72,8 +89,7 @@ def stream(
     its text as it is decided (`on_event` turns each of the worker's events into chunks);
     otherwise `on_whole` turns the finished result into chunks at the end. `on_usage` makes
     the usage chunk. When the client goes away, the job is dropped at the worker's next turn."""
-    job.loop = asyncio.get_running_loop()
-    submit(worker, job)  # a full queue is still a proper 429 here
+    await start(served, job, cost)  # a full queue is still a proper 429 here
     fut = asyncio.wrap_future(job.future)
     fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 

@@ -45,8 +45,9 @@ SAME_NAME = (
 )
 
 
-def config_kwargs(body: BaseModel) -> dict[str, Any]:
-    """GenerationConfig keyword arguments for the fields of `body` that are set."""
+def config_kwargs(body: BaseModel, vocab_size: int) -> dict[str, Any]:
+    """GenerationConfig keyword arguments for the fields of `body` that are set; token ids
+    are checked against `vocab_size` (the served model's)."""
     kw: dict[str, Any] = {}
     fields = type(body).model_fields
     for api_name in fields:
@@ -60,22 +61,24 @@ def config_kwargs(body: BaseModel) -> dict[str, Any]:
         if stop:
             kw["stop"] = stop
     if "logit_bias" in fields and body.logit_bias:
-        kw["logit_bias"] = logit_bias(body.logit_bias)
+        kw["logit_bias"] = logit_bias(body.logit_bias, vocab_size)
     return kw
 
 
-def logit_bias(bias: dict[str, float]) -> dict[int, float]:
-    """OpenAI's `{"token id": bias}` with the ids as ints."""
+def logit_bias(bias: dict[str, float], vocab_size: int) -> dict[int, float]:
+    """OpenAI's `{"token id": bias}` with the ids as ints, each in the vocabulary."""
     out = {}
-    for k, v in bias.items():
-        if not k.strip().isdigit():
+    for key, value in bias.items():
+        token = int(key) if key.isascii() and key.isdigit() else -1
+        if not 0 <= token < vocab_size:
             raise APIError(
                 400,
-                f"logit_bias keys must be token ids (ints >= 0), got {k!r}",
+                f"logit_bias keys must be token ids of this model, in [0, {vocab_size}), "
+                f"got {key[:40]!r}",
                 param="logit_bias",
                 code="invalid_value",
             )
-        out[int(k)] = v
+        out[token] = value
     return out
 
 

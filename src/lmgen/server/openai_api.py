@@ -13,6 +13,7 @@ from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation import check_context, encode_prompt
 
 from . import jobs, schemas
+from .budget import decode_cost
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
@@ -44,10 +45,11 @@ def warnings_field(results) -> dict:
     return {"warnings": [api_text(w) for w in warnings]} if warnings else {}
 
 
-def sampling_kwargs(body: schemas.Decoding) -> dict:
+def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     """Sampling is the default, as in OpenAI's API; temperature 0 is greedy; num_beams > 1 is
     beam search."""
-    return {"strategy": "beam" if (body.num_beams or 1) > 1 else "sample", **config_kwargs(body)}
+    strategy = "beam" if (body.num_beams or 1) > 1 else "sample"
+    return {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
 
 
 async def prompt_lengths(lm, prompts: list[str], param: str) -> list[int]:
@@ -75,11 +77,16 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
     lm = s.lm
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:
-        raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
+        raise APIError(
+            400,
+            "best_of is not supported (only best_of == n)",
+            param="best_of",
+            code="invalid_value",
+        )
     if body.suffix:
         raise APIError(400, "suffix is not supported by these models", param="suffix")
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    kw = sampling_kwargs(body)
+    kw = sampling_kwargs(body, lm)
     if body.logprobs:
         kw["logprobs"] = body.logprobs
     kw.setdefault("max_new_tokens", 16)
@@ -109,10 +116,11 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
         ]
 
     prompt_lp = (body.logprobs or 0) if (echo and want_lp) else None
+    cost = decode_cost(lm, config, len(prompts), max(lengths), scored=prompt_lp is not None)
     incremental = not want_lp and config.effective_strategy() != "beam"
     if not body.stream:
         out = await jobs.run(
-            request, s.worker, GenerateJob(prompts, config, prompt_logprobs=prompt_lp)
+            request, s, GenerateJob(prompts, config, prompt_logprobs=prompt_lp), cost
         )
         return {
             **head,
@@ -147,9 +155,10 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     job = GenerateJob(prompts, config, stream=incremental, prompt_logprobs=prompt_lp)
-    return jobs.stream(
-        s.worker,
+    return await jobs.stream(
+        s,
         job,
+        cost,
         on_start=on_start,
         on_event=on_event,
         on_whole=on_whole,
@@ -169,12 +178,14 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     refuse_unsupported(body)
     n = body.n or 1
     prompt = chat_prompt(body.messages)
-    kw = sampling_kwargs(body)
+    kw = sampling_kwargs(body, lm)
     kw["stop"] = kw.get("stop", []) + [s for s in CHAT_STOP if s not in kw.get("stop", [])]
     if body.logprobs:
         kw["logprobs"] = body.top_logprobs or 0
     elif body.top_logprobs:
-        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        raise APIError(
+            400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+        )
     (length,) = await prompt_lengths(lm, [prompt], "messages")
     room = lm.config.n_positions - length
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -191,6 +202,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     kw["max_new_tokens"] = max_tokens
     config = make_config(kw)
     fits_context(lm, length, config, "messages")
+    cost = decode_cost(lm, config, 1, length)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {
         "id": rid,
@@ -214,7 +226,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         ]
 
     if not body.stream:
-        out = await jobs.run(request, s.worker, GenerateJob([prompt], config))
+        out = await jobs.run(request, s, GenerateJob([prompt], config), cost)
         return {**head, "choices": choices(out), "usage": usage(out[0]), **warnings_field(out[0])}
 
     chead = {**head, "object": "chat.completion.chunk"}
@@ -256,9 +268,10 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     job = GenerateJob([prompt], config, stream=incremental)
-    return jobs.stream(
-        s.worker,
+    return await jobs.stream(
+        s,
         job,
+        cost,
         on_start=on_start,
         on_event=on_event,
         on_whole=on_whole,

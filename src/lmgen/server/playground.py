@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from fastapi import Request
 
-from lmgen.beam import beam_search
+from lmgen.decoding.api import beam_trace_steps
 from lmgen.errors import GenerationError
-from lmgen.generation import check_context, encode_prompt, make_config, next_token
+from lmgen.generation import next_token
 from lmgen.generation_config import GenerationConfig
 from lmgen.processors import (
     MinP,
@@ -22,24 +22,28 @@ from lmgen.processors import (
 )
 
 from . import jobs, schemas
+from .budget import job_bytes
 from .errors import api_text
 from .mapping import config_kwargs
 from .openai_api import FINISH, usage
 from .registry import Registry
-from .worker import CallJob
+from .worker import CallJob, StepsJob
 
 FILTERS = (TopK, TopP, MinP, TypicalP)
 
 
 async def next_route(models: Registry, body: schemas.NextRequest, request: Request) -> dict:
     name, s = models.pick(body.model)
-    out = await jobs.run(request, s.worker, CallJob(lambda lm: next_payload(lm, body)))
+    cost = (job_bytes(s.lm, 1, s.lm.config.n_positions), "one row of the whole context")
+    out = await jobs.run(request, s, CallJob(lambda lm: next_payload(lm, body)), cost)
     return {"model": name, **out}
 
 
 async def beam_route(models: Registry, body: schemas.BeamRequest, request: Request) -> dict:
     name, s = models.pick(body.model)
-    out = await jobs.run(request, s.worker, CallJob(lambda lm: beam_payload(lm, body)))
+    rows, positions = body.num_beams, s.lm.config.n_positions
+    cost = (job_bytes(s.lm, rows, positions), f"{rows} beams x {positions} positions")
+    out = await jobs.run(request, s, StepsJob(lambda lm: beam_payload(lm, body)), cost)
     return {"object": "lmgen.beam", "model": name, **out}
 
 
@@ -48,7 +52,7 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
     each candidate (`removed_by`), its probability before the filters (`pre_filter_prob`), a
     summary of the rules (`filters`) and, with `choose`, the token the generation loop would
     pick (greedy: the most likely processed token; sample: a draw with `seed`)."""
-    kw = {"strategy": "sample", **config_kwargs(body)}
+    kw = {"strategy": "sample", **config_kwargs(body, lm.config.vocab_size)}
     nt = next_token(lm, body.prompt, top=body.top, **kw)
     if bool(torch.isnan(nt.processed_logits.float().softmax(-1)).any()):
         raise GenerationError(
@@ -113,16 +117,16 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
     return out
 
 
-def beam_payload(lm, body: schemas.BeamRequest) -> dict:
+def beam_payload(lm, body: schemas.BeamRequest):
     """Beam search for one prompt with its trace: every step's candidates (parent beam, token,
     cumulative score, kept | finished | pruned), as a tree with node ids, and the path of each
-    returned hypothesis through it."""
-    config, warnings = make_config(None, {"strategy": "beam", **config_kwargs(body)})
-    ids = encode_prompt(lm, body.prompt)
-    check_context(lm, len(ids), config)
-    trace: list = []
-    (result,) = beam_search(lm, [body.prompt], [ids], config, warnings, trace=trace)
-    tr = trace[0]
+    returned hypothesis through it. A generator of the search's steps (a worker job takes one
+    per turn) that returns the payload."""
+    config = GenerationConfig.from_kwargs(
+        **{"strategy": "beam", **config_kwargs(body, lm.config.vocab_size)}
+    )
+    result, tr = yield from beam_trace_steps(lm, body.prompt, config)
+    ids, warnings = result.prompt_token_ids, result.warnings
     steps, prev_kept = [], {}
     for st in tr.steps:
         kept, cands = {}, []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from .budget import MemoryBudget
 from .errors import APIError
 from .worker import ModelWorker
 
@@ -13,16 +14,19 @@ from .worker import ModelWorker
 class Served:
     lm: object
     worker: ModelWorker
+    budget: MemoryBudget  # shared by all the models: one process, one memory
     created: int
 
 
 class Registry:
-    def __init__(self, models: dict, **worker_options):
+    def __init__(self, models: dict, budget: MemoryBudget, **worker_options):
         if not models:
             raise ValueError("create_app needs at least one model")
         now = int(time.time())
+        self.budget = budget
         self.served = {
-            name: Served(lm, ModelWorker(lm, **worker_options), now) for name, lm in models.items()
+            name: Served(lm, ModelWorker(lm, **worker_options), budget, now)
+            for name, lm in models.items()
         }
 
     def __iter__(self):

@@ -1,5 +1,13 @@
-"""Request bodies. Pydantic checks types and size limits (strictly: "0.5" is not a number);
-the decoding values themselves are checked by `GenerationConfig`, exactly as on the CLI.
+"""Request bodies: the one description of what a request may hold.
+
+Pydantic checks them, and FastAPI writes `/openapi.json` from the same fields, so every range
+the server enforces on a single field is in the published schema (the ranges come from
+GenerationConfig's own constants). Types are strict ("0.5" is not a number, `true` is not an
+int), except that a JSON number with no fraction (`6.0`) is an integer, as JSON Schema says.
+Text must be valid Unicode: a lone surrogate (`"\\udcff"`) is refused with its position.
+What one field cannot say — a prompt that does not fit the context, `min_tokens` above
+`max_tokens`, a token id beyond the model's vocabulary — is checked when the request is run,
+by the same `GenerationConfig.validate` as on the CLI.
 
 A field set to null means "not given". Unknown fields are refused with a suggestion, except in
 chat messages, where clients echo back fields of earlier responses.
@@ -7,9 +15,26 @@ chat messages, where clients echo back fields of earlier responses.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from lmgen.generation_config import (
+    MAX_LENGTH_PENALTY,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_PENALTY,
+    MIN_TEMPERATURE,
+)
 
 MAX_TOKENS = 2048  # the cap on max_tokens; the model's context is checked per request
 MAX_PROMPTS = 32  # prompts in one completions request
@@ -18,10 +43,116 @@ MAX_BEAMS = 16
 MAX_BEAM_TRACE_TOKENS = 128  # /v1/lmgen/beam records every candidate of every step
 MAX_STOP = 16
 MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
-MAX_LENGTH_PENALTY = 10.0  # beyond it, generated_length ** length_penalty overflows
 MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_MESSAGES = 1024
+MAX_SEED = 2**64 - 1
+# logits are divided or multiplied by it: beyond these, float32 overflows into NaN
+REPETITION_PENALTY_RANGE = (1e-3, 1e3)
 
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+
+# -- field types ------------------------------------------------------------------------------
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**64:
+        return int(value)
+    return value
+
+
+def Int(ge: int | None = None, le: int | None = None) -> Any:
+    """An int in [ge, le]; `6.0` counts as 6 (JSON Schema's integers), `true` does not."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
+
+
+def Float(**bounds: float) -> Any:
+    """A finite number within `bounds` (ge, gt, le, lt)."""
+    return Annotated[float, Field(allow_inf_nan=False, **bounds)]
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PydanticCustomError(
+            "invalid_unicode",
+            "text is not valid Unicode: a lone surrogate U+{code:04X} at character {position}",
+            {"code": ord(text[e.start]), "position": e.start},
+        ) from None
+    return text
+
+
+def Text(min_length: int | None = None, max_length: int | None = None) -> Any:
+    """A string of valid Unicode (no lone surrogates)."""
+    return Annotated[
+        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_valid_unicode)
+    ]
+
+
+def _zero_or_at_least_min_temperature(value: float) -> float:
+    if 0 < value < MIN_TEMPERATURE:
+        raise PydanticCustomError(
+            "temperature",
+            "temperature must be 0 (greedy) or >= {low}",
+            {"low": MIN_TEMPERATURE},
+        )
+    return value
+
+
+Temperature = Annotated[
+    float,
+    Field(ge=0, allow_inf_nan=False),
+    AfterValidator(_zero_or_at_least_min_temperature),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "const": 0},
+                {"type": "number", "minimum": MIN_TEMPERATURE},
+            ],
+            "description": f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
+        }
+    ),
+]
+
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,18}")
+
+
+def _logit_bias_keys(bias: dict[str, float]) -> dict[str, float]:
+    for key in bias:
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise PydanticCustomError(
+                "token_id_key",
+                "logit_bias keys must be token ids written in ASCII digits, got {key!r}",
+                {"key": key},
+            )
+    return bias
+
+
+LogitBias = Annotated[
+    dict[str, Float(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)],
+    Field(max_length=MAX_LOGIT_BIAS_ENTRIES),
+    AfterValidator(_logit_bias_keys),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": '{"token id": bias}; the ids must be in the model\'s vocabulary',
+            "propertyNames": {"pattern": f"^{_TOKEN_ID_KEY.pattern}$"},
+            "additionalProperties": {
+                "type": "number",
+                "minimum": -MAX_LOGIT_BIAS,
+                "maximum": MAX_LOGIT_BIAS,
+            },
+            "maxProperties": MAX_LOGIT_BIAS_ENTRIES,
+        }
+    ),
+]
+
+Stop = Text(1, MAX_STRING) | Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
+Penalty = Float(ge=-MAX_PENALTY, le=MAX_PENALTY)
+LengthPenalty = Float(ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)
+ModelName = Text(max_length=1024)
+Seed = Int(0, MAX_SEED)
+RepetitionPenalty = Float(ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
 
 
 class _Strict(BaseModel):
@@ -37,59 +168,59 @@ class Decoding(_Strict):
     """Knobs shared by completions and chat: OpenAI's, then lmgen's extensions (sent by the
     `openai` client through `extra_body`)."""
 
-    model: str | None = Field(None, max_length=1024)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = Field(None, ge=1, le=MAX_N)
-    stop: Stop = None
-    seed: int | None = None
+    model: ModelName | None = None
+    max_tokens: Int(1, MAX_TOKENS) | None = None
+    temperature: Temperature | None = None
+    top_p: Float(gt=0, le=1) | None = None
+    n: Int(1, MAX_N) | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
-    user: str | None = Field(None, max_length=MAX_STRING)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    user: Text(max_length=MAX_STRING) | None = None
     # extensions
-    top_k: int | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    num_beams: int | None = Field(None, ge=1, le=MAX_BEAMS)
-    length_penalty: float | None = Field(None, ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)
+    top_k: Int(0) | None = None
+    min_p: Float(ge=0, le=1) | None = None
+    typical_p: Float(gt=0, le=1) | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    no_repeat_ngram_size: Int(0) | None = None
+    num_beams: Int(1, MAX_BEAMS) | None = None
+    length_penalty: LengthPenalty | None = None
     early_stopping: bool | Literal["never"] | None = None
-    min_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
+    min_tokens: Int(0, MAX_TOKENS) | None = None
     ignore_eos: bool | None = None
     context_overflow: Literal["error", "slide"] | None = None
 
 
 class CompletionRequest(Decoding):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
-    logprobs: int | None = Field(None, ge=0)
+    prompt: Text() | Annotated[list[Text()], Field(min_length=1, max_length=MAX_PROMPTS)]
+    logprobs: Int(0, MAX_LOGPROBS) | None = None
     echo: bool | None = None
-    best_of: int | None = None  # only None or equal to n
-    suffix: str | None = None  # only None or ""
+    best_of: Int(1, MAX_N) | None = None  # only None or equal to n
+    suffix: Text(max_length=0) | None = None  # only None or ""
 
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text()
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = Field(None, max_length=MAX_STRING)
+    content: Text() | list[TextPart] | None = None
+    name: Text(max_length=MAX_STRING) | None = None
 
 
 class ChatRequest(Decoding):
-    messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: Int(1, MAX_TOKENS) | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0)
+    top_logprobs: Int(0, MAX_LOGPROBS) | None = None
     # OpenAI fields without an effect here: accepted and ignored
     metadata: Any = None
     store: Any = None
@@ -100,62 +231,75 @@ class ChatRequest(Decoding):
     reasoning_effort: Any = None
     verbosity: Any = None
     # OpenAI features these models do not have: refused unless null or a no-op value
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    web_search_options: Any = None
+    tools: Any = Field(None, description="refused unless null or []")
+    tool_choice: Any = Field(None, description='refused unless null or "none"')
+    functions: Any = Field(None, description="refused unless null or []")
+    function_call: Any = Field(None, description="refused unless null")
+    response_format: Any = Field(None, description='refused unless null or {"type": "text"}')
+    audio: Any = Field(None, description="refused unless null")
+    modalities: Any = Field(None, description='refused unless null or ["text"]')
+    prediction: Any = Field(None, description="refused unless null")
+    web_search_options: Any = Field(None, description="refused unless null")
 
 
 class _Processors(_Strict):
     """The flags of `lmgen next` (the processor chain), by their GenerationConfig names."""
 
-    model: str | None = Field(None, max_length=1024)
-    prompt: str
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    min_tokens_to_keep: int | None = None
+    model: ModelName | None = None
+    prompt: Text()
+    temperature: Temperature | None = None
+    top_k: Int(0) | None = None
+    top_p: Float(gt=0, le=1) | None = None
+    min_p: Float(ge=0, le=1) | None = None
+    typical_p: Float(gt=0, le=1) | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    no_repeat_ngram_size: Int(0) | None = None
+    min_tokens_to_keep: Int(1) | None = None
     temperature_last: bool | None = None
-    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
+    logit_bias: LogitBias | None = None
 
 
 class NextRequest(_Processors):
     """`POST /v1/lmgen/next`: `lmgen next --json`, plus an optional choice of the next token."""
 
     strategy: Literal["greedy", "sample"] | None = None
-    top: int = Field(10, ge=0, le=MAX_TOP)
+    top: Int(0, MAX_TOP) = 10
     choose: bool = False
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class BeamRequest(_Strict):
     """`POST /v1/lmgen/beam`: beam search with every candidate of every step recorded."""
 
-    model: str | None = Field(None, max_length=1024)
-    prompt: str
-    max_tokens: int = Field(16, ge=1, le=MAX_BEAM_TRACE_TOKENS)
-    num_beams: int = Field(4, ge=1, le=MAX_BEAMS)
-    n: int | None = Field(None, ge=1, le=MAX_BEAMS)
-    length_penalty: float | None = Field(None, ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)
+    model: ModelName | None = None
+    prompt: Text()
+    max_tokens: Int(1, MAX_BEAM_TRACE_TOKENS) = 16
+    num_beams: Int(1, MAX_BEAMS) = 4
+    n: Int(1, MAX_BEAMS) | None = None
+    length_penalty: LengthPenalty | None = None
     early_stopping: bool | Literal["never"] | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
-    min_tokens: int | None = Field(None, ge=0, le=MAX_BEAM_TRACE_TOKENS)
+    repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    no_repeat_ngram_size: Int(0) | None = None
+    logit_bias: LogitBias | None = None
+    min_tokens: Int(0, MAX_BEAM_TRACE_TOKENS) | None = None
     ignore_eos: bool | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's shape."""
+
+    error: ErrorDetail
 
 
 def known_params() -> list[str]:

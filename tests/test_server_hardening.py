@@ -1,0 +1,273 @@
+"""Hostile requests get a clear 4xx, never a 500: hostile values in every field of every
+endpoint, token ids that overflow or lie outside the vocabulary, a memory budget that refuses
+or queues what would not fit, Host headers of other sites (DNS rebinding), duplicated
+Authorization headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+import lmgen
+from conftest import save_peaky_model
+from lmgen.server import create_app, serve_in_thread
+from lmgen.server.budget import MemoryBudget, bytes_per_position
+from lmgen.server.errors import APIError
+
+TEXTS = ["To be, or not to be: that is the question."] * 12
+KEY = "sk-hardening-0123456789"
+
+# Values no field expects, as raw JSON (so NaN, lone surrogates and huge ints travel as is).
+HOSTILE = [
+    "null",
+    "true",
+    "-1",
+    "0",
+    "1.5",
+    str(2**63),
+    str(2**64),
+    "1" + "0" * 40,
+    "-" + "1" * 30,
+    "1e308",
+    "-1e308",
+    "1e-320",
+    "NaN",
+    "Infinity",
+    '""',
+    '"\\udcff"',
+    '"ROMEO: \\ud800 x"',
+    '"\\u00b2"',
+    '"' + "x" * 5000 + '"',
+    "[]",
+    "[[]]",
+    "[1, -1]",
+    f"[{2**63}]",
+    "[[1, 2], [3]]",
+    '["a", 1]',
+    "{}",
+    '{"a": 1}',
+    '{"\\u00b2": 1}',
+    '{"' + "9" * 20 + '": 1}',
+    '{"99999": 1}',
+    '{"5": "x"}',
+    '{"5": NaN}',
+    "[" * 200 + "]" * 200,
+]
+ENDPOINTS = {
+    "/v1/completions": {"prompt": "To be", "max_tokens": 2},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    "/v1/lmgen/next": {"prompt": "To be", "top": 3},
+    "/v1/lmgen/beam": {"prompt": "To be", "max_tokens": 2, "num_beams": 2},
+}
+FIELDS = {
+    "/v1/completions": [
+        "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream",
+        "logprobs", "echo", "logit_bias", "presence_penalty", "frequency_penalty", "top_k",
+        "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams",
+        "length_penalty", "early_stopping", "min_tokens", "ignore_eos", "context_overflow",
+        "best_of", "suffix", "user", "model", "stream_options",
+    ],
+    "/v1/chat/completions": [
+        "messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stop",
+        "logprobs", "top_logprobs", "logit_bias", "seed", "tools", "response_format", "model",
+    ],
+    "/v1/lmgen/next": [
+        "prompt", "top", "temperature", "top_k", "top_p", "min_p", "typical_p",
+        "repetition_penalty", "presence_penalty", "no_repeat_ngram_size", "min_tokens_to_keep",
+        "logit_bias", "strategy", "choose", "seed", "temperature_last",
+    ],
+    "/v1/lmgen/beam": [
+        "prompt", "max_tokens", "num_beams", "n", "length_penalty", "early_stopping",
+        "repetition_penalty", "logit_bias", "min_tokens", "ignore_eos",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_peaky_model(tmp_path_factory.mktemp("hard") / "tiny", TEXTS)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, one_thread):
+    with serve_in_thread(create_app({"tiny": lmgen.load(model_dir)}, allowed_hosts=[])) as url:
+        yield url
+
+
+# One client, a new connection per request: creating a client costs ~50 ms, and a kept-alive
+# connection waits ~40 ms per request on this loopback (uvicorn's, in a thread).
+CLIENT = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def raw_post(url: str, path: str, body: str) -> httpx.Response:
+    return CLIENT.post(
+        url + path,
+        content=body.encode("utf-8", "surrogatepass"),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def _with(body: dict, field: str, raw_value: str) -> str:
+    """`body` as JSON with `field` set to the raw JSON text `raw_value`."""
+    rest = {k: v for k, v in body.items() if k != field}
+    head = json.dumps(rest)[:-1]
+    return f'{head}{", " if rest else ""}"{field}": {raw_value}}}'
+
+
+def test_hostile_values_in_every_field_of_every_endpoint_are_never_a_5xx(server):
+    statuses: dict[int, int] = {}
+    failures = []
+    for path, base in ENDPOINTS.items():
+        for field in FIELDS[path]:
+            for value in HOSTILE:
+                r = raw_post(server, path, _with(base, field, value))
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    failures.append(f"{path} {field}={value[:40]}: {r.text[:200]}")
+                elif r.status_code >= 400 and not r.headers["content-type"].startswith(
+                    "application/json"
+                ):
+                    failures.append(f"{path} {field}={value[:40]}: not a JSON error")
+    assert failures == []
+    assert sum(statuses.values()) == sum(len(f) for f in FIELDS.values()) * len(HOSTILE)
+    assert statuses.get(400, 0) > statuses.get(200, 0)  # most of them are refused
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/lmgen/next", "/v1/lmgen/beam"])
+@pytest.mark.parametrize("key", ["9" * 20, str(2**63), "99999", "300", "\u00b2", "\u0663", "-1"])
+def test_logit_bias_keys_outside_the_vocabulary_are_400(server, path, key):
+    body = {**ENDPOINTS[path], "logit_bias": {key: 1.0}}
+    r = httpx.post(server + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "logit_bias" and err["code"] == "invalid_value"
+    assert "token id" in err["message"]
+
+
+def test_logit_bias_at_the_vocabulary_edge_works(server, model_dir):
+    vocab = lmgen.load(model_dir).config.vocab_size
+    body = {"prompt": "To be", "strategy": "greedy", "choose": True}
+    r = httpx.post(server + "/v1/lmgen/next", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["chosen"]["token_id"] != vocab - 1
+    body["logit_bias"] = {str(vocab - 1): 100}
+    r = httpx.post(server + "/v1/lmgen/next", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["chosen"]["token_id"] == vocab - 1
+
+
+# -- the memory budget ----------------------------------------------------------------------
+
+
+def test_the_estimate_per_position_is_the_kv_cache_plus_the_working_set(model_dir):
+    lm = lmgen.load(model_dir)  # 2 layers, 32 wide, float32
+    assert bytes_per_position(lm) == (2 * 2 + 16) * 32 * 4
+
+
+def test_budget_grants_in_order_refuses_the_impossible_and_times_out():
+    async def scenario():
+        budget = MemoryBudget(total=100, per_request=80, wait_s=0.2)
+        assert await budget.reserve(60, "a") == 60
+        with pytest.raises(APIError) as e:
+            await budget.reserve(81, "too big")
+        assert e.value.status == 413 and "--max-request-memory" in e.value.message
+        waiting = asyncio.ensure_future(budget.reserve(50, "b"))  # 40 free: waits
+        small = asyncio.ensure_future(budget.reserve(10, "c"))  # fits, but queued behind b
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and not small.done() and budget.used == 60
+        budget.release(60)
+        assert await waiting == 50 and await small == 10 and budget.used == 60
+        with pytest.raises(APIError) as e:
+            await budget.reserve(50, "d")  # 40 free and nothing is released
+        assert e.value.status == 429 and e.value.headers == {"Retry-After": "1"}
+        assert budget.used == 60 and budget.waiting == 0
+        budget.release(50)
+        budget.release(10)
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_requests_beyond_the_memory_limits_are_413_and_429(model_dir):
+    slow = lmgen.load(model_dir)
+    slow.model.register_forward_pre_hook(lambda *a: time.sleep(0.01))
+    per = bytes_per_position(slow)
+    # 4 rows x 128 positions fit; 6 rows do not; two of 4 do not fit together
+    app = create_app(
+        {"slow": slow}, memory_budget=5 * 128 * per, max_request_memory=5 * 128 * per,
+        memory_wait_s=0.3,
+    )  # fmt: skip
+    big = {"prompt": ["To be"] * 2, "n": 3, "max_tokens": 120, "ignore_eos": True}
+    fits = {"prompt": ["To be"] * 2, "n": 2, "max_tokens": 100, "ignore_eos": True}
+    with serve_in_thread(app) as url:
+        r = httpx.post(url + "/v1/completions", json=big, timeout=30)
+        assert r.status_code == 413, r.text
+        err = r.json()["error"]
+        assert err["code"] == "request_too_large" and "6 rows" in err["message"]
+        results = {}
+        first = threading.Thread(
+            target=lambda: results.update(a=httpx.post(url + "/v1/completions", json=fits))
+        )
+        first.start()
+        time.sleep(0.3)
+        r = httpx.post(url + "/v1/completions", json=fits, timeout=30)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded"
+        assert "memory budget" in r.json()["error"]["message"]
+        first.join()
+        assert results["a"].status_code == 200
+        # the reservation came back: the same request now runs at once
+        assert httpx.post(url + "/v1/completions", json=fits, timeout=30).status_code == 200
+        assert httpx.get(url + "/health").json()["memory"]["used_bytes"] == 0
+
+
+# -- Host and Authorization headers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("127.0.0.1:8000", True),
+        ("localhost:8000", True),
+        ("localhost", True),
+        ("[::1]:8000", True),
+        ("127.1.2.3", True),
+        ("evil.example", False),
+        ("evil.example:8000", False),
+        ("127.0.0.1.evil.example", False),
+        ("localhost.evil.example", False),
+        ("", False),
+    ],
+)
+def test_only_loopback_hosts_are_served_on_loopback(server, host, ok):
+    r = httpx.get(server + "/v1/models", headers={"Host": host})
+    assert (r.status_code == 200) == ok, r.text
+    if not ok:
+        assert r.status_code == 421 and r.json()["error"]["code"] == "invalid_host"
+
+
+def test_allowed_hosts_and_the_playground(model_dir):
+    app = create_app({"tiny": lmgen.load(model_dir)}, allowed_hosts=["my.box"])
+    with serve_in_thread(app) as url:
+        assert httpx.get(url + "/", headers={"Host": "my.box:8000"}).status_code == 200
+        assert httpx.get(url + "/").status_code == 200  # 127.0.0.1: the playground works
+        assert httpx.get(url + "/static/app.js").status_code == 200
+        assert httpx.get(url + "/", headers={"Host": "other.box"}).status_code == 421
+    with serve_in_thread(create_app({"tiny": lmgen.load(model_dir)})) as url:  # no check
+        assert httpx.get(url + "/health", headers={"Host": "any.where"}).status_code == 200
+
+
+def test_more_than_one_authorization_header_is_refused(model_dir):
+    app = create_app({"tiny": lmgen.load(model_dir)}, api_key=KEY)
+    with serve_in_thread(app) as url:
+        both = httpx.Headers(
+            [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {KEY}")]
+        )
+        r = httpx.get(url + "/v1/models", headers=both)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_authorization"
+        twice = httpx.Headers([("Authorization", f"Bearer {KEY}")] * 2)
+        assert httpx.get(url + "/v1/models", headers=twice).status_code == 400
+        one = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.get(url + "/v1/models", headers=one).status_code == 200

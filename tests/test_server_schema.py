@@ -1,0 +1,144 @@
+"""`/openapi.json` tells the truth: schemathesis generates requests from it (valid ones, and
+invalid ones), sends them to a real server, and checks every answer against it — no 5xx,
+only documented statuses and content types, every invalid request refused with a 4xx, and
+every valid one accepted unless it asks for what one field cannot express (a prompt beyond
+the context, `min_tokens` above `max_tokens`, a token id beyond the vocabulary...).
+
+The default run is bounded (a few dozen examples per operation and mode); `make test-slow`
+runs the long one."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+import lmgen  # noqa: E402
+from conftest import save_peaky_model  # noqa: E402
+from lmgen.server import create_app, serve_in_thread  # noqa: E402
+
+TEXTS = ["To be, or not to be: that is the question."] * 12
+OPERATIONS = [
+    ("/v1/completions", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/lmgen/next", "POST"),
+    ("/v1/lmgen/beam", "POST"),
+    ("/v1/models", "GET"),
+    ("/v1/models/{model_id}", "GET"),
+    ("/health", "GET"),
+]
+NO_BODY = {"/v1/models", "/v1/models/{model_id}", "/health"}  # nothing to make invalid
+# A schema-valid request may still be refused for what no single field can say; these are
+# the (code, param) of such refusals, each documented in the 400's description.
+RUN_TIME_REFUSALS = {
+    ("context_length_exceeded", "prompt"),
+    ("context_length_exceeded", "messages"),
+    ("invalid_value", "min_tokens"),  # above max_tokens
+    ("invalid_value", "n"),  # above num_beams, or n > 1 with greedy beams
+    ("invalid_value", "best_of"),  # only equal to n
+    ("invalid_value", "top_logprobs"),  # needs logprobs: true
+    ("invalid_value", "logit_bias"),  # a token id beyond the model's vocabulary
+    ("invalid_value", "prompt"),  # a token id beyond the model's vocabulary
+    ("unsupported", None),  # tools, functions, ...: documented as refused
+}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, one_thread):
+    path = save_peaky_model(tmp_path_factory.mktemp("schema") / "tiny", TEXTS)
+    with serve_in_thread(create_app({"tiny": lmgen.load(path)}, allowed_hosts=[])) as u:
+        yield u
+
+
+def _accepted_or_explained(response, case) -> str | None:
+    """None when a schema-valid request got an acceptable answer; else what was wrong."""
+    status = response.status_code
+    if 200 <= status < 300 or status in (404, 429):
+        return None
+    if status == 400:
+        err = response.json()["error"]
+        code, param = err["code"], err["param"]
+        if (code, param) in RUN_TIME_REFUSALS or (code == "unsupported" and param):
+            return None
+        return f"schema-valid request refused: {err} for {case.body!r}"[:2000]
+    return f"schema-valid request answered {status}: {response.text[:500]}"
+
+
+def run_schemathesis(url: str, path: str, method: str, mode, examples: int) -> list[str]:
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    operation = schema[path][method]
+    failures: list[str] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case):
+        try:
+            response = case.call_and_validate(
+                excluded_checks=[positive_data_acceptance], timeout=60
+            )
+        except Exception as e:  # a failed check: collected, so one run reports them all
+            failures.append(f"{type(e).__name__}: {e} for {case.body!r}"[:2000])
+            return
+        if mode == GenerationMode.POSITIVE:
+            problem = _accepted_or_explained(response, case)
+            if problem:
+                failures.append(problem)
+
+    check()
+    return failures
+
+
+def _cases():
+    for path, method in OPERATIONS:
+        yield path, method, GenerationMode.POSITIVE
+        if path not in NO_BODY:
+            yield path, method, GenerationMode.NEGATIVE
+
+
+@pytest.mark.parametrize("path, method, mode", list(_cases()))
+def test_schemathesis(url, path, method, mode):
+    failures = run_schemathesis(url, path, method, mode, examples=15)
+    assert not failures, "\n\n".join(dict.fromkeys(failures))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, method, mode", list(_cases()))
+def test_schemathesis_long(url, path, method, mode):
+    failures = run_schemathesis(url, path, method, mode, examples=400)
+    assert not failures, "\n\n".join(dict.fromkeys(failures))
+
+
+def test_the_document_lists_the_errors_and_the_limits(url):
+    doc = httpx.get(url + "/openapi.json").json()
+    completions = doc["paths"]["/v1/completions"]["post"]
+    assert {"200", "400", "401", "404", "413", "429"} <= set(completions["responses"])
+    assert "422" not in completions["responses"]
+    assert "text/event-stream" in completions["responses"]["200"]["content"]
+    error = completions["responses"]["400"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorResponse"}
+
+    def field(model, name):
+        spec = doc["components"]["schemas"][model]["properties"][name]
+        return next((s for s in spec.get("anyOf", [spec]) if s.get("type") != "null"), spec)
+
+    def has(model, name, **expected):
+        got = field(model, name)
+        assert {k: got.get(k) for k in expected} == expected, got
+
+    has("NextRequest", "top", type="integer", minimum=0, maximum=1000)
+    has("CompletionRequest", "logprobs", type="integer", minimum=0, maximum=20)
+    has("CompletionRequest", "top_p", type="number", exclusiveMinimum=0, maximum=1)
+    has("CompletionRequest", "presence_penalty", minimum=-2, maximum=2)
+    has("ChatRequest", "n", minimum=1, maximum=16)
+    has("BeamRequest", "max_tokens", minimum=1, maximum=128)
