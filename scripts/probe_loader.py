@@ -59,6 +59,18 @@ def main() -> int:
             if verbose or outcome == "traceback" or wrong:
                 print(f"{outcome:9} {'WRONG ' if wrong else ''}{name}: {detail[:160]}")
             shutil.rmtree(d, ignore_errors=True)
+        for name in cases.ODD_NAMES:  # model names, not directories: all must be refused
+            try:
+                lmgen.load(name)
+                outcome = "loaded"
+            except LmgenError as e:
+                outcome = "refused" if "\n" not in str(e) and len(str(e)) <= 400 else "traceback"
+            except Exception as e:  # noqa: BLE001 - counted
+                outcome, detail = "traceback", f"{type(e).__name__}: {e}"[:200]
+                print(f"traceback name {name[:40]!r}: {detail}")
+            counts[outcome] += 1
+            counts["wrong outcome"] += outcome == "loaded"
+        table += [None] * len(cases.ODD_NAMES)
         print(
             f"{len(table)} cases: {counts['refused']} refused, {counts['loaded']} loaded, "
             f"{counts['traceback']} tracebacks, {counts['wrong outcome']} wrong outcomes"

@@ -431,10 +431,14 @@ def test_valid_variants_load_and_generate(case, base_dir, tmp_path, limited_memo
     assert isinstance(out.text, str)
 
 
-@pytest.mark.parametrize("name", ["\0", "~no-such-user-lmgen/x", "x" * 5000, "hf:../../etc"])
+ODD_NAMES = ["\0", "~no-such-user-lmgen/x", "x" * 5000, "hf:../../etc", "a/\udcff/b"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
 def test_odd_model_names_are_refused_clearly(name):
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError) as info:
         lmgen.load(name)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400, str(info.value)
 
 
 def test_shape_check_happens_before_allocating(base_dir, tmp_path, monkeypatch):

@@ -541,7 +541,8 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
         if path.is_dir():
             return path
     except (OSError, RuntimeError, ValueError) as e:  # a name too long, ~nosuchuser, a NUL
-        raise ModelLoadError(f"{_clip(repr(name))}: not a usable model path ({e})") from e
+        reason = getattr(e, "strerror", None) or first_line(e)
+        raise ModelLoadError(f"{_clip(repr(name))}: not a usable model path ({reason})") from e
     if os.sep in name or (os.altsep and os.altsep in name):  # a path, not a bundled name
         raise ModelLoadError(f"{_clip(str(path))}: no such model directory")
     if name in bundled_models():
