@@ -67,3 +67,73 @@ def test_without_the_gguf_package_the_error_says_what_to_install(tmp_path, monke
     with pytest.raises(ConfigError, match=r"pip install gguf \(or lmgen\[gguf\]\)"):
         write_gguf(_model(), tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def _field(reader, name):
+    f = reader.fields[name]
+    if len(f.types) > 1:  # an array: one value per data index
+        return [
+            bytes(f.parts[i]).decode()
+            if f.types[-1] == gguf.GGUFValueType.STRING
+            else int(f.parts[i][0])
+            for i in f.data
+        ]
+    return (
+        bytes(f.parts[-1]).decode()
+        if f.types[0] == gguf.GGUFValueType.STRING
+        else int(f.parts[-1][0])
+    )
+
+
+def test_a_bpe_tokenizer_goes_into_the_file(tmp_path, tiny_tokenizer):
+    """Tokens in id order, the merges, the special token as CONTROL, eos id and GPT-2's
+    pre-tokenizer: what llama.cpp's gpt2 BPE loader reads."""
+    import json
+
+    tok = tiny_tokenizer
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size + 4, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    r = gguf.GGUFReader(str(write_gguf(m, tmp_path / "t.gguf", tokenizer=tok)))
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    n = tok.vocab_size
+    assert tokens[:n] == [tok.backend.id_to_token(i) for i in range(n)]
+    assert tokens[n:] == [f"[PAD{i}]" for i in range(n, n + 4)]  # the model's extra rows
+    types = _field(r, "tokenizer.ggml.token_type")
+    assert types[tok.eos_token_id] == gguf.TokenType.CONTROL
+    assert types[n:] == [gguf.TokenType.UNUSED] * 4
+    assert sum(t == gguf.TokenType.NORMAL for t in types) == n - 1
+    merges = json.loads(tok.backend.to_str())["model"]["merges"]
+    want = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert _field(r, "tokenizer.ggml.merges") == want
+    assert _field(r, "tokenizer.ggml.pre") == "gpt-2"
+    assert _field(r, "tokenizer.ggml.eos_token_id") == tok.eos_token_id
+    assert _field(r, "tokenizer.ggml.model") == "gpt2"
+
+
+def test_a_word_tokenizer_gets_the_placeholder_vocabulary(tmp_path):
+    from lmgen.tokenizers import WordTokenizer
+
+    m = _model()
+    tok = WordTokenizer(["a", "b"])
+    r = gguf.GGUFReader(str(write_gguf(m, tmp_path / "w.gguf", tokenizer=tok)))
+    assert _field(r, "tokenizer.ggml.tokens") == [f"<{i}>" for i in range(50)]
+    assert _field(r, "tokenizer.ggml.pre") == "default"
+
+
+def test_export_gguf_command(tmp_path, tiny_model_dir, capsys):
+    import lmgen
+    from lmgen.cli import main
+
+    out = tmp_path / "m.gguf"
+    assert main(["export-gguf", str(tiny_model_dir), str(out), "--dtype", "float16"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote {out} (") and "float16 weights, with its BPE vocabulary" in said
+    r = gguf.GGUFReader(str(out))
+    lm = lmgen.load(tiny_model_dir)
+    tensors = {t.name: t for t in r.tensors}
+    want = lm.model.state_dict()["h.0.attn.c_attn.weight"].half().numpy()
+    assert np.array_equal(
+        np.asarray(tensors["blk.0.attn_qkv.weight"].data).reshape(want.shape), want
+    )
+    assert len(_field(r, "tokenizer.ggml.tokens")) == lm.config.vocab_size
+    assert main(["export-gguf", str(tiny_model_dir), str(tmp_path / "no" / "m.gguf")]) == 2
+    assert "the folder" in capsys.readouterr().err

@@ -113,3 +113,70 @@ def test_save_figure_errors_name_the_path(tmp_path):
     with pytest.raises(ConfigError, match="ends in .png but the format is svg"):
         save_figure(Figure(), tmp_path / "f.png", "svg")
     assert save_figure(Figure(), tmp_path / "f.svg").read_bytes().startswith(b"<?xml")
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.jpeg", "x.webp"])
+def test_an_image_suffix_lmgen_does_not_write_is_refused(name, model_dir, tmp_path, capsys):
+    """`--out x.jpg` used to get png bytes under a .jpg name."""
+    out = tmp_path / name
+    assert main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write .{name.split('.')[1]} files; name it .png, .svg or .pdf" in err
+    assert not out.exists()
+    assert (
+        main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out), "--format", "png"])
+        == 0
+    )
+    assert out.read_bytes().startswith(b"\x89PNG")  # asked for by name: png under that name
+
+
+def test_beam_tree_is_capped_to_stay_readable(model_dir, tmp_path, capsys):
+    from lmgen.plots import MAX_TREE_BEAMS, MAX_TREE_STEPS
+
+    out = tmp_path / "b.png"
+    argv = ["plot", "beam", "To be", "-m", model_dir, "-o", str(out)]
+    assert main([*argv, "--num-beams", str(MAX_TREE_BEAMS + 1)]) == 2
+    assert f"plot beam draws at most {MAX_TREE_BEAMS} beams" in capsys.readouterr().err
+    steps = MAX_TREE_STEPS + 5
+    flags = [
+        "--num-beams",
+        str(MAX_TREE_BEAMS),
+        "--max-new-tokens",
+        str(steps),
+        "--early-stopping",
+        "never",
+    ]
+    assert main([*argv, *flags]) == 0
+    width, height, _, _ = image_stats(out)
+    assert width <= 2500 and height <= 2000, (width, height)
+
+
+def test_beam_figure_says_which_steps_it_draws(model_dir):
+    import lmgen
+    from lmgen.plots import MAX_TREE_STEPS, beam_data, draw_beam
+
+    tree = beam_data(
+        lmgen.load(model_dir),
+        "To be",
+        num_beams=2,
+        max_new_tokens=MAX_TREE_STEPS + 2,
+        early_stopping="never",
+    )
+    assert len(tree.steps) == MAX_TREE_STEPS + 2
+    fig = draw_beam(tree)
+    assert (
+        f"the first {MAX_TREE_STEPS} of {MAX_TREE_STEPS + 2} steps drawn"
+        in fig._suptitle.get_text()
+    )
+    assert len(tree.steps) == MAX_TREE_STEPS + 2  # the data is left whole
+
+
+def test_attention_title_keeps_the_prompt_start(model_dir):
+    import lmgen
+    from lmgen.plots import plot_attention
+
+    prompt = "ROMEO: but soft, what light through yonder window breaks, THE END"
+    title = plot_attention(lmgen.load(model_dir), prompt)._suptitle.get_text()
+    assert "“ROMEO:␣" not in title  # spaces are plain in titles
+    assert "“ROMEO: but soft" in title and title.rstrip("”").endswith("THE END")
+    assert "…" in title

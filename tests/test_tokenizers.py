@@ -264,3 +264,22 @@ def test_auto_tokenizer_encodes_identically(saved_bpe, tiny_tokenizer, text):
     ids = tiny_tokenizer.encode(text)
     assert hf(text)["input_ids"] == ids
     assert hf.decode(ids) == text
+
+
+def _three_kinds(tiny_tokenizer):
+    return {
+        "word": WordTokenizer(["ROMEO", "but", "soft"], unknown="unk"),
+        "char": CharTokenizer.from_text("ROMEO: but soft"),
+        "bpe": tiny_tokenizer,
+    }
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+def test_encode_refuses_text_that_is_not_unicode(kind, tiny_tokenizer):
+    """A lone surrogate (a non-UTF-8 byte read with surrogateescape) is refused by every kind
+    with its position, never a TypeError from the backend, never replaced."""
+    tok = _three_kinds(tiny_tokenizer)[kind]
+    with pytest.raises(ConfigError, match=r"lone surrogate at position 6 \('\\udcff'\)") as e:
+        tok.encode("ROMEO \udcff soft")
+    assert e.value.param == "prompt"
+    assert tok.encode("ROMEO but soft")  # valid text still encodes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from .errors import LmgenError
@@ -37,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars():
     from .cli_generate import add_parsers as generate_parsers
+    from .cli_tools import add_parsers as tool_parsers
 
     yield generate_parsers
+    yield tool_parsers
     for module, attr in (
         ("lmgen.training.cli", "add_parsers"),
         ("lmgen.plots.cli", "add_parsers"),
@@ -71,6 +74,20 @@ def _moved(args) -> int:
     return 2
 
 
+# The API's errors name its keywords; on the command line the flag is what to type.
+_FLAG_HINTS = [
+    # "set context_overflow='slide' (CLI: --context-overflow slide)": keep the CLI's half
+    (re.compile(r"\bset \w+=\S+ \(CLI: ([^)]+)\)"), r"pass \1"),
+    (re.compile(r"\bset context_overflow='slide'"), "pass --context-overflow slide"),
+]
+
+
+def cli_wording(message: str) -> str:
+    for pattern, replacement in _FLAG_HINTS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except LmgenError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_wording(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,15 +4,17 @@ The `gguf` package (llama.cpp's own writer) is an optional extra, `pip install '
 imported on first use. Tensors keep their values, 2-d weights in float32 or float16, norms and
 biases in float32, as llama.cpp's converter writes them.
 
-The file carries a placeholder vocabulary (`<0>`, `<1>`, ...): enough for `llama-bench`, which
-decodes random token ids and never tokenizes text; llama.cpp's BPE loader also asks for at
-least one merge and for bos/eos ids, which are given as placeholders too. To chat with the
-file in llama.cpp, convert the model directory with llama.cpp's `convert_hf_to_gguf.py`
-instead (lmgen model directories are Hugging Face GPT-2 directories).
+Given a byte-level BPE tokenizer (the bundled model's, GPT-2's), the file carries its
+vocabulary, merges and end-of-text token, so llama.cpp tokenizes text as lmgen does (GPT-2's
+pre-tokenizer, `tokenizer.ggml.pre = "gpt-2"`). Other tokenizers (word, character) have no
+GGUF form: the file then carries a placeholder vocabulary (`<0>`, `<1>`, ...), enough for
+`llama-bench`, which decodes token ids and never tokenizes text; llama.cpp's BPE loader still
+asks for at least one merge and for bos/eos ids, which are placeholders too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,10 +61,49 @@ def _tensors(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def bpe_vocabulary(tokenizer, n_vocab: int) -> tuple[list[str], list[str], list[str]] | None:
+    """(tokens, kinds, merges) of a byte-level BPE tokenizer, padded to the model's `n_vocab`
+    rows; kinds are "normal", "control" (special tokens) and "unused" (padding). None when
+    the tokenizer is not byte-level BPE."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None or getattr(tokenizer, "kind", None) != "bpe":
+        return None
+    spec = json.loads(backend.to_str())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
+        return None
+    if not pre.get("use_regex", True):  # without GPT-2's split, llama.cpp's "gpt-2" differs
+        return None
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if size > n_vocab:
+        raise ConfigError(
+            f"the tokenizer has {size} tokens but the model only {n_vocab} embedding rows",
+            "tokenizer",
+        )
+    special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    tokens, kinds = [], []
+    for i in range(n_vocab):
+        piece = backend.id_to_token(i) if i < size else None
+        tokens.append(piece if piece is not None else f"[PAD{i}]")
+        kinds.append("unused" if piece is None else "control" if i in special else "normal")
+    merges = []
+    for m in model.get("merges") or []:
+        pair = m.split(" ") if isinstance(m, str) else list(m)
+        if len(pair) != 2 or any(" " in part for part in pair):
+            return None  # not the byte-level form ("Ġ" for a space): no GGUF equivalent
+        merges.append(" ".join(pair))
+    return tokens, kinds, merges
+
+
 def write_gguf(
-    model, path: str | os.PathLike, dtype: torch.dtype = torch.float32, name: str = "lmgen export"
+    model,
+    path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    tokenizer=None,
+    name: str = "lmgen export",
 ) -> Path:
-    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (float32 or float16)."""
+    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (float32 or float16), the
+    vocabulary of `tokenizer` when it is byte-level BPE, else a placeholder one."""
     if dtype not in GGUF_DTYPES.values():
         raise ConfigError(f"GGUF export supports float32 and float16, got {dtype}", "dtype")
     cfg = model.config
@@ -87,12 +128,29 @@ def write_gguf(
         gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16
     )
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list([f"<{i}>" for i in range(cfg.vocab_size)])
-    w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
-    w.add_token_merges(["<0> <1>"])  # llama.cpp refuses a BPE vocabulary without merges
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
+    vocab = bpe_vocabulary(tokenizer, cfg.vocab_size) if tokenizer is not None else None
+    if vocab is not None:
+        tokens, kinds, merges = vocab
+        types = {
+            "normal": gguf.TokenType.NORMAL,
+            "control": gguf.TokenType.CONTROL,
+            "unused": gguf.TokenType.UNUSED,
+        }
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types([types[k] for k in kinds])
+        w.add_token_merges(merges or ["<0> <1>"])
+        eos = tokenizer.eos_token_id
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        w.add_bos_token_id(0 if bos is None else bos)
+        w.add_eos_token_id(0 if eos is None else eos)
+    else:
+        w.add_tokenizer_pre("default")
+        w.add_token_list([f"<{i}>" for i in range(cfg.vocab_size)])
+        w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
+        w.add_token_merges(["<0> <1>"])  # llama.cpp refuses a BPE vocabulary without merges
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
     w.add_add_bos_token(False)
     for tname, t in _tensors(model).items():
         t = t.detach().float().cpu()

@@ -33,6 +33,21 @@ class Tokenizer(Protocol):
     def save(self, directory: str | Path) -> None: ...
 
 
+def check_text(text: str) -> None:
+    """Refuses text that is not valid Unicode: a lone surrogate, which is what a byte that is
+    not UTF-8 becomes in Python (surrogateescape) and which no tokenizer can encode. Every
+    entry point (generate, next_token, the server, the CLI) encodes through here."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(
+                f"the text contains a lone surrogate at position {e.start} ({text[e.start]!r}), "
+                "which is not valid Unicode; decode bytes as UTF-8 before passing them",
+                "prompt",
+            ) from None
+
+
 class _Wrapped:
     """What the three kinds share: a `tokenizers.Tokenizer` and its special tokens."""
 
@@ -52,6 +67,7 @@ class _Wrapped:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
+        check_text(text)
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -124,6 +140,7 @@ class WordTokenizer(_Wrapped):
         super().__init__(backend)
 
     def encode(self, text: str) -> list[int]:
+        check_text(text)
         vocab = self.backend.get_vocab()
         missing = [w for w in text.split() if w not in vocab]
         if missing and self.unknown == "error":

@@ -33,6 +33,9 @@ import importlib
 FORMATS = ("png", "svg", "pdf")
 DPI = 100
 DEFAULT_MAX_NEW_TOKENS = 40  # `plot generation`'s default: a picture, not a page
+# A readable beam tree: each step shows 2 x num_beams candidates, one box each.
+MAX_TREE_BEAMS = 8
+MAX_TREE_STEPS = 10  # later steps are not drawn; the list of hypotheses stays complete
 
 _EXPORTS = {
     "distributions": [

@@ -138,7 +138,7 @@ def draw_attention(data: AttentionData, layer: int = 0, head: int | None = None)
     which = f"layer {layer}" + (
         f", head {heads[0]}" if head is not None else f", all {data.n_head} heads"
     )
-    fig.suptitle(f"Attention, {which}: “{style.quoted(data.prompt, 50)}”")
+    fig.suptitle(f"Attention, {which}: “{style.quoted(data.prompt, 50, keep='both')}”")
     return fig
 
 

@@ -8,6 +8,7 @@ are pruned. Nothing here searches: the tree is the search's own record.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
@@ -16,7 +17,7 @@ from matplotlib.patches import Patch
 
 from lmgen.errors import ConfigError
 
-from . import style
+from . import MAX_TREE_BEAMS, MAX_TREE_STEPS, style
 from .common import as_lm, require_prompt
 
 
@@ -179,10 +180,23 @@ _FACE = {"kept": "#deebf7", "finished": "#e5f5e0", "pruned": "white"}
 _EDGE = {"kept": style.KEPT, "finished": style.FINISHED, "pruned": "#bdbdbd"}
 
 
+def check_drawable(num_beams) -> None:
+    if isinstance(num_beams, int) and num_beams > MAX_TREE_BEAMS:
+        raise ConfigError(
+            f"plot beam draws at most {MAX_TREE_BEAMS} beams (each step shows 2 x beams "
+            f"candidates), got {num_beams}; beam search itself has no such limit",
+            "num_beams",
+        )
+
+
 @style.styled
 def draw_beam(tree: BeamTree) -> Figure:
     if not tree.steps:
         raise ConfigError("beam search took no step: nothing to draw", "max_new_tokens")
+    check_drawable(tree.num_beams)
+    searched = len(tree.steps)
+    if searched > MAX_TREE_STEPS:  # the first steps, where the search branches
+        tree = dataclasses.replace(tree, steps=tree.steps[:MAX_TREE_STEPS])
     ys, root = _layout(tree)
     width = max(len(s) for s in tree.steps)
     n_steps = len(tree.steps)
@@ -318,10 +332,11 @@ def draw_beam(tree: BeamTree) -> Figure:
             family=style.MONO,
         )
         lst.text(0.25, k + 0.3, f"“{text}”", fontsize=10.5, va="center")
+    drawn = f"; the first {n_steps} of {searched} steps drawn" if searched > n_steps else ""
     fig.suptitle(
         f"Beam search, {tree.num_beams} beams, after "
         f"“{style.quoted(tree.prompt, 40)}”  (node: token, cumulative "
-        "log-prob)",
+        f"log-prob{drawn})",
         fontsize=13,
     )
     return fig
@@ -329,10 +344,12 @@ def draw_beam(tree: BeamTree) -> Figure:
 
 def plot_beam(lm, prompt: str | None = None, **kwargs) -> Figure:
     """The beam-search tree: every step's candidates with their cumulative log-probability,
-    which were kept, finished or pruned, and the returned hypotheses ranked.
+    which were kept, finished or pruned, and the returned hypotheses ranked. At most
+    `MAX_TREE_BEAMS` beams; past `MAX_TREE_STEPS` steps only the first are drawn.
 
     `plot_beam(lm, prompt, num_beams=3, max_new_tokens=6, **config)`, or
     `plot_beam(beam_data(...))`."""
     if isinstance(lm, BeamTree):
         return draw_beam(lm)
+    check_drawable(kwargs.get("num_beams"))  # before searching
     return draw_beam(beam_data(lm, prompt, **kwargs))

@@ -9,14 +9,15 @@ import argparse
 import sys
 
 from lmgen.cli_generate import (
-    _early_stopping,
     add_generation_args,
     add_model_arg,
     config_kwargs,
+    early_stopping_arg,
+    finite_float,
     read_prompt,
 )
 
-from . import DEFAULT_MAX_NEW_TOKENS, DPI, FORMATS
+from . import DEFAULT_MAX_NEW_TOKENS, DPI, FORMATS, MAX_TREE_BEAMS, MAX_TREE_STEPS
 
 
 def _floats(text: str) -> list[float]:
@@ -185,15 +186,21 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--temperature",
         "-t",
-        type=float,
+        type=finite_float,
         default=0.8,
         help="the temperature panel's T (default 0.8)",
     )
     g.add_argument("--top-k", type=int, default=5, help="the top-k panel's k (default 5)")
-    g.add_argument("--top-p", type=float, default=0.9, help="the top-p panel's p (default 0.9)")
+    g.add_argument(
+        "--top-p", type=finite_float, default=0.9, help="the top-p panel's p (default 0.9)"
+    )
     g.add_argument("--num-beams", type=int, default=3, help="the beam panel's beams (default 3)")
     g.add_argument("--seed", type=int, default=0, help="seed of the sampling panels (default 0)")
-    g.add_argument("--repetition-penalty", type=float, help="applied in every panel")
+    g.add_argument(
+        "--repetition-penalty",
+        type=finite_float,
+        help="applied in every panel (default 1.0 = off)",
+    )
     p.set_defaults(func=cmd_next)
 
     p = psub.add_parser(
@@ -243,12 +250,37 @@ def add_parsers(sub) -> None:
     )
     _common(p)
     g = p.add_argument_group("search")
-    g.add_argument("--num-beams", type=int, default=3, help="default 3")
-    g.add_argument("--max-new-tokens", type=int, default=6, help="default 6")
-    g.add_argument("--length-penalty", type=float)
-    g.add_argument("--early-stopping", type=_early_stopping, metavar="true|false|never")
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--no-repeat-ngram-size", type=int)
+    g.add_argument(
+        "--num-beams",
+        type=int,
+        default=3,
+        help=f"beams, at most {MAX_TREE_BEAMS} in a picture (default 3)",
+    )
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=6,
+        help=f"steps of the search; the first {MAX_TREE_STEPS} are drawn (default 6)",
+    )
+    g.add_argument(
+        "--length-penalty",
+        type=finite_float,
+        help="hypotheses ranked by log-prob sum / length**X (default 1.0)",
+    )
+    g.add_argument(
+        "--early-stopping",
+        type=early_stopping_arg,
+        metavar="true|false|never",
+        help="when the search stops, as in lmgen generate (default false)",
+    )
+    g.add_argument(
+        "--repetition-penalty",
+        type=finite_float,
+        help="tokens already in the text R times less likely (default 1.0 = off)",
+    )
+    g.add_argument(
+        "--no-repeat-ngram-size", type=int, help="never repeat an N-gram (default 0 = off)"
+    )
     p.set_defaults(func=cmd_beam)
 
     p = psub.add_parser(
@@ -259,7 +291,7 @@ def add_parsers(sub) -> None:
         f"entropy. max_new_tokens defaults to {DEFAULT_MAX_NEW_TOKENS} here.",
     )
     _common(p)
-    add_generation_args(p)
+    add_generation_args(p, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument(
         "--choice", type=int, default=0, help="which returned sequence to draw (default 0)"
     )

@@ -154,7 +154,9 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
         ax.set_ylabel("position" if k == 0 else "token")
         ax.set_title(title)
         fig.colorbar(cos, ax=ax, shrink=0.9, pad=0.02).set_label("cosine similarity")
-    fig.suptitle(f"Embeddings of “{style.quoted(data.prompt)}” ({n} tokens, {dim} dimensions)")
+    fig.suptitle(
+        f"Embeddings of “{style.quoted(data.prompt, keep='both')}” ({n} tokens, {dim} dimensions)"
+    )
     return fig
 
 

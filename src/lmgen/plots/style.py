@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from lmgen.errors import ConfigError
 
 from . import DPI, FORMATS
+from .tokens import token_bytes, token_text  # noqa: F401 (part of style's API)
 
 FONT = "DejaVu Sans"  # ships with matplotlib, so every machine draws the same glyphs
 MONO = "DejaVu Sans Mono"
@@ -128,47 +129,6 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-@functools.lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """The byte-level BPE alphabet: the printable character that stands for each byte.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes are mapped, in order, to
-    the code points from 256 up (so a space is written `Ġ`, U+0120)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return {ch: b for b, ch in table.items()}
-
-
-def token_bytes(tokenizer, token_id: int) -> bytes | None:
-    """The bytes a byte-level BPE token stands for, or None for other tokenizers."""
-    backend = getattr(tokenizer, "backend", None)
-    if getattr(tokenizer, "kind", None) != "bpe" or backend is None:
-        return None
-    piece = backend.id_to_token(int(token_id))
-    if piece is None:
-        return None
-    decoder = _byte_decoder()
-    if not all(ch in decoder for ch in piece):
-        return None  # a special token such as <|endoftext|>
-    return bytes(decoder[ch] for ch in piece)
-
-
-def token_text(tokenizer, token_id: int) -> str:
-    """The text of one token; a byte-level piece that is not whole UTF-8 on its own (part of a
-    multi-byte character) is written as its bytes, e.g. `\\xe6\\x97`."""
-    text = tokenizer.token_to_str(int(token_id))
-    if "\ufffd" in text:
-        raw = token_bytes(tokenizer, token_id)
-        if raw is not None:
-            text = raw.decode("utf-8", errors="backslashreplace")
-    return text
-
-
 def token_label(tokenizer, token_id: int, *, spaces: bool = True) -> str:
     """A readable label for one token: `␣the`, `↵`, `\\xe6\\x97`, `\\u65e5`."""
     return readable(token_text(tokenizer, token_id), spaces=spaces)
@@ -195,9 +155,19 @@ def esc(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def quoted(text: str, limit: int = 60) -> str:
-    """A prompt for a title: its end, line breaks as ↵, `$` escaped."""
-    return readable(shorten(text, limit), spaces=False)
+def quoted(text: str, limit: int = 60, *, keep: str = "end") -> str:
+    """A prompt for a title, line breaks as ↵, `$` escaped: its end (what the model continues),
+    or with `keep="both"` its start and end around a `…` (for pictures that show every token
+    of the prompt from the first, such as attention)."""
+    return readable(shorten(text, limit) if keep == "end" else elide(text, limit), spaces=False)
+
+
+def elide(text: str, limit: int = 60) -> str:
+    """A long text's start and end, with `…` for the middle."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[-(limit - 1 - head) :]
 
 
 def shorten(text: str, limit: int = 60) -> str:
@@ -209,7 +179,8 @@ def shorten(text: str, limit: int = 60) -> str:
 
 
 def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """The format to write: `fmt` if given, else the file's suffix, else png."""
+    """The format to write: `fmt` if given, else the file's suffix (png, svg or pdf; another
+    suffix is refused rather than filled with png bytes), else png."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if fmt is not None:
         fmt = fmt.lower()
@@ -221,7 +192,13 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
                 "format",
             )
         return fmt
-    return suffix if suffix in FORMATS else "png"
+    if suffix and suffix not in FORMATS:
+        raise ConfigError(
+            f"{path}: cannot write .{suffix} files; name it .png, .svg or .pdf "
+            "(or give --format to write one of those under this name)",
+            "format",
+        )
+    return suffix or "png"
 
 
 def check_output(

@@ -1,0 +1,94 @@
+"""`lmgen tokenize` and `lmgen export-gguf`: a look at the tokenizer, and the model for
+llama.cpp."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli_generate import add_model_arg, read_prompt
+from .errors import ConfigError
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve_model
+    from .tokenizers import load_tokenizer
+
+    text = read_prompt(args.text)
+    tok = load_tokenizer(resolve_model(args.model))  # the tokenizer alone: no weights read
+    ids = tok.encode(text)
+    tokens = [tok.token_to_str(i) for i in ids]
+    if args.json:
+        backend = getattr(tok, "backend", None)
+        d = {"text": text, "token_ids": ids, "tokens": tokens}
+        if backend is not None:  # the vocabulary entries, e.g. "Ġthe" for " the"
+            d["pieces"] = [backend.id_to_token(i) for i in ids]
+        print(json.dumps(d, ensure_ascii=False))
+        return 0
+    from .plots.tokens import token_bytes
+
+    for i, t in zip(ids, tokens, strict=True):
+        raw = token_bytes(tok, i) if "\ufffd" in t else None  # part of a UTF-8 character
+        print(f"{i:>7}  {raw!r}" if raw is not None else f"{i:>7}  {t!r}")
+    print(f"{len(ids)} token{'s' if len(ids) != 1 else ''}")
+    return 0
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    import torch
+
+    import lmgen
+
+    from .gguf_export import bpe_vocabulary, write_gguf
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"cannot write {out}: it is a folder; give a file name", "out")
+    if not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist", "out")
+    lm = lmgen.load(args.model)
+    dtype = getattr(torch, args.dtype)
+    write_gguf(lm.model, out, dtype=dtype, tokenizer=lm.tokenizer, name=lm.name)
+    real = bpe_vocabulary(lm.tokenizer, lm.config.vocab_size) is not None
+    vocab = (
+        "with its BPE vocabulary"
+        if real
+        else "with a placeholder vocabulary (this tokenizer has no GGUF form: token ids only)"
+    )
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MiB, llama.cpp gpt2, {args.dtype} weights, {vocab})")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="show the token ids of a text",
+        description="Encode TEXT with a model's tokenizer: each token's id and text.",
+    )
+    p.add_argument("text", help="the text, or - to read it from stdin")
+    add_model_arg(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"text", "token_ids", "tokens", "pieces"} as one JSON object',
+    )
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser(
+        "export-gguf",
+        help="write a model as GGUF for llama.cpp",
+        description="Write MODEL as a GGUF file of llama.cpp's gpt2 architecture (needs the "
+        "gguf package: pip install 'lmgen[gguf]'). A byte-level BPE tokenizer goes into the "
+        "file too, so llama.cpp tokenizes text as lmgen does.",
+    )
+    p.add_argument("model", help="model directory, bundled model name, or hf:NAME")
+    p.add_argument("out", metavar="OUT.gguf", help="the file to write")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="type of the weight matrices; norms and biases stay float32 (default float32)",
+    )
+    p.set_defaults(func=cmd_export_gguf)
