@@ -14,7 +14,7 @@ from typing import Any
 
 from lmgen.errors import ConfigError
 
-STRATEGIES = ("greedy", "sample", "beam")
+STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 EARLY_STOPPING_VALUES = (True, False, "never")
 MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs; reporting more is rarely useful and costs a topk
 MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32; use 0 for greedy
@@ -62,6 +62,9 @@ class GenerationConfig:
     temperature_last: bool = False
     logprobs: int = 0
     context_overflow: str = "error"  # or "slide": keep the last n_positions tokens
+    penalty_alpha: float = 0.6  # contrastive search: weight of the degeneration penalty
+    num_beam_groups: int = 1  # diverse beam search: groups of num_beams / num_beam_groups
+    diversity_penalty: float = 0.0  # subtracted per earlier group's use of a token this step
 
     # -- construction -------------------------------------------------------------------------
 
@@ -168,6 +171,43 @@ class GenerationConfig:
             raise ConfigError(
                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}", param="logprobs"
             )
+        self._check_contrastive()
+        self._check_beam_groups()
+
+    def _check_contrastive(self) -> None:
+        _number("penalty_alpha", self.penalty_alpha, "in [0, 1]", lambda v: 0 <= v <= 1)
+        if self.strategy != "contrastive":
+            return
+        if self.top_k < 1:
+            raise ConfigError(
+                "strategy 'contrastive' compares top_k candidates each step: top_k must be an "
+                f"int >= 1 (transformers uses 4 to 10), got {self.top_k}",
+                param="top_k",
+            )
+        if self.context_overflow != "error":
+            raise ConfigError(
+                "strategy 'contrastive' compares each candidate with every earlier position; "
+                "it cannot slide past the context: context_overflow must be 'error'",
+                param="context_overflow",
+            )
+
+    def _check_beam_groups(self) -> None:
+        _int_at_least("num_beam_groups", self.num_beam_groups, 1)
+        _number("diversity_penalty", self.diversity_penalty, "finite and >= 0", lambda v: v >= 0)
+        if self.num_beam_groups == 1:
+            return
+        if self.strategy != "beam":
+            raise ConfigError(
+                f"num_beam_groups={self.num_beam_groups} is diverse beam search: it needs "
+                f"strategy 'beam', got {self.strategy!r}",
+                param="num_beam_groups",
+            )
+        if self.num_beams % self.num_beam_groups:
+            raise ConfigError(
+                f"num_beams ({self.num_beams}) must be divisible by num_beam_groups "
+                f"({self.num_beam_groups})",
+                param="num_beam_groups",
+            )
 
     def _check_num_return_sequences(self) -> None:
         n = self.num_return_sequences
@@ -178,7 +218,7 @@ class GenerationConfig:
                 f"got {n}",
                 param="num_return_sequences",
             )
-        if self.strategy == "greedy" and n != 1:
+        if self.strategy in ("greedy", "contrastive") and n != 1:
             raise ConfigError(
                 f"num_return_sequences must be 1 for greedy decoding, got {n}: greedy search "
                 "always returns the same sequence; use strategy 'sample' or 'beam' for several",
@@ -245,6 +285,8 @@ class GenerationConfig:
             )
             for name, default in _SAMPLING_DEFAULTS.items():
                 value = getattr(self, name)
+                if name == "top_k" and strategy == "contrastive":
+                    continue  # its candidate count
                 if value != default and not (name == "temperature" and value == 0):
                     warnings.append(f"{name}={value!r} has no effect: {why}")
         if strategy == "greedy" and self.strategy == "sample" and self.num_return_sequences > 1:
@@ -269,6 +311,16 @@ class GenerationConfig:
                 )
         elif self.num_beams == 1:
             warnings.append("num_beams=1 makes beam search the same as greedy search")
+        if self.strategy != "contrastive" and self.penalty_alpha != 0.6:
+            warnings.append(
+                f"penalty_alpha={self.penalty_alpha!r} has no effect: only strategy "
+                "'contrastive' uses it"
+            )
+        if self.num_beam_groups == 1 and self.diversity_penalty != 0.0:
+            warnings.append(
+                f"diversity_penalty={self.diversity_penalty!r} has no effect without "
+                "num_beam_groups > 1"
+            )
         if self.ignore_eos and self.min_new_tokens > 0:
             warnings.append(
                 "min_new_tokens has no effect with ignore_eos=True: end-of-sequence is "
@@ -284,7 +336,8 @@ SAMPLING_SIGNALS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed
 
 
 def infer_strategy(given: dict[str, Any]) -> str:
-    """The strategy of keyword arguments that name none: `num_beams > 1` gives "beam"; any of
+    """The strategy of keyword arguments that name none: `num_beams > 1` gives "beam";
+    `penalty_alpha > 0` gives "contrastive"; any of
     temperature (other than 0), top_k, top_p, min_p, typical_p or seed gives "sample"; else
     "greedy". A value of None counts as not given; an explicit `strategy` wins."""
     if given.get("strategy") is not None:
@@ -292,6 +345,9 @@ def infer_strategy(given: dict[str, Any]) -> str:
     beams = given.get("num_beams")
     if _is_int(beams) and beams > 1:
         return "beam"
+    alpha = given.get("penalty_alpha")
+    if _is_number(alpha) and alpha > 0:  # transformers' rule: penalty_alpha > 0 is contrastive
+        return "contrastive"
     for name in SAMPLING_SIGNALS:
         value = given.get(name)
         if value is not None and not (name == "temperature" and value == 0):

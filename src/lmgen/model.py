@@ -362,13 +362,16 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         output_attentions: bool = False,
+        output_hidden_states: bool = False,
     ):
         """Logits (batch, seq, vocab) for `input_ids` (batch, seq).
 
         `attention_mask` (batch, seq) marks real tokens (1) and left padding (0) of this call's
         tokens; with a `cache` it is appended to the cached mask and the cache advances.
         `logits_to_keep=n` computes the head for the last n positions only (1 when generating).
-        With `output_attentions`, returns (logits, [weights per layer (batch, head, q, k)]).
+        With `output_attentions`, returns (logits, [weights per layer (batch, head, q, k)]);
+        with `output_hidden_states`, (logits, the final hidden states (batch, seq, n_embd)
+        after ln_f, every position) — what contrastive search compares.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -414,6 +417,9 @@ class GPT(nn.Module):
             if cache is not None:
                 cache.advance(T)
             x = x.view(B, T, -1)
+            if output_hidden_states:
+                h = plan.ln_f(x)
+                return plan.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h), h
             if logits_to_keep and logits_to_keep < T:
                 x = x[:, -logits_to_keep:]
             return plan.lm_head(plan.ln_f(x))
@@ -429,6 +435,9 @@ class GPT(nn.Module):
                 attentions.append(attend.weights)
         if cache is not None:
             cache.advance(T)
+        if output_hidden_states:
+            h = self.ln_f(x)
+            return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h), h
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.ln_f(x))

@@ -25,6 +25,8 @@ from lmgen.errors import ConfigError, ContextLengthError, GenerationError
 from lmgen.generation_config import GenerationConfig
 
 from .beam import BeamStepper
+from .contrastive import ContrastiveStepper
+from .group_beam import GroupBeamStepper
 from .processors import ProcessorChain, build_chain
 from .results import BeamStep, Choice, GenerationResult, TopLogprob
 from .sampling import make_generator
@@ -221,6 +223,16 @@ class Session:
             tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
             self._stepper = SpeculativeStepper(
                 lm, draft, tokens, config, self.chain, gens, speculative_k, spec_stats
+            )
+        elif self.strategy == "contrastive":
+            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
+            self._stepper = ContrastiveStepper(
+                lm, tokens, config, self.chain, record_logits=record_logits
+            )
+        elif self.strategy == "beam" and config.num_beam_groups > 1:
+            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
+            self._stepper = GroupBeamStepper(
+                lm, tokens, config, self.chain, record_logits=record_logits
             )
         elif self.strategy == "beam":
             tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
