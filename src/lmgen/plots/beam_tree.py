@@ -80,8 +80,8 @@ def beam_data(
 ) -> BeamTree:
     """Runs beam search on `prompt` with a trace and returns the tree it explored; every
     beam's final hypothesis is returned (`num_return_sequences` defaults to `num_beams`)."""
-    from lmgen.beam import beam_search
-    from lmgen.generation import check_context, encode_prompt, make_config
+    from lmgen.decoding.api import beam_trace
+    from lmgen.generation_config import GenerationConfig
 
     lm = as_lm(lm)
     require_prompt(prompt, "plot beam")
@@ -89,21 +89,18 @@ def beam_data(
     if strategy != "beam":
         raise ConfigError(f"plot beam draws beam search, not strategy {strategy!r}", "strategy")
     config.setdefault("num_return_sequences", num_beams if isinstance(num_beams, int) else 1)
-    cfg, warnings = make_config(
-        None, dict(strategy="beam", num_beams=num_beams, max_new_tokens=max_new_tokens, **config)
+    result, trace = beam_trace(
+        lm, prompt, strategy="beam", num_beams=num_beams, max_new_tokens=max_new_tokens, **config
     )
-    ids = encode_prompt(lm, prompt)
-    check_context(lm, len(ids), cfg)
-    if len(ids) > lm.config.n_positions:
-        ids = ids[-lm.config.n_positions :]
-    trace: list = []
-    result = beam_search(lm, [prompt], [ids], cfg, warnings, trace=trace)[0]
-    return build_tree(lm, prompt, ids, cfg, result, trace[0])
+    cfg = GenerationConfig(
+        strategy="beam", num_beams=num_beams, max_new_tokens=max_new_tokens, **config
+    )
+    return build_tree(lm, prompt, result.prompt_token_ids, cfg, result, trace)
 
 
 def build_tree(lm, prompt: str, ids: list[int], cfg, result, trace) -> BeamTree:
     """The tree of a recorded beam search: links every candidate to the beam it extends."""
-    from lmgen.beam import NEG
+    from lmgen.decoding.beam import NEG
 
     tok = lm.tokenizer
     eos = set() if cfg.ignore_eos else set(lm.eos_token_ids)

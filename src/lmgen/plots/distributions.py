@@ -126,7 +126,8 @@ def next_data(
     top-k, top-p and the first beam-search step see it, on the same top-`top` candidates.
 
     Extra keyword arguments (e.g. `repetition_penalty=1.3`) join every method's chain."""
-    from lmgen.generation import make_generator, next_token
+    from lmgen.decoding.sampling import make_generator
+    from lmgen.generation import next_token
     from lmgen.generation_config import GenerationConfig
     from lmgen.processors import TopP, build_chain, sample_from_logits
 
@@ -233,24 +234,25 @@ def next_data(
 
 
 def _beam_panel(lm, prompt, data: NextComparison, num_beams: int, config: dict) -> MethodPanel:
-    from lmgen.beam import NEG, beam_search
-    from lmgen.generation import make_config
+    from lmgen.decoding.api import beam_trace
+    from lmgen.decoding.beam import NEG
+    from lmgen.generation_config import GenerationConfig
 
     # Two steps, so that the first step's candidates are judged as running beams rather than
     # all finishing at the length limit; the picture shows the first.
-    cfg, warnings = make_config(
-        None, dict(strategy="beam", num_beams=num_beams, max_new_tokens=2, **config)
+    prompt_ids(lm, prompt, new_tokens=2)  # the context check, with the plot's wording
+    result, trace = beam_trace(
+        lm, prompt, strategy="beam", num_beams=num_beams, max_new_tokens=2, **config
     )
-    ids = prompt_ids(lm, prompt, new_tokens=2)
-    trace: list = []
-    beam_search(lm, [prompt], [ids], cfg, warnings, trace=trace)
-    first = {c["token_id"]: c for c in trace[0].steps[0].candidates if c["score"] > NEG / 2}
+    ids = result.prompt_token_ids
+    cfg = GenerationConfig(strategy="beam", num_beams=num_beams, max_new_tokens=2, **config)
+    first = {c["token_id"]: c for c in trace.steps[0].candidates if c["score"] > NEG / 2}
     probs, status = [], []
     for t in data.token_ids:
         c = first.get(t)
         probs.append(np.exp(c["score"]) if c else np.nan)
         status.append(c["status"] if c else "unscored")
-    kept = [c for c in trace[0].steps[0].candidates if c["status"] == "kept"]
+    kept = [c for c in trace.steps[0].candidates if c["status"] == "kept"]
     kept.sort(key=lambda c: c["beam"])
     finished = sum(c["status"] == "finished" for c in first.values())
     sub = f"first step: {len(kept)} beams kept"
