@@ -247,9 +247,16 @@ def add_processor_args(p: argparse.ArgumentParser, strategy_help: str = STRATEGY
     g = p.add_argument_group("decoding")
     g.add_argument(
         "--strategy",
-        choices=["greedy", "sample", "beam"],
+        choices=["greedy", "sample", "beam", "contrastive"],
         default=None,
         help=f"how the next token is chosen ({strategy_help})",
+    )
+    g.add_argument(
+        "--penalty-alpha",
+        type=finite_float,
+        metavar="A",
+        help="contrastive search: weight of the degeneration penalty in [0, 1]; > 0 implies "
+        f"--strategy contrastive, with --top-k candidates (default {d('penalty_alpha')})",
     )
     g.add_argument(
         "--temperature",
@@ -342,6 +349,20 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int | None =
         type=int,
         metavar="N",
         help=f"beams of beam search; > 1 implies --strategy beam (default {d('num_beams')})",
+    )
+    g.add_argument(
+        "--num-beam-groups",
+        type=int,
+        metavar="G",
+        help="diverse beam search: split the beams into G groups searched in turn "
+        f"(default {d('num_beam_groups')})",
+    )
+    g.add_argument(
+        "--diversity-penalty",
+        type=finite_float,
+        metavar="X",
+        help="diverse beam search: subtracted from a token's log-prob per earlier group that "
+        f"chose it this step (default {d('diversity_penalty')})",
     )
     g.add_argument(
         "--length-penalty",

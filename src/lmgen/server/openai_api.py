@@ -47,8 +47,10 @@ def warnings_field(results) -> dict:
 
 def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     """Sampling is the default, as in OpenAI's API; temperature 0 is greedy; num_beams > 1 is
-    beam search."""
+    beam search; penalty_alpha > 0 is contrastive search (with top_k candidates)."""
     strategy = "beam" if (body.num_beams or 1) > 1 else "sample"
+    if strategy == "sample" and (getattr(body, "penalty_alpha", None) or 0) > 0:
+        strategy = "contrastive"
     return {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
 
 
