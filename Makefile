@@ -1,10 +1,13 @@
 # One command each: `make demo` generates text with the bundled model; `make test` runs the tests.
-# Both create .venv on first use. torch is pinned to 2.13.0 here (the local CPU build); the
-# package itself only asks for torch>=2.4.
+# Both create .venv on first use. torch is pinned to 2.13.0, the CPU build: PyTorch's CPU index
+# is added to pip's indexes, and its 2.13.0+cpu outranks PyPI's 2.13.0 (the CUDA build on Linux).
+# Where that index cannot be reached, pip retries it (about a minute) and takes torch from its
+# other sources; `make TORCH_INDEX= demo` leaves it out. The package itself asks for torch>=2.4.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PROMPT ?= ROMEO:
 
 .PHONY: demo test test-slow test-browser lint bench gallery serve clean
@@ -14,7 +17,7 @@ $(BIN)/activate:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.runtime: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q -e .
 	touch $@
 
