@@ -239,7 +239,8 @@ async function refreshDistribution() {
     const data = await res.json();
     if (seq !== state.refreshSeq) return; // a newer request is on its way
     renderDistribution(data, null);
-    setStatus("");
+    // a fresh chart answers an earlier error; it leaves "done" or "step 2" in place
+    if ($("status").classList.contains("error")) setStatus("");
   } catch (e) {
     if (seq === state.refreshSeq) setStatus(e.message, true);
   }
