@@ -207,6 +207,8 @@ def test_logprobs_and_echo(client, lm):
     assert c.text == "To be" + r.choices[0].text
     n_prompt = len(lm.tokenizer.encode("To be"))
     assert c.logprobs.token_logprobs[0] is None
+    assert c.logprobs.top_logprobs[0] is None  # as OpenAI: nothing comes before the first
+    assert all(len(d) == 2 for d in c.logprobs.top_logprobs[1:])
     assert len(c.logprobs.tokens) == n_prompt + 6
     assert c.logprobs.token_logprobs[n_prompt:] == pytest.approx(lp.token_logprobs, abs=1e-5)
     assert "".join(c.logprobs.tokens) == c.text

@@ -89,9 +89,19 @@ def from_lmgen(e: LmgenError, prompt_param: str = "prompt") -> APIError:
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal)$|\[|^constrained-|^function-")
 
 
+def most_telling(errors: list[dict]) -> dict:
+    """The error to report. A value that fits none of a union's types gets one error per
+    type; the telling one comes from the type that matched the value's shape (not a mere
+    "should be a valid string"), and the deepest of those."""
+    field = errors[0].get("loc", ())[:2]  # ("body", name): the first field with a problem
+    same = [e for e in errors if e.get("loc", ())[:2] == field]
+    shaped = [e for e in same if not e.get("type", "").endswith("_type")]
+    return max(shaped or same, key=lambda e: len(e.get("loc", ())))
+
+
 def validation_error(errors: list[dict], known_params: list[str]) -> APIError:
     """The 400 for the first of pydantic's validation errors, with the API's wording."""
-    e = errors[0]
+    e = most_telling(errors)
     loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     loc = [x for x in loc if not _TYPE_TAG.search(x)]
     where = ".".join(loc)

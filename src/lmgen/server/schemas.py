@@ -40,6 +40,7 @@ MAX_TOKENS = 2048  # the cap on max_tokens; the model's context is checked per r
 MAX_PROMPTS = 32  # prompts in one completions request
 MAX_N = 16  # choices per prompt
 MAX_BEAMS = 16
+MAX_DIVERSITY_PENALTY = 100.0  # diverse beam search; log-probs are rarely more than ~30 apart
 MAX_BEAM_TRACE_TOKENS = 128  # /v1/lmgen/beam records every candidate of every step
 MAX_STOP = 16
 MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
@@ -70,22 +71,25 @@ def Float(**bounds: float) -> Any:
     return Annotated[float, Field(allow_inf_nan=False, **bounds)]
 
 
-def _valid_unicode(text: str) -> str:
+def _valid_unicode(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # the str check says what is wrong
     try:
-        text.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise PydanticCustomError(
             "invalid_unicode",
-            "text is not valid Unicode: a lone surrogate U+{code:04X} at character {position}",
-            {"code": ord(text[e.start]), "position": e.start},
+            "text is not valid Unicode: a lone surrogate {code} at character {position}",
+            {"code": f"U+{ord(value[e.start]):04X}", "position": e.start},
         ) from None
-    return text
+    return value
 
 
 def Text(min_length: int | None = None, max_length: int | None = None) -> Any:
-    """A string of valid Unicode (no lone surrogates)."""
+    """A string of valid Unicode (no lone surrogates: checked first, so that the message
+    names the character)."""
     return Annotated[
-        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_valid_unicode)
+        str, Field(min_length=min_length, max_length=max_length), BeforeValidator(_valid_unicode)
     ]
 
 
@@ -190,6 +194,9 @@ class Decoding(_Strict):
     num_beams: Int(1, MAX_BEAMS) | None = None
     length_penalty: LengthPenalty | None = None
     early_stopping: bool | Literal["never"] | None = None
+    penalty_alpha: Float(ge=0, le=1) | None = None  # contrastive search (with top_k)
+    num_beam_groups: Int(1, MAX_BEAMS) | None = None  # diverse beam search
+    diversity_penalty: Float(ge=0, le=MAX_DIVERSITY_PENALTY) | None = None
     min_tokens: Int(0, MAX_TOKENS) | None = None
     ignore_eos: bool | None = None
     context_overflow: Literal["error", "slide"] | None = None
