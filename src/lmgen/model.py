@@ -212,10 +212,6 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 class Block(nn.Module):
     """Pre-LayerNorm block. The residual adds to the un-normalized stream (`x + attn(ln_1(x))`);
     overwriting `x` with `ln_1(x)` first, as the tutorial does, would discard that stream."""
@@ -246,8 +242,8 @@ class BlockOps(NamedTuple):
     c_fc: Callable
     act: Callable
     mlp_proj: Callable
-    attn_drop: Callable = _identity
-    mlp_drop: Callable = _identity
+    attn_drop: Callable | None = None  # dropout (module path), None on the inference path
+    mlp_drop: Callable | None = None
 
 
 def block_forward(
@@ -258,9 +254,10 @@ def block_forward(
     (B, H, T, D) queries, keys and values and returns the attended values in that shape (it
     writes the KV cache and chooses the mask)."""
     q, k, v = ops.c_attn(ops.ln_1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-    y = attend(q, k, v)
-    x = x + ops.attn_drop(ops.attn_proj(y.transpose(1, 2).reshape(x.shape)))
-    return x + ops.mlp_drop(ops.mlp_proj(ops.act(ops.c_fc(ops.ln_2(x)))))
+    a = ops.attn_proj(attend(q, k, v).transpose(1, 2).reshape(x.shape))
+    x = x + (a if ops.attn_drop is None else ops.attn_drop(a))
+    m = ops.mlp_proj(ops.act(ops.c_fc(ops.ln_2(x))))
+    return x + (m if ops.mlp_drop is None else ops.mlp_drop(m))
 
 
 def attention_weights(q, k, v, mask):
@@ -411,8 +408,9 @@ class GPT(nn.Module):
                 and x.device.type == "cpu"
                 and torch.get_num_threads() > 1
             )
+            attend = _Attend(0, cache, past, mask, causal, 0.0, serial)
             for i, ops in enumerate(plan.layers):
-                attend = _Attend(i, cache, past, mask, causal, 0.0, serial)
+                attend.layer = i
                 x = block_forward(x, ops, B, T, plan.n_head, plan.head_dim, attend)
             if cache is not None:
                 cache.advance(T)

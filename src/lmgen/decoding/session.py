@@ -198,7 +198,7 @@ class Session:
         width = max(len(i) for i in self.prompt_token_ids)
         check_context(lm, width, config)
         self.chain: ProcessorChain = build_chain(
-            config, prompt_length=width, eos_token_ids=lm.eos_token_ids
+            config, prompt_length=width, eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
         )
         self.strategy = "speculative" if draft is not None else config.effective_strategy()
         self.n = n = config.num_return_sequences
@@ -261,12 +261,13 @@ class Session:
         self._started = False
         self._steps = 0
         self._closed = False
+        self._running = len(self._rows)  # choices without a finish reason
 
     # -- stepping -------------------------------------------------------------------------
 
     @property
     def done(self) -> bool:
-        return self._closed or all(r.finish_reason is not None for r in self._rows)
+        return self._closed or self._running == 0
 
     def __iter__(self) -> Iterator[StepOutput]:
         while not self.done:
@@ -303,6 +304,7 @@ class Session:
             for i, row in enumerate(self._rows):
                 if row.finish_reason is None:
                     self._take(row, picks[i], out, i)
+        self._running -= len(out.finished)
         if "text" in self.record:
             for i, row in enumerate(self._rows):
                 out.deltas[i] = row.tracker.delta(final=row.finish_reason is not None)
