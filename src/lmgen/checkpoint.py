@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import re
-import reprlib
 import shutil
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ConfigError, ModelLoadError
+from .json_files import clip, first_line, json_type, read_json_file, show
 from .model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -68,56 +68,8 @@ def config_to_hf(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
 # directory ends in one ModelLoadError naming the file and the field, never a traceback.
 
 MAX_DIM = 2**31 - 1  # any size in config.json; real GPT-2s are far below
-MAX_JSON_BYTES = 1 << 20  # config.json; tokenizer_config.json may hold more (added tokens)
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _REQUIRED = object()
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 40
-_short.maxlevel = 3
-
-
-def show(value) -> str:
-    """A value for an error message: short, and safe on deeply nested JSON."""
-    return _short.repr(value)
-
-
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """An exception's message for a one-line error: its first line, clipped."""
-    lines = str(e).strip().splitlines()
-    return _clip(lines[0], limit) if lines else type(e).__name__
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 40]}...{text[-30:]}"
-
-
-def json_type(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    for kind, name in ((dict, "an object"), (list, "a list"), (str, "a string")):
-        if isinstance(value, kind):
-            return name
-    return "a number"
-
-
-def read_json_file(path: Path, max_bytes: int = MAX_JSON_BYTES):
-    """The parsed contents of a small JSON file, or a ModelLoadError that says what is wrong."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ModelLoadError(f"{path}: {size:,} bytes, more than the {max_bytes:,} expected")
-        text = path.read_bytes().decode("utf-8")
-        return json.loads(text)
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
-    except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{path}: not UTF-8 (invalid byte at offset {e.start})") from e
-    except RecursionError as e:
-        raise ModelLoadError(f"{path}: invalid JSON (nested too deeply)") from e
-    except ValueError as e:
-        raise ModelLoadError(f"{path}: invalid JSON ({e})") from e
 
 
 class _Fields:
@@ -542,14 +494,14 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
             return path
     except (OSError, RuntimeError, ValueError) as e:  # a name too long, ~nosuchuser, a NUL
         reason = getattr(e, "strerror", None) or first_line(e)
-        raise ModelLoadError(f"{_clip(repr(name))}: not a usable model path ({reason})") from e
+        raise ModelLoadError(f"{clip(repr(name))}: not a usable model path ({reason})") from e
     if os.sep in name or (os.altsep and os.altsep in name):  # a path, not a bundled name
-        raise ModelLoadError(f"{_clip(str(path))}: no such model directory")
+        raise ModelLoadError(f"{clip(str(path))}: no such model directory")
     if name in bundled_models():
         return BUNDLED_DIR / name
     known = ", ".join(bundled_models()) or "none installed"
     raise ModelLoadError(
-        f"{_clip(repr(name))} is neither a model directory nor a bundled model (bundled: {known}); "
+        f"{clip(repr(name))} is neither a model directory nor a bundled model (bundled: {known}); "
         "use a directory with config.json, model.safetensors and tokenizer.json, or hf:NAME"
     )
 

@@ -16,6 +16,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import ConfigError, ModelLoadError
+from .json_files import first_line, json_type, read_json_file, show
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
@@ -240,8 +241,6 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
 
     tokenizer_config.json is checked field by field: a malformed file is a ModelLoadError
     naming it, never a traceback."""
-    from .checkpoint import read_json_file
-
     directory = Path(directory)
     path = directory / "tokenizer.json"
     if not path.is_file():
@@ -253,7 +252,7 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise ModelLoadError(
-                    f"{vocab} / {merges}: not a BPE vocabulary ({_first_line(e)})"
+                    f"{vocab} / {merges}: not a BPE vocabulary ({first_line(e)})"
                 ) from e
         raise ModelLoadError(
             f"{directory}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)"
@@ -263,17 +262,15 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
     except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({_first_line(e)})") from e
+        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({first_line(e)})") from e
     cfg_path = directory / "tokenizer_config.json"
     cfg = read_json_file(cfg_path, 64 << 20) if cfg_path.is_file() else {}
     if not isinstance(cfg, dict):
-        from .checkpoint import json_type
-
         raise ModelLoadError(f"{cfg_path}: expected a JSON object, found {json_type(cfg)}")
     kind = cfg.get("lmgen_tokenizer")
     if kind not in (None, "word", "char", "bpe"):
         raise ModelLoadError(
-            f"{cfg_path}: lmgen_tokenizer must be one of 'word', 'char', 'bpe', got {_show(kind)}"
+            f"{cfg_path}: lmgen_tokenizer must be one of 'word', 'char', 'bpe', got {show(kind)}"
         )
     eos, bos, unk = (
         _token_text(cfg, key, cfg_path) for key in ("eos_token", "bos_token", "unk_token")
@@ -299,23 +296,11 @@ def _token_text(cfg: dict, key: str, source: Path) -> str | None:
         return value
     raise ModelLoadError(
         f"{source}: {key} must be a string or an object with a 'content' string, got "
-        f"{_show(cfg.get(key))}"
+        f"{show(cfg.get(key))}"
     )
 
 
 _MISSING = object()
-
-
-def _show(value) -> str:
-    from .checkpoint import show
-
-    return show(value)
-
-
-def _first_line(e: BaseException) -> str:
-    from .checkpoint import first_line
-
-    return first_line(e)
 
 
 def check_token_ids(tokenizer, vocab_size: int, source: str) -> None:

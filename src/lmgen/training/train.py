@@ -424,7 +424,8 @@ def _set_rng_state(state: dict) -> None:
 def _resumable(run_dir: Path, dist_info: Dist):
     """The newest checkpoint that loads: (path, model, state, skipped). One that does not (a
     file missing, its model or state.pt unreadable) is reported, set aside and skipped."""
-    from ..checkpoint import first_line, read_model_dir
+    from ..checkpoint import read_model_dir
+    from ..json_files import first_line
 
     skipped = []
     for _, path in reversed(checkpoint_dirs(run_dir)):
