@@ -158,7 +158,7 @@ def cmd_generation(args) -> int:
     config = GenerationConfig.from_kwargs(**kw)
     for w in config.validate():
         print(f"warning: {w}", file=sys.stderr)
-    fig = plot_generation(_load(args), _prompt(args), config, choice=args.choice)
+    fig = plot_generation(_load(args), _prompt(args), config, choice=args.draw_choice)
     return _write(fig, args)
 
 
@@ -293,6 +293,10 @@ def add_parsers(sub) -> None:
     _common(p)
     add_generation_args(p, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument(
-        "--choice", type=int, default=0, help="which returned sequence to draw (default 0)"
+        "--choice",
+        type=int,
+        default=0,
+        dest="draw_choice",  # not GenerationConfig's `choice` (constrained choices)
+        help="which returned sequence to draw (default 0)",
     )
     p.set_defaults(func=cmd_generation)
