@@ -1,5 +1,6 @@
 """lmgen: a GPT language model, every decoding strategy, and pictures of each step."""
 
+from .compare import compare  # the function; its modules: `from lmgen.compare import metrics`
 from .decoding import GenerationResult, Session, StepOutput, generate, next_token, stream
 from .errors import ConfigError, GenerationError, LmgenError, ModelLoadError
 from .generation_config import GenerationConfig
@@ -20,6 +21,7 @@ __all__ = [
     "ModelLoadError",
     "Session",
     "StepOutput",
+    "compare",
     "generate",
     "load",
     "next_token",

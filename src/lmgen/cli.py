@@ -45,6 +45,7 @@ def _registrars():
     for module, attr in (
         ("lmgen.training.cli", "add_parsers"),
         ("lmgen.plots.cli", "add_parsers"),
+        ("lmgen.compare.cli", "add_parsers"),
         ("lmgen.server.cli", "add_parsers"),
     ):
         try:

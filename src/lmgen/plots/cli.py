@@ -300,3 +300,7 @@ def add_parsers(sub) -> None:
         help="which returned sequence to draw (default 0)",
     )
     p.set_defaults(func=cmd_generation)
+
+    from .compare import add_parser as add_compare_parser  # lmgen plot compare (lmgen compare)
+
+    add_compare_parser(psub)
