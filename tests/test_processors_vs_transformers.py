@@ -14,6 +14,8 @@ from lmgen.errors import ConfigError
 from lmgen.generation_config import GenerationConfig
 from lmgen.processors import (
     BadWords,
+    EpsilonCutoff,
+    EtaCutoff,
     LogitBias,
     MinNewTokens,
     MinP,
@@ -231,6 +233,43 @@ def test_typical_p(logits, mass, keep):
     assert_same_up_to_ties(logits, ours, theirs)
 
 
+@SETTINGS
+@given(logits=logits_st(), epsilon=st.floats(1e-4, 0.99), keep=keep_st)
+def test_epsilon_cutoff(logits, epsilon, keep):
+    ours = EpsilonCutoff(epsilon, keep)(None, logits)
+    theirs = tlp.EpsilonLogitsWarper(epsilon, min_tokens_to_keep=keep)(None, logits.clone())
+    assert_same(ours, theirs)
+
+
+@SETTINGS
+@given(logits=logits_st(), epsilon=st.floats(1e-4, 0.99), keep=keep_st)
+def test_eta_cutoff(logits, epsilon, keep):
+    ours = EtaCutoff(epsilon, keep)(None, logits)
+    theirs = tlp.EtaLogitsWarper(epsilon, min_tokens_to_keep=keep)(None, logits.clone())
+    assert_same(ours, theirs)
+
+
+def test_epsilon_eta_in_transformers_order():
+    # transformers: temperature -> top-k -> top-p -> min-p -> typical -> epsilon -> eta
+    chain = _chain(strategy="sample", temperature=0.7, top_k=9, typical_p=0.9,
+                   epsilon_cutoff=3e-4, eta_cutoff=2e-3)  # fmt: skip
+    assert chain.describe() == [
+        "Temperature(temperature=0.7)",
+        "TopK(k=9)",
+        "TypicalP(mass=0.9)",
+        "EpsilonCutoff(epsilon=0.0003)",
+        "EtaCutoff(epsilon=0.002)",
+    ]
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 40) * 3, torch.zeros((2, 3), dtype=torch.long)
+    theirs = logits.clone()
+    for w in (tlp.TemperatureLogitsWarper(0.7), tlp.TopKLogitsWarper(9),
+              tlp.TypicalLogitsWarper(0.9), tlp.EpsilonLogitsWarper(3e-4),
+              tlp.EtaLogitsWarper(2e-3)):  # fmt: skip
+        theirs = w(ids, theirs)
+    assert_same(chain(ids, logits), theirs)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**31),
@@ -340,6 +379,8 @@ def test_processors_do_not_modify_inputs():
         TopP(0.5),
         MinP(0.2),
         TypicalP(0.5),
+        EpsilonCutoff(0.05),
+        EtaCutoff(0.05),
     ]
     before_logits, before_ids = logits.clone(), ids.clone()
     for p in processors:
@@ -360,6 +401,10 @@ def test_processors_do_not_modify_inputs():
         (lambda: TopP(1.5), "top_p"),
         (lambda: MinP(-0.1), "min_p"),
         (lambda: TypicalP(0.0), "typical_p"),
+        (lambda: EpsilonCutoff(1.0), "epsilon_cutoff"),
+        (lambda: EpsilonCutoff(0.0), "epsilon_cutoff"),
+        (lambda: EtaCutoff(-0.5), "eta_cutoff"),
+        (lambda: EtaCutoff(0.1, 0), "min_tokens_to_keep"),
         (lambda: NoRepeatNGram(0), "no_repeat_ngram_size"),
         (lambda: BadWords([[]]), "bad_words_ids"),
         (lambda: BadWords([[-1]]), "bad_words_ids"),

@@ -32,7 +32,18 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
     "min_tokens_to_keep": 1,
     "temperature_last": False,
     "seed": None,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "top_n_sigma": 0.0,
+    "xtc_probability": 0.0,
+    "xtc_threshold": 0.1,
+    "dynatemp_range": 0.0,
+    "dynatemp_exponent": 1.0,
+    "mirostat": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
 }
+MIROSTAT_VERSIONS = (0, 2)  # off, Mirostat v2 (llama.cpp's numbering; v1 is not implemented)
 
 
 @dataclass
@@ -45,6 +56,28 @@ class GenerationConfig:
     top_p: float = 1.0
     min_p: float = 0.0
     typical_p: float = 1.0
+    # transformers' epsilon and eta sampling (0 = off)
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    # llama.cpp's samplers: top-nσ (0 = off), XTC, DRY, dynamic temperature, Mirostat v2
+    top_n_sigma: float = 0.0
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: list[str] | None = None  # None: llama.cpp's "\n", ":", '"', "*"
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    # structured output: at most one constraint
+    regex: str | None = None
+    json_schema: dict | str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -133,6 +166,8 @@ class GenerationConfig:
         _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
         _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
         _number("typical_p", self.typical_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        self._check_samplers()
+        self._check_constraint()
         _number("repetition_penalty", self.repetition_penalty, "finite and > 0", lambda v: v > 0)
         penalty_range = f"in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}]"
         for name in ("presence_penalty", "frequency_penalty"):
@@ -273,6 +308,69 @@ class GenerationConfig:
                 raise ConfigError(
                     f"stop strings must be non-empty strings, got {s!r}", param="stop"
                 )
+
+    def _check_samplers(self) -> None:
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            _number(name, getattr(self, name), "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
+        _number("top_n_sigma", self.top_n_sigma, "finite and >= 0 (0 = off)", lambda v: v >= 0)
+        _number("xtc_probability", self.xtc_probability, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _number("xtc_threshold", self.xtc_threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
+        _number(
+            "dry_multiplier", self.dry_multiplier, "finite and >= 0 (0 = off)", lambda v: v >= 0
+        )
+        _number("dry_base", self.dry_base, "finite and >= 1", lambda v: v >= 1)
+        _int_at_least("dry_allowed_length", self.dry_allowed_length, 1)
+        _int_at_least(
+            "dry_penalty_last_n", self.dry_penalty_last_n, -1, note=" (-1 = all, 0 = off)"
+        )
+        breakers = self.dry_sequence_breakers
+        if breakers is not None and (
+            isinstance(breakers, str)
+            or not isinstance(breakers, list | tuple)
+            or not all(isinstance(b, str) and b for b in breakers)
+        ):
+            raise ConfigError(
+                f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r}",
+                param="dry_sequence_breakers",
+            )
+        _number(
+            "dynatemp_range", self.dynatemp_range, "finite and >= 0 (0 = off)", lambda v: v >= 0
+        )
+        _number("dynatemp_exponent", self.dynatemp_exponent, "finite and > 0", lambda v: v > 0)
+        if not _is_int(self.mirostat) or self.mirostat not in MIROSTAT_VERSIONS:
+            raise ConfigError(
+                "mirostat must be 0 (off) or 2 (Mirostat v2; v1 is not implemented), "
+                f"got {self.mirostat!r}",
+                param="mirostat",
+            )
+        _number("mirostat_tau", self.mirostat_tau, "finite and > 0", lambda v: v > 0)
+        _number("mirostat_eta", self.mirostat_eta, "finite and > 0", lambda v: v > 0)
+
+    def _check_constraint(self) -> None:
+        from lmgen.decoding.grammar import CONSTRAINTS, check_constraint
+
+        given = [name for name in CONSTRAINTS if getattr(self, name) is not None]
+        if not given:
+            return
+        if len(given) > 1:
+            raise ConfigError(
+                f"give at most one of {', '.join(CONSTRAINTS)}; got {' and '.join(given)}",
+                param=given[1],
+            )
+        kind = given[0]
+        check_constraint(kind, getattr(self, kind))
+        if self.ignore_eos:
+            raise ConfigError(
+                f"ignore_eos cannot be combined with {kind}: the constrained text ends with "
+                "end-of-sequence once it is complete",
+                param="ignore_eos",
+            )
+        if self.min_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens cannot be combined with {kind}: the constraint decides where "
+                "the text may end",
+                param="min_new_tokens",
+            )
 
     def _warnings(self) -> list[str]:
         warnings: list[str] = []

@@ -14,99 +14,54 @@ every device.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from lmgen.errors import ConfigError
 
+from .grammar import StructuredOutput, constraint_of
+from .llama_samplers import DRY, DRY_DEFAULT_BREAKERS, XTC, DynamicTemperature, TopNSigma
+from .mirostat import MirostatV2
+from .processor_base import (
+    NEG_INF,
+    LogitsProcessor,
+    _check_vocab,
+    _finite,
+    _keep_top,
+    _positive_int,
+    _seen_mask,
+    _token_ids,
+)
+
 if TYPE_CHECKING:
     from lmgen.generation_config import GenerationConfig
 
 __all__ = [
+    "DRY",
+    "XTC",
     "BadWords",
+    "DynamicTemperature",
+    "EpsilonCutoff",
+    "EtaCutoff",
     "LogitBias",
     "LogitsProcessor",
     "MinNewTokens",
     "MinP",
+    "MirostatV2",
     "NoRepeatNGram",
     "PresenceFrequencyPenalty",
     "ProcessorChain",
     "RepetitionPenalty",
+    "StructuredOutput",
     "Temperature",
+    "TopNSigma",
     "TopK",
     "TopP",
     "TypicalP",
     "build_chain",
 ]
-
-NEG_INF = float("-inf")
-
-
-class LogitsProcessor:
-    """Base class: subclasses validate in `__init__` and implement `__call__`."""
-
-    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _fields(self) -> dict[str, object]:
-        return {}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._fields().items())
-        return f"{type(self).__name__}({args})"
-
-
-# -- validation helpers -----------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}", param=name)
-    return value
-
-
-def _finite(name: str, value: object, allowed: str = "finite", ok=lambda v: True) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not ok(value)
-    ):
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}", param=name)
-    return float(value)
-
-
-def _token_ids(name: str, ids: Iterable[object]) -> list[int]:
-    out = list(ids)
-    for t in out:
-        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            raise ConfigError(f"{name} must hold token ids (ints >= 0), got {t!r}", param=name)
-    return out
-
-
-def _check_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
-    too_big = sorted({t for t in ids if t >= vocab_size})
-    if too_big:
-        raise ConfigError(
-            f"{name} has token ids outside the vocabulary (size {vocab_size}): {too_big}",
-            param=name,
-        )
-
-
-def _seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[batch, vocab] bool: which tokens occur in each row of `ids`.
-
-    Ids outside [0, vocab) (padding the model can't produce) land in a spare column and are
-    dropped.
-    """
-    ids = torch.where((ids < 0) | (ids >= vocab_size), vocab_size, ids)
-    seen = torch.zeros(ids.shape[0], vocab_size + 1, dtype=torch.bool, device=ids.device)
-    seen.scatter_(1, ids, True)
-    return seen[:, :vocab_size]
-
 
 # -- penalties and constraints ----------------------------------------------------------------
 
@@ -396,6 +351,45 @@ class TypicalP(LogitsProcessor):
         return logits.masked_fill(mask, NEG_INF)
 
 
+class EpsilonCutoff(LogitsProcessor):
+    """Epsilon sampling (Hewitt et al. 2022): remove tokens whose probability is below a fixed
+    `epsilon`, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
+
+    def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
+        self.epsilon = _finite("epsilon_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+
+    def _fields(self) -> dict[str, object]:
+        return _keep_fields("epsilon", self.epsilon, self.min_tokens_to_keep)
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        remove = logits.softmax(dim=-1) < self.epsilon
+        return logits.masked_fill(_keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
+
+
+class EtaCutoff(LogitsProcessor):
+    """Eta sampling (Hewitt et al. 2022): the cutoff adapts to the entropy H of the step,
+    `eta = min(epsilon, sqrt(epsilon) * exp(-H))`; tokens with probability below it are
+    removed, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
+
+    def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
+        self.epsilon = _finite("eta_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+
+    def _fields(self) -> dict[str, object]:
+        return _keep_fields("epsilon", self.epsilon, self.min_tokens_to_keep)
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        logp = logits - logits.logsumexp(dim=-1, keepdim=True)
+        probs = logp.exp()
+        # -inf log-probabilities count as the most negative float: 0 * that is 0, not nan
+        entropy = -(logp.clamp(min=torch.finfo(logp.dtype).min) * probs).sum(-1, keepdim=True)
+        eps = torch.tensor(self.epsilon, dtype=logits.dtype, device=logits.device)
+        eta = torch.minimum(eps, eps.sqrt() * torch.exp(-entropy))
+        remove = probs < eta
+        return logits.masked_fill(_keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
+
+
 # -- the chain --------------------------------------------------------------------------------
 
 
@@ -415,13 +409,26 @@ class ProcessorChain(list):
 
 
 def build_chain(
-    config: GenerationConfig, *, prompt_length: int, eos_token_ids: Sequence[int]
+    config: GenerationConfig,
+    *,
+    prompt_length: int,
+    eos_token_ids: Sequence[int],
+    tokenizer=None,
 ) -> ProcessorChain:
-    """The processors a config asks for, in transformers' order; only the active ones.
+    """The processors a config asks for, in order; only the active ones.
 
-    Greedy and beam search get no warpers (temperature, top-k, top-p, min-p, typical-p), as in
-    transformers. `ignore_eos` is the session's business, not a processor. `config` must be
-    validated (a `Session` validates it once).
+    The order is transformers' for the rules it has and llama.cpp's for the ones it added:
+    repetition penalty -> presence/frequency -> no-repeat n-gram -> DRY (llama.cpp: penalties
+    -> DRY) -> logit bias -> bad words -> min-new-tokens -> the structured-output mask (as
+    transformers runs a user's processors before its warpers), then, for sampling only:
+    temperature (or dynamic temperature) -> top-nσ (llama.cpp: before top-k) -> top-k ->
+    top-p -> min-p -> typical-p -> epsilon -> eta (transformers) -> XTC (llama.cpp: after
+    the truncations) -> Mirostat v2 (llama.cpp: last, after temperature).
+    `temperature_last` moves the temperature after XTC, llama.cpp's place for it.
+
+    Greedy and beam search get no warpers, as in transformers. `ignore_eos` is the session's
+    business, not a processor. `tokenizer` is needed by DRY's sequence breakers and by a
+    structured-output constraint. `config` must be validated (a `Session` validates it once).
     """
     chain = ProcessorChain()
     if config.repetition_penalty != 1.0:
@@ -434,6 +441,8 @@ def build_chain(
         )
     if config.no_repeat_ngram_size > 0:
         chain.append(NoRepeatNGram(config.no_repeat_ngram_size))
+    if config.dry_multiplier > 0 and config.dry_penalty_last_n != 0:
+        chain.append(_dry(config, tokenizer))
     if config.logit_bias:
         chain.append(LogitBias(config.logit_bias))
     if config.bad_words_ids:
@@ -442,11 +451,21 @@ def build_chain(
         chain.append(
             MinNewTokens(config.min_new_tokens, eos_token_ids, prompt_length=prompt_length)
         )
+    constraint = constraint_of(config)
+    if constraint is not None:
+        kind, value = constraint
+        if tokenizer is None:
+            raise ConfigError(f"{kind} needs the tokenizer: pass tokenizer= to build_chain", kind)
+        chain.append(
+            StructuredOutput(kind, value, tokenizer, eos_token_ids, prompt_length=prompt_length)
+        )
     if config.effective_strategy() != "sample":
         return chain
 
     keep = config.min_tokens_to_keep
     warpers: list[LogitsProcessor] = []
+    if config.top_n_sigma > 0:
+        warpers.append(TopNSigma(config.top_n_sigma))
     if config.top_k > 0:
         warpers.append(TopK(config.top_k, keep))
     if config.top_p < 1.0:
@@ -455,8 +474,40 @@ def build_chain(
         warpers.append(MinP(config.min_p, keep))
     if config.typical_p < 1.0:
         warpers.append(TypicalP(config.typical_p, keep))
-    if config.temperature != 1.0:
+    if config.epsilon_cutoff > 0.0:
+        warpers.append(EpsilonCutoff(config.epsilon_cutoff, keep))
+    if config.eta_cutoff > 0.0:
+        warpers.append(EtaCutoff(config.eta_cutoff, keep))
+    if config.xtc_probability > 0.0:
+        warpers.append(XTC(config.xtc_probability, config.xtc_threshold, keep, config.seed))
+    temperature: LogitsProcessor | None = None
+    if config.dynatemp_range > 0.0:
+        temperature = DynamicTemperature(
+            config.temperature, config.dynatemp_range, config.dynatemp_exponent
+        )
+    elif config.temperature != 1.0:
         temperature = Temperature(config.temperature)
+    if temperature is not None:
         warpers.insert(len(warpers) if config.temperature_last else 0, temperature)
+    if config.mirostat == 2:
+        warpers.append(
+            MirostatV2(config.mirostat_tau, config.mirostat_eta, prompt_length=prompt_length)
+        )
     chain.extend(warpers)
     return chain
+
+
+def _dry(config: GenerationConfig, tokenizer) -> DRY:
+    breakers = config.dry_sequence_breakers
+    if breakers is None:
+        breakers = list(DRY_DEFAULT_BREAKERS)
+    args = (config.dry_multiplier, config.dry_base, config.dry_allowed_length,
+            config.dry_penalty_last_n)  # fmt: skip
+    if not breakers:
+        return DRY(*args)
+    if tokenizer is None:
+        raise ConfigError(
+            "dry_sequence_breakers are text: pass tokenizer= to build_chain (or [] for none)",
+            "dry_sequence_breakers",
+        )
+    return DRY.from_strings(*args, breakers, tokenizer)

@@ -1,0 +1,325 @@
+"""The samplers llama.cpp added to the classic set: top-nσ, XTC, DRY and dynamic temperature.
+
+Each is a processor like those in processors.py, with the semantics of llama.cpp's
+`src/llama-sampling.cpp` (the expected values of its `tests/test-sampling.cpp` are ported in
+tests/test_processors_llama.py); the code is our own. llama.cpp works on a candidate list that
+earlier samplers shorten; here a removed token is a -inf logit, so "the candidates" are the
+finite logits of a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+from lmgen.errors import ConfigError
+
+from .processor_base import NEG_INF, LogitsProcessor, _finite, _positive_int
+
+# llama.cpp's defaults for DRY: its sequence breakers, and how much of a breaker it tokenises.
+DRY_DEFAULT_BREAKERS = ("\n", ":", '"', "*")
+DRY_MAX_BREAKER_CHARS = 40
+DRY_MAX_BREAKER_TOKENS = 20
+_FLOAT_MAX_LOG = 88.7228391  # log(float32 max): DRY's exponent is capped below overflow
+MIN_TEMPERATURE = 1e-4  # dynamic temperatures below this are greedy (logits / T would overflow)
+
+
+class TopNSigma(LogitsProcessor):
+    """Top-nσ (Tang et al. 2024): keep the tokens whose logit is within `n` standard
+    deviations of the largest, `logit >= max - n * std`, mean and std taken over the finite
+    logits. Scaling every logit by a temperature scales max and std alike, so the kept set
+    does not depend on where temperature runs."""
+
+    def __init__(self, n: float):
+        self.n = _finite("top_n_sigma", n, "finite and > 0", lambda v: v > 0)
+
+    def _fields(self) -> dict[str, object]:
+        return {"n": self.n}
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(logits)
+        count = finite.sum(-1, keepdim=True)
+        values = torch.where(finite, logits, 0.0)
+        mean = values.sum(-1, keepdim=True) / count.clamp(min=1)
+        var = (torch.where(finite, logits - mean, 0.0) ** 2).sum(-1, keepdim=True)
+        std = (var / count.clamp(min=1)).sqrt()
+        top = logits.amax(-1, keepdim=True)
+        remove = (logits < top - self.n * std) & (count > 1)
+        return logits.masked_fill(remove, NEG_INF)
+
+
+class XTC(LogitsProcessor):
+    """Exclude Top Choices: with probability `probability` per step, remove every token whose
+    probability is at least `threshold` except the least likely of them, so that the most
+    obvious continuations give way to the next most plausible one. Nothing is removed when
+    fewer than two tokens reach the threshold.
+
+    The per-step chance is drawn per row: from the row's own tokens and `seed` (a seeded run
+    draws the same whatever else shares its batch, and never perturbs the token draw), or
+    from torch's global RNG without a seed. Among tokens of equal probability at the cut, the
+    one with the largest id is the one kept."""
+
+    def __init__(self, probability: float, threshold: float, min_tokens_to_keep: int = 1,
+                 seed: int | None = None):  # fmt: skip
+        self.probability = _finite(
+            "xtc_probability", probability, "in [0, 1]", lambda v: 0 <= v <= 1
+        )
+        self.threshold = _finite("xtc_threshold", threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
+        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.seed = seed
+
+    def _fields(self) -> dict[str, object]:
+        return {"probability": self.probability, "threshold": self.threshold}
+
+    def chances(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One uniform in [0, 1) per row: this step's draw against `probability`."""
+        rows = input_ids.shape[0]
+        if self.seed is None:
+            return torch.rand(rows, dtype=torch.float64)
+        seed = self.seed.to_bytes(8, "little")
+        out = []
+        for row in input_ids.to("cpu", torch.int64).numpy():
+            digest = hashlib.blake2b(seed + row.tobytes(), digest_size=8).digest()
+            out.append((int.from_bytes(digest, "little") >> 11) * 2.0**-53)
+        return torch.tensor(out, dtype=torch.float64)
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.probability == 0:
+            return logits
+        applies = (self.chances(input_ids) <= self.probability).to(logits.device)
+        probs = logits.softmax(dim=-1)
+        above = probs >= self.threshold
+        n_above = above.sum(-1)
+        n_finite = torch.isfinite(logits).sum(-1)
+        # The least likely token above the threshold stays (of equal ones, the largest id).
+        least = torch.where(above, probs, 2.0).amin(-1, keepdim=True)
+        ids = torch.arange(logits.shape[-1], device=logits.device)
+        keep_one = torch.where(above & (probs == least), ids, -1).argmax(-1, keepdim=True)
+        remove = above.scatter(1, keep_one, False)
+        kept = n_finite - n_above + 1
+        ok = applies & (n_above >= 2) & (kept >= self.min_tokens_to_keep)
+        return logits.masked_fill(remove & ok[:, None], NEG_INF)
+
+
+class DRY(LogitsProcessor):
+    """DRY ("don't repeat yourself", by pi6am; as in llama.cpp): a token that would extend a
+    repeat of at least `allowed_length` tokens — the end of the sequence already occurring
+    earlier, followed by that token — is penalised by `multiplier * base ** (n -
+    allowed_length)`, n the longest such repeat. The last `penalty_last_n` tokens are looked
+    at (-1: the whole sequence, prompt included; 0: off). A sequence breaker (a token
+    sequence) cuts the repeats that can be matched: none reaches back past the most recent
+    breaker, and a token that is a breaker on its own is never penalised."""
+
+    def __init__(self, multiplier: float, base: float = 1.75, allowed_length: int = 2,
+                 penalty_last_n: int = -1,
+                 breakers: Sequence[Sequence[int]] = ()):  # fmt: skip
+        self.multiplier = _finite("dry_multiplier", multiplier, "finite and >= 0", lambda v: v >= 0)
+        self.base = _finite("dry_base", base, "finite and >= 1", lambda v: v >= 1)
+        self.allowed_length = _positive_int("dry_allowed_length", allowed_length)
+        if (
+            not isinstance(penalty_last_n, int)
+            or isinstance(penalty_last_n, bool)
+            or (penalty_last_n < -1)
+        ):
+            raise ConfigError(
+                f"dry_penalty_last_n must be -1 (the whole sequence), 0 (off) or an int > 0, "
+                f"got {penalty_last_n!r}",
+                param="dry_penalty_last_n",
+            )
+        self.penalty_last_n = penalty_last_n
+        # head token -> the tails (the breaker's later tokens) of the breakers it starts
+        self.breakers: dict[int, list[tuple[int, ...]]] = {}
+        for seq in breakers:
+            seq = tuple(seq)
+            if seq and seq[1:] not in self.breakers.setdefault(seq[0], []):
+                self.breakers[seq[0]].append(seq[1:])
+        self.max_exponent = int(_FLOAT_MAX_LOG / math.log(self.base)) if self.base > 1.000001 else 0
+
+    @classmethod
+    def from_strings(cls, multiplier: float, base: float, allowed_length: int,
+                     penalty_last_n: int, breakers: Sequence[str], tokenizer) -> DRY:  # fmt: skip
+        """Breakers given as text, turned into token sequences as llama.cpp does: every token
+        whose text contains the breaker is a breaker on its own; a token whose text ends
+        with the start of the breaker begins one, followed by the tokens of the rest (at most
+        20 of them). Breakers are cut to 40 characters."""
+        return cls(multiplier, base, allowed_length, penalty_last_n,
+                   breaker_token_sequences(breakers, tokenizer))  # fmt: skip
+
+    def _fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "multiplier": self.multiplier,
+            "base": self.base,
+            "allowed_length": self.allowed_length,
+        }
+        if self.penalty_last_n != -1:
+            fields["penalty_last_n"] = self.penalty_last_n
+        return fields
+
+    @property
+    def active(self) -> bool:
+        return self.multiplier > 0 and self.penalty_last_n != 0
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return logits
+        n = self.penalty_last_n
+        window = input_ids if n == -1 else input_ids[:, -n:]
+        rows, cols, values = [], [], []
+        vocab = logits.shape[-1]
+        for b, row in enumerate(window.tolist()):
+            for token, penalty in self.penalties(row).items():
+                if 0 <= token < vocab:
+                    rows.append(b)
+                    cols.append(token)
+                    values.append(penalty)
+        if not rows:
+            return logits
+        out = logits.clone()
+        out[rows, cols] -= torch.tensor(values, dtype=logits.dtype, device=logits.device)
+        return out
+
+    def penalties(self, window: list[int]) -> dict[int, float]:
+        """token -> the penalty subtracted from its logit, for one row's last tokens."""
+        n = len(window)
+        allowed = self.allowed_length
+        if n <= allowed:
+            return {}
+        rev = window[::-1]  # rev[0] is the newest token
+        # A breaker whose last token is i tokens back limits the repeats to the i - len + 1
+        # tokens after it; the most recent breaker decides.
+        limit = n
+        for i, token in enumerate(rev):
+            tails = self.breakers.get(token)
+            if tails is None:
+                continue
+            longest = -1
+            for tail in tails:
+                t = len(tail)
+                if longest < t <= i and all(tail[o] == rev[i - o - 1] for o in range(t)):
+                    longest = t
+            if longest >= 0:
+                limit = i - longest
+                break
+        if limit < allowed:
+            return {}
+        # z[k]: how many of the newest tokens are repeated ending k tokens back; the token
+        # that followed there would extend that repeat.
+        z = _z_function(rev)
+        longest_after: dict[int, int] = {}
+        for k in range(1, n):
+            length = min(z[k], limit)
+            if length >= allowed:
+                token = window[n - k]
+                if longest_after.get(token, -1) < length:
+                    longest_after[token] = length
+        out = {}
+        for token, length in longest_after.items():
+            if () in self.breakers.get(token, ()):
+                continue  # a breaker on its own is never penalised
+            exponent = length - allowed
+            if self.max_exponent > 0:
+                exponent = min(exponent, self.max_exponent)
+            out[token] = self.multiplier * self.base**exponent
+        return out
+
+
+def _z_function(s: list[int]) -> list[int]:
+    """z[k] = the length of the longest common prefix of s and s[k:] (z[0] = len(s))."""
+    n = len(s)
+    z = [0] * n
+    if n:
+        z[0] = n
+    left = right = 0  # s[left:right] is the rightmost segment found that matches a prefix
+    for k in range(1, n):
+        if k < right:
+            z[k] = min(right - k, z[k - left])
+        while k + z[k] < n and s[z[k]] == s[k + z[k]]:
+            z[k] += 1
+        if k + z[k] > right:
+            left, right = k, k + z[k]
+    return z
+
+
+_BREAKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {...}
+
+
+def breaker_token_sequences(breakers: Sequence[str], tokenizer) -> list[tuple[int, ...]]:
+    """DRY's text breakers as token sequences for `tokenizer` (see `DRY.from_strings`)."""
+    per_tokenizer = _BREAKERS.setdefault(tokenizer, {})
+    key = tuple(breakers)
+    if key not in per_tokenizer:
+        per_tokenizer[key] = _breaker_sequences(key, tokenizer)
+    return per_tokenizer[key]
+
+
+def _breaker_sequences(breakers: tuple[str, ...], tokenizer) -> list[tuple[int, ...]]:
+    texts = _token_texts(tokenizer)
+    out: list[tuple[int, ...]] = []
+    for breaker in breakers:
+        breaker = breaker[:DRY_MAX_BREAKER_CHARS]
+        if not breaker:
+            continue
+        for token, word in enumerate(texts):
+            if breaker in word:
+                out.append((token,))
+                continue
+            # every place where the token's text ends with the start of the breaker
+            pos = word.find(breaker[0])
+            while pos != -1:
+                overlap = len(word) - pos
+                if breaker.startswith(word[pos:]) and overlap < len(breaker):
+                    tail = tokenizer.encode(breaker[overlap:])[:DRY_MAX_BREAKER_TOKENS]
+                    out.append((token, *tail))
+                pos = word.find(breaker[0], pos + 1)
+    return list(dict.fromkeys(out))
+
+
+def _token_texts(tokenizer) -> list[str]:
+    backend = getattr(tokenizer, "backend", None)
+    ids = [[i] for i in range(tokenizer.vocab_size)]
+    if backend is not None:
+        return backend.decode_batch(ids, skip_special_tokens=False)
+    return [tokenizer.decode(i) for i in ids]
+
+
+class DynamicTemperature(LogitsProcessor):
+    """Entropy-based temperature (llama.cpp's dynatemp): each step's temperature goes from
+    `max(0, T - range)` to `T + range` as the step's normalised entropy `H / log n` (n the
+    number of candidates) goes from 0 to 1, raised to `exponent` on the way: a confident step
+    is cooled and an uncertain one heated. With one candidate nothing changes; a step whose
+    temperature comes out below 1e-4 keeps only its most likely token (the first of equal
+    ones). `range=0` is the fixed temperature T."""
+
+    def __init__(self, temperature: float, range_: float, exponent: float = 1.0):
+        self.temperature = _finite("temperature", temperature, "finite and > 0", lambda v: v > 0)
+        self.range = _finite("dynatemp_range", range_, "finite and >= 0", lambda v: v >= 0)
+        self.exponent = _finite("dynatemp_exponent", exponent, "finite and > 0", lambda v: v > 0)
+
+    def _fields(self) -> dict[str, object]:
+        return {"temperature": self.temperature, "range": self.range, "exponent": self.exponent}
+
+    def temperatures(self, logits: torch.Tensor) -> torch.Tensor:
+        """[batch, 1]: each row's temperature for this step."""
+        low = max(0.0, self.temperature - self.range)
+        high = self.temperature + self.range
+        count = torch.isfinite(logits).sum(-1, keepdim=True)
+        logp = logits.log_softmax(dim=-1)
+        entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # 0 * -inf is nan: skip
+        normalised = entropy / count.clamp(min=2).to(logits.dtype).log()
+        return low + (high - low) * normalised.clamp(min=0) ** self.exponent
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.range == 0:
+            return logits / self.temperature
+        temps = self.temperatures(logits)
+        count = torch.isfinite(logits).sum(-1, keepdim=True)
+        scaled = logits / temps.clamp(min=MIN_TEMPERATURE)
+        # T -> 0: only the most likely token (the first of equal ones) survives
+        top = logits.argmax(dim=-1, keepdim=True)
+        greedy = torch.full_like(logits, NEG_INF).scatter(1, top, logits.gather(1, top))
+        out = torch.where(temps >= MIN_TEMPERATURE, scaled, greedy)
+        return torch.where(count > 1, out, logits)

@@ -1,0 +1,81 @@
+"""What every logits processor shares: the base class and the checks that refuse bad values
+where they enter (a ConfigError naming the parameter)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from lmgen.errors import ConfigError
+
+NEG_INF = float("-inf")
+
+
+class LogitsProcessor:
+    """Base class: subclasses validate in `__init__` and implement `__call__`."""
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fields(self) -> dict[str, object]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._fields().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _positive_int(name: str, value: object, low: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}", param=name)
+    return value
+
+
+def _finite(name: str, value: object, allowed: str = "finite", ok=lambda v: True) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}", param=name)
+    return float(value)
+
+
+def _token_ids(name: str, ids: Iterable[object]) -> list[int]:
+    out = list(ids)
+    for t in out:
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise ConfigError(f"{name} must hold token ids (ints >= 0), got {t!r}", param=name)
+    return out
+
+
+def _check_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
+    too_big = sorted({t for t in ids if t >= vocab_size})
+    if too_big:
+        raise ConfigError(
+            f"{name} has token ids outside the vocabulary (size {vocab_size}): {too_big}",
+            param=name,
+        )
+
+
+def _seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[batch, vocab] bool: which tokens occur in each row of `ids`.
+
+    Ids outside [0, vocab) (padding the model can't produce) land in a spare column and are
+    dropped.
+    """
+    ids = torch.where((ids < 0) | (ids >= vocab_size), vocab_size, ids)
+    seen = torch.zeros(ids.shape[0], vocab_size + 1, dtype=torch.bool, device=ids.device)
+    seen.scatter_(1, ids, True)
+    return seen[:, :vocab_size]
+
+
+def _keep_top(logits: torch.Tensor, remove: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
+    """`remove` with the `min_tokens_to_keep` highest logits of each row (and any tie with the
+    last of them) kept, as transformers' epsilon/eta warpers keep them."""
+    k = min(min_tokens_to_keep, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return remove & (logits < kth)
