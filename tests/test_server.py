@@ -364,7 +364,8 @@ def test_chat_refuses_tools(server):
         ({"prompt": "x", "top-k": 3}, "top-k"),
         ({"prompt": 3}, "prompt"),
         ({"prompt": []}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [1, 10**6]}, "prompt"),  # beyond the vocabulary
         ({}, "prompt"),
         ({"prompt": "x", "best_of": 3}, "best_of"),
         ({"prompt": "x", "suffix": "y"}, "suffix"),

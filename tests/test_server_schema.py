@@ -16,7 +16,10 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    negative_data_rejection,
+    positive_data_acceptance,
+)
 
 import lmgen  # noqa: E402
 from conftest import save_peaky_model  # noqa: E402
@@ -28,11 +31,19 @@ OPERATIONS = [
     ("/v1/chat/completions", "POST"),
     ("/v1/lmgen/next", "POST"),
     ("/v1/lmgen/beam", "POST"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
+    ("/tokenizer_info", "GET"),
     ("/v1/models", "GET"),
     ("/v1/models/{model_id}", "GET"),
     ("/health", "GET"),
 ]
-NO_BODY = {"/v1/models", "/v1/models/{model_id}", "/health"}  # nothing to make invalid
+NO_BODY = {
+    "/v1/models",
+    "/v1/models/{model_id}",
+    "/health",
+    "/tokenizer_info",
+}  # nothing to make invalid
 # A schema-valid request may still be refused for what no single field can say; these are
 # the (code, param) of such refusals, each documented in the 400's description.
 RUN_TIME_REFUSALS = {
@@ -43,7 +54,13 @@ RUN_TIME_REFUSALS = {
     ("invalid_value", "best_of"),  # only equal to n
     ("invalid_value", "top_logprobs"),  # needs logprobs: true
     ("invalid_value", "logit_bias"),  # a token id beyond the model's vocabulary
-    ("invalid_value", "prompt"),  # a token id beyond the model's vocabulary
+    ("invalid_value", "prompt"),  # a token id beyond the vocabulary; prompt or messages
+    ("invalid_value", "tokens"),  # a token id beyond the vocabulary
+    ("invalid_value", "max_tokens"),  # 0 without echo
+    ("invalid_value", "num_beam_groups"),  # needs beam search, and must divide num_beams
+    ("invalid_value", "diversity_penalty"),  # needs num_beam_groups > 1
+    ("invalid_value", "penalty_alpha"),  # contrastive search
+    ("invalid_value", "top_k"),  # contrastive search needs top_k >= 1
     ("unsupported", None),  # tools, functions, ...: documented as refused
 }
 
@@ -69,6 +86,14 @@ def _accepted_or_explained(response, case) -> str | None:
     return f"schema-valid request answered {status}: {response.text[:500]}"
 
 
+def refused(ctx, response, case):
+    """schemathesis' own check that invalid requests are refused, which does not count 413
+    (a body over the server's limit) as a refusal."""
+    if response.status_code == 413:
+        return None
+    return negative_data_rejection(ctx, response, case)
+
+
 def run_schemathesis(url: str, path: str, method: str, mode, examples: int) -> list[str]:
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     operation = schema[path][method]
@@ -85,7 +110,9 @@ def run_schemathesis(url: str, path: str, method: str, mode, examples: int) -> l
     def check(case):
         try:
             response = case.call_and_validate(
-                excluded_checks=[positive_data_acceptance], timeout=60
+                excluded_checks=[positive_data_acceptance, negative_data_rejection],
+                additional_checks=[refused],
+                timeout=60,
             )
         except Exception as e:  # a failed check: collected, so one run reports them all
             failures.append(f"{type(e).__name__}: {e} for {case.body!r}"[:2000])

@@ -86,15 +86,22 @@ def from_lmgen(e: LmgenError, prompt_param: str = "prompt") -> APIError:
     )
 
 
-_TYPE_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal)$|\[|^constrained-|^function-")
+# pydantic's names for the members of a union, and schemas.py's tags of the prompt's shapes
+_TYPE_TAG = re.compile(
+    r"^(str|int|float|bool|dict|list|none|literal)$|\[|^constrained-|^function-|^as-"
+)
 
 
 def most_telling(errors: list[dict]) -> dict:
     """The error to report. A value that fits none of a union's types gets one error per
     type; the telling one comes from the type that matched the value's shape (not a mere
     "should be a valid string"), and the deepest of those."""
-    field = errors[0].get("loc", ())[:2]  # ("body", name): the first field with a problem
-    same = [e for e in errors if e.get("loc", ())[:2] == field]
+
+    def field(e: dict) -> object:  # the top-level field the error is about
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        return loc[0] if loc else None
+
+    same = [e for e in errors if field(e) == field(errors[0])]
     shaped = [e for e in same if not e.get("type", "").endswith("_type")]
     return max(shaped or same, key=lambda e: len(e.get("loc", ())))
 
@@ -127,6 +134,15 @@ def validation_error(errors: list[dict], known_params: list[str]) -> APIError:
         )
     got = repr(e.get("input"))
     got = got if len(got) <= 80 else got[:77] + "..."
+    if kind == "too_long" and where == "prompt" and "as-ids" not in e.get("loc", ()):
+        limit = e.get("ctx", {}).get("max_length")
+        count = e.get("ctx", {}).get("actual_length")
+        return APIError(
+            400,
+            f"at most {limit} prompts in one request, got {count}; send them in several",
+            param=param,
+            code="invalid_value",
+        )
     return APIError(
         400,
         f"invalid value for {where!r}: {e.get('msg')} (got {got})",

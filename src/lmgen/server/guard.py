@@ -3,7 +3,8 @@
 - the Host header, when the server is bound to loopback: only loopback names (and the hosts
   given with `--allowed-host`) are served, so a web page the user visits cannot reach the
   server through DNS rebinding (its requests carry the attacker's host name);
-- the API key (one `Authorization` header, compared in constant time);
+- the API key on /v1 and the tokenizer routes (one `Authorization` header, compared in
+  constant time);
 - the body: at most `max_body_bytes`, and UTF-8 (JSON's only encoding).
 """
 
@@ -15,6 +16,11 @@ import ipaddress
 from .errors import APIError
 
 LOOPBACK_NAMES = ("localhost",)
+KEYED_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")  # vLLM's, outside /v1
+
+
+def needs_key(path: str) -> bool:
+    return path.startswith("/v1/") or path in KEYED_PATHS
 
 
 def host_name(host: str) -> str:
@@ -129,7 +135,7 @@ class Guard:
                 f"the request has {len(auth)} Authorization headers; send exactly one",
                 code="invalid_authorization",
             )
-        if self.key is not None and scope["path"].startswith("/v1/"):
+        if self.key is not None and needs_key(scope["path"]):
             scheme, _, token = (auth[0] if auth else b"").partition(b" ")
             # compare_digest: the time taken does not depend on where the keys differ
             good = hmac.compare_digest(token.strip(), self.key)

@@ -13,11 +13,11 @@ from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation import check_context, encode_prompt
 
 from . import jobs, schemas
-from .budget import decode_cost
+from .budget import decode_cost, job_bytes
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
-from .worker import GenerateJob
+from .worker import CallJob, GenerateJob, score_prompt
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 CHAT_ROLES = {
@@ -54,9 +54,25 @@ def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     return {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
 
 
-async def prompt_lengths(lm, prompts: list[str], param: str) -> list[int]:
+async def prompt_lengths(lm, prompts: list, param: str) -> list[int]:
+    """Tokens in each prompt (text is encoded off the event loop; token ids are counted and
+    checked against the vocabulary)."""
+    vocab = lm.config.vocab_size
+    for k, p in enumerate(prompts):
+        if isinstance(p, list):
+            bad = next((i for i, t in enumerate(p) if not 0 <= t < vocab), None)
+            if bad is not None:
+                where = f"prompt {k}, position {bad}" if len(prompts) > 1 else f"position {bad}"
+                raise APIError(
+                    400,
+                    f"token id {p[bad]} ({where}) is not in this model's vocabulary: ids are "
+                    f"in [0, {vocab})",
+                    param=param,
+                    code="invalid_value",
+                )
+
     def lengths():
-        return [len(encode_prompt(lm, p)) for p in prompts]
+        return [len(p) if isinstance(p, list) else len(encode_prompt(lm, p)) for p in prompts]
 
     try:
         return await anyio.to_thread.run_sync(lengths)
@@ -69,6 +85,15 @@ def fits_context(lm, length: int, config, param: str) -> None:
         check_context(lm, length, config)
     except GenerationError as e:
         raise from_lmgen(e, param) from None
+
+
+def prompt_list(prompt) -> list:
+    """The request's prompts, each a string or a list of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]  # one prompt as token ids
+    return list(prompt)
 
 
 # -- completions ----------------------------------------------------------------------------
@@ -87,18 +112,31 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
         )
     if body.suffix:
         raise APIError(400, "suffix is not supported by these models", param="suffix")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    prompts = prompt_list(body.prompt)
     kw = sampling_kwargs(body, lm)
     if body.logprobs:
         kw["logprobs"] = body.logprobs
     kw.setdefault("max_new_tokens", 16)
+    scoring_only = kw["max_new_tokens"] == 0
+    if scoring_only:
+        if not body.echo:
+            raise APIError(
+                400,
+                "max_tokens 0 generates nothing: it is allowed only with echo: true, which "
+                "returns the prompt (with its logprobs when logprobs is set)",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        kw["max_new_tokens"] = 1  # the other knobs are checked as for any request
     config = make_config(kw)
     lengths = await prompt_lengths(lm, prompts, "prompt")
-    fits_context(lm, max(lengths), config, "prompt")
     echo = bool(body.echo)
     want_lp = body.logprobs is not None
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": name}
+    if scoring_only:
+        return await score_prompts(request, s, body, prompts, lengths, config, head)
+    fits_context(lm, max(lengths), config, "prompt")
 
     def choices(out) -> list[dict]:
         results, scored = out
@@ -168,6 +206,65 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
         if include_usage
         else None,
         incremental=incremental,
+    )
+
+
+async def score_prompts(request, s, body, prompts: list, lengths: list[int], config, head):
+    """`max_tokens: 0` with `echo`: each prompt back with the model's log-probability of each
+    of its tokens, nothing generated (as OpenAI's legacy API and scoring scripts use it)."""
+    lm = s.lm
+    n_pos = lm.config.n_positions
+    longest = max(lengths)
+    if longest > n_pos and config.context_overflow == "error":
+        raise APIError(
+            400,
+            f"a prompt of {longest} tokens exceeds the model's context of {n_pos} tokens; "
+            "shorten it, or set context_overflow='slide' to score its last tokens only",
+            param="prompt",
+            code="context_length_exceeded",
+        )
+    top = body.logprobs or 0
+    want_lp = body.logprobs is not None
+
+    def work(lm) -> list:
+        out = []
+        for p in prompts:
+            ids = p if isinstance(p, list) else encode_prompt(lm, p)
+            text = lm.tokenizer.decode(ids) if isinstance(p, list) else p
+            out.append((text, ids, score_prompt(lm, ids, top) if want_lp else None))
+        return out
+
+    n = body.n or 1
+    nbytes = job_bytes(lm, 1, longest) + min(longest, n_pos) * lm.config.vocab_size * 4
+    cost = (nbytes, f"1 row x {min(longest, n_pos)} positions, and its logits")
+
+    def choices(out) -> list[dict]:
+        return [
+            {
+                "index": k * n + j,
+                "text": text,
+                "logprobs": prompt_logprobs(lm.tokenizer, ids, scored, top) if want_lp else None,
+                "finish_reason": "length",
+            }
+            for k, (text, ids, scored) in enumerate(out)
+            for j in range(n)
+        ]
+
+    prompt_tokens = sum(lengths)
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
+    if not body.stream:
+        out = await jobs.run(request, s, CallJob(work), cost)
+        return {**head, "choices": choices(out), "usage": counts, "system_fingerprint": None}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await jobs.stream(
+        s,
+        CallJob(work),
+        cost,
+        on_start=lambda: [],
+        on_event=lambda item: [],
+        on_whole=lambda out: [{**head, "choices": [c]} for c in choices(out)],
+        on_usage=(lambda out: {**head, "choices": [], "usage": counts}) if include_usage else None,
+        incremental=False,
     )
 
 
@@ -332,22 +429,51 @@ def chat_prompt(messages: list[schemas.ChatMessage]) -> str:
 
 
 def completion_logprobs(tok, result, choice, top: int, scored) -> dict:
-    tokens = [tok.token_to_str(t) for t in choice.token_ids]
-    lps: list[float | None] = list(choice.logprobs)
-    tops: list[dict] | None = None
-    if top and choice.top_logprobs:
-        tops = [{t.token: t.logprob for t in step} for step in choice.top_logprobs]
-    if scored is not None:  # echo: the prompt's tokens come first
-        p_lps, p_tops = scored
-        tokens = [tok.token_to_str(t) for t in result.prompt_token_ids] + tokens
-        lps = p_lps + lps
-        if top:
-            tops = p_tops + (tops or [{} for _ in choice.token_ids])
+    gen = {
+        "tokens": [tok.token_to_str(t) for t in choice.token_ids],
+        "token_logprobs": list(choice.logprobs),
+        "top_logprobs": [{t.token: t.logprob for t in step} for step in choice.top_logprobs]
+        if top and choice.top_logprobs
+        else None,
+    }
+    if scored is None:
+        return with_offsets(gen)
+    echo = prompt_logprobs(tok, result.prompt_token_ids, scored, top)  # echo: the prompt first
+    tops = None
+    if top:
+        tops = echo["top_logprobs"] + (gen["top_logprobs"] or [{} for _ in choice.token_ids])
+    return with_offsets(
+        {
+            "tokens": echo["tokens"] + gen["tokens"],
+            "token_logprobs": echo["token_logprobs"] + gen["token_logprobs"],
+            "top_logprobs": tops,
+        }
+    )
+
+
+def prompt_logprobs(tok, ids: list[int], scored, top: int) -> dict:
+    """OpenAI's logprobs of the prompt's tokens: the first has none (null), as has any token
+    cut off by context_overflow='slide'."""
+    lps, tops = scored
+    missing = len(ids) - len(lps)  # the prompt's start, beyond the context
+    lps = [None] * missing + list(lps)
+    tops = [None] * missing + list(tops)
+    tops[0] = None
+    return with_offsets(
+        {
+            "tokens": [tok.token_to_str(t) for t in ids],
+            "token_logprobs": lps,
+            "top_logprobs": tops if top else None,
+        }
+    )
+
+
+def with_offsets(logprobs: dict) -> dict:
     offsets, pos = [], 0
-    for t in tokens:
+    for t in logprobs["tokens"]:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+    return {**logprobs, "text_offset": offsets}
 
 
 def chat_logprobs(tok, choice) -> dict:

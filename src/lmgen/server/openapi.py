@@ -33,7 +33,21 @@ STREAMED = {
     200: {
         "description": "the response; with `stream: true`, server-sent events ending in "
         "`data: [DONE]`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {  # one event (OpenAPI 3.1: `schema` describes each event)
+                    "type": "object",
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "description": "a chunk as JSON, an error as JSON, or [DONE]",
+                        },
+                        "event": {"type": "string"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
     }
 }
 

@@ -58,6 +58,7 @@ class Registry:
             "created": s.created,
             "owned_by": "lmgen",
             "max_model_len": cfg.n_positions,
+            "vocab_size": cfg.vocab_size,
             "lmgen": {
                 "parameters": s.lm.model.num_parameters(),
                 "vocab_size": cfg.vocab_size,

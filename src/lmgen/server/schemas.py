@@ -23,7 +23,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -38,6 +40,7 @@ from lmgen.generation_config import (
 
 MAX_TOKENS = 2048  # the cap on max_tokens; the model's context is checked per request
 MAX_PROMPTS = 32  # prompts in one completions request
+MAX_PROMPT_TOKENS = 1 << 16  # ids in one token-id prompt (the context is checked per model)
 MAX_N = 16  # choices per prompt
 MAX_BEAMS = 16
 MAX_DIVERSITY_PENALTY = 100.0  # diverse beam search; log-probs are rarely more than ~30 apart
@@ -48,8 +51,9 @@ MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_MESSAGES = 1024
 MAX_SEED = 2**64 - 1
-# logits are divided or multiplied by it: beyond these, float32 overflows into NaN
+# logits are divided or multiplied by these: beyond the bounds float32 overflows into NaN
 REPETITION_PENALTY_RANGE = (1e-3, 1e3)
+MAX_TEMPERATURE = 1e4  # the distribution is uniform long before; 1e39 is float32's infinity
 
 
 # -- field types ------------------------------------------------------------------------------
@@ -105,15 +109,15 @@ def _zero_or_at_least_min_temperature(value: float) -> float:
 
 Temperature = Annotated[
     float,
-    Field(ge=0, allow_inf_nan=False),
+    Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False),
     AfterValidator(_zero_or_at_least_min_temperature),
     WithJsonSchema(
         {
             "anyOf": [
                 {"type": "number", "const": 0},
-                {"type": "number", "minimum": MIN_TEMPERATURE},
+                {"type": "number", "minimum": MIN_TEMPERATURE, "maximum": MAX_TEMPERATURE},
             ],
-            "description": f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
+            "description": f"0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]",
         }
     ),
 ]
@@ -202,8 +206,44 @@ class Decoding(_Strict):
     context_overflow: Literal["error", "slide"] | None = None
 
 
+TokenId = Int(0)  # and below the model's vocabulary size, checked per model
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_TOKENS)]
+
+
+def _prompt_kind(value: Any) -> str | None:
+    """Which of the four prompt shapes a value has, judged by its first element, so that an
+    error is reported against the shape the client meant."""
+    if isinstance(value, str):
+        return "as-text"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else ""
+    if isinstance(first, list):
+        return "as-id-lists"
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return "as-ids"
+    return "as-texts"
+
+
+Prompt = Annotated[
+    Annotated[Text(), Tag("as-text")]
+    | Annotated[list[Text()], Field(min_length=1, max_length=MAX_PROMPTS), Tag("as-texts")]
+    | Annotated[TokenIds, Tag("as-ids")]
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS), Tag("as-id-lists")],
+    Discriminator(
+        _prompt_kind,
+        custom_error_type="prompt_type",
+        custom_error_message="prompt must be a string, a list of strings, a list of token ids "
+        "or a list of lists of token ids",
+    ),
+]
+
+
 class CompletionRequest(Decoding):
-    prompt: Text() | Annotated[list[Text()], Field(min_length=1, max_length=MAX_PROMPTS)]
+    # a string, a list of strings, token ids, or a list of lists of token ids (as OpenAI)
+    prompt: Prompt
+    # 0 with echo: score the prompt only (its logprobs), generate nothing
+    max_tokens: Int(0, MAX_TOKENS) | None = None
     logprobs: Int(0, MAX_LOGPROBS) | None = None
     echo: bool | None = None
     best_of: Int(1, MAX_N) | None = None  # only None or equal to n
@@ -296,6 +336,24 @@ class BeamRequest(_Strict):
     ignore_eos: bool | None = None
 
 
+class TokenizeRequest(_Strict):
+    """`POST /tokenize` (vLLM's): text, or chat messages through the chat template."""
+
+    model: ModelName | None = None
+    prompt: Text() | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    add_special_tokens: bool | None = None  # accepted; these tokenizers add none
+    add_generation_prompt: bool | None = None  # accepted; the template always ends with it
+    return_token_strs: bool | None = None
+
+
+class DetokenizeRequest(_Strict):
+    """`POST /detokenize` (vLLM's)."""
+
+    model: ModelName | None = None
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_PROMPT_TOKENS)]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -312,6 +370,13 @@ class ErrorResponse(BaseModel):
 def known_params() -> list[str]:
     """Every field of every request body: the candidates of "did you mean"."""
     names: set[str] = set()
-    for model in (CompletionRequest, ChatRequest, NextRequest, BeamRequest):
+    for model in (
+        CompletionRequest,
+        ChatRequest,
+        NextRequest,
+        BeamRequest,
+        TokenizeRequest,
+        DetokenizeRequest,
+    ):
         names.update(model.model_fields)
     return sorted(names)

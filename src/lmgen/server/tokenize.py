@@ -1,0 +1,66 @@
+"""vLLM's tokenizer endpoints, so that evaluation harnesses and clients can count and send
+tokens exactly as the model sees them: `POST /tokenize`, `POST /detokenize` and
+`GET /tokenizer_info` (what lm-evaluation-harness's `tokenizer_backend=auto` looks for)."""
+
+from __future__ import annotations
+
+import anyio
+
+from lmgen.errors import LmgenError
+
+from . import schemas
+from .errors import APIError, from_lmgen
+from .openai_api import chat_prompt
+from .registry import Registry
+
+
+async def tokenize(models: Registry, body: schemas.TokenizeRequest) -> dict:
+    name, s = models.pick(body.model)
+    lm = s.lm
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give either prompt or messages", param="prompt", code="invalid_value")
+    text = body.prompt if body.prompt is not None else chat_prompt(body.messages)
+    try:
+        tokens = await anyio.to_thread.run_sync(lm.tokenizer.encode, text) if text else []
+    except LmgenError as e:
+        raise from_lmgen(e, "prompt" if body.prompt is not None else "messages") from None
+    out = {"count": len(tokens), "max_model_len": lm.config.n_positions, "tokens": tokens}
+    out["token_strs"] = (
+        [lm.tokenizer.token_to_str(t) for t in tokens] if body.return_token_strs else None
+    )
+    return out
+
+
+async def detokenize(models: Registry, body: schemas.DetokenizeRequest) -> dict:
+    name, s = models.pick(body.model)
+    lm = s.lm
+    vocab = lm.config.vocab_size
+    bad = next((i for i, t in enumerate(body.tokens) if t >= vocab), None)
+    if bad is not None:
+        raise APIError(
+            400,
+            f"token id {body.tokens[bad]} (position {bad}) is not in this model's vocabulary: "
+            f"ids are in [0, {vocab})",
+            param="tokens",
+            code="invalid_value",
+        )
+    return {"prompt": lm.tokenizer.decode(body.tokens)}
+
+
+def tokenizer_info(models: Registry, model: str | None) -> dict:
+    name, s = models.pick(model)
+    tok, cfg = s.lm.tokenizer, s.lm.config
+    return {
+        "model": name,
+        "tokenizer_class": type(tok).__name__,
+        "eos_token": getattr(tok, "eos_token", None),
+        "eos_token_id": tok.eos_token_id,
+        "bos_token": getattr(tok, "bos_token", None),
+        "bos_token_id": tok.bos_token_id,
+        "pad_token": None,
+        "unk_token": None,
+        "model_max_length": cfg.n_positions,
+        "max_model_len": cfg.n_positions,
+        "vocab_size": cfg.vocab_size,
+        "chat_template": None,  # the plain role-tagged transcript; see docs/SERVER.md
+    }
