@@ -50,6 +50,17 @@ def test_runners_agree_on_a_tiny_model(tmp_path):
         B.hf_runner(hf, case, w)()
 
 
+def test_peak_rss_worker_runs_from_bench(tmp_path):
+    """The RSS figures come from `python -m bench --rss-worker` in a fresh process: it still
+    starts from the repository root after the move out of the package."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    d = B.save_hf_dir(GPT(cfg).eval(), tmp_path / "m")
+    w = B.make_workload(50, 32, 4)
+    rss = B.measure_rss("lmgen", d, "fp32", ["greedy"], w, threads=1)
+    assert rss["greedy"] > 10  # MiB: a Python process with torch loaded
+
+
 def test_markdown_table():
     rep = B.Report(B.machine_info(), ["--quick"])
     rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes", 0.5, 0.2, 300, 320))
