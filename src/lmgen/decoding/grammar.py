@@ -206,7 +206,7 @@ class StructuredOutput(LogitsProcessor):
         start = self._allowed([self._root])[0]
         if self._root.is_error() or not bool(start.any()):
             raise ConfigError(
-                f"no token of this vocabulary can start the text {kind} asks for", param=kind
+                f"{kind}: no token of this vocabulary can start a text it accepts", param=kind
             )
         self._states: PrefixStates = PrefixStates()
 
