@@ -50,7 +50,9 @@ MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
 MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_MESSAGES = 1024
-MAX_SEED = 2**64 - 1
+# The largest integer every JSON client sends exactly (JavaScript's Number, and clients that
+# write big integers as doubles: 2**64 - 1 arrives as 18446744073709551616, beyond the range)
+MAX_SEED = 2**53
 # logits are divided or multiplied by these: beyond the bounds float32 overflows into NaN
 REPETITION_PENALTY_RANGE = (1e-3, 1e3)
 MAX_TEMPERATURE = 1e4  # the distribution is uniform long before; 1e39 is float32's infinity
