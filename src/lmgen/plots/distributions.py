@@ -216,7 +216,10 @@ def next_data(
     cfg = GenerationConfig.from_kwargs(strategy="sample", top_p=top_p, **config)
     ids_t = torch.tensor([data.prompt_token_ids], device=lm.device)
     chain = build_chain(
-        cfg, prompt_length=len(data.prompt_token_ids), eos_token_ids=lm.eos_token_ids
+        cfg,
+        prompt_length=len(data.prompt_token_ids),
+        eos_token_ids=lm.eos_token_ids,
+        tokenizer=lm.tokenizer,
     )
     at = next(i for i, proc in enumerate(chain) if isinstance(proc, TopP))
     before = type(chain)(chain[:at])
@@ -260,7 +263,9 @@ def _beam_panel(lm, prompt, data: NextComparison, num_beams: int, config: dict) 
         sub += f", {finished} finished"
     from lmgen.processors import build_chain
 
-    chain = build_chain(cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
+    chain = build_chain(
+        cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
+    )
     return MethodPanel(
         "beam",
         f"beam search, {num_beams} beams",

@@ -91,7 +91,9 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0, **kwargs) 
             "max_new_tokens",
         )
     strategy = cfg.effective_strategy()
-    chain = build_chain(cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
+    chain = build_chain(
+        cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
+    )
     seq = torch.tensor([ids + gen], device=lm.device)
     P, n = len(ids), len(gen)
     raw_p, proc_p, ent, raw_ent = [], [], [], []
