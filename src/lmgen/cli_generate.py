@@ -164,9 +164,8 @@ def _default(name: str):
 
 
 STRATEGY_RULE = (
-    "default: inferred: beam when --num-beams > 1; contrastive when --penalty-alpha > 0; "
-    "sample when any of --temperature (other than 0), --top-k, --top-p, --min-p, --typical-p "
-    "or --seed is given; else greedy"
+    "default: inferred: beam when --num-beams > 1; sample when any of --temperature (other "
+    "than 0), --top-k, --top-p, --min-p, --typical-p or --seed is given; else greedy"
 )
 
 
@@ -604,9 +603,8 @@ def add_parsers(sub) -> None:
         help="continue a prompt",
         description="Continue PROMPT with the chosen decoding strategy. Without --strategy, "
         "the strategy is inferred from the flags given: beam search when --num-beams > 1, "
-        "contrastive search when --penalty-alpha > 0, sampling when any of --temperature "
-        "(other than 0), --top-k, --top-p, --min-p, --typical-p or --seed is given, greedy "
-        "otherwise (the same rule as lm.generate).",
+        "sampling when any of --temperature (other than 0), --top-k, --top-p, --min-p, "
+        "--typical-p or --seed is given, greedy otherwise (the same rule as lm.generate).",
     )
     p.add_argument(
         "prompt",
