@@ -28,6 +28,9 @@ from lmgen.generation_config import GenerationConfig, infer_strategy
         ({"num_beams": 3, "temperature": 0.7}, "beam"),
         ({"num_beams": 1, "temperature": 0.7}, "sample"),
         ({"num_beams": 1}, "greedy"),
+        ({"penalty_alpha": 0.6, "top_k": 4}, "contrastive"),  # transformers' rule
+        ({"penalty_alpha": 0, "top_k": 4}, "sample"),
+        ({"num_beams": 3, "penalty_alpha": 0.6}, "beam"),
         ({"strategy": "greedy", "temperature": 0.7}, "greedy"),  # a named strategy wins
     ],
 )

@@ -164,8 +164,9 @@ def _default(name: str):
 
 
 STRATEGY_RULE = (
-    "default: inferred: beam when --num-beams > 1; sample when any of --temperature (other "
-    "than 0), --top-k, --top-p, --min-p, --typical-p or --seed is given; else greedy"
+    "default: inferred: beam when --num-beams > 1; contrastive when --penalty-alpha > 0; "
+    "sample when any of --temperature (other than 0), --top-k, --top-p, --min-p, --typical-p "
+    "or --seed is given; else greedy"
 )
 
 
@@ -338,9 +339,6 @@ def add_processor_args(p: argparse.ArgumentParser, strategy_help: str = STRATEGY
         help="apply temperature after the filters (llama.cpp's order; default: first, "
         "as transformers)",
     )
-    from .cli_samplers import add_sampler_args
-
-    add_sampler_args(p)
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
@@ -596,15 +594,14 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from .cli_samplers import add_constraint_args
-
     p = sub.add_parser(
         "generate",
         help="continue a prompt",
         description="Continue PROMPT with the chosen decoding strategy. Without --strategy, "
         "the strategy is inferred from the flags given: beam search when --num-beams > 1, "
-        "sampling when any of --temperature (other than 0), --top-k, --top-p, --min-p, "
-        "--typical-p or --seed is given, greedy otherwise (the same rule as lm.generate).",
+        "contrastive search when --penalty-alpha > 0, sampling when any of --temperature "
+        "(other than 0), --top-k, --top-p, --min-p, --typical-p or --seed is given, greedy "
+        "otherwise (the same rule as lm.generate).",
     )
     p.add_argument(
         "prompt",
@@ -615,7 +612,6 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_generation_args(p)
-    add_constraint_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
     g.add_argument(
@@ -666,7 +662,6 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_processor_args(p, strategy_help="default: sample, so the chain shown is the sampling one")
-    add_constraint_args(p)
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_next)
