@@ -339,6 +339,9 @@ def add_processor_args(p: argparse.ArgumentParser, strategy_help: str = STRATEGY
         help="apply temperature after the filters (llama.cpp's order; default: first, "
         "as transformers)",
     )
+    from .cli_samplers import add_sampler_args
+
+    add_sampler_args(p)
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
@@ -594,6 +597,8 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
+    from .cli_samplers import add_constraint_args
+
     p = sub.add_parser(
         "generate",
         help="continue a prompt",
@@ -612,6 +617,7 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_generation_args(p)
+    add_constraint_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
     g.add_argument(
@@ -662,6 +668,7 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_processor_args(p, strategy_help="default: sample, so the chain shown is the sampling one")
+    add_constraint_args(p)
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_next)
