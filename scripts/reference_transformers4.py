@@ -31,14 +31,35 @@ CONTRASTIVE = [
 ]
 GROUP_BEAM = [
     dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, num_return_sequences=2),
-    dict(num_beams=6, num_beam_groups=3, diversity_penalty=0.5, length_penalty=0.8,
-         num_return_sequences=4),
-    dict(num_beams=4, num_beam_groups=4, diversity_penalty=2.0, early_stopping=True,
-         num_return_sequences=4),
-    dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, early_stopping="never",
-         length_penalty=1.5, num_return_sequences=3),
-    dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.7, no_repeat_ngram_size=2,
-         num_return_sequences=2),
+    dict(
+        num_beams=6,
+        num_beam_groups=3,
+        diversity_penalty=0.5,
+        length_penalty=0.8,
+        num_return_sequences=4,
+    ),
+    dict(
+        num_beams=4,
+        num_beam_groups=4,
+        diversity_penalty=2.0,
+        early_stopping=True,
+        num_return_sequences=4,
+    ),
+    dict(
+        num_beams=4,
+        num_beam_groups=2,
+        diversity_penalty=1.0,
+        early_stopping="never",
+        length_penalty=1.5,
+        num_return_sequences=3,
+    ),
+    dict(
+        num_beams=4,
+        num_beam_groups=2,
+        diversity_penalty=0.7,
+        no_repeat_ngram_size=2,
+        num_return_sequences=2,
+    ),
 ]
 MAX_NEW = 16
 
@@ -46,8 +67,13 @@ MAX_NEW = 16
 def main() -> None:
     torch.manual_seed(20261202)
     config = transformers.GPT2Config(
-        vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-        bos_token_id=EOS, eos_token_id=EOS,
+        vocab_size=64,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
     )
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
@@ -61,16 +87,34 @@ def main() -> None:
             for prompt in PROMPTS:
                 ids = torch.tensor([prompt])
                 out = model.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW,
-                    do_sample=False, pad_token_id=EOS, eos_token_id=EOS,
-                    return_dict_in_generate=True, output_scores=True, **kw,
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=MAX_NEW,
+                    do_sample=False,
+                    pad_token_id=EOS,
+                    eos_token_id=EOS,
+                    return_dict_in_generate=True,
+                    output_scores=True,
+                    **kw,
                 )
-                seqs = out.sequences[:, len(prompt):].tolist()
+                seqs = out.sequences[:, len(prompt) :].tolist()
                 scores = out.sequences_scores.tolist() if kind == "group_beam" else None
-                cases.append({"kind": kind, "kwargs": kw, "prompt": prompt,
-                              "sequences": seqs, "scores": scores})
-    meta = {"transformers": transformers.__version__, "torch": torch.__version__,
-            "max_new_tokens": MAX_NEW, "eos": EOS, "cases": cases}
+                cases.append(
+                    {
+                        "kind": kind,
+                        "kwargs": kw,
+                        "prompt": prompt,
+                        "sequences": seqs,
+                        "scores": scores,
+                    }
+                )
+    meta = {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "max_new_tokens": MAX_NEW,
+        "eos": EOS,
+        "cases": cases,
+    }
     (OUT / "expected.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")
 

@@ -219,7 +219,9 @@ def test_next_token_distribution(lm):
 
 
 def test_tiny_temperature_is_refused_not_nan(lm):
-    with pytest.raises(ConfigError, match="temperature must be 0 \\(greedy\\) or >= 0.0001"):
+    with pytest.raises(
+        ConfigError, match="temperature must be 0 \\(greedy\\) or a finite number >= 0.0001"
+    ):
         lm.next_token("to be", temperature=1e-300)
 
 
@@ -248,3 +250,8 @@ def test_beam_hypotheses_end_at_stop_strings(lm):
             assert stop in full
     scores = [c.score for c in res.choices]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_infinite_temperature_is_refused_as_not_finite(lm):
+    with pytest.raises(ConfigError, match="a finite number"):
+        lm.generate("to be", strategy="sample", temperature=float("inf"))

@@ -159,7 +159,7 @@ class GenerationConfig:
         _number(
             "temperature",
             self.temperature,
-            f"0 (greedy) or >= {MIN_TEMPERATURE:g}",
+            f"0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}",
             lambda v: v == 0 or v >= MIN_TEMPERATURE,
         )
         _int_at_least("top_k", self.top_k, 0, note=" (0 = off)")
