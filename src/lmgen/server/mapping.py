@@ -16,6 +16,7 @@ from lmgen.errors import ConfigError
 from lmgen.generation_config import GenerationConfig
 
 from .errors import APIError, from_lmgen
+from .structured import constraint_kwargs
 
 FIELD_MAP = {
     "max_tokens": "max_new_tokens",
@@ -45,6 +46,21 @@ SAME_NAME = (
     "min_tokens_to_keep",
     "temperature_last",
     "strategy",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_n_sigma",
+    "xtc_probability",
+    "xtc_threshold",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "dynatemp_range",
+    "dynatemp_exponent",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
 )
 
 
@@ -65,6 +81,7 @@ def config_kwargs(body: BaseModel, vocab_size: int) -> dict[str, Any]:
             kw["stop"] = stop
     if "logit_bias" in fields and body.logit_bias:
         kw["logit_bias"] = logit_bias(body.logit_bias, vocab_size)
+    kw.update(constraint_kwargs(body))  # response_format, guided_*: checked, 400s named
     return kw
 
 

@@ -17,6 +17,7 @@ from .budget import decode_cost, job_bytes
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
+from .structured import check_start
 from .worker import CallJob, GenerateJob, score_prompt
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -51,7 +52,9 @@ def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     strategy = "beam" if (body.num_beams or 1) > 1 else "sample"
     if strategy == "sample" and (getattr(body, "penalty_alpha", None) or 0) > 0:
         strategy = "contrastive"
-    return {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
+    kw = {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
+    check_start(body, kw, lm)  # a constraint no token can start: a 400 before queueing
+    return kw
 
 
 async def prompt_lengths(lm, prompts: list, param: str) -> list[int]:
@@ -385,7 +388,6 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
 def refuse_unsupported(body: schemas.ChatRequest) -> None:
     harmless = {
         "tool_choice": ("none",),
-        "response_format": ({"type": "text"},),
         "modalities": (["text"],),
     }
     for name in (
@@ -393,7 +395,6 @@ def refuse_unsupported(body: schemas.ChatRequest) -> None:
         "tool_choice",
         "functions",
         "function_call",
-        "response_format",
         "audio",
         "modalities",
         "prediction",

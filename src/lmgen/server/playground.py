@@ -12,8 +12,14 @@ from lmgen.errors import GenerationError
 from lmgen.generation import next_token
 from lmgen.generation_config import GenerationConfig
 from lmgen.processors import (
+    XTC,
+    EpsilonCutoff,
+    EtaCutoff,
     MinP,
+    MirostatV2,
+    StructuredOutput,
     TopK,
+    TopNSigma,
     TopP,
     TypicalP,
     build_chain,
@@ -29,7 +35,8 @@ from .openai_api import FINISH, usage
 from .registry import Registry
 from .worker import CallJob, StepsJob
 
-FILTERS = (TopK, TopP, MinP, TypicalP)
+FILTERS = (TopK, TopP, MinP, TypicalP, TopNSigma, EpsilonCutoff, EtaCutoff, XTC, MirostatV2,
+           StructuredOutput)  # fmt: skip
 
 
 async def next_route(models: Registry, body: schemas.NextRequest, request: Request) -> dict:
@@ -62,7 +69,9 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
     out = nt.to_dict()
     config = GenerationConfig.from_kwargs(**kw)
     ids = nt.prompt_token_ids
-    chain = build_chain(config, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids)
+    chain = build_chain(
+        config, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
+    )
     x = torch.tensor([ids], device=nt.logits.device)
     scores = nt.logits[None].float()
     pre = scores

@@ -37,6 +37,7 @@ from lmgen.generation_config import (
     MAX_PENALTY,
     MIN_TEMPERATURE,
 )
+from lmgen.server.structured import ResponseFormat
 
 MAX_TOKENS = 2048  # the cap on max_tokens; the model's context is checked per request
 MAX_PROMPTS = 32  # prompts in one completions request
@@ -46,6 +47,7 @@ MAX_BEAMS = 16
 MAX_DIVERSITY_PENALTY = 100.0  # diverse beam search; log-probs are rarely more than ~30 apart
 MAX_BEAM_TRACE_TOKENS = 128  # /v1/lmgen/beam records every candidate of every step
 MAX_STOP = 16
+MAX_CHOICES = 256  # guided_choice / choice strings
 MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
 MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
 MAX_LOGIT_BIAS_ENTRIES = 1024
@@ -163,6 +165,10 @@ LengthPenalty = Float(ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)
 ModelName = Text(max_length=1024)
 Seed = Int(0, MAX_SEED)
 RepetitionPenalty = Float(ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
+Cutoff = Float(ge=0, lt=1)  # epsilon and eta sampling (0 = off)
+MAX_SAMPLER_VALUE = 1e4  # top-nσ, DRY, Mirostat: far past any useful value, short of overflow
+Breakers = Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
+Choices = Annotated[list[Text(1, MAX_STRING)], Field(min_length=1, max_length=MAX_CHOICES)]
 
 
 class _Strict(BaseModel):
@@ -206,6 +212,27 @@ class Decoding(_Strict):
     min_tokens: Int(0, MAX_TOKENS) | None = None
     ignore_eos: bool | None = None
     context_overflow: Literal["error", "slide"] | None = None
+    # llama.cpp's and transformers' samplers (GenerationConfig's names), and vLLM's guided_*
+    # structured output (server/structured.py)
+    epsilon_cutoff: Cutoff | None = None
+    eta_cutoff: Cutoff | None = None
+    top_n_sigma: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
+    xtc_probability: Float(ge=0, le=1) | None = None
+    xtc_threshold: Float(gt=0, le=0.5) | None = None
+    dry_multiplier: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
+    dry_base: Float(ge=1, le=MAX_SAMPLER_VALUE) | None = None
+    dry_allowed_length: Int(1, MAX_PROMPT_TOKENS) | None = None
+    dry_penalty_last_n: Int(-1, MAX_PROMPT_TOKENS) | None = None
+    dry_sequence_breakers: Breakers | None = None
+    dynatemp_range: Float(ge=0, le=MAX_TEMPERATURE) | None = None
+    dynatemp_exponent: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    mirostat: Literal[0, 2] | None = None
+    mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    guided_regex: Text(1, MAX_STRING) | None = None
+    guided_json: dict[str, Any] | Text(1, MAX_STRING) | None = None
+    guided_choice: Choices | None = None
+    guided_grammar: Text(1, MAX_STRING) | None = None
 
 
 TokenId = Int(0)  # and below the model's vocabulary size, checked per model
@@ -284,7 +311,7 @@ class ChatRequest(Decoding):
     tool_choice: Any = Field(None, description='refused unless null or "none"')
     functions: Any = Field(None, description="refused unless null or []")
     function_call: Any = Field(None, description="refused unless null")
-    response_format: Any = Field(None, description='refused unless null or {"type": "text"}')
+    response_format: ResponseFormat | None = None  # text, json_object or json_schema
     audio: Any = Field(None, description="refused unless null")
     modalities: Any = Field(None, description='refused unless null or ["text"]')
     prediction: Any = Field(None, description="refused unless null")
@@ -308,6 +335,25 @@ class _Processors(_Strict):
     min_tokens_to_keep: Int(1) | None = None
     temperature_last: bool | None = None
     logit_bias: LogitBias | None = None
+    epsilon_cutoff: Cutoff | None = None
+    eta_cutoff: Cutoff | None = None
+    top_n_sigma: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
+    xtc_probability: Float(ge=0, le=1) | None = None
+    xtc_threshold: Float(gt=0, le=0.5) | None = None
+    dry_multiplier: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
+    dry_base: Float(ge=1, le=MAX_SAMPLER_VALUE) | None = None
+    dry_allowed_length: Int(1, MAX_PROMPT_TOKENS) | None = None
+    dry_penalty_last_n: Int(-1, MAX_PROMPT_TOKENS) | None = None
+    dry_sequence_breakers: Breakers | None = None
+    dynatemp_range: Float(ge=0, le=MAX_TEMPERATURE) | None = None
+    dynatemp_exponent: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    mirostat: Literal[0, 2] | None = None
+    mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
+    regex: Text(1, MAX_STRING) | None = None  # structured output, by GenerationConfig's names
+    json_schema: dict[str, Any] | Text(1, MAX_STRING) | None = None
+    choice: Choices | None = None
+    grammar: Text(1, MAX_STRING) | None = None
 
 
 class NextRequest(_Processors):
