@@ -44,6 +44,10 @@ NO_BODY = {
     "/health",
     "/tokenizer_info",
 }  # nothing to make invalid
+STRUCTURED_FIELDS = (
+    *("guided_regex", "guided_json", "guided_choice", "guided_grammar", "response_format"),
+    *("regex", "json_schema", "choice", "grammar", "ignore_eos"),
+)
 # A schema-valid request may still be refused for what no single field can say; these are
 # the (code, param) of such refusals, each documented in the 400's description.
 RUN_TIME_REFUSALS = {
@@ -61,6 +65,9 @@ RUN_TIME_REFUSALS = {
     ("invalid_value", "diversity_penalty"),  # needs num_beam_groups > 1
     ("invalid_value", "penalty_alpha"),  # contrastive search
     ("invalid_value", "top_k"),  # contrastive search needs top_k >= 1
+    # structured output: a regex, schema or grammar that does not compile, or that no token
+    # can start; two constraints at once; ignore_eos with one
+    *(("invalid_value", p) for p in STRUCTURED_FIELDS),
     ("unsupported", None),  # tools, functions, ...: documented as refused
 }
 

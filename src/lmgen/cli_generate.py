@@ -56,6 +56,13 @@ def _logit_bias(value: str) -> tuple[int, float]:
         ) from None
 
 
+def _text_arg(value: str) -> str:
+    try:
+        return arg_text(value, "it")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _stop(value: str) -> str:
     try:
         return unescape(arg_text(value, "it"))
@@ -341,7 +348,7 @@ def add_processor_args(p: argparse.ArgumentParser, strategy_help: str = STRATEGY
     )
     from .cli_samplers import add_sampler_args
 
-    add_sampler_args(p)
+    add_sampler_args(p, finite_float, _text_arg)
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
@@ -617,7 +624,7 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_generation_args(p)
-    add_constraint_args(p)
+    add_constraint_args(p, _text_arg)
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
     g.add_argument(
@@ -668,7 +675,7 @@ def add_parsers(sub) -> None:
     add_model_arg(p)
     add_runtime_args(p)
     add_processor_args(p, strategy_help="default: sample, so the chain shown is the sampling one")
-    add_constraint_args(p)
+    add_constraint_args(p, _text_arg)
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_next)

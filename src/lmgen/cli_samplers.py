@@ -16,12 +16,6 @@ def _default(name: str):
     return {f.name: f.default for f in dataclasses.fields(GenerationConfig)}[name]
 
 
-def _number(value: str) -> float:
-    from .cli_generate import finite_float
-
-    return finite_float(value)
-
-
 def _text_file(value: str) -> str:
     """The text of a file named on the command line (a JSON schema, a grammar)."""
     path = Path(value)
@@ -37,21 +31,22 @@ def _text_file(value: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot read {value}: {e.strerror}") from None
 
 
-def _non_empty(value: str) -> str:
-    from .cli_generate import arg_text
-    from .errors import ConfigError
+def non_empty(text_type):
+    """An argument type: `text_type`'s text (cli_generate.arg_text's checks), never empty."""
 
-    try:
-        text = arg_text(value, "it")
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
+    def parse(value: str) -> str:
+        text = text_type(value)
+        if not text:
+            raise argparse.ArgumentTypeError("must not be empty")
+        return text
+
+    return parse
 
 
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
+def add_sampler_args(p: argparse.ArgumentParser, number, text) -> None:
+    """`number`, `text`: the CLI's argument types for a finite float and for text."""
     d = _default
+    _number, _non_empty = number, non_empty(text)
     g = p.add_argument_group(
         "more samplers (sampling only, except DRY; llama.cpp's and transformers' semantics)"
     )
@@ -158,7 +153,8 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_constraint_args(p: argparse.ArgumentParser) -> None:
+def add_constraint_args(p: argparse.ArgumentParser, text) -> None:
+    _non_empty = non_empty(text)
     g = p.add_argument_group("structured output (one of; the text ends when the constraint is met)")
     g.add_argument(
         "--regex",

@@ -32,7 +32,7 @@ import torch
 from lmgen.errors import ConfigError
 
 from .prefix_state import PrefixStates
-from .processor_base import NEG_INF, LogitsProcessor, _positive_int, _token_ids
+from .processor_base import NEG_INF, LogitsProcessor, check_int, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def schema_text(value: Any) -> str:
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise ConfigError(f"json_schema is not valid JSON: {e}", param="json_schema") from None
-    if not isinstance(value, dict | bool):
+    if not isinstance(value, dict):
         raise ConfigError(
             f"json_schema must be a JSON object (a dict), got {type(value).__name__}",
             param="json_schema",
@@ -89,12 +89,7 @@ def _grammar_text(kind: str, value: Any) -> str:
         return llg.LLMatcher.grammar_from_json_schema(schema_text(value), defaults=JSON_LAYOUT)
     if kind == "choice":
         return llg.grammar_from("choice", list(value))
-    try:
-        return llg.grammar_from("grammar", value)  # Lark, or llama.cpp's GBNF
-    except ValueError as e:
-        raise ConfigError(
-            f"grammar is not a valid grammar: {_one_line(str(e))}", "grammar"
-        ) from None
+    return llg.grammar_from("grammar", value)  # Lark, or llama.cpp's GBNF (ValueError if bad)
 
 
 def _one_line(message: str) -> str:
@@ -111,9 +106,13 @@ def _one_line(message: str) -> str:
 
 @lru_cache(maxsize=128)
 def _check(kind: str, text: str) -> str:
+    """llguidance's complaint about a constraint ("" when it compiles)."""
     llg = _llguidance()
-    grammar = _grammar_text(kind, json.loads(text) if kind == "choice" else text)
-    return llg.LLMatcher.validate_grammar(grammar, None)
+    try:
+        grammar = _grammar_text(kind, json.loads(text) if kind == "choice" else text)
+        return llg.LLMatcher.validate_grammar(grammar, None)
+    except Exception as e:  # whatever the library says of input it cannot take: a 400, not a 500
+        return str(e) or type(e).__name__
 
 
 def check_constraint(kind: str, value: Any) -> None:
@@ -187,8 +186,8 @@ class StructuredOutput(LogitsProcessor):
         if kind not in CONSTRAINTS:
             raise ConfigError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {kind!r}")
         self.kind, self.value = kind, value
-        self.prompt_length = _positive_int("prompt_length", prompt_length, 0)
-        eos = _token_ids("eos_token_ids", eos_token_ids)
+        self.prompt_length = check_int("prompt_length", prompt_length, 0)
+        eos = check_token_ids("eos_token_ids", eos_token_ids)
         if not eos:
             raise ConfigError(
                 f"{kind} needs an end-of-sequence token to end the constrained text, and this "

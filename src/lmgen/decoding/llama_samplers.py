@@ -18,7 +18,7 @@ import torch
 
 from lmgen.errors import ConfigError
 
-from .processor_base import NEG_INF, LogitsProcessor, _finite, _positive_int
+from .processor_base import NEG_INF, LogitsProcessor, check_int, check_number
 
 # llama.cpp's defaults for DRY: its sequence breakers, and how much of a breaker it tokenises.
 DRY_DEFAULT_BREAKERS = ("\n", ":", '"', "*")
@@ -35,7 +35,7 @@ class TopNSigma(LogitsProcessor):
     does not depend on where temperature runs."""
 
     def __init__(self, n: float):
-        self.n = _finite("top_n_sigma", n, "finite and > 0", lambda v: v > 0)
+        self.n = check_number("top_n_sigma", n, "finite and > 0", lambda v: v > 0)
 
     def _fields(self) -> dict[str, object]:
         return {"n": self.n}
@@ -65,11 +65,13 @@ class XTC(LogitsProcessor):
 
     def __init__(self, probability: float, threshold: float, min_tokens_to_keep: int = 1,
                  seed: int | None = None):  # fmt: skip
-        self.probability = _finite(
+        self.probability = check_number(
             "xtc_probability", probability, "in [0, 1]", lambda v: 0 <= v <= 1
         )
-        self.threshold = _finite("xtc_threshold", threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.threshold = check_number(
+            "xtc_threshold", threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5
+        )
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
         self.seed = seed
 
     def _fields(self) -> dict[str, object]:
@@ -117,9 +119,11 @@ class DRY(LogitsProcessor):
     def __init__(self, multiplier: float, base: float = 1.75, allowed_length: int = 2,
                  penalty_last_n: int = -1,
                  breakers: Sequence[Sequence[int]] = ()):  # fmt: skip
-        self.multiplier = _finite("dry_multiplier", multiplier, "finite and >= 0", lambda v: v >= 0)
-        self.base = _finite("dry_base", base, "finite and >= 1", lambda v: v >= 1)
-        self.allowed_length = _positive_int("dry_allowed_length", allowed_length)
+        self.multiplier = check_number(
+            "dry_multiplier", multiplier, "finite and >= 0", lambda v: v >= 0
+        )
+        self.base = check_number("dry_base", base, "finite and >= 1", lambda v: v >= 1)
+        self.allowed_length = check_int("dry_allowed_length", allowed_length)
         if (
             not isinstance(penalty_last_n, int)
             or isinstance(penalty_last_n, bool)
@@ -295,9 +299,13 @@ class DynamicTemperature(LogitsProcessor):
     ones). `range=0` is the fixed temperature T."""
 
     def __init__(self, temperature: float, range_: float, exponent: float = 1.0):
-        self.temperature = _finite("temperature", temperature, "finite and > 0", lambda v: v > 0)
-        self.range = _finite("dynatemp_range", range_, "finite and >= 0", lambda v: v >= 0)
-        self.exponent = _finite("dynatemp_exponent", exponent, "finite and > 0", lambda v: v > 0)
+        self.temperature = check_number(
+            "temperature", temperature, "finite and > 0", lambda v: v > 0
+        )
+        self.range = check_number("dynatemp_range", range_, "finite and >= 0", lambda v: v >= 0)
+        self.exponent = check_number(
+            "dynatemp_exponent", exponent, "finite and > 0", lambda v: v > 0
+        )
 
     def _fields(self) -> dict[str, object]:
         return {"temperature": self.temperature, "range": self.range, "exponent": self.exponent}

@@ -27,13 +27,13 @@ class LogitsProcessor:
         return f"{type(self).__name__}({args})"
 
 
-def _positive_int(name: str, value: object, low: int = 1) -> int:
+def check_int(name: str, value: object, low: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{name} must be an int >= {low}, got {value!r}", param=name)
     return value
 
 
-def _finite(name: str, value: object, allowed: str = "finite", ok=lambda v: True) -> float:
+def check_number(name: str, value: object, allowed: str = "finite", ok=lambda v: True) -> float:
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)
@@ -44,7 +44,7 @@ def _finite(name: str, value: object, allowed: str = "finite", ok=lambda v: True
     return float(value)
 
 
-def _token_ids(name: str, ids: Iterable[object]) -> list[int]:
+def check_token_ids(name: str, ids: Iterable[object]) -> list[int]:
     out = list(ids)
     for t in out:
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
@@ -52,7 +52,7 @@ def _token_ids(name: str, ids: Iterable[object]) -> list[int]:
     return out
 
 
-def _check_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
+def check_in_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
     too_big = sorted({t for t in ids if t >= vocab_size})
     if too_big:
         raise ConfigError(
@@ -61,7 +61,7 @@ def _check_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
         )
 
 
-def _seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[batch, vocab] bool: which tokens occur in each row of `ids`.
 
     Ids outside [0, vocab) (padding the model can't produce) land in a spare column and are
@@ -73,7 +73,7 @@ def _seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return seen[:, :vocab_size]
 
 
-def _keep_top(logits: torch.Tensor, remove: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
+def keep_top(logits: torch.Tensor, remove: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
     """`remove` with the `min_tokens_to_keep` highest logits of each row (and any tie with the
     last of them) kept, as transformers' epsilon/eta warpers keep them."""
     k = min(min_tokens_to_keep, logits.shape[-1])

@@ -27,12 +27,12 @@ from .mirostat import MirostatV2
 from .processor_base import (
     NEG_INF,
     LogitsProcessor,
-    _check_vocab,
-    _finite,
-    _keep_top,
-    _positive_int,
-    _seen_mask,
-    _token_ids,
+    check_in_vocab,
+    check_int,
+    check_number,
+    check_token_ids,
+    keep_top,
+    seen_mask,
 )
 
 if TYPE_CHECKING:
@@ -71,13 +71,15 @@ class RepetitionPenalty(LogitsProcessor):
     has a negative logit multiplied by `penalty` and a non-negative one divided by it."""
 
     def __init__(self, penalty: float):
-        self.penalty = _finite("repetition_penalty", penalty, "finite and > 0", lambda v: v > 0)
+        self.penalty = check_number(
+            "repetition_penalty", penalty, "finite and > 0", lambda v: v > 0
+        )
 
     def _fields(self) -> dict[str, object]:
         return {"penalty": self.penalty}
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        seen = _seen_mask(input_ids, logits.shape[-1])
+        seen = seen_mask(input_ids, logits.shape[-1])
         penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
         return torch.where(seen, penalised, logits)
 
@@ -87,9 +89,9 @@ class PresenceFrequencyPenalty(LogitsProcessor):
     `logit -= presence * [count > 0] + frequency * count`."""
 
     def __init__(self, presence: float = 0.0, frequency: float = 0.0, *, prompt_length: int):
-        self.presence = _finite("presence_penalty", presence)
-        self.frequency = _finite("frequency_penalty", frequency)
-        self.prompt_length = _positive_int("prompt_length", prompt_length, 0)
+        self.presence = check_number("presence_penalty", presence)
+        self.frequency = check_number("frequency_penalty", frequency)
+        self.prompt_length = check_int("prompt_length", prompt_length, 0)
 
     def _fields(self) -> dict[str, object]:
         return {"presence": self.presence, "frequency": self.frequency}
@@ -111,7 +113,7 @@ class NoRepeatNGram(LogitsProcessor):
     (prompt included)."""
 
     def __init__(self, ngram_size: int):
-        self.n = _positive_int("no_repeat_ngram_size", ngram_size)
+        self.n = check_int("no_repeat_ngram_size", ngram_size)
 
     def _fields(self) -> dict[str, object]:
         return {"n": self.n}
@@ -127,15 +129,15 @@ class NoRepeatNGram(LogitsProcessor):
         hit = (ngrams[..., : n - 1] == context).all(dim=-1)
         vocab_size = logits.shape[-1]
         banned_ids = torch.where(hit, ngrams[..., -1], vocab_size)
-        return logits.masked_fill(_seen_mask(banned_ids, vocab_size), NEG_INF)
+        return logits.masked_fill(seen_mask(banned_ids, vocab_size), NEG_INF)
 
 
 class LogitBias(LogitsProcessor):
     """OpenAI's logit_bias: add a fixed bias to given token ids."""
 
     def __init__(self, bias: dict[int, float]):
-        ids = _token_ids("logit_bias", bias.keys())
-        values = [_finite("logit_bias", v) for v in bias.values()]
+        ids = check_token_ids("logit_bias", bias.keys())
+        values = [check_number("logit_bias", v) for v in bias.values()]
         self.bias = dict(zip(ids, values, strict=True))
         self._ids = torch.tensor(ids, dtype=torch.long)
         self._values = torch.tensor(values, dtype=torch.float32)
@@ -144,7 +146,7 @@ class LogitBias(LogitsProcessor):
         return {"bias": self.bias}
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        _check_vocab("logit_bias", self.bias, logits.shape[-1])
+        check_in_vocab("logit_bias", self.bias, logits.shape[-1])
         out = logits.clone()
         ids = self._ids.to(logits.device)
         out[:, ids] += self._values.to(device=logits.device, dtype=logits.dtype)
@@ -167,8 +169,8 @@ class BadWords(LogitsProcessor):
                     f"bad_words_ids must be a list of non-empty lists of token ids, got {word!r}",
                     param="bad_words_ids",
                 )
-            words.append(tuple(_token_ids("bad_words_ids", word)))
-        eos = set(_token_ids("eos_token_ids", eos_token_ids))
+            words.append(tuple(check_token_ids("bad_words_ids", word)))
+        eos = set(check_token_ids("eos_token_ids", eos_token_ids))
         self.words = list(dict.fromkeys(w for w in words if not (len(w) == 1 and w[0] in eos)))
         self._single = torch.tensor([w[0] for w in self.words if len(w) == 1], dtype=torch.long)
         # Longer words grouped by prefix length: (prefixes [g, p], last tokens [g]).
@@ -186,7 +188,7 @@ class BadWords(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         batch, vocab_size = logits.shape
-        _check_vocab("bad_words_ids", (t for w in self.words for t in w), vocab_size)
+        check_in_vocab("bad_words_ids", (t for w in self.words for t in w), vocab_size)
         device = logits.device
         banned = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)
         banned[:, self._single.to(device)] = True
@@ -196,7 +198,7 @@ class BadWords(LogitsProcessor):
             if p > length:
                 continue
             hit = (input_ids[:, None, length - p :] == prefixes.to(device)).all(dim=-1)
-            banned |= _seen_mask(torch.where(hit, last.to(device), vocab_size), vocab_size)
+            banned |= seen_mask(torch.where(hit, last.to(device), vocab_size), vocab_size)
         return logits.masked_fill(banned, NEG_INF)
 
 
@@ -204,9 +206,9 @@ class MinNewTokens(LogitsProcessor):
     """Mask the end-of-sequence ids until `min_new_tokens` tokens have been generated."""
 
     def __init__(self, min_new_tokens: int, eos_token_ids: Sequence[int], *, prompt_length: int):
-        self.min_new_tokens = _positive_int("min_new_tokens", min_new_tokens, 0)
-        self.eos_token_ids = _token_ids("eos_token_ids", eos_token_ids)
-        self.prompt_length = _positive_int("prompt_length", prompt_length, 0)
+        self.min_new_tokens = check_int("min_new_tokens", min_new_tokens, 0)
+        self.eos_token_ids = check_token_ids("eos_token_ids", eos_token_ids)
+        self.prompt_length = check_int("prompt_length", prompt_length, 0)
 
     def _fields(self) -> dict[str, object]:
         return {"min_new_tokens": self.min_new_tokens, "eos_token_ids": self.eos_token_ids}
@@ -225,7 +227,9 @@ class MinNewTokens(LogitsProcessor):
 
 class Temperature(LogitsProcessor):
     def __init__(self, temperature: float):
-        self.temperature = _finite("temperature", temperature, "finite and > 0", lambda v: v > 0)
+        self.temperature = check_number(
+            "temperature", temperature, "finite and > 0", lambda v: v > 0
+        )
 
     def _fields(self) -> dict[str, object]:
         return {"temperature": self.temperature}
@@ -238,8 +242,8 @@ class TopK(LogitsProcessor):
     """Keep the k highest logits; ties with the k-th value survive."""
 
     def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
-        self.top_k = _positive_int("top_k", top_k)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.top_k = check_int("top_k", top_k)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
         self.k = max(self.top_k, self.min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
@@ -272,8 +276,8 @@ class TopP(LogitsProcessor):
     FEW_FINITE_FRACTION = 0.25
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
-        self.top_p = _finite("top_p", top_p, "in (0, 1]", lambda v: 0 < v <= 1)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.top_p = check_number("top_p", top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
         return _keep_fields("p", self.top_p, self.min_tokens_to_keep)
@@ -314,8 +318,8 @@ class MinP(LogitsProcessor):
     """Remove tokens whose probability is below `min_p` times the top probability."""
 
     def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
-        self.min_p = _finite("min_p", min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.min_p = check_number("min_p", min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
         return _keep_fields("min_p", self.min_p, self.min_tokens_to_keep)
@@ -333,8 +337,8 @@ class TypicalP(LogitsProcessor):
     keep the closest ones until their mass reaches `mass` (ties with the last one kept)."""
 
     def __init__(self, mass: float, min_tokens_to_keep: int = 1):
-        self.mass = _finite("typical_p", mass, "in (0, 1]", lambda v: 0 < v <= 1)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.mass = check_number("typical_p", mass, "in (0, 1]", lambda v: 0 < v <= 1)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
         return _keep_fields("mass", self.mass, self.min_tokens_to_keep)
@@ -356,15 +360,15 @@ class EpsilonCutoff(LogitsProcessor):
     `epsilon`, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
-        self.epsilon = _finite("epsilon_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.epsilon = check_number("epsilon_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
         return _keep_fields("epsilon", self.epsilon, self.min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         remove = logits.softmax(dim=-1) < self.epsilon
-        return logits.masked_fill(_keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
+        return logits.masked_fill(keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
 
 
 class EtaCutoff(LogitsProcessor):
@@ -373,8 +377,8 @@ class EtaCutoff(LogitsProcessor):
     removed, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
-        self.epsilon = _finite("eta_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
-        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+        self.epsilon = check_number("eta_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
         return _keep_fields("epsilon", self.epsilon, self.min_tokens_to_keep)
@@ -387,7 +391,7 @@ class EtaCutoff(LogitsProcessor):
         eps = torch.tensor(self.epsilon, dtype=logits.dtype, device=logits.device)
         eta = torch.minimum(eps, eps.sqrt() * torch.exp(-entropy))
         remove = probs < eta
-        return logits.masked_fill(_keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
+        return logits.masked_fill(keep_top(logits, remove, self.min_tokens_to_keep), NEG_INF)
 
 
 # -- the chain --------------------------------------------------------------------------------

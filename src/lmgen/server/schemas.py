@@ -169,6 +169,10 @@ Cutoff = Float(ge=0, lt=1)  # epsilon and eta sampling (0 = off)
 MAX_SAMPLER_VALUE = 1e4  # top-nσ, DRY, Mirostat: far past any useful value, short of overflow
 Breakers = Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
 Choices = Annotated[list[Text(1, MAX_STRING)], Field(min_length=1, max_length=MAX_CHOICES)]
+GUIDED_NOTE = (
+    "structured output (at most one constraint); checked when the request is run: a regex, "
+    "JSON schema or grammar that does not compile, or that no token can start, is a 400"
+)
 
 
 class _Strict(BaseModel):
@@ -229,10 +233,10 @@ class Decoding(_Strict):
     mirostat: Literal[0, 2] | None = None
     mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
     mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    guided_regex: Text(1, MAX_STRING) | None = None
-    guided_json: dict[str, Any] | Text(1, MAX_STRING) | None = None
-    guided_choice: Choices | None = None
-    guided_grammar: Text(1, MAX_STRING) | None = None
+    guided_regex: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+    guided_json: dict[str, Any] | Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+    guided_choice: Choices | None = Field(None, description=GUIDED_NOTE)
+    guided_grammar: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
 
 
 TokenId = Int(0)  # and below the model's vocabulary size, checked per model
@@ -350,10 +354,11 @@ class _Processors(_Strict):
     mirostat: Literal[0, 2] | None = None
     mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
     mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    regex: Text(1, MAX_STRING) | None = None  # structured output, by GenerationConfig's names
-    json_schema: dict[str, Any] | Text(1, MAX_STRING) | None = None
-    choice: Choices | None = None
-    grammar: Text(1, MAX_STRING) | None = None
+    # structured output, by GenerationConfig's names
+    regex: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+    json_schema: dict[str, Any] | Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+    choice: Choices | None = Field(None, description=GUIDED_NOTE)
+    grammar: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
 
 
 class NextRequest(_Processors):
