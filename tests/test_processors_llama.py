@@ -363,3 +363,19 @@ def test_no_new_option_leaves_the_chain_and_the_fused_path_alone():
     chain = build_chain(cfg, prompt_length=1, eos_token_ids=[0])
     assert [type(p) for p in chain] == [Temperature, TopK, TopP]
     assert FusedSampler.from_chain(chain) is not None
+
+
+def test_stateful_samplers_under_speculative_decoding():
+    # The draft and the target share one chain; Mirostat's state is kept per prefix. With the
+    # target as its own draft, every proposal's distribution equals the target's only if each
+    # position sees the mu (and the XTC draw) of its own prefix: then all are accepted.
+    from lmgen.decoding import SpeculativeStats
+
+    lm = lmgen.load()
+    kw = dict(strategy="sample", seed=5, mirostat=2, mirostat_tau=3.0, xtc_probability=0.5,
+              max_new_tokens=20, ignore_eos=True)  # fmt: skip
+    stats = SpeculativeStats()
+    a = lm.generate("ROMEO:", draft=lm, speculative_k=3, spec_stats=stats, **kw)
+    b = lm.generate("ROMEO:", draft=lm, speculative_k=3, **kw)
+    assert len(a.choices[0].token_ids) == 20 and a.text == b.text
+    assert stats.proposed > 0 and stats.acceptance == 1.0
