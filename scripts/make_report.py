@@ -106,7 +106,9 @@ def update_doc(doc: Path, section: str, template: Path = DOC) -> None:
     pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
     if not pattern.search(text):
         raise SystemExit(f"{template}: no {BEGIN} ... {END} section to replace")
-    doc.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
+    tmp = doc.with_name(f".{doc.name}.tmp")
+    tmp.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
+    os.replace(tmp, doc)  # a reader never sees half a page
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -393,3 +393,19 @@ def test_mauve_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mauve", None)
     with pytest.raises(ConfigError, match=r"pip install 'lmgen\[mauve\]'"):
         lmgen.compare(None, mauve=True)
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("s.toml", "[greedy\n", "--strategies"),
+        ("s.json", "[1, 2]", "expected a table of strategies"),
+        ("s.json", "{}", "holds no strategies"),
+        ("s.yaml", "greedy: {}", "name it .toml or .json"),
+    ],
+)
+def test_bad_strategy_files(capsys, tmp_path, model_dir, name, content, match):
+    path = tmp_path / name
+    path.write_text(content)
+    code, _, err = _run(capsys, "compare", "--model", str(model_dir), "--strategies", str(path))
+    assert code == 2 and err.startswith("error: ") and match in err and err.count("\n") == 1
