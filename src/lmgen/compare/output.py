@@ -13,6 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from lmgen.atomic_dir import swap_in
 from lmgen.errors import ConfigError
 
 RESULT = "compare.json"
@@ -85,18 +86,7 @@ def write_outputs(result, out: str | Path, force: bool = False) -> Path:
             name = f"{k:02d}-{slug(row.name)}.jsonl"
             (tmp / SAMPLES / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         write_json(tmp / RESULT, data)
-        if os.path.lexists(out):
-            check_out(out, force)  # again: it may have changed while we worked
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in(tmp, out, lambda: check_out(out, force))  # it may have changed meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,12 +15,28 @@ import torch
 
 from .results import BeamStep, TopLogprob
 from .state import DecodeState, Tokens
+from .steppers import processed
 from .text import stop_cut
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so scores match exactly
 
 
-class BeamStepper:
+class BeamRows:
+    """What beam and diverse beam search share: each prompt is prefilled once and its cache
+    copied to its beams; the distributions are log-probabilities, then the chain."""
+
+    def prefill(self) -> None:
+        logits = self.state.feed()[:, -1]
+        self.tokens.repeat_rows(self.nb)
+        self.state.repeat_rows(self.nb)
+        self.logits = logits.repeat_interleave(self.nb, 0)
+
+    def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = torch.log_softmax(self.logits.float(), dim=-1)
+        return raw, processed(self.chain, self.tokens, raw)
+
+
+class BeamStepper(BeamRows):
     def __init__(self, lm, tokens: Tokens, config, chain, *, record_logits=False,
                  record_candidates=False):  # fmt: skip
         self.tok = lm.tokenizer
@@ -67,17 +83,6 @@ class BeamStepper:
         self.candidates: list[BeamStep] | None = None
         self.n_gen = 0
         self.done = False
-
-    def prefill(self) -> None:
-        logits = self.state.feed()[:, -1]
-        self.tokens.repeat_rows(self.nb)
-        self.state.repeat_rows(self.nb)
-        self.logits = logits.repeat_interleave(self.nb, 0)
-
-    def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = torch.log_softmax(self.logits.float(), dim=-1)
-        seq = self.tokens.seq[:, : self.tokens.length]
-        return raw, (self.chain(seq, raw) if self.chain else raw)
 
     def _gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Rows of x (B, nb, ...) picked per prompt by index (B, k)."""

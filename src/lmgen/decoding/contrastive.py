@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .state import DecodeState, Tokens
-from .steppers import Pick, top_alternatives
+from .steppers import FinishedRows, Pick, processed, top_alternatives
 
 
 class ContrastiveStepper:
@@ -34,9 +34,7 @@ class ContrastiveStepper:
         capacity = tokens.prompt_width + config.max_new_tokens
         self.state = DecodeState(lm.model, tokens, capacity, config.context_overflow)
         eos = lm.eos_token_ids
-        self.pad = eos[0] if eos else None
-        self.unfinished = torch.ones(tokens.rows, dtype=torch.bool, device=tokens.seq.device)
-        self.all_running = True
+        self.finished = FinishedRows(tokens.rows, eos[0] if eos else None, tokens.seq.device)
         self.raw_logits = self.processed_logits = None
         self.done = False
 
@@ -59,8 +57,7 @@ class ContrastiveStepper:
 
     def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits.float()
-        seq = self.tokens.seq[:, : self.tokens.length]
-        return logits, (self.chain(seq, logits) if self.chain else logits)
+        return logits, processed(self.chain, self.tokens, logits)
 
     def select(self) -> list[list[Pick]]:
         B, k = self.tokens.rows, self.k
@@ -82,8 +79,7 @@ class ContrastiveStepper:
         best = score.argmax(dim=-1)  # (B,)
         rows = torch.arange(B, device=best.device)
         nxt = top_i[rows, best]
-        if self.pad is not None and not self.all_running:
-            nxt = torch.where(self.unfinished, nxt, self.pad)
+        nxt = self.finished.fill(nxt)
         chosen = rows * k + best
         self.context[:, L] = h[rows, best]
         self.n_context = L + 1
@@ -104,8 +100,4 @@ class ContrastiveStepper:
         ]
 
     def advance(self, finished: list[bool]) -> None:
-        if any(finished):
-            self.unfinished = torch.tensor(
-                [not f for f in finished], dtype=torch.bool, device=self.unfinished.device
-            )
-        self.all_running = not any(finished)
+        self.finished.update(finished)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .beam import BeamRows
 from .state import DecodeState, Tokens
 from .steppers import top_alternatives
 
@@ -57,7 +58,7 @@ class _Hyps:
         return self.worst >= best_sum / (length**self.length_penalty)
 
 
-class GroupBeamStepper:
+class GroupBeamStepper(BeamRows):
     def __init__(self, lm, tokens: Tokens, config, chain, *, record_logits=False):
         self.tok = lm.tokenizer
         self.config = config
@@ -87,17 +88,6 @@ class GroupBeamStepper:
         self.raw_logits = self.processed_logits = None
         self.candidates = None
         self.done = False
-
-    def prefill(self) -> None:
-        logits = self.state.feed()[:, -1]
-        self.tokens.repeat_rows(self.nb)
-        self.state.repeat_rows(self.nb)
-        self.logits = logits.repeat_interleave(self.nb, 0)
-
-    def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = torch.log_softmax(self.logits.float(), dim=-1)
-        seq = self.tokens.seq[:, : self.tokens.length]
-        return raw, (self.chain(seq, raw) if self.chain else raw)
 
     def select(self) -> list:
         B, nb, gs, V = self.B, self.nb, self.gs, self.logits.shape[-1]

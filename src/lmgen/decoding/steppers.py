@@ -36,6 +36,33 @@ def top_alternatives(tok, raw_logp: torch.Tensor, n: int) -> list[list[TopLogpro
     ]
 
 
+def processed(chain, tokens: Tokens, logits: torch.Tensor) -> torch.Tensor:
+    """The chain's scores for the next position of every row (the logits when it is empty)."""
+    return chain(tokens.seq[:, : tokens.length], logits) if chain else logits
+
+
+class FinishedRows:
+    """Rows that have ended go on being computed with their batch; their new tokens are the
+    pad token, so the processors of the other rows see nothing change."""
+
+    def __init__(self, rows: int, pad: int | None, device):
+        self.pad = pad
+        self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        self.any = False
+
+    def fill(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pad is None or not self.any:
+            return tokens
+        return torch.where(self.unfinished, tokens, self.pad)
+
+    def update(self, finished: list[bool]) -> None:
+        self.any = any(finished)
+        if self.any:
+            self.unfinished = torch.tensor(
+                [not f for f in finished], dtype=torch.bool, device=self.unfinished.device
+            )
+
+
 class SampleStepper:
     """Greedy (argmax) or sampling (one seeded draw per row) from the processed logits."""
 
@@ -52,9 +79,7 @@ class SampleStepper:
         self.state = DecodeState(lm.model, tokens, capacity, config.context_overflow, step_fn)
         self.fused = FusedSampler.from_chain(chain) if self.sample and not record_logits else None
         eos = lm.eos_token_ids
-        self.pad = eos[0] if eos else None
-        self.unfinished = torch.ones(tokens.rows, dtype=torch.bool, device=tokens.seq.device)
-        self.all_running = True
+        self.finished = FinishedRows(tokens.rows, eos[0] if eos else None, tokens.seq.device)
         self.logits: torch.Tensor | None = None
         self.raw_logits = self.processed_logits = None
         self.done = False
@@ -65,8 +90,7 @@ class SampleStepper:
     def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, processed) logits of the pending step, without choosing."""
         logits = self.logits.float()
-        seq = self.tokens.seq[:, : self.tokens.length]
-        return logits, (self.chain(seq, logits) if self.chain else logits)
+        return logits, processed(self.chain, self.tokens, logits)
 
     def select(self) -> list[list[Pick]]:
         logits = self.logits.float()
@@ -76,8 +100,7 @@ class SampleStepper:
         if picked is not None:
             nxt, proc_lp = picked
         else:
-            seq = self.tokens.seq[:, : self.tokens.length]
-            scores = self.chain(seq, logits) if self.chain else logits
+            scores = processed(self.chain, self.tokens, logits)
             if self.sample:
                 nxt = sample_from_logits(scores, self.generators)
             else:
@@ -89,8 +112,7 @@ class SampleStepper:
         raw_lp = raw_logp.gather(1, nxt[:, None])[:, 0]
         if picked is None and not self.chain:
             proc_lp = raw_lp
-        if self.pad is not None and not self.all_running:
-            nxt = torch.where(self.unfinished, nxt, self.pad)
+        nxt = self.finished.fill(nxt)
         self.tokens.append(nxt)
         top = None
         if self.config.logprobs:
@@ -102,9 +124,5 @@ class SampleStepper:
         ]
 
     def advance(self, finished: list[bool]) -> None:
-        if any(finished):
-            self.unfinished = torch.tensor(
-                [not f for f in finished], dtype=torch.bool, device=self.unfinished.device
-            )
-        self.all_running = not any(finished)
+        self.finished.update(finished)
         self.logits = self.state.feed()[:, -1]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_dir import swap_in
 from ..errors import ConfigError, LmgenError
 
 log = logging.getLogger(__name__)
@@ -302,19 +303,7 @@ def build_dataset(
             meta["splits"][split] = _write_split(tmp, split, docs, tokenizer, eos, dtype, bar)
         bar.close()
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if os.path.lexists(out):
-            check_data_out(out, force)  # again: it may have appeared while we worked
-            # Move the old directory aside first, so that a failed rename loses nothing.
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in(tmp, out, lambda: check_data_out(out, force))  # it may have appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
