@@ -113,7 +113,9 @@ ENTRIES = [
         "ended become the next step's beams (blue), the rest are pruned (grey, dashed). A "
         "continuation that ends, with the end token or at the length limit, is finished "
         "(green); the finished hypotheses beam search returns are gold, ranked by their "
-        "length-normalised score in the list below.",
+        "length-normalised score in the list below. To stay readable, a tree holds at most "
+        "8 beams (a step shows twice as many candidates) and draws the first 10 steps of a "
+        "longer search, saying so in its title; the list of hypotheses is always complete.",
     ),
     Entry(
         "generation",
@@ -180,7 +182,9 @@ def write_markdown(path: Path, model: str | None) -> None:
         "",
         "One picture per `lmgen plot` command, drawn from the bundled `shakespeare` model "
         "by `scripts/make_gallery.py` (fixed seeds; run `python scripts/make_gallery.py` to "
-        "regenerate them). Every number in them comes from the code that generates: the "
+        "regenerate them). The name given to `--out` picks the format: `.png`, `.svg` or "
+        "`.pdf` (another suffix is refused, unless `--format` says which of the three to "
+        "write). Every number in them comes from the code that generates: the "
         "model's forward pass, the processor chain, the sampler and beam search's own trace.",
         "",
         "The same pictures from Python: each `lmgen.plots.plot_*` function returns a "
