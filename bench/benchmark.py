@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent  # where `python -m bench` runs from
 
 SHAPES = ("bundled", "14m", "124m")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 CASES = ("greedy", "sample", "beam", "batch8", "prefill", "ttft")
 EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp")
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
 
 
@@ -900,11 +900,14 @@ def to_markdown(report: Report) -> str:
             ],
         )
     notes = list(report.notes)
-    if any(r.dtype == "bf16" and r.equal not in ("", "yes") for r in report.rows):
+    parted = sorted(
+        {r.dtype for r in report.rows if r.dtype != "fp32" and r.equal not in ("", "yes")}
+    )
+    if parted:
         notes.append(
-            "bf16 `equal` column: lmgen's and transformers' bfloat16 products round "
-            "differently, so some bf16 cases part after a few dozen tokens; every "
-            "fp32 case is identical."
+            f"{'/'.join(parted)} `equal` column: lmgen's and transformers' low-precision "
+            "products round differently, so some of these cases part after a few dozen "
+            "tokens; every fp32 case is identical."
         )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
