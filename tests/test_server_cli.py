@@ -13,7 +13,7 @@ import torch
 
 import lmgen
 from lmgen.cli import build_parser, main
-from lmgen.server.cli import memory_size, model_name
+from lmgen.server.cli import load_models, memory_size, model_name
 
 
 def test_serve_is_registered_with_its_defaults():
@@ -45,6 +45,34 @@ def test_model_names(tmp_path):
 def test_bad_options_exit_2(argv, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_serve_takes_dtype_and_quantize():
+    args = build_parser().parse_args(["serve", "--dtype", "float16", "--quantize", "int8"])
+    assert (args.dtype, args.quantize) == ("float16", "int8")
+    assert build_parser().parse_args(["serve"]).dtype is None
+
+
+@pytest.mark.parametrize("dtype,quantize", [("float16", None), ("bfloat16", None), (None, "int8")])
+def test_served_models_run_in_the_requested_precision(dtype, quantize):
+    """The server's models are what lmgen.load gives for the same runtime: same weights' dtype,
+    same greedy tokens."""
+    from lmgen.quantize import is_quantized
+
+    served = load_models(["shk=shakespeare"], dtype=dtype, quantize=quantize)["shk"]
+    ref = lmgen.load(
+        "shakespeare", dtype=getattr(torch, dtype) if dtype else None, quantize=quantize
+    )
+    assert served.model.wpe.weight.dtype == (getattr(torch, dtype) if dtype else torch.float32)
+    assert is_quantized(served.model) == (quantize == "int8")
+    want = ref.generate("ROMEO:", max_new_tokens=12).token_ids
+    assert list(served.generate("ROMEO:", max_new_tokens=12).token_ids) == list(want)
+
+
+def test_serve_refuses_an_unknown_dtype(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--dtype", "float8"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_memory_sizes():

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from lmgen.cli_generate import DTYPES
 from lmgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,26 @@ def model_name(spec: str) -> tuple[str, str]:
     return (path.resolve().name if path.is_dir() else spec), spec
 
 
-def load_models(specs: list[str] | None, device: str | None = None) -> dict:
+def load_models(
+    specs: list[str] | None,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+) -> dict:
+    """Every --model, loaded with the same runtime (`lmgen.load`'s device, dtype, quantize)."""
+    import torch
+
     import lmgen
 
+    runtime = dict(device=device, dtype=getattr(torch, dtype) if dtype else None, quantize=quantize)
     models = {}
     for spec in specs or [None]:
         if spec is None:
-            lm = lmgen.load(None, device=device)
+            lm = lmgen.load(None, **runtime)
             name = lm.name
         else:
             name, model = model_name(spec)
-            lm = lmgen.load(model, device=device)
+            lm = lmgen.load(model, **runtime)
         if name in models:
             raise ConfigError(
                 f"two models are named {name!r}; name them with --model NAME=MODEL", "model"
@@ -127,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _check_can_listen(args.host, args.port)
-    models = load_models(args.model, args.device)
+    models = load_models(args.model, args.device, args.dtype, args.quantize)
     app = create_app(
         models,
         api_key=args.api_key,
@@ -216,6 +226,19 @@ def add_parsers(sub) -> None:
         "it answers any Host unless --allowed-host is given",
     )
     p.add_argument("--device", default=None, help="torch device for the models")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights and activations of every model in this type (default: float32; on CPUs "
+        "without AVX512-BF16, float16 is the faster and closer of the two halves)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8 weight-only linear layers, for decoding (default: none)",
+    )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
