@@ -623,6 +623,8 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
             row["note"] += "; " + int8_bits_per_byte(lm, q)
         out.append(row)
         print(f"   extra {row}", file=sys.stderr, flush=True)
+        if "llamacpp" in args.extras and shape in ("14m", "124m"):
+            out.append(run_llamacpp(args, shape, label, q, w, qg, "int8", source=lm.model))
     if "compile" in args.extras and shape == "14m" and dtype == "fp32":
         from lmgen.compile import compile_decode_step
 
@@ -663,32 +665,76 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "speculative" in args.extras and shape == "bundled" and dtype == "fp32":
         out.extend(run_speculative(args, lm, tok, w))
-    if "llamacpp" in args.extras and shape in ("14m", "124m") and dtype == "fp32":
-        out.append(run_llamacpp(args, label, lm, w, greedy))
+    if "llamacpp" in args.extras and shape in ("14m", "124m"):
+        out.append(run_llamacpp(args, shape, label, lm, w, greedy, dtype))
     return out
 
 
-def run_llamacpp(args, label, lm, w, greedy) -> dict:
-    """lmgen greedy against `llama-bench` decoding the same weights (GGUF f32), alternating."""
+# lmgen precision -> the GGUF weight type llama.cpp decodes it against (issue 15's pairs: bf16
+# and fp16 against llama.cpp's f16, int8 weight-only against q8_0)
+LLAMACPP_TYPES = {"fp32": "float32", "bf16": "float16", "fp16": "float16", "int8": "q8_0"}
+GGUF_TYPE_NAMES = {"float32": "f32", "float16": "f16", "q8_0": "q8_0"}
+# the targets lmgen / llama.cpp must reach (model shape, lmgen precision) -> ratio
+LLAMACPP_GOALS = {
+    ("124m", "fp32"): 0.95,
+    ("124m", "bf16"): 0.9,
+    ("124m", "fp16"): 0.9,
+    ("124m", "int8"): 0.9,
+    ("14m", "fp32"): 0.8,
+}
+BEAM_GOAL = 2.5  # beam search, 4 beams, 14M shape fp32: lmgen / transformers
+
+
+def gguf_bytes_per_token(path, cfg, context: float) -> float:
+    """Bytes llama.cpp reads per batch-1 step: every tensor of the file but the position
+    table (one row read), and its f16 KV cache up to `context` positions."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    total = sum(int(t.n_bytes) for t in r.tensors if t.name != "position_embd.weight")
+    return float(total + 2 * cfg.n_layer * context * cfg.n_embd * 2)
+
+
+def run_llamacpp(args, shape, label, lm, w, greedy, precision: str, source=None) -> dict:
+    """lmgen greedy (`precision`) against `llama-bench` decoding the same weights as GGUF of
+    the paired type, alternating, the bandwidth sampled after every run of either. `source`:
+    the float model the file is written from (for int8, whose float weights are gone)."""
     from lmgen.gguf_export import write_gguf
 
     from .llamacpp import find_llama_bench, llama_bench
 
+    gguf_type = LLAMACPP_TYPES[precision]
     row = {
         "what": "llama.cpp",
         "kind": "reference",
         "model": label,
-        "dtype": "fp32",
+        "dtype": precision,
+        "gguf": GGUF_TYPE_NAMES[gguf_type],
+        "goal": LLAMACPP_GOALS.get((shape, precision)),
         "plain": float("nan"),
         "optimised": float("nan"),
     }
     try:
-        path = write_gguf(lm.model, Path(tempfile.mkdtemp(prefix="lmgen-gguf-")) / "m.gguf")
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            ours.append(w.new_tokens / timed(greedy))
-            theirs.append(llama_bench(find_llama_bench(), path, w.new_tokens, args.threads))
+        src = source if source is not None else lm.model
+        path = write_gguf(src, Path(tempfile.mkdtemp(prefix="lmgen-gguf-")) / "m.gguf", gguf_type)
+        ours, theirs, bws = [], [], []
+        binary = find_llama_bench()
+        for r in range(args.repeats):
+            pair = [
+                lambda: ours.append(w.new_tokens / timed(greedy)),
+                lambda: theirs.append(llama_bench(binary, path, w.new_tokens, args.threads)),
+            ]
+            for run_one in pair if r % 2 == 0 else pair[::-1]:
+                run_one()
+                bws.append(measure_bandwidth(mib=128, repeats=2))
         row["plain"], row["optimised"] = statistics.median(ours), statistics.median(theirs)
+        bw = statistics.median(bws)
+        ctx = len(w.prompt) + w.new_tokens / 2
+        row["bw_gbs"] = bw
+        row["bw_lmgen"] = row["plain"] / (bw * 1e9 / bytes_per_token(lm.model, ctx))
+        row["bw_llama"] = row["optimised"] / (
+            bw * 1e9 / gguf_bytes_per_token(path, lm.model.config, ctx)
+        )
         row["note"] = (
             f"llama-bench -p 0 -n {w.new_tokens} -t {args.threads}, {args.repeats} alternations"
         )
@@ -881,26 +927,43 @@ def to_markdown(report: Report) -> str:
         )
     if references:
         lines += _table(
-            "Against llama.cpp (same weights as GGUF f32, same run)",
+            "Against llama.cpp (same weights as GGUF, same run)",
             [
                 "model",
-                "dtype",
+                "lmgen precision",
+                "llama.cpp weights",
                 "lmgen greedy tok/s",
                 "llama.cpp tok/s",
                 "lmgen / llama.cpp",
+                "goal",
+                "BW lmgen / llama.cpp",
                 "notes",
             ],
             [
                 [
                     e["model"],
                     e["dtype"],
+                    e.get("gguf", "f32"),
                     f"{e['plain']:.1f}",
                     f"{e['optimised']:.1f}",
                     f"{_ratio(e['plain'], e['optimised']):.2f}×",
+                    f"≥ {e['goal']}×" if e.get("goal") else "",
+                    (
+                        f"{e['bw_lmgen']:.0%} / {e['bw_llama']:.0%} of {e['bw_gbs']:.1f} GB/s"
+                        if "bw_gbs" in e
+                        else ""
+                    ),
                     e["note"],
                 ]
                 for e in references
             ],
+        )
+    goals = goal_rows(report)
+    if goals:
+        lines += _table(
+            "Goals (issue 15), as measured in this run",
+            ["goal", "measured", "met"],
+            goals,
         )
     notes = list(report.notes)
     parted = sorted(
@@ -915,6 +978,38 @@ def to_markdown(report: Report) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def goal_rows(report: Report) -> list[list[str]]:
+    """[goal, measured ratio, met] for each goal this run measured."""
+    out = []
+    for e in report.extras:
+        if e.get("kind") == "reference" and e.get("goal"):
+            ratio = _ratio(e["plain"], e["optimised"])
+            out.append(
+                [
+                    f"{e['model']} {e['dtype']} greedy ≥ {e['goal']}× llama.cpp "
+                    f"{e.get('gguf', 'f32')}",
+                    f"{ratio:.2f}×",
+                    _met(ratio, e["goal"]),
+                ]
+            )
+    target = BEAM_GOAL
+    for r in report.rows:
+        if r.case == "beam" and r.model.startswith("14M") and r.dtype == "fp32":
+            ratio = _ratio(r.lmgen, r.hf)
+            out.append(
+                [
+                    f"{r.model} fp32 beam 4 ≥ {target}× transformers",
+                    f"{ratio:.2f}×",
+                    _met(ratio, target),
+                ]
+            )
+    return out
+
+
+def _met(ratio: float, goal: float) -> str:
+    return "n/a" if ratio != ratio else ("yes" if ratio >= goal else "no")
 
 
 def command_line(argv: list[str]) -> str:

@@ -50,11 +50,41 @@ def test_gguf_holds_the_weights_under_llama_cpp_names(tmp_path, dtype):
         assert np.array_equal(got, want.numpy()), theirs
 
 
+def test_q8_0_blocks_hold_each_weight_to_within_a_step(tmp_path):
+    # q8_0 (llama.cpp): each run of 32 weights stores round(w / d), d = max|w| / 127, and d in
+    # float16; read back by gguf's own dequantizer, every weight is within d/2 of its value,
+    # plus 127 times d's float16 rounding (2^-11 d): at most 0.5625 d
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    r = gguf.GGUFReader(str(write_gguf(m, tmp_path / "q.gguf", "q8_0")))
+    tensors = {t.name: t for t in r.tensors}
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    sd = m.state_dict()
+    for theirs, ours in {
+        "token_embd.weight": "wte.weight",
+        "blk.0.attn_qkv.weight": "h.0.attn.c_attn.weight",
+        "blk.0.ffn_down.weight": "h.0.mlp.c_proj.weight",
+    }.items():
+        t = tensors[theirs]
+        assert t.tensor_type == q8, theirs
+        want = sd[ours].float().numpy()
+        got = gguf.quants.dequantize(t.data, q8).reshape(want.shape)
+        blocks = want.reshape(-1, 32)
+        step = np.abs(blocks).max(axis=1, keepdims=True) / 127
+        err = np.abs(got.reshape(-1, 32) - blocks)
+        assert (err <= step * 0.5625 + 1e-8).all(), theirs
+        assert err.max() > 0  # it was quantized
+    for name in ("position_embd.weight", "blk.0.ffn_up.bias", "output_norm.weight"):
+        assert tensors[name].tensor_type == gguf.GGMLQuantizationType.F32, name
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        write_gguf(_model(), tmp_path / "odd.gguf", "q8_0")  # n_embd 8
+
+
 def test_untied_head_and_refusals(tmp_path):
     m = _model(tie_word_embeddings=False)
     r = gguf.GGUFReader(str(write_gguf(m, tmp_path / "u.gguf")))
     assert "output.weight" in {t.name for t in r.tensors}
-    with pytest.raises(ConfigError, match="float32 and float16"):
+    with pytest.raises(ConfigError, match="float32, float16 and q8_0"):
         write_gguf(m, tmp_path / "x.gguf", torch.bfloat16)
     with pytest.raises(ConfigError, match="tanh GELU"):
         write_gguf(_model(activation_function="relu"), tmp_path / "y.gguf")

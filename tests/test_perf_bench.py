@@ -105,8 +105,13 @@ def test_extras_tables_and_json_round_trip(tmp_path):
             "kind": "reference",
             "model": "14M",
             "dtype": "fp32",
+            "gguf": "f32",
+            "goal": 0.8,
             "plain": 80.0,
             "optimised": 100.0,
+            "bw_gbs": 30.0,
+            "bw_lmgen": 0.5,
+            "bw_llama": 0.625,
             "note": "r",
         }
     )
@@ -115,7 +120,9 @@ def test_extras_tables_and_json_round_trip(tmp_path):
             "what": "llama.cpp",
             "kind": "reference",
             "model": "124M",
-            "dtype": "fp32",
+            "dtype": "int8",
+            "gguf": "q8_0",
+            "goal": 0.9,
             "plain": float("nan"),
             "optimised": float("nan"),
             "note": "failed: x",
@@ -123,8 +130,13 @@ def test_extras_tables_and_json_round_trip(tmp_path):
     )
     md = B.to_markdown(rep)
     assert "| int8 weight-only | 14M | fp32 | 100.0 | 150.0 | 1.50× | n |" in md
-    assert "| 14M | fp32 | 80.0 | 100.0 | 0.80× | r |" in md
-    assert "| 124M | fp32 | nan | nan | nan× | failed: x |" in md
+    assert "| 14M | fp32 | f32 | 80.0 | 100.0 | 0.80× | ≥ 0.8× | 50% / 62% of 30.0 GB/s | r |" in md
+    assert "| 124M | int8 | q8_0 | nan | nan | nan× | ≥ 0.9× |  | failed: x |" in md
+    # each goal with its measured ratio: 0.80 meets 0.8; the failed row is n/a; the 14M beam
+    # row (10 vs 5 tok/s) is bf16, so the beam goal (fp32) is not listed
+    assert "| 14M fp32 greedy ≥ 0.8× llama.cpp f32 | 0.80× | yes |" in md
+    assert "| 124M int8 greedy ≥ 0.9× llama.cpp q8_0 | nan× | n/a |" in md
+    assert "beam 4" not in md
     assert "bf16 `equal` column" in md
     raw = tmp_path / "run.json"
     raw.write_text(
@@ -280,3 +292,12 @@ def test_from_json_refuses_a_file_that_is_not_a_run(tmp_path, capsys):
         B.load_report(str(bad))
     with pytest.raises(ConfigError, match="FileNotFoundError"):
         B.load_report(str(tmp_path / "missing.json"))
+
+
+def test_goal_table_lists_the_beam_goal_against_transformers():
+    rep = B.Report(B.machine_info(), [])
+    rep.rows.append(B.Row("14M shape [14.2M]", "fp32", "beam", 20.0, 10.0, "yes"))
+    rep.rows.append(B.Row("GPT-2-small shape [124.4M]", "fp32", "beam", 30.0, 10.0, "yes"))
+    assert B.goal_rows(rep) == [
+        ["14M shape [14.2M] fp32 beam 4 ≥ 2.5× transformers", "2.00×", "no"]
+    ]

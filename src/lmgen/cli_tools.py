@@ -36,8 +36,6 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
-    import torch
-
     import lmgen
 
     from .gguf_export import bpe_vocabulary, write_gguf
@@ -48,8 +46,7 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist", "out")
     lm = lmgen.load(args.model)
-    dtype = getattr(torch, args.dtype)
-    write_gguf(lm.model, out, dtype=dtype, tokenizer=lm.tokenizer, name=lm.name)
+    write_gguf(lm.model, out, dtype=args.dtype, tokenizer=lm.tokenizer, name=lm.name)
     real = bpe_vocabulary(lm.tokenizer, lm.config.vocab_size) is not None
     vocab = (
         "with its BPE vocabulary"
@@ -87,8 +84,9 @@ def add_parsers(sub) -> None:
     p.add_argument("out", metavar="OUT.gguf", help="the file to write")
     p.add_argument(
         "--dtype",
-        choices=["float32", "float16"],
+        choices=["float32", "float16", "q8_0"],
         default="float32",
-        help="type of the weight matrices; norms and biases stay float32 (default float32)",
+        help="type of the weight matrices (q8_0: llama.cpp's 8-bit blocks); norms, biases "
+        "and the position table stay float32 (default float32)",
     )
     p.set_defaults(func=cmd_export_gguf)

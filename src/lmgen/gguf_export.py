@@ -1,8 +1,10 @@
 """GGUF export: a GPT written as a GGUF file of llama.cpp's `gpt2` architecture.
 
 The `gguf` package (llama.cpp's own writer) is an optional extra, `pip install 'lmgen[gguf]'`,
-imported on first use. Tensors keep their values, 2-d weights in float32 or float16, norms and
-biases in float32, as llama.cpp's converter writes them.
+imported on first use. 2-d weights go in float32, float16 or q8_0 (llama.cpp's 8-bit blocks:
+32 weights share one float16 scale, quantized by gguf's own `quants.quantize`, the code behind
+llama.cpp's converter's `--outtype q8_0`); norms, biases and the position table stay float32,
+as that converter writes them.
 
 Given a byte-level BPE tokenizer (the bundled model's, GPT-2's), the file carries its
 vocabulary, merges and end-of-text token, so llama.cpp tokenizes text as lmgen does (GPT-2's
@@ -22,7 +24,7 @@ import torch
 
 from .errors import ConfigError
 
-GGUF_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+GGUF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "q8_0": "q8_0"}
 
 
 def _gguf():
@@ -98,14 +100,16 @@ def bpe_vocabulary(tokenizer, n_vocab: int) -> tuple[list[str], list[str], list[
 def write_gguf(
     model,
     path: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     tokenizer=None,
     name: str = "lmgen export",
 ) -> Path:
-    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (float32 or float16), the
-    vocabulary of `tokenizer` when it is byte-level BPE, else a placeholder one."""
-    if dtype not in GGUF_DTYPES.values():
-        raise ConfigError(f"GGUF export supports float32 and float16, got {dtype}", "dtype")
+    """Writes `model` (lmgen GPT) as GGUF; 2-d weights in `dtype` (torch.float32,
+    torch.float16, or "q8_0", or one of those names), the vocabulary of `tokenizer` when it is
+    byte-level BPE, else a placeholder one."""
+    dtype = GGUF_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not any(dtype is d for d in GGUF_DTYPES.values()):
+        raise ConfigError(f"GGUF export supports float32, float16 and q8_0, got {dtype}", "dtype")
     cfg = model.config
     if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ConfigError(
@@ -114,6 +118,12 @@ def write_gguf(
         )
     if any(getattr(m, "qweight", None) is not None for m in model.modules()):
         raise ConfigError("cannot export an int8-quantized model: load it unquantized", "quantize")
+    if dtype == "q8_0" and (cfg.n_embd % 32 or cfg.inner_dim % 32):
+        raise ConfigError(
+            f"q8_0 packs rows in blocks of 32: n_embd ({cfg.n_embd}) and the MLP width "
+            f"({cfg.inner_dim}) must be multiples of 32",
+            "dtype",
+        )
     gguf = _gguf()
     path = Path(path)
     w = gguf.GGUFWriter(str(path), "gpt2")
@@ -124,9 +134,12 @@ def write_gguf(
     w.add_feed_forward_length(cfg.inner_dim)
     w.add_head_count(cfg.n_head)
     w.add_layer_norm_eps(cfg.layer_norm_epsilon)
-    w.add_file_type(
-        gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16
-    )
+    file_types = {
+        torch.float32: gguf.LlamaFileType.ALL_F32,
+        torch.float16: gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
+    w.add_file_type(file_types[dtype])
     w.add_tokenizer_model("gpt2")
     vocab = bpe_vocabulary(tokenizer, cfg.vocab_size) if tokenizer is not None else None
     if vocab is not None:
@@ -154,9 +167,14 @@ def write_gguf(
     w.add_add_bos_token(False)
     for tname, t in _tensors(model).items():
         t = t.detach().float().cpu()
-        if t.dim() == 2 and tname != "position_embd.weight":
-            t = t.to(dtype)
-        w.add_tensor(tname, t.contiguous().numpy())
+        if t.dim() != 2 or tname == "position_embd.weight" or dtype is torch.float32:
+            w.add_tensor(tname, t.contiguous().numpy())
+        elif dtype == "q8_0":
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            packed = gguf.quants.quantize(t.contiguous().numpy(), q8)
+            w.add_tensor(tname, packed, raw_shape=packed.shape, raw_dtype=q8)
+        else:
+            w.add_tensor(tname, t.to(dtype).contiguous().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
