@@ -19,6 +19,7 @@ $(BIN)/activate:
 $(VENV)/.runtime: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q -e .
+	$(BIN)/python -m lmgen.kernels  # builds the CPU decode kernel once (lmgen/kernels)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime

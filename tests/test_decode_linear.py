@@ -42,8 +42,10 @@ def test_decode_products_equal_f_linear(in_f, out_f, bias, threads):
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_each_path_is_taken(threads, monkeypatch):
-    """One or two rows: the turned-around split; three or more rows of a down projection:
-    oneDNN; more than MAX_ROWS, or oneDNN missing: F.linear. Each gives F.linear's numbers."""
+    """Without lmgen's kernel: one or two rows: the turned-around split; three or more rows of
+    a down projection: oneDNN; more than MAX_ROWS, or oneDNN missing: F.linear. Each gives
+    F.linear's numbers."""
+    monkeypatch.setattr(D.kernels, "available", lambda: False)
     calls = []
     real_baddbmm, real_linear = torch.baddbmm, F.linear
     monkeypatch.setattr(torch, "baddbmm", lambda *a: calls.append("split") or real_baddbmm(*a))
@@ -60,6 +62,26 @@ def test_each_path_is_taken(threads, monkeypatch):
         calls.clear()
         fn(torch.randn(3, 48))
         assert calls == ["linear"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_up_to_four_rows_go_to_the_kernel_where_it_builds(dtype, monkeypatch):
+    if not D.kernels.available():
+        pytest.skip(f"lmgen's kernel is not built here: {D.kernels.why_not()}")
+    calls = []
+    real = D.kernels.decode_gemv
+    monkeypatch.setattr(D.kernels, "decode_gemv", lambda *a: calls.append(1) or real(*a))
+    lin = _linear(40, 24, True).to(dtype)
+    fn = DecodeLinear(lin)
+    with torch.no_grad():
+        for rows in (1, 2, 3, 4, 5):
+            calls.clear()
+            x = torch.randn(rows, 40).to(dtype)
+            want = F.linear(x.double(), lin.weight.double(), lin.bias.double())
+            got = fn(x)
+            assert got.dtype == dtype and calls == ([1] if rows <= 4 else [])
+            tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+            torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
 
 
 def test_split_parts():
@@ -81,9 +103,9 @@ def test_new_weights_and_dtypes_are_seen(threads):
         lin.double()
         xd = x.double()
         assert torch.equal(fn(xd), F.linear(xd, lin.weight, lin.bias))
-        lin.bfloat16()  # F.linear's own kernel: faster in bfloat16
+        lin.bfloat16()
         xb = x.bfloat16()
-        assert torch.equal(fn(xb), F.linear(xb, lin.weight, lin.bias))
+        torch.testing.assert_close(fn(xb), F.linear(xb, lin.weight, lin.bias))
 
 
 def test_with_autograd_it_is_f_linear_and_gradients_flow():

@@ -15,9 +15,13 @@ around and split:
 - up to `MAX_ROWS` rows, oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the kernel
   torch's CPU compiler calls): 14-22 GB/s at 4-8 rows, against 7-11 for `F.linear`.
 
-More rows (a prompt's prefill) are compute-bound and `F.linear` threads them well. Other dtypes
-use `F.linear` too: in bfloat16 it is oneDNN's kernel, which beats both paths here (the 14M
-shape decodes at 319 tokens/s with it, 233 turned around). The weights stay as they are (no
+More rows (a prompt's prefill) are compute-bound and `F.linear` threads them well.
+
+Where lmgen's own kernel builds (lmgen.kernels: x86 with AVX2/FMA/F16C and a C++ compiler), up
+to `kernels.MAX_ROWS` rows of every float dtype go to it instead: it converts float16 and
+bfloat16 weights to float32 as they stream and reads all three at 25-32 GB/s from memory,
+where torch's bfloat16 product reads 12-17 and its float16 one 24-28 (cycled through 300 MB
+of weights, so none comes from cache; docs/PERFORMANCE.md). The weights stay as they are (no
 copy, no relayout); results equal `F.linear` to float rounding, since the summation order can
 differ.
 """
@@ -29,6 +33,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import kernels
 
 SWAP_ROWS = 4
 MAX_ROWS = 32
@@ -62,6 +68,7 @@ class DecodeLinear:
 
 
 _onednn = {"ok": hasattr(torch.ops.mkldnn, "_linear_pointwise")}
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -74,10 +81,14 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
         or not 0 < rows <= MAX_ROWS
         or not w.is_contiguous()
         or x.dtype != w.dtype
-        or w.dtype != torch.float32
         or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
     ):
-        return F.linear(x, w, b)  # (oneDNN's op has no backward: autograd gets F.linear)
+        return F.linear(x, w, b)  # (these kernels have no backward: autograd gets F.linear)
+    if rows <= kernels.MAX_ROWS and w.dtype in _KERNEL_DTYPES and kernels.available():
+        y = kernels.decode_gemv(x.reshape(rows, in_features), w, None, b)
+        return y.view(*x.shape[:-1], out_features)
+    if w.dtype != torch.float32:
+        return F.linear(x, w, b)
     x2 = x.reshape(rows, in_features)
     if rows <= 2 or (rows <= SWAP_ROWS and out_features >= in_features):
         parts = split_parts(out_features, torch.get_num_threads())

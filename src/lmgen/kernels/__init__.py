@@ -1,0 +1,121 @@
+"""lmgen's own CPU kernel for decode-step products (gemv.cpp), compiled on first use.
+
+`decode_gemv(x, w, scale, bias)` is `x @ (w * scale[:, None]).T + bias`, accumulated in float32
+and returned in x's dtype, for 1-4 rows of x, with w float32, float16, bfloat16 or int8;
+gemv.cpp says why it exists. It is built once
+per machine and torch version with the C++ compiler torch's extensions use (g++), through
+`torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE` (default `~/.cache/lmgen`)/kernels;
+the first build takes 20-60 s and says so on stderr. Where it cannot be built (no compiler, not
+an x86 CPU with AVX2, FMA and F16C) or `LMGEN_KERNELS=0` is set, `available()` is False and the
+callers keep torch's own products: results differ only by float rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("gemv.cpp")
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+MAX_ROWS = 4
+_state: dict = {"ok": None, "why": ""}
+_lock = threading.Lock()
+
+
+def _cpu_ok() -> str:
+    """'' when this CPU runs the kernel, else why not."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the kernel is for x86-64 CPUs, this one is {platform.machine()}"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        flags = []
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            return ""
+    missing = [f for f in ("avx2", "fma", "f16c") if f not in flags]
+    return f"this CPU lacks {', '.join(missing)}" if missing else ""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LMGEN_CACHE") or Path.home() / ".cache" / "lmgen"
+    return Path(root) / "kernels"
+
+
+def _build_name() -> str:
+    h = hashlib.sha256(_SOURCE.read_bytes())
+    h.update(" ".join([torch.__version__, sys.version, *_FLAGS]).encode())
+    return f"lmgen_kernels_{h.hexdigest()[:12]}"
+
+
+def _load() -> None:
+    from torch.utils import cpp_extension
+
+    name = _build_name()
+    build = cache_dir() / name
+    build.mkdir(parents=True, exist_ok=True)
+    try:  # the ninja wheel's binary, which may not be on PATH outside an activated venv
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    if not (build / f"{name}.so").exists():
+        print(
+            "lmgen: compiling its CPU decode kernel (once per machine, 20-60 s; "
+            "LMGEN_KERNELS=0 skips it)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=_FLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def available() -> bool:
+    """Whether `decode_gemv` runs here (builds and loads the kernel on the first call)."""
+    ok = _state["ok"]
+    if ok is not None:
+        return ok
+    with _lock:
+        if _state["ok"] is None:
+            why = "LMGEN_KERNELS=0" if os.environ.get("LMGEN_KERNELS") == "0" else _cpu_ok()
+            if not why:
+                try:
+                    _load()
+                except Exception as e:  # no compiler, no ninja, a failed build: torch's path
+                    why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
+            if why:
+                log.warning("lmgen's CPU decode kernel is not used: %s", why)
+            _state["ok"], _state["why"] = not why, why
+    return _state["ok"]
+
+
+def why_not() -> str:
+    """Why the kernel is not used ('' when it is, or before `available()` was asked)."""
+    return _state["why"]
+
+
+def decode_gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(rows, out) = x (rows, in) @ (w * scale[:, None]).T + bias, in x's dtype; 1 <= rows <= 4."""
+    return torch.ops.lmgen_kernels.decode_gemv(x, w, scale, bias)
