@@ -72,3 +72,33 @@ def test_lmgen_kernels_0_keeps_torch_products(monkeypatch):
     monkeypatch.setitem(kernels._state, "ok", None)
     monkeypatch.delenv("LMGEN_KERNELS")
     assert kernels.available()  # built already: loads again
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("B", "H", "L", "D"), [(1, 3, 1, 8), (2, 4, 37, 64), (3, 2, 130, 20)])
+def test_one_query_attention_equals_a_float64_softmax(B, H, L, D, dtype, threads):
+    g = torch.Generator().manual_seed(L)
+    # keys and values as a decode step sees them: the filled prefix of a longer cache
+    cache_k = (torch.randn(B, H, L + 9, D, generator=g) * 2).to(dtype)
+    cache_v = torch.randn(B, H, L + 9, D, generator=g).to(dtype)
+    k, v = cache_k[:, :, :L], cache_v[:, :, :L]
+    q = torch.randn(B, 1, 3, H, D, generator=g).to(dtype).permute(2, 0, 3, 1, 4)[0]  # a view
+    scores = q.double() @ k.double().transpose(-1, -2) / D**0.5
+    want = scores.softmax(-1) @ v.double()
+    got = kernels.decode_attention(q, k, v)
+    assert got.shape == (B, H, 1, D) and got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+def test_attention_refuses_what_it_does_not_do():
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="one query per row"):
+        kernels.decode_attention(torch.randn(1, 2, 2, 8), k, k)
+    with pytest.raises(RuntimeError, match="disagree in shape"):
+        kernels.decode_attention(q, k, torch.randn(1, 2, 4, 8))
+    with pytest.raises(RuntimeError, match="of one dtype"):
+        kernels.decode_attention(q, k, k.half())
+    with pytest.raises(RuntimeError, match="last dimension must be contiguous"):
+        kernels.decode_attention(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k)

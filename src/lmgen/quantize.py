@@ -6,8 +6,8 @@ the fp32 bytes. Activations stay floating point. Up to 4 rows (a decode step, be
 lmgen's own kernel where it builds (lmgen.kernels: activations in float32, 2-2.5x the speed of
 torch's kernel from memory); up to `DECODE_ROWS` rows, or without it, to torch's
 `_weight_int8pack_mm`, which takes them in bfloat16; longer inputs (a prompt's prefill) and
-devices without either dequantize the weight and use `F.linear`. The token embedding stays in its dtype (a step reads one row of it); a tied head
-gets its own int8 copy.
+devices without either dequantize the weight and use `F.linear`. The token embedding stays in
+its dtype (a step reads one row of it); a tied head gets its own int8 copy.
 
 The quantized model is for inference: training and saving use the float weights.
 """

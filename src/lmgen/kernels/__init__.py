@@ -2,12 +2,14 @@
 
 `decode_gemv(x, w, scale, bias)` is `x @ (w * scale[:, None]).T + bias`, accumulated in float32
 and returned in x's dtype, for 1-4 rows of x, with w float32, float16, bfloat16 or int8;
-gemv.cpp says why it exists. It is built once
-per machine and torch version with the C++ compiler torch's extensions use (g++), through
-`torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE` (default `~/.cache/lmgen`)/kernels;
-the first build takes 20-60 s and says so on stderr. Where it cannot be built (no compiler, not
-an x86 CPU with AVX2, FMA and F16C) or `LMGEN_KERNELS=0` is set, `available()` is False and the
-callers keep torch's own products: results differ only by float rounding.
+gemv.cpp says why it exists. `decode_attention(q, k, v)` is a decode step's attention (one
+query, no mask), which torch's CPU kernel runs at 20-100 us a layer, 3x slower in half
+precision. Both are built once per machine and torch version with the C++ compiler torch's
+extensions use (g++), through `torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE`
+(default `~/.cache/lmgen`)/kernels; the first build takes 20-60 s and says so on stderr. Where
+it cannot be built (no compiler, not an x86 CPU with AVX2, FMA and F16C) or `LMGEN_KERNELS=0` is
+set, `available()` is False and the callers keep torch's own products: results differ only by
+float rounding.
 """
 
 from __future__ import annotations
@@ -119,3 +121,9 @@ def decode_gemv(
 ) -> torch.Tensor:
     """(rows, out) = x (rows, in) @ (w * scale[:, None]).T + bias, in x's dtype; 1 <= rows <= 4."""
     return torch.ops.lmgen_kernels.decode_gemv(x, w, scale, bias)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v for one query per row and head, no mask: (B, H, 1, D) from
+    q (B, H, 1, D) and the cached k, v (B, H, L, D), softmax in float32."""
+    return torch.ops.lmgen_kernels.decode_attention(q, k, v)

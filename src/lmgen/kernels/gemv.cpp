@@ -16,7 +16,10 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -77,9 +80,13 @@ inline void dot_rows(const W* w, const float* x, int64_t in, float* acc) {
   }
 }
 
-template <typename W, int R>
-void gemv(const W* w, const float* x, const float* scale, const float* bias, float* y,
-          int64_t out, int64_t in) {
+inline void store(float* p, float v) { *p = v; }
+inline void store(at::Half* p, float v) { *p = static_cast<at::Half>(v); }
+inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
+
+template <typename W, typename Y, int R>
+void gemv(const W* w, const float* x, const float* scale, const float* bias, Y* y, int64_t out,
+          int64_t in) {
   // blocks of at least 16 rows (a few KiB of W) per task, so a thread streams long runs
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
     float acc[R];
@@ -87,20 +94,56 @@ void gemv(const W* w, const float* x, const float* scale, const float* bias, flo
       dot_rows<W, R>(w + o * in, x, in, acc);
       float s = scale ? scale[o] : 1.0f;
       float b = bias ? bias[o] : 0.0f;
-      for (int r = 0; r < R; ++r) y[r * out + o] = acc[r] * s + b;
+      for (int r = 0; r < R; ++r) store(y + r * out + o, acc[r] * s + b);
     }
   });
 }
 
-template <typename W>
+template <typename W, typename Y>
 void dispatch_rows(int64_t rows, const W* w, const float* x, const float* scale, const float* bias,
-                   float* y, int64_t out, int64_t in) {
+                   Y* y, int64_t out, int64_t in) {
   switch (rows) {
-    case 1: return gemv<W, 1>(w, x, scale, bias, y, out, in);
-    case 2: return gemv<W, 2>(w, x, scale, bias, y, out, in);
-    case 3: return gemv<W, 3>(w, x, scale, bias, y, out, in);
-    default: return gemv<W, 4>(w, x, scale, bias, y, out, in);
+    case 1: return gemv<W, Y, 1>(w, x, scale, bias, y, out, in);
+    case 2: return gemv<W, Y, 2>(w, x, scale, bias, y, out, in);
+    case 3: return gemv<W, Y, 3>(w, x, scale, bias, y, out, in);
+    default: return gemv<W, Y, 4>(w, x, scale, bias, y, out, in);
   }
+}
+
+template <typename Y>
+void dispatch_weight(const at::Tensor& w, int64_t rows, const float* x, const float* scale,
+                     const float* bias, Y* y) {
+  const int64_t out = w.size(0), in = w.size(1);
+  switch (w.scalar_type()) {
+    case at::kFloat: return dispatch_rows(rows, w.data_ptr<float>(), x, scale, bias, y, out, in);
+    case at::kHalf: return dispatch_rows(rows, w.data_ptr<at::Half>(), x, scale, bias, y, out, in);
+    case at::kBFloat16:
+      return dispatch_rows(rows, w.data_ptr<at::BFloat16>(), x, scale, bias, y, out, in);
+    case at::kChar: return dispatch_rows(rows, w.data_ptr<int8_t>(), x, scale, bias, y, out, in);
+    default: TORCH_CHECK(false, "decode_gemv: w must be float32, float16, bfloat16 or int8");
+  }
+}
+
+// A small tensor (x, a scale, a bias) as float32, converted here rather than by a dispatched
+// `.to()`: a decode step makes ~50 of these calls, and each ATen op costs microseconds.
+const float* as_float(const at::Tensor& t, std::vector<float>& buf) {
+  if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
+  const int64_t n = t.numel();
+  buf.resize(n);
+  switch (t.scalar_type()) {
+    case at::kHalf: {
+      const at::Half* p = t.data_ptr<at::Half>();
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
+      break;
+    }
+    case at::kBFloat16: {
+      const at::BFloat16* p = t.data_ptr<at::BFloat16>();
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
+      break;
+    }
+    default: TORCH_CHECK(false, "decode_gemv: x, scale and bias must be float32, float16 or bfloat16");
+  }
+  return buf.data();
 }
 
 at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
@@ -110,34 +153,103 @@ at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& w, const c10::opti
   TORCH_CHECK(x.size(1) == w.size(1), "decode_gemv: x and w disagree on in_features");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= MAX_ROWS, "decode_gemv: 1 to 4 rows");
   TORCH_CHECK(w.is_contiguous(), "decode_gemv: w must be contiguous");
-  const int64_t rows = x.size(0), in = w.size(1), out = w.size(0);
-  at::Tensor xf = x.to(at::kFloat).contiguous();
-  at::Tensor sf, bf;
-  if (scale.has_value()) sf = scale->to(at::kFloat).contiguous();
-  if (bias.has_value()) bf = bias->to(at::kFloat).contiguous();
-  TORCH_CHECK(!sf.defined() || sf.numel() == out, "decode_gemv: one scale per output row");
-  TORCH_CHECK(!bf.defined() || bf.numel() == out, "decode_gemv: one bias per output row");
-  at::Tensor y = at::empty({rows, out}, x.options().dtype(at::kFloat));
-  const float* xp = xf.data_ptr<float>();
-  const float* sp = sf.defined() ? sf.data_ptr<float>() : nullptr;
-  const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  switch (w.scalar_type()) {
-    case at::kFloat: dispatch_rows(rows, w.data_ptr<float>(), xp, sp, bp, yp, out, in); break;
-    case at::kHalf: dispatch_rows(rows, w.data_ptr<at::Half>(), xp, sp, bp, yp, out, in); break;
-    case at::kBFloat16:
-      dispatch_rows(rows, w.data_ptr<at::BFloat16>(), xp, sp, bp, yp, out, in);
-      break;
-    case at::kChar: dispatch_rows(rows, w.data_ptr<int8_t>(), xp, sp, bp, yp, out, in); break;
-    default: TORCH_CHECK(false, "decode_gemv: w must be float32, float16, bfloat16 or int8");
+  const int64_t rows = x.size(0), out = w.size(0);
+  TORCH_CHECK(!scale.has_value() || scale->numel() == out, "decode_gemv: one scale per output row");
+  TORCH_CHECK(!bias.has_value() || bias->numel() == out, "decode_gemv: one bias per output row");
+  at::Tensor xc = x.contiguous();
+  at::Tensor sc = scale.has_value() ? scale->contiguous() : at::Tensor();
+  at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  std::vector<float> xb, sb, bb;
+  const float* xp = as_float(xc, xb);
+  const float* sp = sc.defined() ? as_float(sc, sb) : nullptr;
+  const float* bp = bc.defined() ? as_float(bc, bb) : nullptr;
+  at::Tensor y = at::empty({rows, out}, x.options());
+  switch (x.scalar_type()) {
+    case at::kFloat: dispatch_weight(w, rows, xp, sp, bp, y.data_ptr<float>()); break;
+    case at::kHalf: dispatch_weight(w, rows, xp, sp, bp, y.data_ptr<at::Half>()); break;
+    case at::kBFloat16: dispatch_weight(w, rows, xp, sp, bp, y.data_ptr<at::BFloat16>()); break;
+    default: TORCH_CHECK(false, "decode_gemv: x, scale and bias must be float32, float16 or bfloat16");
   }
-  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  return y;
+}
+
+// One query per (batch row, head) against L cached keys and values, no mask: the attention of a
+// decode step. scores = q.k * scale, softmax in float32, out = sum p v. k and v are views of the
+// KV cache: (B, H, L, D) with D contiguous.
+template <typename T>
+void attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                float scale) {
+  const int64_t B = q.size(0), H = q.size(1), L = k.size(2), D = q.size(3);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1);
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(D), p(L), acc(D);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const T* qr = qp + b * qs0 + h * qs1;
+      for (int64_t d = 0; d < D; ++d) qf[d] = to_float(qr[d]);
+      const T* kb = kp + b * ks0 + h * ks1;
+      float m = -INFINITY;
+      for (int64_t l = 0; l < L; ++l) {
+        float dot[1];
+        dot_rows<T, 1>(kb + l * ks2, qf.data(), D, dot);
+        p[l] = dot[0] * scale;
+        m = std::max(m, p[l]);
+      }
+      float sum = 0.0f;
+      for (int64_t l = 0; l < L; ++l) sum += (p[l] = std::exp(p[l] - m));
+      const float inv = 1.0f / sum;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const T* vb = vp + b * vs0 + h * vs1;
+      for (int64_t l = 0; l < L; ++l) {
+        const __m256 pl = _mm256_set1_ps(p[l] * inv);
+        const T* vr = vb + l * vs2;
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+          _mm256_storeu_ps(&acc[d], _mm256_fmadd_ps(pl, load8(vr + d), _mm256_loadu_ps(&acc[d])));
+        for (; d < D; ++d) acc[d] += p[l] * inv * to_float(vr[d]);
+      }
+      T* orow = op + bh * D;
+      for (int64_t d = 0; d < D; ++d) store(orow + d, acc[d]);
+    }
+  });
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.device().is_cpu(), "decode_attention: CPU tensors only");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: (B, H, T, D)");
+  TORCH_CHECK(q.size(2) == 1, "decode_attention: one query per row");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) == q.size(1) &&
+                  k.size(3) == q.size(3) && k.size(2) >= 1,
+              "decode_attention: q, k, v disagree in shape");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "decode_attention: the last dimension must be contiguous");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "decode_attention: q, k, v of one dtype");
+  at::Tensor out = at::empty({q.size(0), q.size(1), 1, q.size(3)}, q.options());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  switch (q.scalar_type()) {
+    case at::kFloat: attend_one<float>(q, k, v, out, scale); break;
+    case at::kHalf: attend_one<at::Half>(q, k, v, out, scale); break;
+    case at::kBFloat16: attend_one<at::BFloat16>(q, k, v, out, scale); break;
+    default: TORCH_CHECK(false, "decode_attention: float32, float16 or bfloat16");
+  }
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(lmgen_kernels, m) {
   m.def("decode_gemv(Tensor x, Tensor w, Tensor? scale, Tensor? bias) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) { m.impl("decode_gemv", decode_gemv); }
+TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
+  m.impl("decode_gemv", decode_gemv);
+  m.impl("decode_attention", decode_attention);
+}
