@@ -102,3 +102,73 @@ def test_attention_refuses_what_it_does_not_do():
         kernels.decode_attention(q, k, k.half())
     with pytest.raises(RuntimeError, match="last dimension must be contiguous"):
         kernels.decode_attention(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize(
+    ("dtype", "act", "quantized", "tol"),
+    [
+        (torch.float32, "gelu_new", False, 1e-5),
+        (torch.float32, "gelu", False, 1e-5),
+        (torch.float32, "relu", True, 1e-5),
+        (torch.bfloat16, "gelu_new", False, 3e-2),
+        (torch.float16, "gelu_new", True, 4e-3),
+    ],
+)
+@pytest.mark.parametrize("rows", [1, 3, 4])
+def test_fused_step_equals_the_step_block_by_block(
+    rows, dtype, act, quantized, tol, threads, monkeypatch
+):
+    """lmgen.kernels.decode_step (every block of a step in one call) against the same steps
+    through the blocks one op at a time (FUSED_DECODE_STEP off): logits and the KV cache."""
+    import lmgen.model as M
+    from lmgen.model import GPT, GPTConfig
+    from lmgen.quantize import quantize_model
+
+    torch.manual_seed(rows)
+    cfg = GPTConfig(vocab_size=61, n_positions=40, n_embd=48, n_layer=3, n_head=4)
+    model = GPT(GPTConfig(**{**cfg.to_dict(), "activation_function": act})).eval().to(dtype)
+    if quantized:
+        quantize_model(model)
+    calls = []
+    real = kernels.decode_step
+    monkeypatch.setattr(kernels, "decode_step", lambda *a: calls.append(1) or real(*a))
+    ids = torch.randint(0, 61, (rows, 12))
+    results = {}
+    with torch.inference_mode():
+        for fused in (True, False):
+            monkeypatch.setattr(M, "FUSED_DECODE_STEP", fused)
+            cache = model.new_cache(rows, 20)
+            model(ids[:, :6], cache=cache)
+            steps = [model(ids[:, i : i + 1], cache=cache) for i in range(6, 12)]
+            results[fused] = (torch.cat(steps, 1), cache.k[:, :, :, :12], cache.v[:, :, :, :12])
+    assert len(calls) == 6  # the fused run's six steps, and only those
+    for got, want in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+def test_fused_step_is_left_for_what_it_does_not_do(monkeypatch):
+    """Padding, five rows or more, gradients and hooks keep the block-by-block step."""
+    from lmgen.model import GPT, GPTConfig
+
+    calls = []
+    real = kernels.decode_step
+    monkeypatch.setattr(kernels, "decode_step", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=30, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+
+    def step(rows, mask=None, grad=False):
+        with torch.set_grad_enabled(grad):
+            c = m.new_cache(rows, 8)
+            m(torch.zeros(rows, 3, dtype=torch.long), cache=c, attention_mask=mask)
+            m(torch.zeros(rows, 1, dtype=torch.long), cache=c)
+
+    step(2)
+    assert calls == [1]
+    step(5)
+    step(2, mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    step(1, grad=True)
+    handle = m.h[0].mlp.register_forward_hook(lambda *a: None)
+    step(1)
+    handle.remove()
+    assert calls == [1]

@@ -38,7 +38,9 @@ from . import kernels
 
 SWAP_ROWS = 4
 MAX_ROWS = 32
-ENABLED = True  # False: every product is F.linear (the reference; tests compare the two)
+# False: every product is F.linear and the model's decode steps use no lmgen.kernels either
+# (the reference; tests compare the two)
+ENABLED = True
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import decode_linear, kernels
 from .decode_linear import DecodeLinear
 from .errors import ConfigError, ContextLengthError, GenerationError
 
@@ -75,6 +75,8 @@ class GPTConfig:
 
 
 SERIAL_DECODE_ATTENTION = False  # see GPT._inference_blocks
+FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
+_ACTIVATION_CODES = {"gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu": 1, "relu": 2}
 
 
 class KVCache:
@@ -297,6 +299,9 @@ class InferencePlan:
         self.ln_f = model.ln_f.forward
         self.lm_head = _decode_fn(model.lm_head)
         self.modules = [m for m in model.modules() if m is not model]
+        self.step_params = _step_params(model)
+        self.activation = _ACTIVATION_CODES[model.config.activation_function]
+        self.eps = model.config.layer_norm_epsilon
 
     def hooked(self) -> bool:
         """Whether any submodule has forward hooks: then the module path runs, so they fire."""
@@ -305,6 +310,28 @@ class InferencePlan:
         if M._global_forward_hooks or M._global_forward_pre_hooks:
             return True
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+
+def _step_params(model: GPT) -> list | None:
+    """The blocks' tensors in the order lmgen.kernels.decode_step takes them (16 per layer), or
+    None when a block holds a layer it does not know (then steps run block by block)."""
+    from .quantize import Int8Linear
+
+    def linear(m):
+        if type(m) is nn.Linear:
+            return [m.weight, None, m.bias]
+        if isinstance(m, Int8Linear):
+            return [m.qweight, m.scale, m.bias]
+        return None
+
+    out = []
+    for b in model.h:
+        parts = [linear(m) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        if None in parts or b.ln_1.bias is None or b.ln_2.bias is None:
+            return None
+        qkv, proj, fc, mproj = parts
+        out += [b.ln_1.weight, b.ln_1.bias, *qkv, *proj, b.ln_2.weight, b.ln_2.bias, *fc, *mproj]
+    return out
 
 
 def _causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
@@ -409,10 +436,32 @@ class GPT(nn.Module):
                 and x.device.type == "cpu"
                 and torch.get_num_threads() > 1
             )
-            attend = _Attend(0, cache, past, mask, causal, 0.0, serial)
-            for i, ops in enumerate(plan.layers):
-                attend.layer = i
-                x = block_forward(x, ops, B, T, plan.n_head, plan.head_dim, attend)
+            if (
+                T == 1
+                and mask is None
+                and cache is not None
+                and past > 0
+                and B <= kernels.MAX_ROWS
+                and FUSED_DECODE_STEP
+                and decode_linear.ENABLED
+                and not serial
+                and plan.step_params is not None
+                and x.device.type == "cpu"
+                and x.dtype in _KERNEL_DTYPES
+                and not (torch.is_grad_enabled() and self.wte.weight.requires_grad)
+                and kernels.available()
+            ):
+                # every block in one call (lmgen.kernels.decode_step): a small model's step
+                # is mostly the dispatch of ~30 small operations per block
+                x = kernels.decode_step(
+                    x, plan.step_params, cache.k, cache.v, past, plan.n_head, plan.eps,
+                    plan.activation,
+                )  # fmt: skip
+            else:
+                attend = _Attend(0, cache, past, mask, causal, 0.0, serial)
+                for i, ops in enumerate(plan.layers):
+                    attend.layer = i
+                    x = block_forward(x, ops, B, T, plan.n_head, plan.head_dim, attend)
             if cache is not None:
                 cache.advance(T)
             x = x.view(B, T, -1)
@@ -534,6 +583,7 @@ class _Attend:
             and q.device.type == "cpu"
             and not self.dropout
             and q.dtype in _KERNEL_DTYPES
+            and decode_linear.ENABLED
             and not (torch.is_grad_enabled() and q.requires_grad)
             and kernels.available()
         ):

@@ -1,8 +1,8 @@
-"""lmgen's own CPU kernel for decode-step products (gemv.cpp), compiled on first use.
+"""lmgen's own CPU kernel for decode-step products (decode.cpp), compiled on first use.
 
 `decode_gemv(x, w, scale, bias)` is `x @ (w * scale[:, None]).T + bias`, accumulated in float32
 and returned in x's dtype, for 1-4 rows of x, with w float32, float16, bfloat16 or int8;
-gemv.cpp says why it exists. `decode_attention(q, k, v)` is a decode step's attention (one
+decode.cpp says why it exists. `decode_attention(q, k, v)` is a decode step's attention (one
 query, no mask), which torch's CPU kernel runs at 20-100 us a layer, 3x slower in half
 precision. Both are built once per machine and torch version with the C++ compiler torch's
 extensions use (g++), through `torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE`
@@ -25,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("gemv.cpp")
+_SOURCE = Path(__file__).with_name("decode.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 MAX_ROWS = 4
 _state: dict = {"ok": None, "why": ""}
@@ -127,3 +127,22 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """softmax(q k^T / sqrt(D)) v for one query per row and head, no mask: (B, H, 1, D) from
     q (B, H, 1, D) and the cached k, v (B, H, L, D), softmax in float32."""
     return torch.ops.lmgen_kernels.decode_attention(q, k, v)
+
+
+def decode_step(
+    x: torch.Tensor,
+    params: list,
+    k_all: torch.Tensor,
+    v_all: torch.Tensor,
+    pos: int,
+    n_head: int,
+    eps: float,
+    activation: int,
+) -> torch.Tensor:
+    """Every block of a one-token decode step in one call: `x` (rows, n_embd) the step's
+    embeddings, `params` 16 tensors (or None) per layer (decode.cpp lists them), the KV cache
+    `k_all`, `v_all` (n_layer, rows, n_head, max_length, head_dim), written at `pos`;
+    `activation` 0 tanh GELU, 1 exact GELU, 2 ReLU. Returns the residual stream after the last
+    block (rows, n_embd), activations computed in float32."""
+    op = torch.ops.lmgen_kernels.decode_step
+    return op(x, params, k_all, v_all, pos, n_head, eps, activation)

@@ -173,9 +173,36 @@ at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return y;
 }
 
-// One query per (batch row, head) against L cached keys and values, no mask: the attention of a
-// decode step. scores = q.k * scale, softmax in float32, out = sum p v. k and v are views of the
-// KV cache: (B, H, L, D) with D contiguous.
+// One query against L cached keys and values, no mask: scores = q.k * scale, softmax in
+// float32, out = sum p v. q is float32 (D); a key or value row l is at kb + l * ks (D contiguous).
+template <typename T>
+void attend_ptr(const float* q, const T* kb, int64_t ks, const T* vb, int64_t vs, int64_t L,
+                int64_t D, float scale, float* out, std::vector<float>& p) {
+  p.resize(L);
+  float m = -INFINITY;
+  for (int64_t l = 0; l < L; ++l) {
+    float dot[1];
+    dot_rows<T, 1>(kb + l * ks, q, D, dot);
+    p[l] = dot[0] * scale;
+    m = std::max(m, p[l]);
+  }
+  float sum = 0.0f;
+  for (int64_t l = 0; l < L; ++l) sum += (p[l] = std::exp(p[l] - m));
+  const float inv = 1.0f / sum;
+  std::fill(out, out + D, 0.0f);
+  for (int64_t l = 0; l < L; ++l) {
+    const float pl = p[l] * inv;
+    const __m256 pv = _mm256_set1_ps(pl);
+    const T* vr = vb + l * vs;
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8)
+      _mm256_storeu_ps(out + d, _mm256_fmadd_ps(pv, load8(vr + d), _mm256_loadu_ps(out + d)));
+    for (; d < D; ++d) out[d] += pl * to_float(vr[d]);
+  }
+}
+
+// The attention of a decode step for q (B, H, 1, D) against views k, v (B, H, L, D) of the KV
+// cache, D contiguous; one task per (row, head).
 template <typename T>
 void attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                 float scale) {
@@ -184,36 +211,14 @@ void attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, a
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t qs0 = q.stride(0), qs1 = q.stride(1);
-  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
-  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), p(L), acc(D);
+    std::vector<float> qf(D), p, acc(D);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      const T* qr = qp + b * qs0 + h * qs1;
+      const T* qr = qp + b * q.stride(0) + h * q.stride(1);
       for (int64_t d = 0; d < D; ++d) qf[d] = to_float(qr[d]);
-      const T* kb = kp + b * ks0 + h * ks1;
-      float m = -INFINITY;
-      for (int64_t l = 0; l < L; ++l) {
-        float dot[1];
-        dot_rows<T, 1>(kb + l * ks2, qf.data(), D, dot);
-        p[l] = dot[0] * scale;
-        m = std::max(m, p[l]);
-      }
-      float sum = 0.0f;
-      for (int64_t l = 0; l < L; ++l) sum += (p[l] = std::exp(p[l] - m));
-      const float inv = 1.0f / sum;
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      const T* vb = vp + b * vs0 + h * vs1;
-      for (int64_t l = 0; l < L; ++l) {
-        const __m256 pl = _mm256_set1_ps(p[l] * inv);
-        const T* vr = vb + l * vs2;
-        int64_t d = 0;
-        for (; d + 8 <= D; d += 8)
-          _mm256_storeu_ps(&acc[d], _mm256_fmadd_ps(pl, load8(vr + d), _mm256_loadu_ps(&acc[d])));
-        for (; d < D; ++d) acc[d] += p[l] * inv * to_float(vr[d]);
-      }
+      attend_ptr<T>(qf.data(), kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                    vp + b * v.stride(0) + h * v.stride(1), v.stride(2), L, D, scale, acc.data(), p);
       T* orow = op + bh * D;
       for (int64_t d = 0; d < D; ++d) store(orow + d, acc[d]);
     }
@@ -242,14 +247,191 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+// ---- A whole decode step through the blocks, in one call --------------------------------
+// Each block of a decode step is ~30 small operations; dispatched one by one from Python they
+// cost more than the arithmetic for small models (docs/PERFORMANCE.md). Here the blocks run in
+// one call, activations in float32 (the weights and the KV cache keep the model's dtype).
+
+void layer_norm(const float* x, float* out, int64_t rows, int64_t C, const float* w,
+                const float* b, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    float* o = out + r * C;
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < C; ++i) mean += xr[i];
+    mean /= C;
+    for (int64_t i = 0; i < C; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    const float inv = 1.0f / std::sqrt(static_cast<float>(var / C) + eps);
+    for (int64_t i = 0; i < C; ++i) o[i] = (xr[i] - static_cast<float>(mean)) * inv * w[i] + b[i];
+  }
+}
+
+void activation(float* x, int64_t n, int64_t kind) {
+  switch (kind) {
+    case 0:  // tanh approximation (gelu_new, gelu_pytorch_tanh)
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        x[i] = 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+      }
+      break;
+    case 1:  // exact (erf) GELU
+      for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.7071067811865476f));
+      break;
+    default:  // relu
+      for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
+  }
+}
+
+struct Linear {
+  at::Tensor w;
+  const float* scale;
+  const float* bias;
+};
+
+template <typename T>
+void write_kv(const float* qkv, int64_t rows, int64_t C, int64_t H, int64_t D, T* kl, T* vl,
+              const at::IntArrayRef ks, const at::IntArrayRef vs, int64_t pos) {
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* k = qkv + b * 3 * C + C + h * D;
+      const float* v = k + C;
+      T* kd = kl + b * ks[0] + h * ks[1] + pos * ks[2];
+      T* vd = vl + b * vs[0] + h * vs[1] + pos * vs[2];
+      for (int64_t d = 0; d < D; ++d) {
+        store(kd + d, k[d]);
+        store(vd + d, v[d]);
+      }
+    }
+}
+
+template <typename T>
+void attend_step(const float* qkv, int64_t rows, int64_t C, int64_t H, int64_t D, const T* kl,
+                 const T* vl, const at::IntArrayRef ks, const at::IntArrayRef vs, int64_t L,
+                 float* out) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      attend_ptr<T>(qkv + b * 3 * C + h * D, kl + b * ks[0] + h * ks[1], ks[2],
+                    vl + b * vs[0] + h * vs[1], vs[2], L, D, scale, out + b * C + h * D, p);
+    }
+  });
+}
+
+template <typename T>
+void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
+                const std::vector<const float*>& norms, const std::vector<Linear>& lin,
+                const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos, float eps,
+                int64_t act) {
+  const int64_t D = C / H, inner = lin[2].w.size(0);
+  std::vector<float> h(rows * C), qkv(rows * 3 * C), att(rows * C), u(rows * inner),
+      y(rows * std::max<int64_t>(C, 1));
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const float* const* nrm = norms.data() + 4 * l;
+    const Linear* ln = lin.data() + 4 * l;
+    at::Tensor kl = k_all[l], vl = v_all[l];
+    layer_norm(x, h.data(), rows, C, nrm[0], nrm[1], eps);
+    dispatch_weight(ln[0].w, rows, h.data(), ln[0].scale, ln[0].bias, qkv.data());
+    write_kv<T>(qkv.data(), rows, C, H, D, kl.data_ptr<T>(), vl.data_ptr<T>(), kl.strides(),
+                vl.strides(), pos);
+    attend_step<T>(qkv.data(), rows, C, H, D, kl.data_ptr<T>(), vl.data_ptr<T>(), kl.strides(),
+                   vl.strides(), pos + 1, att.data());
+    dispatch_weight(ln[1].w, rows, att.data(), ln[1].scale, ln[1].bias, y.data());
+    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
+    layer_norm(x, h.data(), rows, C, nrm[2], nrm[3], eps);
+    dispatch_weight(ln[2].w, rows, h.data(), ln[2].scale, ln[2].bias, u.data());
+    activation(u.data(), rows * inner, act);
+    dispatch_weight(ln[3].w, rows, u.data(), ln[3].scale, ln[3].bias, y.data());
+    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
+  }
+}
+
+// x (rows, C): the step's embeddings. params: 16 per layer, in order ln_1 weight, bias; c_attn
+// weight, scale (None unless int8), bias; attention c_proj (3); ln_2 (2); c_fc (3); mlp c_proj
+// (3). k_all, v_all: the KV cache (n_layer, rows, H, max_length, D); `pos` is the position this
+// step writes. Returns the residual stream after the last block, in x's dtype.
+at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
+                       const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
+                       int64_t n_head, double eps, int64_t act) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "decode_step: x (rows, n_embd) on CPU");
+  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.size(0);
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "decode_step: 1 to 4 rows");
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == 16 * n_layer,
+              "decode_step: 16 parameters per layer");
+  TORCH_CHECK(k_all.dim() == 5 && k_all.sizes() == v_all.sizes() && k_all.size(1) == rows &&
+                  k_all.size(2) == n_head && k_all.size(4) * n_head == C &&
+                  k_all.stride(4) == 1 && v_all.stride(4) == 1,
+              "decode_step: the KV cache must be (n_layer, rows, n_head, max_length, head_dim)");
+  TORCH_CHECK(pos >= 0 && pos < k_all.size(3), "decode_step: position outside the KV cache");
+  TORCH_CHECK(k_all.scalar_type() == v_all.scalar_type(), "decode_step: k and v of one dtype");
+  std::vector<at::Tensor> keep;  // contiguous / converted parameters, alive for the call
+  std::vector<std::vector<float>> bufs(16 * n_layer);
+  std::vector<const float*> norms;
+  std::vector<Linear> lin;
+  auto as_f = [&](int64_t i) -> const float* {
+    c10::optional<at::Tensor> t = params.get(i);
+    if (!t.has_value()) return nullptr;
+    keep.push_back(t->contiguous());
+    return as_float(keep.back(), bufs[i]);
+  };
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const int64_t b = 16 * l;
+    norms.push_back(as_f(b + 0));
+    norms.push_back(as_f(b + 1));
+    norms.push_back(as_f(b + 8));
+    norms.push_back(as_f(b + 9));
+    for (int64_t j : {2, 5, 10, 13}) {
+      c10::optional<at::Tensor> w = params.get(b + j);
+      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous(),
+                  "decode_step: each weight must be a contiguous matrix");
+      lin.push_back({*w, as_f(b + j + 1), as_f(b + j + 2)});
+    }
+    TORCH_CHECK(norms[4 * l] && norms[4 * l + 1] && norms[4 * l + 2] && norms[4 * l + 3],
+                "decode_step: the layer norms need a weight and a bias");
+  }
+  std::vector<float> xbuf;
+  at::Tensor xc = x.contiguous();
+  const float* xin = as_float(xc, xbuf);
+  std::vector<float> xs(xin, xin + rows * C);
+  const float fe = static_cast<float>(eps);
+  switch (k_all.scalar_type()) {
+    case at::kFloat:
+      run_blocks<float>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe, act);
+      break;
+    case at::kHalf:
+      run_blocks<at::Half>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe, act);
+      break;
+    case at::kBFloat16:
+      run_blocks<at::BFloat16>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe,
+                               act);
+      break;
+    default: TORCH_CHECK(false, "decode_step: the KV cache must be float32, float16 or bfloat16");
+  }
+  at::Tensor out = at::empty({rows, C}, x.options());
+  switch (x.scalar_type()) {
+    case at::kFloat: std::copy(xs.begin(), xs.end(), out.data_ptr<float>()); break;
+    case at::kHalf:
+      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::Half>() + i, xs[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::BFloat16>() + i, xs[i]);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmgen_kernels, m) {
   m.def("decode_gemv(Tensor x, Tensor w, Tensor? scale, Tensor? bias) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v) -> Tensor");
+  m.def(
+      "decode_step(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
+      "int n_head, float eps, int act) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
   m.impl("decode_gemv", decode_gemv);
   m.impl("decode_attention", decode_attention);
+  m.impl("decode_step", decode_step);
 }
