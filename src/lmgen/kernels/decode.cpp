@@ -39,7 +39,7 @@ inline __m256 load8(const int8_t* p) {
 }
 
 inline float to_float(float v) { return v; }
-inline float to_float(at::Half v) { return static_cast<float>(v); }
+inline float to_float(at::Half v) { return _cvtsh_ss(v.x); }
 inline float to_float(at::BFloat16 v) { return static_cast<float>(v); }
 inline float to_float(int8_t v) { return static_cast<float>(v); }
 
@@ -81,7 +81,10 @@ inline void dot_rows(const W* w, const float* x, int64_t in, float* acc) {
 }
 
 inline void store(float* p, float v) { *p = v; }
-inline void store(at::Half* p, float v) { *p = static_cast<at::Half>(v); }
+inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in software
+  *p = at::Half(static_cast<uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)),
+                at::Half::from_bits());
+}
 inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
 
 template <typename W, typename Y, int R>
@@ -130,17 +133,14 @@ const float* as_float(const at::Tensor& t, std::vector<float>& buf) {
   if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
   const int64_t n = t.numel();
   buf.resize(n);
+  auto convert = [&](auto* p) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf.data() + i, load8(p + i));
+    for (; i < n; ++i) buf[i] = to_float(p[i]);
+  };
   switch (t.scalar_type()) {
-    case at::kHalf: {
-      const at::Half* p = t.data_ptr<at::Half>();
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
-      break;
-    }
-    case at::kBFloat16: {
-      const at::BFloat16* p = t.data_ptr<at::BFloat16>();
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
-      break;
-    }
+    case at::kHalf: convert(t.data_ptr<at::Half>()); break;
+    case at::kBFloat16: convert(t.data_ptr<at::BFloat16>()); break;
     default: TORCH_CHECK(false, "decode_gemv: x, scale and bias must be float32, float16 or bfloat16");
   }
   return buf.data();
