@@ -587,6 +587,10 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
     out = []
     greedy = lmgen_runner(lm, "greedy", w)
     base_tokens = greedy()
+    # lmgen's fp32 greedy tokens per shape: what each low precision is checked against
+    fp32_tokens = args.__dict__.setdefault("_fp32_tokens", {})
+    if dtype == "fp32":
+        fp32_tokens[shape] = base_tokens
     if "sampling" in args.extras and shape == "124m" and dtype == "fp32":
         sample = lmgen_runner(lm, "sample", w)
         times = alternate({"greedy": greedy, "sample": sample}, max(args.repeats, 5))
@@ -624,7 +628,9 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         out.append(row)
         print(f"   extra {row}", file=sys.stderr, flush=True)
         if "llamacpp" in args.extras and shape in ("14m", "124m"):
-            out.append(run_llamacpp(args, shape, label, q, w, qg, "int8", source=lm.model))
+            row = run_llamacpp(args, shape, label, q, w, qg, "int8", source=lm.model)
+            row["note"] += f"; greedy tokens equal to lmgen fp32: {same}"
+            out.append(row)
     if "compile" in args.extras and shape == "14m" and dtype == "fp32":
         from lmgen.compile import compile_decode_step
 
@@ -666,7 +672,12 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
     if "speculative" in args.extras and shape == "bundled" and dtype == "fp32":
         out.extend(run_speculative(args, lm, tok, w))
     if "llamacpp" in args.extras and shape in ("14m", "124m"):
-        out.append(run_llamacpp(args, shape, label, lm, w, greedy, dtype))
+        row = run_llamacpp(args, shape, label, lm, w, greedy, dtype)
+        if dtype != "fp32" and shape in fp32_tokens:
+            row["note"] += (
+                f"; greedy tokens equal to lmgen fp32: {compare(fp32_tokens[shape], base_tokens)}"
+            )
+        out.append(row)
     return out
 
 
