@@ -172,3 +172,28 @@ def test_fused_step_is_left_for_what_it_does_not_do(monkeypatch):
     step(1)
     handle.remove()
     assert calls == [1]
+
+
+def test_fused_step_sees_replaced_parameters_and_layers(monkeypatch):
+    """The fused step's tensor list is gathered again after a parameter is replaced (not just
+    edited in place), e.g. by load_state_dict(assign=True), or a layer is swapped."""
+    import lmgen.model as M
+    from lmgen.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=30, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    m, other = GPT(cfg).eval(), GPT(cfg).eval()
+    ids = torch.randint(0, 30, (1, 5))
+
+    def last_logits(model, fused):
+        monkeypatch.setattr(M, "FUSED_DECODE_STEP", fused)
+        with torch.inference_mode():
+            c = model.new_cache(1, 8)
+            model(ids[:, :4], cache=c)
+            return model(ids[:, 4:], cache=c)
+
+    last_logits(m, True)  # builds the plan and its list
+    m.load_state_dict(other.state_dict(), assign=True)
+    torch.testing.assert_close(last_logits(m, True), last_logits(other, False))
+    m.h[1].mlp.c_fc = torch.nn.Linear(16, 64)
+    torch.testing.assert_close(last_logits(m, True), last_logits(m, False))

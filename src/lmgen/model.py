@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -77,6 +78,24 @@ class GPTConfig:
 SERIAL_DECODE_ATTENTION = False  # see GPT._inference_blocks
 FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
 _ACTIVATION_CODES = {"gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu": 1, "relu": 2}
+
+# Counts every parameter, buffer and submodule assigned to any module in the process (torch's
+# global registration hooks): the fused decode step holds the blocks' tensors in a list, which
+# must be gathered again when one is replaced (`load_state_dict(assign=True)`, a new Parameter,
+# a swapped layer), while `.to()`, `load_state_dict` and in-place edits keep the same tensors.
+_REGISTRATIONS = [0]
+
+
+def _count_registration(*args) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+for _register in (
+    nn.modules.module.register_module_parameter_registration_hook,
+    nn.modules.module.register_module_buffer_registration_hook,
+    nn.modules.module.register_module_module_registration_hook,
+):
+    _register(_count_registration)
 
 
 class KVCache:
@@ -279,11 +298,35 @@ def _decode_fn(module: nn.Module):
 class InferencePlan:
     """The submodules' forward functions, looked up once rather than through
     `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path). Linear
-    layers go through `DecodeLinear` (decode_linear.py)."""
+    layers go through `DecodeLinear` (decode_linear.py). `refresh()` (every forward) looks
+    again after any module, parameter or buffer was assigned anywhere (`_REGISTRATIONS`):
+    the fused step's tensor list is gathered anew, and the functions too if a layer was
+    swapped; the plan stays the same object (compile.py keys its compiled step on it)."""
 
     def __init__(self, model: GPT):
         self.n_head = model.config.n_head
         self.head_dim = model.config.head_dim
+        self.activation = _ACTIVATION_CODES[model.config.activation_function]
+        self.eps = model.config.layer_norm_epsilon
+        self._model = weakref.ref(model)  # weak: the plan lives in the model (and compile.py's
+        # per-model cache holds plans)
+        self._generation = None
+        self._module_ids = None
+        self.refresh()
+
+    def refresh(self) -> InferencePlan:
+        if self._generation == _REGISTRATIONS[0]:
+            return self
+        model = self._model()
+        module_ids = [id(m) for m in model.modules()]
+        if module_ids != self._module_ids:
+            self._look_up(model)
+            self._module_ids = module_ids
+        self.step_params = _step_params(model)
+        self._generation = _REGISTRATIONS[0]
+        return self
+
+    def _look_up(self, model: GPT) -> None:
         self.layers = [
             BlockOps(
                 b.ln_1.forward,
@@ -302,9 +345,6 @@ class InferencePlan:
         self._hook_dicts = [m._forward_hooks for m in self.modules] + [
             m._forward_pre_hooks for m in self.modules
         ]
-        self.step_params = _step_params(model)
-        self.activation = _ACTIVATION_CODES[model.config.activation_function]
-        self.eps = model.config.layer_norm_epsilon
 
     def hooked(self) -> bool:
         """Whether any submodule has forward hooks: then the module path runs, so they fire."""
@@ -522,7 +562,7 @@ class GPT(nn.Module):
         if plan is None:
             plan = InferencePlan(self)
             self.__dict__["_plan"] = plan
-        return plan
+        return plan.refresh()
 
     def __getstate__(self):
         state = super().__getstate__()
