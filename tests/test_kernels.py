@@ -197,3 +197,26 @@ def test_fused_step_sees_replaced_parameters_and_layers(monkeypatch):
     torch.testing.assert_close(last_logits(m, True), last_logits(other, False))
     m.h[1].mlp.c_fc = torch.nn.Linear(16, 64)
     torch.testing.assert_close(last_logits(m, True), last_logits(m, False))
+
+
+def test_fused_step_refuses_mismatched_tensors():
+    from lmgen.model import GPT, GPTConfig
+
+    m = GPT(GPTConfig(vocab_size=30, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    params = list(m.inference_plan().step_params)
+    cache = m.new_cache(1, 8)
+    x = torch.randn(1, 16)
+    args = (cache.k, cache.v, 0, 2, 1e-5, 0)
+    kernels.decode_step(x, params, *args)  # as given: fine
+    bad = params.copy()
+    bad[5] = torch.randn(16, 8)  # attention c_proj of the wrong shape
+    with pytest.raises(RuntimeError, match="layer 0 weight 1 must be a contiguous"):
+        kernels.decode_step(x, bad, *args)
+    bad = params.copy()
+    bad[0] = torch.ones(8)  # ln_1 weight
+    with pytest.raises(RuntimeError, match="n_embd values"):
+        kernels.decode_step(x, bad, *args)
+    with pytest.raises(RuntimeError, match="16 parameters per layer"):
+        kernels.decode_step(x, params[:-1], *args)
+    with pytest.raises(RuntimeError, match="position outside the KV cache"):
+        kernels.decode_step(x, params, cache.k, cache.v, 8, 2, 1e-5, 0)

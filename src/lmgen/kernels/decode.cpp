@@ -381,14 +381,28 @@ at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Te
     norms.push_back(as_f(b + 1));
     norms.push_back(as_f(b + 8));
     norms.push_back(as_f(b + 9));
+    const int64_t inner = params.get(b + 10).has_value() ? params.get(b + 10)->size(0) : 0;
+    const int64_t shapes[4][2] = {{3 * C, C}, {C, C}, {inner, C}, {C, inner}};
+    int k = 0;
     for (int64_t j : {2, 5, 10, 13}) {
       c10::optional<at::Tensor> w = params.get(b + j);
-      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous(),
-                  "decode_step: each weight must be a contiguous matrix");
+      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() &&
+                      w->size(0) == shapes[k][0] && w->size(1) == shapes[k][1],
+                  "decode_step: layer ", l, " weight ", k,
+                  " must be a contiguous (3C, C), (C, C), (inner, C) or (C, inner) matrix");
+      for (int64_t extra : {j + 1, j + 2}) {
+        c10::optional<at::Tensor> t = params.get(b + extra);
+        TORCH_CHECK(!t.has_value() || t->numel() == shapes[k][0],
+                    "decode_step: a scale or bias per output row of each weight");
+      }
       lin.push_back({*w, as_f(b + j + 1), as_f(b + j + 2)});
+      ++k;
     }
-    TORCH_CHECK(norms[4 * l] && norms[4 * l + 1] && norms[4 * l + 2] && norms[4 * l + 3],
-                "decode_step: the layer norms need a weight and a bias");
+    for (int64_t j : {0, 1, 8, 9}) {
+      c10::optional<at::Tensor> t = params.get(b + j);
+      TORCH_CHECK(t.has_value() && t->numel() == C,
+                  "decode_step: the layer norms need a weight and a bias of n_embd values");
+    }
   }
   std::vector<float> xbuf;
   at::Tensor xc = x.contiguous();
