@@ -198,7 +198,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPES,
         default=None,
-        help="weights and activations in this type (default: float32)",
+        help="weights in this type (default: float32); CPU decode steps keep activations in "
+        "float32 where lmgen's kernel builds",
     )
     g.add_argument(
         "--quantize",

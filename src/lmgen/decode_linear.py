@@ -70,7 +70,6 @@ class DecodeLinear:
 
 
 _onednn = {"ok": hasattr(torch.ops.mkldnn, "_linear_pointwise")}
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -86,7 +85,7 @@ def decode_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> 
         or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
     ):
         return F.linear(x, w, b)  # (these kernels have no backward: autograd gets F.linear)
-    if rows <= kernels.MAX_ROWS and w.dtype in _KERNEL_DTYPES and kernels.available():
+    if rows <= kernels.MAX_ROWS and w.dtype in kernels.DTYPES and kernels.available():
         y = kernels.decode_gemv(x.reshape(rows, in_features), w, None, b)
         return y.view(*x.shape[:-1], out_features)
     if w.dtype != torch.float32:

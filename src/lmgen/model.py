@@ -492,7 +492,7 @@ class GPT(nn.Module):
                 and not serial
                 and plan.step_params is not None
                 and x.device.type == "cpu"
-                and x.dtype in _KERNEL_DTYPES
+                and x.dtype in kernels.DTYPES
                 and not (torch.is_grad_enabled() and self.wte.weight.requires_grad)
                 and kernels.available()
             ):
@@ -599,9 +599,6 @@ class GPT(nn.Module):
         return key_mask, allowed
 
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 class _Attend:
     """One layer's attention for `block_forward`: writes this call's keys and values into the
     cache, then attends with the mask the call needs (causal, padding, or none)."""
@@ -622,26 +619,18 @@ class _Attend:
             return y
         if self.causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout)
-        if (
+        # a decode step's one query goes to lmgen.kernels where it can: torch's kernel takes
+        # 20-35 us a layer in float32 and 60-150 in half precision at 100 positions, this 20-27
+        one_query = (
             self.mask is None
             and q.shape[2] == 1
             and q.device.type == "cpu"
             and not self.dropout
-            and q.dtype in _KERNEL_DTYPES
+            and q.dtype in kernels.DTYPES
             and decode_linear.ENABLED
             and not (torch.is_grad_enabled() and q.requires_grad)
             and kernels.available()
-        ):
-            # a decode step's one query (lmgen.kernels): torch's kernel takes 20-35 us a layer
-            # in float32 and 60-150 in half precision for a context of 100, this one 20-27
-            if self.serial:
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    return kernels.decode_attention(q, k, v)
-                finally:
-                    torch.set_num_threads(threads)
-            return kernels.decode_attention(q, k, v)
+        )
         if self.serial:
             # SERIAL_DECODE_ATTENTION runs the one-query attention of a decode step on one
             # thread: on a machine whose cores are busy with other jobs, the kernel's fork/join
@@ -650,7 +639,11 @@ class _Attend:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
+                if one_query:
+                    return kernels.decode_attention(q, k, v)
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
             finally:
                 torch.set_num_threads(threads)
+        if one_query:
+            return kernels.decode_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=self.dropout)

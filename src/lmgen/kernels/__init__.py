@@ -28,24 +28,18 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("decode.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 MAX_ROWS = 4
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}
 _lock = threading.Lock()
 
 
 def _cpu_ok() -> str:
-    """'' when this CPU runs the kernel, else why not."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"the kernel is for x86-64 CPUs, this one is {platform.machine()}"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        flags = []
-        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-            return ""
-    missing = [f for f in ("avx2", "fma", "f16c") if f not in flags]
-    return f"this CPU lacks {', '.join(missing)}" if missing else ""
+    """'' when this CPU runs the kernel, else why not. torch's AVX2 level (and above) means
+    AVX2 and FMA; every such CPU also has F16C."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return f"it needs an x86-64 CPU with AVX2, FMA and F16C (torch reports {capability})"
+    return ""
 
 
 def cache_dir() -> Path:

@@ -230,8 +230,8 @@ def add_parsers(sub) -> None:
         "--dtype",
         choices=DTYPES,
         default=None,
-        help="weights and activations of every model in this type (default: float32; on CPUs "
-        "without AVX512-BF16, float16 is the faster and closer of the two halves)",
+        help="weights of every model in this type (default: float32); CPU decode steps keep "
+        "activations in float32 where lmgen's kernel builds",
     )
     p.add_argument(
         "--quantize",
