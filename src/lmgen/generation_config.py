@@ -1,4 +1,5 @@
-"""GenerationConfig: every knob of decoding in one validated dataclass.
+"""GenerationConfig: every knob of decoding in one validated dataclass, its fields and ranges
+derived from the declarations in lmgen.settings.
 
 `validate()` raises ConfigError for values out of range and returns warnings for knobs that
 have no effect with the chosen strategy (the CLI prints them; the API logs them).
@@ -9,95 +10,39 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from lmgen.errors import ConfigError
+from lmgen.settings import (
+    CONSTRAINTS,
+    DEFAULTS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MIN_TEMPERATURE,
+    SAMPLING_ONLY,
+    SETTINGS,
+    STRATEGIES,
+)
 
-STRATEGIES = ("greedy", "sample", "beam", "contrastive")
+__all__ = ["MAX_LOGPROBS", "MIN_TEMPERATURE", "GenerationConfig", "infer_strategy"]
+
 EARLY_STOPPING_VALUES = (True, False, "never")
-MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs; reporting more is rarely useful and costs a topk
-MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32; use 0 for greedy
-MAX_PENALTY = 2.0  # OpenAI's range for presence/frequency penalty is [-2, 2]
-MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values is [-100, 100]
-MAX_LENGTH_PENALTY = 10.0  # length ** penalty overflows a float beyond this; no use for more
-
-# Knobs that only shape the sampling distribution; greedy and beam search ignore them.
-_SAMPLING_DEFAULTS: dict[str, Any] = {
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "min_tokens_to_keep": 1,
-    "temperature_last": False,
-    "seed": None,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "top_n_sigma": 0.0,
-    "xtc_probability": 0.0,
-    "xtc_threshold": 0.1,
-    "dynatemp_range": 0.0,
-    "dynatemp_exponent": 1.0,
-    "mirostat": 0,
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
+_ANNOTATIONS = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "choice": "Any",
+    "texts": "list[str] | None",
+    "text": "str | None",
+    "json": "dict | str | None",
+    "token_bias": "dict[int, float] | None",
+    "token_lists": "list[list[int]] | None",
+    "early_stopping": "bool | str",
 }
-MIROSTAT_VERSIONS = (0, 2)  # off, Mirostat v2 (llama.cpp's numbering; v1 is not implemented)
 
 
-@dataclass
-class GenerationConfig:
-    strategy: str = "greedy"
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    # transformers' epsilon and eta sampling (0 = off)
-    epsilon_cutoff: float = 0.0
-    eta_cutoff: float = 0.0
-    # llama.cpp's samplers: top-nσ (0 = off), XTC, DRY, dynamic temperature, Mirostat v2
-    top_n_sigma: float = 0.0
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_allowed_length: int = 2
-    dry_penalty_last_n: int = -1
-    dry_sequence_breakers: list[str] | None = None  # None: llama.cpp's "\n", ":", '"', "*"
-    dynatemp_range: float = 0.0
-    dynatemp_exponent: float = 1.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    # structured output: at most one constraint
-    regex: str | None = None
-    json_schema: dict | str | None = None
-    choice: list[str] | None = None
-    grammar: str | None = None
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    logit_bias: dict[int, float] | None = None
-    bad_words_ids: list[list[int]] | None = None
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False
-    num_return_sequences: int = 1
-    stop: list[str] | None = None
-    ignore_eos: bool = False
-    seed: int | None = None
-    min_tokens_to_keep: int = 1
-    temperature_last: bool = False
-    logprobs: int = 0
-    context_overflow: str = "error"  # or "slide": keep the last n_positions tokens
-    penalty_alpha: float = 0.6  # contrastive search: weight of the degeneration penalty
-    num_beam_groups: int = 1  # diverse beam search: groups of num_beams / num_beam_groups
-    diversity_penalty: float = 0.0  # subtracted per earlier group's use of a token this step
+class _Config:
+    """GenerationConfig's methods; its fields are the declarations in lmgen.settings."""
 
     # -- construction -------------------------------------------------------------------------
 
@@ -148,69 +93,32 @@ class GenerationConfig:
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}{hint}",
                 param="strategy",
             )
-        _int_at_least("max_new_tokens", self.max_new_tokens, 1)
-        _int_at_least("min_new_tokens", self.min_new_tokens, 0)
+        for s in SETTINGS:  # the one number check: finite, in range, an int where it is one
+            value = getattr(self, s.name)
+            if s.kind == "bool":
+                _bool(s.name, value)
+            elif value is not None and s.name != "strategy":
+                s.check(value)
         if self.min_new_tokens > self.max_new_tokens:
             raise ConfigError(
                 f"min_new_tokens must be <= max_new_tokens ({self.max_new_tokens}), "
                 f"got {self.min_new_tokens}",
                 param="min_new_tokens",
             )
-        _number(
-            "temperature",
-            self.temperature,
-            f"0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}",
-            lambda v: v == 0 or v >= MIN_TEMPERATURE,
-        )
-        _int_at_least("top_k", self.top_k, 0, note=" (0 = off)")
-        _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
-        _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
-        _number("typical_p", self.typical_p, "in (0, 1]", lambda v: 0 < v <= 1)
-        self._check_samplers()
         self._check_constraint()
-        _number("repetition_penalty", self.repetition_penalty, "finite and > 0", lambda v: v > 0)
-        penalty_range = f"in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}]"
-        for name in ("presence_penalty", "frequency_penalty"):
-            _number(name, getattr(self, name), penalty_range, lambda v: abs(v) <= MAX_PENALTY)
-        _int_at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, note=" (0 = off)")
+        self._check_lists()
         self._check_logit_bias()
         self._check_bad_words()
-        _int_at_least("num_beams", self.num_beams, 1)
-        _number(
-            "length_penalty",
-            self.length_penalty,
-            f"in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}]",
-            lambda v: abs(v) <= MAX_LENGTH_PENALTY,
-        )
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ConfigError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",
                 param="early_stopping",
             )
         self._check_num_return_sequences()
-        self._check_stop()
-        _bool("ignore_eos", self.ignore_eos)
-        _bool("temperature_last", self.temperature_last)
-        if self.seed is not None:
-            _int_at_least("seed", self.seed, 0, note=" or None")
-            if self.seed >= 2**64:
-                raise ConfigError(f"seed must be < 2**64, got {self.seed}", param="seed")
-        _int_at_least("min_tokens_to_keep", self.min_tokens_to_keep, 1)
-        _int_at_least("logprobs", self.logprobs, 0)
-        if self.context_overflow not in ("error", "slide"):
-            raise ConfigError(
-                f"context_overflow must be 'error' or 'slide', got {self.context_overflow!r}",
-                param="context_overflow",
-            )
-        if self.logprobs > MAX_LOGPROBS:
-            raise ConfigError(
-                f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}", param="logprobs"
-            )
         self._check_contrastive()
         self._check_beam_groups()
 
     def _check_contrastive(self) -> None:
-        _number("penalty_alpha", self.penalty_alpha, "in [0, 1]", lambda v: 0 <= v <= 1)
         if self.strategy != "contrastive":
             return
         if self.top_k < 1:
@@ -227,8 +135,6 @@ class GenerationConfig:
             )
 
     def _check_beam_groups(self) -> None:
-        _int_at_least("num_beam_groups", self.num_beam_groups, 1)
-        _number("diversity_penalty", self.diversity_penalty, "finite and >= 0", lambda v: v >= 0)
         if self.num_beam_groups == 1:
             return
         if self.strategy != "beam":
@@ -246,7 +152,6 @@ class GenerationConfig:
 
     def _check_num_return_sequences(self) -> None:
         n = self.num_return_sequences
-        _int_at_least("num_return_sequences", n, 1)
         if self.strategy == "beam" and n > self.num_beams:
             raise ConfigError(
                 f"num_return_sequences must be <= num_beams ({self.num_beams}) for beam search, "
@@ -295,59 +200,26 @@ class GenerationConfig:
                 param="bad_words_ids",
             )
 
-    def _check_stop(self) -> None:
-        if self.stop is None:
-            return
-        if isinstance(self.stop, str) or not isinstance(self.stop, list | tuple):
-            raise ConfigError(
-                f"stop must be a list of strings, got {self.stop!r} (wrap one string in a list)",
-                param="stop",
-            )
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
+    def _check_lists(self) -> None:
+        """The settings that are lists of non-empty strings (stop, DRY's breakers, choice)."""
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if s.kind != "texts" or value is None:
+                continue
+            if isinstance(value, str) or not isinstance(value, list | tuple):
                 raise ConfigError(
-                    f"stop strings must be non-empty strings, got {s!r}", param="stop"
+                    f"{s.name} must be a list of strings, got {value!r} (wrap one string in a "
+                    "list)",
+                    param=s.name,
                 )
-
-    def _check_samplers(self) -> None:
-        for name in ("epsilon_cutoff", "eta_cutoff"):
-            _number(name, getattr(self, name), "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
-        _number("top_n_sigma", self.top_n_sigma, "finite and >= 0 (0 = off)", lambda v: v >= 0)
-        _number("xtc_probability", self.xtc_probability, "in [0, 1]", lambda v: 0 <= v <= 1)
-        _number("xtc_threshold", self.xtc_threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
-        _number(
-            "dry_multiplier", self.dry_multiplier, "finite and >= 0 (0 = off)", lambda v: v >= 0
-        )
-        _number("dry_base", self.dry_base, "finite and >= 1", lambda v: v >= 1)
-        _int_at_least("dry_allowed_length", self.dry_allowed_length, 1)
-        _int_at_least(
-            "dry_penalty_last_n", self.dry_penalty_last_n, -1, note=" (-1 = all, 0 = off)"
-        )
-        breakers = self.dry_sequence_breakers
-        if breakers is not None and (
-            isinstance(breakers, str)
-            or not isinstance(breakers, list | tuple)
-            or not all(isinstance(b, str) and b for b in breakers)
-        ):
-            raise ConfigError(
-                f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r}",
-                param="dry_sequence_breakers",
-            )
-        _number(
-            "dynatemp_range", self.dynatemp_range, "finite and >= 0 (0 = off)", lambda v: v >= 0
-        )
-        _number("dynatemp_exponent", self.dynatemp_exponent, "finite and > 0", lambda v: v > 0)
-        if not _is_int(self.mirostat) or self.mirostat not in MIROSTAT_VERSIONS:
-            raise ConfigError(
-                "mirostat must be 0 (off) or 2 (Mirostat v2; v1 is not implemented), "
-                f"got {self.mirostat!r}",
-                param="mirostat",
-            )
-        _number("mirostat_tau", self.mirostat_tau, "finite and > 0", lambda v: v > 0)
-        _number("mirostat_eta", self.mirostat_eta, "finite and > 0", lambda v: v > 0)
+            for item in value:
+                if not isinstance(item, str) or not item:
+                    raise ConfigError(
+                        f"{s.name} must hold non-empty strings, got {item!r}", param=s.name
+                    )
 
     def _check_constraint(self) -> None:
-        from lmgen.decoding.grammar import CONSTRAINTS, check_constraint
+        from lmgen.decoding.grammar import check_constraint
 
         given = [name for name in CONSTRAINTS if getattr(self, name) is not None]
         if not given:
@@ -381,7 +253,8 @@ class GenerationConfig:
                 if self.strategy == "sample"
                 else f"strategy {strategy!r} does not sample"
             )
-            for name, default in _SAMPLING_DEFAULTS.items():
+            for name in SAMPLING_ONLY:
+                default = DEFAULTS[name]
                 value = getattr(self, name)
                 if name == "top_k" and strategy == "contrastive":
                     continue  # its candidate count
@@ -478,16 +351,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int_at_least(name: str, value: Any, low: int, note: str = "") -> None:
-    if not _is_int(value) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}{note}, got {value!r}", param=name)
-
-
-def _number(name: str, value: Any, allowed: str, ok: Any) -> None:
-    if not _is_number(value) or not ok(value):
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}", param=name)
-
-
 def _bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be True or False, got {value!r}", param=name)
+
+
+GenerationConfig = dataclasses.make_dataclass(
+    "GenerationConfig",
+    [(s.name, _ANNOTATIONS[s.kind], dataclasses.field(default=s.default)) for s in SETTINGS],
+    bases=(_Config,),
+    namespace={"__module__": __name__},
+)
+GenerationConfig.__doc__ = """Every knob of decoding, validated: one field per declaration in
+`lmgen.settings.SETTINGS`, with its default. `from_kwargs` builds one and infers the strategy."""
