@@ -8,6 +8,7 @@ issue 16: `pytest tests/test_load_hardening.py` reports cases tried / failures."
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -224,10 +225,7 @@ REFUSED = {
         write("config.json", '{"model_type": "gpt2", "pad": "' + "x" * (2 << 20) + '"}'),
         r"config\.json: .*bytes",
     ),
-    "config.json a directory": (
-        lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir()),
-        r"config\.json is missing",
-    ),
+    "config.json missing": (lambda d: (d / "config.json").unlink(), r"config\.json is missing"),
     # weights that do not fit the config
     "untied config, tied file": (
         config(tie_word_embeddings=False),
@@ -332,6 +330,46 @@ REFUSED = {
         tok_config(lmgen_tokenizer="word", unk_token="<unk>"),
         r"tokenizer.*<unk>",
     ),
+    # issue 31: a config.json that is not a file, and torch_dtype values transformers refuses
+    "config.json a directory": (
+        _chain(lambda d: (d / "config.json").unlink(), lambda d: (d / "config.json").mkdir()),
+        r"config\.json: a directory, not a file",
+    ),
+    "config.json a symlink loop": (
+        _chain(
+            lambda d: (d / "config.json").unlink(),
+            lambda d: (d / "config.json").symlink_to("config.json"),
+        ),
+        r"config\.json: a symbolic link loop",
+    ),
+    "config.json a symlink loop of two": (
+        _chain(
+            lambda d: (d / "config.json").unlink(),
+            lambda d: (d / "config.json").symlink_to("other.json"),
+            lambda d: (d / "other.json").symlink_to("config.json"),
+        ),
+        r"config\.json: a symbolic link loop",
+    ),
+    "config.json a dangling symlink": (
+        _chain(
+            lambda d: (d / "config.json").unlink(),
+            lambda d: (d / "config.json").symlink_to("gone.json"),
+        ),
+        r"config\.json: a symbolic link to 'gone\.json', which does not exist",
+    ),
+    "config.json a named pipe": (
+        _chain(lambda d: (d / "config.json").unlink(), lambda d: os.mkfifo(d / "config.json")),
+        r"config\.json: a named pipe, not a file",
+    ),
+    "torch_dtype float128": (
+        config(torch_dtype="float128"),
+        r"config\.json: torch_dtype must be one of float32, float16, bfloat16, float64 "
+        r"\(or null\), got 'float128'",
+    ),
+    "torch_dtype 12345": (config(torch_dtype=12345), r"torch_dtype must be one of .*got 12345"),
+    "torch_dtype int8": (config(torch_dtype="int8"), r"torch_dtype must be one of .*got 'int8'"),
+    "torch_dtype auto": (config(torch_dtype="auto"), r"torch_dtype must be one of .*got 'auto'"),
+    "dtype (transformers 5) int8": (config(dtype="int8"), r"\bdtype must be one of .*'int8'"),
     "vocab.json + merges.txt garbage": (
         _chain(
             lambda d: [(d / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
@@ -348,6 +386,10 @@ ACCEPTED = {
     "eos_token_id huge": config(eos_token_id=2**70),
     "bos_token_id negative": config(bos_token_id=-1),
     "unknown extra keys": config(my_key={"deep": [1, 2]}, torch_dtype="bfloat16"),
+    "torch_dtype float32, dtype float16 (transformers 5)": config(
+        torch_dtype="float32", dtype="float16"
+    ),
+    "torch_dtype null": config(torch_dtype=None),
     "n_ctx only": config(n_positions=_DELETE, n_ctx=32),
     "eos and bos null": config(eos_token_id=None, bos_token_id=None),
     "lm_head stored though tied": tensors(

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ConfigError, ModelLoadError
-from .json_files import clip, first_line, json_type, read_json_file, show
+from .json_files import check_torch_dtype, clip, first_line, json_type, read_json_file, show
 from .model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ def config_from_hf(d: dict, source: str = "config.json") -> GPTConfig:
             f"{source}: model_type is {show(d.get('model_type'))}; lmgen loads GPT-2 models "
             "(model_type 'gpt2')"
         )
+    check_torch_dtype(d, source)
     f = _Fields(d, source)
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if f.boolean(key, False):
@@ -393,7 +394,7 @@ def read_model_dir(directory: str | Path):
     if not directory.is_dir():
         raise ModelLoadError(f"{directory}: no such model directory")
     cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
+    if not (cfg_path.exists() or cfg_path.is_symlink()):  # a directory, a loop: read_json_file
         raise ModelLoadError(f"{directory}: config.json is missing")
     config = config_from_hf(read_json_file(cfg_path), str(cfg_path))
     tokenizer = load_tokenizer(directory)
