@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     }
 
     def use(name):
-        kernels.available, M.FUSED_DECODE_STEP = settings[name]
+        kernels.available, M.plan.FUSED_DECODE_STEP = settings[name]
 
     print("| model | precision | " + " | ".join(settings) + " | tokens equal |")
     print("|---|---|" + "---|" * len(settings) + "---|")

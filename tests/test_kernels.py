@@ -137,7 +137,7 @@ def test_fused_step_equals_the_step_block_by_block(
     results = {}
     with torch.inference_mode():
         for fused in (True, False):
-            monkeypatch.setattr(M, "FUSED_DECODE_STEP", fused)
+            monkeypatch.setattr(M.plan, "FUSED_DECODE_STEP", fused)
             cache = model.new_cache(rows, 20)
             model(ids[:, :6], cache=cache)
             steps = [model(ids[:, i : i + 1], cache=cache) for i in range(6, 12)]
@@ -186,7 +186,7 @@ def test_fused_step_sees_replaced_parameters_and_layers(monkeypatch):
     ids = torch.randint(0, 30, (1, 5))
 
     def last_logits(model, fused):
-        monkeypatch.setattr(M, "FUSED_DECODE_STEP", fused)
+        monkeypatch.setattr(M.plan, "FUSED_DECODE_STEP", fused)
         with torch.inference_mode():
             c = model.new_cache(1, 8)
             model(ids[:, :4], cache=c)

@@ -144,7 +144,7 @@ def test_tutorial_variant_loads_in_transformers_untied(tmp_path, tiny_tokenizer)
     [
         {"n_embd": 50},
         {"n_layer": 0},
-        {"activation_function": "swish"},
+        {"activation_function": "softplus"},
         {"dropout": 1.0},
         {"vocab_size": 2.5},
     ],

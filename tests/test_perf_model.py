@@ -41,7 +41,7 @@ def test_fast_path_equals_module_path(padded, serial, products, threads, monkeyp
     import lmgen.decode_linear as D
     import lmgen.model as M
 
-    monkeypatch.setattr(M, "SERIAL_DECODE_ATTENTION", serial)
+    monkeypatch.setattr(M.plan, "SERIAL_DECODE_ATTENTION", serial)
     monkeypatch.setattr(D, "ENABLED", products)
     same = (
         (lambda a, b: torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5))

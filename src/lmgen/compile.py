@@ -15,7 +15,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .model import InferencePlan, block_forward
+from .model.network import block_forward, repeat_kv
+from .model.plan import InferencePlan
 
 # model -> (the plan it was compiled against, the step); a model whose plan is rebuilt
 # (reset_plan, e.g. after quantizing) gets a new step.
@@ -25,22 +26,24 @@ _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class _AttendAt:
     """The decode step's attention: write one position, attend to all before it."""
 
-    def __init__(self, layer: int, ks, vs, length: int):
-        self.layer, self.ks, self.vs, self.length = layer, ks, vs, length
+    def __init__(self, layer: int, ks, vs, length: int, scale):
+        self.layer, self.ks, self.vs, self.length, self.scale = layer, ks, vs, length, scale
 
     def __call__(self, q, k, v):
         ck, cv = self.ks[self.layer], self.vs[self.layer]
         ck[:, :, self.length - 1 : self.length] = k
         cv[:, :, self.length - 1 : self.length] = v
-        return F.scaled_dot_product_attention(q, ck[:, :, : self.length], cv[:, :, : self.length])
+        H = q.shape[1]
+        k, v = repeat_kv(ck[:, :, : self.length], H), repeat_kv(cv[:, :, : self.length], H)
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
 
-def _step(plan: InferencePlan, wte, wpe, input_ids, pos, length: int, ks, vs):
-    B = input_ids.shape[0]
-    H, D = plan.n_head, plan.head_dim
-    x = (F.embedding(input_ids, wte) + F.embedding(pos, wpe)).view(B, -1)
+def _step(plan: InferencePlan, x, cos_sin, length: int, ks, vs):
+    """The blocks and the head for one token a row; x (B, C) is the embedded token."""
+    B = x.shape[0]
     for i, ops in enumerate(plan.layers):
-        x = block_forward(x, ops, B, 1, H, D, _AttendAt(i, ks, vs, length))
+        attend = _AttendAt(i, ks, vs, length, plan.scale)
+        x = block_forward(x, ops, plan.shape, B, 1, cos_sin[i], attend)
     return plan.lm_head(plan.ln_f(x.view(B, 1, -1)))
 
 
@@ -67,14 +70,15 @@ def compile_decode_step(model, **compile_options):
         start = cache.length
         if start + 1 > min(cache.max_length, model.config.n_positions):
             return model(input_ids, cache=cache)  # raises the usual error
+        if any(w is not None and start + 1 > w for w in plan.windows):
+            return model(input_ids, cache=cache)  # a sliding window needs its mask
         cache.mark(start, None)
         pos = model.position(start, input_ids.device)
         ks = [kv[0] for kv in cache.layers]
         vs = [kv[1] for kv in cache.layers]
-        logits = compiled(
-            model.inference_plan(), model.wte.weight, model.wpe.weight, input_ids, pos,
-            start + 1, ks, vs,
-        )  # fmt: skip
+        x = model.embed(input_ids, pos).view(input_ids.shape[0], -1)  # (B, C)
+        cos_sin = model.rope_cos_sin(pos, x.dtype)
+        logits = compiled(model.inference_plan(), x, cos_sin, start + 1, ks, vs)
         cache.advance(1)
         return logits
 

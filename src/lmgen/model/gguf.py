@@ -1,0 +1,459 @@
+"""GGUF read: a llama.cpp file as a Hugging Face config dict, HF-named tensors, a tokenizer and
+its chat template.
+
+`read_gguf(path)` turns the file into what a Hugging Face directory would hold, so the same
+loader serves both: `hf_config` is what `config.json` would say (transformers' key names and
+values), `tensors` are under the names and in the layouts of the HF checkpoint, as
+transformers' own GGUF loader produces them (`modeling_gguf_pytorch_utils`,
+`integrations/ggml.py`). What llama.cpp's converter did to each tensor is undone here:
+
+- llama: q/k rows were permuted from rotate-half to interleaved pairs; permuted back.
+- gemma3: RMSNorm weights were stored as `1 + w` (llama.cpp's norm has no offset); `w` again.
+- gpt2: Conv1D weights were transposed to (out, in); transposed back to (in, out).
+- gptneox: the fused qkv, interleaved per head in HF ([q_h, k_h, v_h] for each head h), was
+  split into [all q, all k, all v]; interleaved again, bias too.
+
+Tensors are read through `gguf`'s memory-mapped `GGUFReader` and dequantized by
+`gguf.quants.dequantize` (llama.cpp's own reference code). F16 and BF16 tensors keep their
+dtype; quantized ones become float32. Every check (magic, architecture, tensor types, tensor
+names, data within the file) runs before any tensor is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "gpt2", "gptneox")
+# ggml type names read here; dequantized by gguf.quants (floats are kept as they are)
+TENSOR_TYPES = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class GGUFModel:
+    """A GGUF file as a Hugging Face directory would hold it."""
+
+    hf_config: dict
+    tensors: dict[str, torch.Tensor]
+    tokenizer: object  # lmgen.tokenizers.PretrainedTokenizer
+    chat_template: str | None = None
+    generation: dict = field(default_factory=dict)  # generation_config.json's ids
+    metadata: dict = field(default_factory=dict)  # every scalar key of the file, for reference
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:  # a runtime dependency; only a broken install lacks it
+        raise ModelLoadError("reading GGUF needs the gguf package: pip install gguf") from None
+    return gguf
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+def _field_value(f):
+    """A GGUF key's value as Python: str, int, float, bool, or a list of them."""
+    gguf = _gguf()
+    types = f.types
+    if not types:
+        return None
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        sub = types[-1]
+        if sub == gguf.GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data]
+        if len(types) > 2:  # arrays of arrays: nothing read here uses them
+            return None
+        values = [f.parts[i][0] for i in f.data]
+        return [v.item() if hasattr(v, "item") else v for v in values]
+    if types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    v = f.parts[f.data[0]][0]
+    if types[0] == gguf.GGUFValueType.BOOL:
+        return bool(v)
+    return v.item()
+
+
+def _open(path: Path):
+    """GGUFReader over `path`, with one-line errors for a missing, foreign or broken file."""
+    gguf = _gguf()
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head != GGUF_MAGIC:
+        raise ModelLoadError(f"{path}: not a GGUF file (it starts with {head!r}, not b'GGUF')")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as e:  # numpy/struct errors on a cut file; the reader has no own type
+        raise ModelLoadError(
+            f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
+            raise ModelLoadError(
+                f"{path}: truncated GGUF file: tensor {t.name} ends at byte "
+                f"{t.data_offset + t.n_bytes}, the file has {size}"
+            )
+    return reader
+
+
+def _metadata(reader) -> dict:
+    return {name: _field_value(f) for name, f in reader.fields.items()}
+
+
+def _rope_scaling(meta: dict, arch: str) -> dict | None:
+    """transformers' rope_scaling from llama.cpp's `{arch}.rope.scaling.*` keys."""
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    if kind in (None, "none") or factor in (None, 1.0):
+        return None
+    out = {"rope_type": kind, "factor": float(factor)}
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        out["original_max_position_embeddings"] = int(original)
+    if kind == "yarn":
+        for ours, theirs in (
+            ("beta_fast", "yarn_beta_fast"),
+            ("beta_slow", "yarn_beta_slow"),
+            ("attention_factor", "attn_factor"),
+        ):
+            if (v := meta.get(f"{arch}.rope.scaling.{theirs}")) is not None:
+                out[ours] = float(v)
+    return out
+
+
+def _hf_config(meta: dict, arch: str, tensor_names: set[str], source: Path) -> dict:
+    """config.json for this file: transformers' keys, the values llama.cpp's converter read."""
+
+    def need(key: str):
+        value = meta.get(f"{arch}.{key}")
+        if value is None:
+            raise ModelLoadError(f"{source}: the GGUF metadata lacks {arch}.{key}")
+        return value
+
+    def get(key: str, default=None):
+        value = meta.get(f"{arch}.{key}")
+        return default if value is None else value
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab_size = get("vocab_size") or (len(tokens) if tokens else None)
+    if vocab_size is None and "token_embd.weight" not in tensor_names:
+        raise ModelLoadError(f"{source}: the GGUF file states no vocabulary size")
+    ids = {
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+    }
+    if meta.get("tokenizer.ggml.padding_token_id") is not None:
+        ids["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
+    tied = "output.weight" not in tensor_names
+    hidden, heads, layers = need("embedding_length"), need("attention.head_count"), None
+    layers = need("block_count")
+    if arch == "gpt2":
+        ff = need("feed_forward_length")
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": vocab_size,
+            "n_embd": hidden,
+            "n_layer": layers,
+            "n_head": heads,
+            "n_positions": need("context_length"),
+            "n_ctx": need("context_length"),
+            "n_inner": None if ff == 4 * hidden else ff,
+            "layer_norm_epsilon": get("attention.layer_norm_epsilon", 1e-5),
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": tied,
+            **ids,
+        }
+    if arch == "gptneox":
+        head_dim = hidden // heads
+        return {
+            "model_type": "gpt_neox",
+            "architectures": ["GPTNeoXForCausalLM"],
+            "vocab_size": vocab_size,
+            "hidden_size": hidden,
+            "intermediate_size": need("feed_forward_length"),
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": need("context_length"),
+            "rotary_pct": get("rope.dimension_count", head_dim) / head_dim,
+            "rotary_emb_base": float(get("rope.freq_base", 10000.0)),
+            "use_parallel_residual": bool(get("use_parallel_residual", True)),
+            "layer_norm_eps": get("attention.layer_norm_epsilon", 1e-5),
+            "hidden_act": "gelu",
+            "attention_bias": "blk.0.attn_qkv.bias" in tensor_names,
+            "tie_word_embeddings": tied,
+            **ids,
+        }
+    kv_heads = get("attention.head_count_kv", heads)
+    head_dim = get("attention.key_length") or get("rope.dimension_count") or hidden // heads
+    config = {
+        "model_type": {"gemma3": "gemma3_text"}.get(arch, arch),
+        "architectures": [
+            {
+                "llama": "LlamaForCausalLM",
+                "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM",
+                "gemma3": "Gemma3ForCausalLM",
+            }[arch]
+        ],
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length"),
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": need("context_length"),
+        "rms_norm_eps": need("attention.layer_norm_rms_epsilon"),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(meta, arch),
+        "tie_word_embeddings": tied,
+        **ids,
+    }
+    if arch == "llama":
+        config["hidden_act"] = "silu"
+        config["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+        config["mlp_bias"] = False
+    elif arch in ("qwen2", "qwen3"):
+        config["hidden_act"] = "silu"
+        if arch == "qwen3":
+            config["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+        config["use_sliding_window"] = False
+        config["sliding_window"] = None
+    elif arch == "gemma3":
+        # llama.cpp fixes what the file does not state: local layers' base 10000, a full layer
+        # every sixth, and the query scale 1/sqrt(head_dim) except on the 62-layer 27B
+        # (1/sqrt(hidden/heads)); transformers' Gemma3TextConfig holds the same defaults.
+        pattern = 6
+        config.update(
+            {
+                "hidden_activation": "gelu_pytorch_tanh",
+                "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
+                "sliding_window": get("attention.sliding_window"),
+                "rope_local_base_freq": 10000.0,
+                "sliding_window_pattern": pattern,
+                "layer_types": [
+                    "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                    for i in range(layers)
+                ],
+                "final_logit_softcapping": get("final_logit_softcapping"),
+                "attn_logit_softcapping": get("attn_logit_softcapping"),
+                "attention_bias": False,
+            }
+        )
+    return config
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+# GGUF block tensor -> HF name under "model.layers.{i}." (llama-like families)
+_DECODER_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GEMMA3_BLOCK = _DECODER_BLOCK | {
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_DECODER_TOP = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_NAMES = {
+    "llama": ("model.layers", _DECODER_BLOCK, _DECODER_TOP),
+    "qwen2": ("model.layers", _DECODER_BLOCK, _DECODER_TOP),
+    "qwen3": ("model.layers", _DECODER_BLOCK, _DECODER_TOP),
+    "gemma3": ("model.layers", _GEMMA3_BLOCK, _DECODER_TOP),
+    "gpt2": (
+        "transformer.h",
+        {
+            "attn_norm": "ln_1",
+            "attn_qkv": "attn.c_attn",
+            "attn_output": "attn.c_proj",
+            "ffn_norm": "ln_2",
+            "ffn_up": "mlp.c_fc",
+            "ffn_down": "mlp.c_proj",
+        },
+        {
+            "token_embd": "transformer.wte",
+            "position_embd": "transformer.wpe",
+            "output_norm": "transformer.ln_f",
+            "output": "lm_head",
+        },
+    ),
+    "gptneox": (
+        "gpt_neox.layers",
+        {
+            "attn_norm": "input_layernorm",
+            "attn_qkv": "attention.query_key_value",
+            "attn_output": "attention.dense",
+            "ffn_norm": "post_attention_layernorm",
+            "ffn_up": "mlp.dense_h_to_4h",
+            "ffn_down": "mlp.dense_4h_to_h",
+        },
+        {
+            "token_embd": "gpt_neox.embed_in",
+            "output_norm": "gpt_neox.final_layer_norm",
+            "output": "embed_out",
+        },
+    ),
+}
+# computed by llama.cpp from the config, not weights of the HF model
+_DERIVED = {"rope_freqs.weight"}
+
+
+def hf_name(arch: str, gguf_name: str) -> str | None:
+    """The HF checkpoint name of a GGUF tensor name, None when the family has no such tensor."""
+    blocks, block_map, top = _NAMES[arch]
+    stem, _, kind = gguf_name.rpartition(".")
+    if kind not in ("weight", "bias"):
+        return None
+    if stem.startswith("blk."):
+        _, index, part = stem.split(".", 2)
+        if not index.isdigit() or part not in block_map:
+            return None
+        return f"{blocks}.{int(index)}.{block_map[part]}.{kind}"
+    return f"{top[stem]}.{kind}" if stem in top else None
+
+
+def _unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's converter reorders each head's q/k rows from rotate-half halves to
+    interleaved pairs (`permute` in convert_hf_to_gguf.py); this is its inverse."""
+    rows = w.shape[0]
+    return (
+        w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:])
+        .transpose(1, 2)
+        .reshape(w.shape)
+        .contiguous()
+    )
+
+
+def _interleave_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """GPT-NeoX: llama.cpp's [all q; all k; all v] back to HF's per-head [q_h; k_h; v_h]."""
+    q, k, v = w.chunk(3, dim=0)
+    per_head = [t.reshape(n_head, t.shape[0] // n_head, *t.shape[1:]) for t in (q, k, v)]
+    return torch.stack(per_head, dim=1).reshape(w.shape).contiguous()
+
+
+def _to_hf(arch: str, name: str, t: torch.Tensor, config: dict) -> torch.Tensor:
+    """Undoes what llama.cpp's converter did to tensor `name` (see the module doc)."""
+    if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+        heads = config["num_attention_heads"]
+        if ".attn_k." in name:
+            heads = config["num_key_value_heads"]
+        return _unpermute_rotary(t, heads)
+    if arch == "gemma3" and name.endswith("norm.weight"):
+        return (t.float() - 1).to(t.dtype)
+    if (
+        arch == "gpt2"
+        and t.dim() == 2
+        and any(f".{p}." in name for p in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+    ):
+        return t.t().contiguous()
+    if arch == "gptneox" and ".attn_qkv." in name:
+        return _interleave_qkv(t, config["num_attention_heads"])
+    return t
+
+
+def _dequantize(t) -> torch.Tensor:
+    """One tensor of the file as torch: F32/F16 as stored, BF16 as bfloat16, quantized blocks
+    dequantized to float32 by gguf.quants."""
+    gguf = _gguf()
+    kind = t.tensor_type.name
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml lists the fastest dim first
+    if kind in ("F32", "F16"):
+        return torch.from_numpy(np.array(t.data).reshape(shape))
+    if kind == "BF16":
+        raw = np.array(t.data).view(np.uint16).reshape(shape)
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    values = gguf.quants.dequantize(t.data, t.tensor_type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+def read_gguf(path: str | os.PathLike, tensors: bool = True) -> GGUFModel:
+    """Reads a GGUF file (see the module doc). `tensors=False` reads the metadata, tokenizer and
+    config only (and still checks every tensor's type and name)."""
+    from ..tokenizers import tokenizer_from_gguf
+
+    path = Path(path)
+    reader = _open(path)
+    meta = _metadata(reader)
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"{path}: GGUF architecture {arch!r} is not supported; supported: "
+            f"{', '.join(ARCHITECTURES)}"
+        )
+    names = {t.name for t in reader.tensors}
+    for t in reader.tensors:
+        if t.tensor_type.name not in TENSOR_TYPES:
+            raise ModelLoadError(
+                f"{path}: tensor {t.name} has GGUF type {t.tensor_type.name}, which lmgen does "
+                f"not read; supported: {', '.join(TENSOR_TYPES)}"
+            )
+        if t.name not in _DERIVED and hf_name(arch, t.name) is None:
+            raise ModelLoadError(f"{path}: unexpected tensor {t.name} for architecture {arch}")
+    if "rope_freqs.weight" in names:
+        raise ModelLoadError(
+            f"{path}: the file carries rope_freqs (llama 3.1-style rope scaling), which lmgen "
+            "does not read yet"
+        )
+    config = _hf_config(meta, arch, names, path)
+    tokenizer = tokenizer_from_gguf(meta, source=str(path))
+    generation = {
+        k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
+    }
+    out: dict[str, torch.Tensor] = {}
+    if tensors:
+        for t in reader.tensors:
+            if t.name in _DERIVED:
+                continue
+            out[hf_name(arch, t.name)] = _to_hf(arch, t.name, _dequantize(t), config)
+    scalars = {k: v for k, v in meta.items() if not isinstance(v, list)}
+    return GGUFModel(
+        hf_config=config,
+        tensors=out,
+        tokenizer=tokenizer,
+        chat_template=meta.get("tokenizer.chat_template"),
+        generation=generation,
+        metadata=scalars,
+    )

@@ -1,0 +1,187 @@
+"""The inference plan: the network's eval-mode arithmetic without nn.Module dispatch.
+
+A small model's decode step is mostly the dispatch of ~30 small operations per block; the plan
+looks the submodules' functions up once (linear layers through `DecodeLinear`), runs the same
+`block_forward` the modules run, and hands an unpadded CPU decode step of GPT-2 blocks to
+`lmgen.kernels.decode_step`, every block in one call. The network (network.py) stays free of
+all this; `GPT.forward` takes the plan whenever no hook has to fire and nothing trains.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from .. import decode_linear, kernels
+from ..decode_linear import DecodeLinear
+from .network import Attend, BlockOps, block_forward, layer_shape
+
+SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
+FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
+_ACTIVATION_CODES = {"gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu_fast": 0, "gelu": 1, "relu": 2}
+
+# Counts every parameter, buffer and submodule assigned to any module in the process (torch's
+# global registration hooks): the fused decode step holds the blocks' tensors in a list, which
+# must be gathered again when one is replaced (`load_state_dict(assign=True)`, a new Parameter,
+# a swapped layer), while `.to()`, `load_state_dict` and in-place edits keep the same tensors.
+_REGISTRATIONS = [0]
+
+
+def _count_registration(*args) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+for _register in (
+    nn.modules.module.register_module_parameter_registration_hook,
+    nn.modules.module.register_module_buffer_registration_hook,
+    nn.modules.module.register_module_module_registration_hook,
+):
+    _register(_count_registration)
+
+
+def _decode_fn(module: nn.Module | None):
+    if module is None:
+        return None
+    return DecodeLinear(module) if isinstance(module, nn.Linear) else module.forward
+
+
+class InferencePlan:
+    """The submodules' forward functions, looked up once rather than through
+    `nn.Module.__getattr__` and `__call__` on every token (no hooks run on this path).
+    `refresh()` (every forward) looks again after any module, parameter or buffer was assigned
+    anywhere (`_REGISTRATIONS`): the fused step's tensor list is gathered anew, and the
+    functions too if a layer was swapped; the plan stays the same object (compile.py keys its
+    compiled step on it)."""
+
+    def __init__(self, model):
+        c = model.config
+        self.n_head = c.n_head
+        self.head_dim = c.head_dim
+        self.shape = layer_shape(c)
+        self.windows = [c.window(i) for i in range(c.n_layer)]
+        self.scale = model.attn_scale
+        self.activation = _ACTIVATION_CODES.get(c.activation_function)
+        self.eps = c.layer_norm_epsilon
+        self._model = weakref.ref(model)  # weak: the plan lives in the model (and compile.py's
+        # per-model cache holds plans)
+        self._generation = None
+        self._module_ids = None
+        self.refresh()
+
+    def refresh(self) -> InferencePlan:
+        if self._generation == _REGISTRATIONS[0]:
+            return self
+        model = self._model()
+        module_ids = [id(m) for m in model.modules()]
+        if module_ids != self._module_ids:
+            self._look_up(model)
+            self._module_ids = module_ids
+        self.step_params = _step_params(model) if self.activation is not None else None
+        self._generation = _REGISTRATIONS[0]
+        return self
+
+    def _look_up(self, model) -> None:
+        def fn(module, name):
+            return _decode_fn(getattr(module, name, None))
+
+        self.layers = [
+            BlockOps(
+                b.ln_1.forward,
+                _decode_fn(b.attn.c_attn),
+                _decode_fn(b.attn.c_proj),
+                b.ln_2.forward,
+                _decode_fn(b.mlp.c_fc),
+                b.mlp.act,
+                _decode_fn(b.mlp.c_proj),
+                None,
+                None,
+                fn(b.attn, "q_norm"),
+                fn(b.attn, "k_norm"),
+                fn(b, "ln_post_attn"),
+                fn(b, "ln_post_mlp"),
+            )  # fmt: skip
+            for b in model.h
+        ]
+        self.ln_f = model.ln_f.forward
+        self.lm_head = _decode_fn(model.lm_head)
+        self.modules = [m for m in model.modules() if m is not model]
+        self._hook_dicts = [m._forward_hooks for m in self.modules] + [
+            m._forward_pre_hooks for m in self.modules
+        ]
+
+    def hooked(self) -> bool:
+        """Whether any submodule has forward hooks: then the module path runs, so they fire."""
+        from torch.nn.modules import module as M
+
+        if M._global_forward_hooks or M._global_forward_pre_hooks:
+            return True
+        # the modules' hook dicts, gathered once: registering a hook fills the same dict, and
+        # `any` over them runs in C (a generator over 70+ modules cost 80 us a token)
+        return any(self._hook_dicts)
+
+    def run(self, input_ids, position_ids, cache, past: int, masks) -> torch.Tensor:
+        """The blocks' output (B, T, C) for this call."""
+        model = self._model()
+        B, T = input_ids.shape
+        x = model.embed(input_ids, position_ids).view(B * T, -1)  # 2-d rows for the products
+        serial = (
+            SERIAL_DECODE_ATTENTION
+            and T == 1
+            and x.device.type == "cpu"
+            and torch.get_num_threads() > 1
+        )
+        if T == 1 and masks.mask is None and not serial and self._fused(x, B, cache, past):
+            # every block in one call (lmgen.kernels.decode_step)
+            x = kernels.decode_step(
+                x, self.step_params, cache.k, cache.v, past, self.n_head, self.eps,
+                self.activation,
+            )  # fmt: skip
+            return x.view(B, T, -1)
+        cos_sin = model.rope_cos_sin(position_ids, x.dtype)
+        for i, ops in enumerate(self.layers):
+            attend = Attend(i, cache, past, masks.for_layer(self.windows[i]), 0.0, serial,
+                            False, self.scale)  # fmt: skip
+            x = block_forward(x, ops, self.shape, B, T, cos_sin[i], attend)
+        return x.view(B, T, -1)
+
+    def _fused(self, x, B: int, cache, past: int) -> bool:
+        return (
+            cache is not None
+            and past > 0
+            and B <= kernels.MAX_ROWS
+            and FUSED_DECODE_STEP
+            and decode_linear.ENABLED
+            and self.step_params is not None
+            and x.device.type == "cpu"
+            and x.dtype in kernels.DTYPES
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and kernels.available()
+        )
+
+
+def _step_params(model) -> list | None:
+    """The blocks' tensors in the order lmgen.kernels.decode_step takes them (16 per layer), or
+    None when a block is not GPT-2's or holds a layer the kernel does not know (then steps run
+    block by block)."""
+    from ..quantize import Int8Linear
+
+    if not model.config.is_gpt2_block:
+        return None
+
+    def linear(m):
+        if type(m) is nn.Linear:
+            return [m.weight, None, m.bias]
+        if isinstance(m, Int8Linear):
+            return [m.qweight, m.scale, m.bias]
+        return None
+
+    out = []
+    for b in model.h:
+        parts = [linear(m) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        if None in parts or b.ln_1.bias is None or b.ln_2.bias is None:
+            return None
+        qkv, proj, fc, mproj = parts
+        out += [b.ln_1.weight, b.ln_1.bias, *qkv, *proj, b.ln_2.weight, b.ln_2.bias, *fc, *mproj]
+    return out
