@@ -2,6 +2,7 @@
 Hugging Face mappings (families.py), the KV cache (kv_cache.py), rotary positions (rope.py),
 the inference plan (plan.py) and GGUF files (gguf.py). No I/O of its own, no decoding."""
 
+from . import plan  # noqa: E402,F401  (registers the hooks the plan counts; tests switch its flags)
 from .config import ACTIVATIONS, GPTConfig
 from .kv_cache import KVCache
 from .network import (
@@ -16,7 +17,6 @@ from .network import (
     causal_mask,
     positions_from_mask,
 )
-from . import plan  # noqa: E402,F401  (registers the hooks the plan counts; tests switch its flags)
 
 ModelConfig = GPTConfig  # the same class: "GPT" is the decoder, whatever the family
 
