@@ -1,35 +1,32 @@
 """The command line: parses arguments, calls the Python API, prints. No logic of its own.
 
 Each family of commands registers itself with `add_parser(subparsers)` and sets `func`;
-every `LmgenError` becomes a one-line `error: …` and exit code 2.
+every `LmgenError` becomes a one-line `error: …` and exit code 2, Ctrl-C a one-line
+`interrupted` and exit code 130, at any moment: this module imports nothing heavy, and the
+command modules import torch only inside the commands that use it, so `lmgen --help` starts
+at once and an interrupt during start-up reaches `main`'s handler.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
 
+from .cli_parser import Parser
 from .errors import LmgenError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own usage errors: the same one line, exit 2
-        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from . import __version__
 
-    parser = _Parser(
+    parser = Parser(
         prog="lmgen",
         description="GPT text generation with every decoding strategy, and pictures of each step.",
     )
     parser.add_argument("--version", action="version", version=f"lmgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for register in _registrars():
         register(sub)
@@ -60,7 +57,7 @@ def _registrars():
 
 def _bench_pointer(sub) -> None:
     """`lmgen bench` moved out of the package (it needs transformers): a one-line pointer,
-    unlisted in --help."""
+    unlisted in --help and so in the list of commands an unknown command's error shows."""
     p = sub.add_parser("bench", add_help=False, prefix_chars="\0")  # every word is "rest"
     p.add_argument("rest", nargs="*")
     p.set_defaults(func=_moved)
@@ -90,8 +87,17 @@ def cli_wording(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # also while a command still imports torch
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -103,8 +109,3 @@ def main(argv: list[str] | None = None) -> int:
     except LmgenError as e:
         print(f"error: {cli_wording(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0

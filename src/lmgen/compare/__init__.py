@@ -12,15 +12,13 @@ directions), `cli` (`lmgen compare`). `lmgen.compare` itself is the function; im
 modules as `from lmgen.compare import metrics`.
 """
 
-from .runner import CompareResult, Row, Sample, compare
-from .strategies import DEFAULT_STRATEGIES, Strategy, parse_strategy
+from ..lazy import lazy_names
 
-__all__ = [
-    "DEFAULT_STRATEGIES",
-    "CompareResult",
-    "Row",
-    "Sample",
-    "Strategy",
-    "compare",
-    "parse_strategy",
-]
+# loaded on first use: `runner` imports torch, and `lmgen compare --help` should not wait for it
+__getattr__, __dir__, __all__ = lazy_names(
+    __name__,
+    {
+        ".runner": ["CompareResult", "Row", "Sample", "compare"],
+        ".strategies": ["DEFAULT_STRATEGIES", "Strategy", "parse_strategy"],
+    },
+)

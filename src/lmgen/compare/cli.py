@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .defaults import DEFAULT_BATCH_ROWS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_RESAMPLES
 from .passages import DEFAULT_PASSAGES, DEFAULT_PROMPT_TOKENS
-from .runner import DEFAULT_BATCH_ROWS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_RESAMPLES
 from .strategies import DEFAULT_STRATEGIES
 
 

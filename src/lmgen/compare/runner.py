@@ -27,6 +27,7 @@ import torch
 from lmgen.errors import ConfigError
 
 from . import metrics as M
+from .defaults import DEFAULT_BATCH_ROWS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_RESAMPLES
 from .passages import (
     DEFAULT_PASSAGES,
     DEFAULT_PROMPT_TOKENS,
@@ -41,9 +42,6 @@ from .strategies import HUMAN, Strategy, as_strategies, check_strategies
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 128
-DEFAULT_BATCH_ROWS = 64
-DEFAULT_RESAMPLES = 1000
 NGRAM_ORDERS = (1, 2, 3, 4)
 
 

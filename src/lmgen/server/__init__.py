@@ -1,5 +1,6 @@
 """The OpenAI-compatible server and the playground page: `lmgen serve`, `create_app`."""
 
-from .app import create_app, serve_in_thread
+from ..lazy import lazy_names
 
-__all__ = ["create_app", "serve_in_thread"]
+# loaded on first use: `app` imports torch and FastAPI, which `lmgen serve --help` does not need
+__getattr__, __dir__, __all__ = lazy_names(__name__, {".app": ["create_app", "serve_in_thread"]})

@@ -1,5 +1,8 @@
 """Training: corpus → token shards (`data`), the loop (`train`), bits per byte (`evaluate`)."""
 
-from .evaluate import Evaluation, evaluate_bits_per_byte, evaluate_text
+from ..lazy import lazy_names
 
-__all__ = ["Evaluation", "evaluate_bits_per_byte", "evaluate_text"]
+# loaded on first use: `evaluate` imports torch, which `lmgen train --help` does not need
+__getattr__, __dir__, __all__ = lazy_names(
+    __name__, {".evaluate": ["Evaluation", "evaluate_bits_per_byte", "evaluate_text"]}
+)
