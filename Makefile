@@ -1,8 +1,10 @@
 # One command each: `make demo` generates text with the bundled model; `make test` runs the tests.
 # Both create .venv on first use. torch is pinned to 2.13.0, the CPU build: PyTorch's CPU index
 # is added to pip's indexes, and its 2.13.0+cpu outranks PyPI's 2.13.0 (the CUDA build on Linux).
-# Where that index cannot be reached, pip retries it (about a minute) and takes torch from its
-# other sources; `make TORCH_INDEX= demo` leaves it out. The package itself asks for torch>=2.4.
+# The index is probed once (5 s at most); where it cannot be reached it is left out, with one
+# line saying so, and torch comes from pip's other sources (pip would otherwise retry it for a
+# minute, printing dozens of lines). `make TORCH_INDEX= demo` leaves it out unasked. The package
+# itself asks for torch>=2.4.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,8 +18,15 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+PROBE := import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method="HEAD"), timeout=5)
+
 $(VENV)/.runtime: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
+	@index='$(TORCH_INDEX)'; \
+	if [ -n "$$index" ] && ! $(BIN)/python -c '$(PROBE)' "$$index" 2>/dev/null; then \
+		echo "PyTorch's CPU index ($$index) cannot be reached: torch comes from pip's other sources"; \
+		index=; \
+	fi; \
+	cmd="$(BIN)/pip install -q $${index:+--extra-index-url $$index }$(TORCH)"; echo "$$cmd"; $$cmd
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m lmgen.kernels  # builds the CPU decode kernel once (lmgen/kernels)
 	touch $@
