@@ -7,11 +7,14 @@ from pathlib import Path
 
 import torch
 
+from .chat import read_chat_template
 from .checkpoint import read_model_dir, resolve_model, write_model_dir
 from .model import GPT, GPTConfig
 
 
 class LM:
+    chat_template: str | None = None  # the model's Jinja chat template (lmgen.chat), if any
+
     def __init__(self, model: GPT, tokenizer, name: str = "lmgen", path: Path | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -63,6 +66,24 @@ class LM:
 
         return next_token(self, prompt, top, config, **kwargs)
 
+    def chat(self, messages, config=None, **kwargs):
+        """The assistant's reply to `messages` (OpenAI-style dicts), rendered with the model's
+        chat template and stopped at its end of turn; keyword arguments as for generate, plus
+        `chat_options` for the template (lmgen.chat.chat)."""
+        from .chat import chat
+
+        return chat(self, messages, config, **kwargs)
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True, **kw):
+        """transformers' `tokenizer.apply_chat_template` with this model's template: the text
+        (tokenize=False) or its token ids; tools, documents, continue_final_message and
+        template keywords are passed through."""
+        from .chat import apply_chat_template
+
+        return apply_chat_template(
+            self, messages, add_generation_prompt=add_generation_prompt, tokenize=tokenize, **kw
+        )
+
     def __repr__(self) -> str:
         n = self.model.num_parameters()
         return f"LM({self.name!r}, {n / 1e6:.1f}M parameters, {self.tokenizer!r})"
@@ -86,4 +107,6 @@ def load(
 
         quantize_model(model, quantize)
     name = str(name_or_dir) if name_or_dir is not None else path.name
-    return LM(model, tokenizer, name=name, path=path)
+    lm = LM(model, tokenizer, name=name, path=path)
+    lm.chat_template = read_chat_template(path) if path.is_dir() else None
+    return lm
