@@ -5,13 +5,23 @@
   server through DNS rebinding (its requests carry the attacker's host name);
 - the API key on /v1 and the tokenizer routes (one `Authorization` header, compared in
   constant time);
-- the body: at most `max_body_bytes`, and UTF-8 (JSON's only encoding).
+- the Host header's syntax (RFC 3986's `host [":" port]`, RFC 9112: a malformed one is a 400),
+  whether or not the host is checked;
+- the body: at most `max_body_bytes`, and UTF-8 (JSON's only encoding); a JSON body is decoded
+  once here, so that what no request model can describe is refused with its own message,
+  whatever the models look like: nesting deeper than MAX_JSON_DEPTH, a number longer than
+  MAX_NUMBER_CHARS, a lone surrogate (`"\\ud800"`, which JSON's \\u escapes can write but
+  UTF-8 cannot) in any string or field name.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import re
+
+from lmgen.errors import ConfigError
 
 from .errors import APIError
 
@@ -23,16 +33,48 @@ def needs_key(path: str) -> bool:
     return path.startswith("/v1/") or path in KEYED_PATHS
 
 
-def host_name(host: str) -> str:
-    """`Host` header -> the name without the port: `[::1]:8000` -> `::1`."""
-    host = host.strip().lower()
+# RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name, and §3.2.3: port = *DIGIT
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_IPV_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
+_PORT = re.compile(r"[0-9]*")
+
+
+def parse_host(host: str) -> str | None:
+    """A `Host` header's host, lowercased and without the port (`[::1]:8000` -> `::1`), or
+    None when the header is not `host [":" port]` in RFC 3986's syntax: `[::1].evil.example`,
+    `a b`, `[::1`, `x:80:80`, a non-ASCII byte."""
+    if not host.isascii():
+        return None
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, _, port = host.rpartition(":")
-    return name if name and port.isdigit() else host
+        end = host.find("]")
+        literal, rest = host[1:end], host[end + 1 :]
+        if end < 0 or (rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:]))):
+            return None
+        if _IPV_FUTURE.fullmatch(literal):
+            return literal.lower()
+        try:  # IPv6address (no zone: RFC 6874's "%25" zones are not for Host headers)
+            return ipaddress.IPv6Address(literal).compressed if "%" not in literal else None
+        except ValueError:
+            return None
+    name, colon, port = host.partition(":")
+    if colon and not _PORT.fullmatch(port):
+        return None
+    return name.lower() if _REG_NAME.fullmatch(name) else None
+
+
+def host_name(host: str) -> str:
+    """An allowed host as given to `--allowed-host` (`my.box`, `my.box:8000`, `[::1]`) ->
+    the name compared with Host headers; ConfigError when it is not a host."""
+    name = parse_host(host.strip())
+    if not name:
+        raise ConfigError(
+            f"--allowed-host takes a host name or address, got {host!r}", "allowed_host"
+        )
+    return name
 
 
 def is_loopback_name(name: str) -> bool:
+    name = name.removesuffix(".")  # "localhost." is the same name, fully qualified
     if name in LOOPBACK_NAMES or name.endswith(".localhost"):
         return True
     try:
@@ -49,8 +91,168 @@ class HostCheck:
         self.extra = {host_name(h) for h in extra if h != "*"}
 
     def allows(self, host: str) -> bool:
-        name = host_name(host)
-        return self.any or is_loopback_name(name) or name in self.extra
+        """Whether a well-formed Host header (see parse_host) is served."""
+        name = parse_host(host)
+        return name is not None and (self.any or is_loopback_name(name) or name in self.extra)
+
+
+# -- the JSON body -----------------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 64  # arrays and objects in one another; requests need a handful
+MAX_NUMBER_CHARS = 1000  # a JSON number's literal; the largest a field takes has 20 digits
+
+
+class _LongNumber(Exception):
+    pass
+
+
+def _number(kind):
+    def parse(literal: str):
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise _LongNumber(literal)
+        return kind(literal)
+
+    return parse
+
+
+_parse_int, _parse_float = _number(int), _number(float)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[{}\[\]:,]|[^\s{}\[\]:,"]+')
+
+
+def _shown(text: str) -> str:
+    """A name or path for a message: lone surrogates as \\udxxx escapes, short."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _where(text: str, stop) -> tuple[str | None, int]:
+    """Scans the JSON `text` token by token until `stop(token, depth)` holds; returns the
+    top-level field it is in (None outside one) and the character offset."""
+    depth, field, key, after_colon = 0, None, None, False
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if depth == 1 and tok.startswith('"') and not after_colon:
+            key = tok
+        elif depth == 1 and tok == ":":
+            after_colon = True
+            try:
+                field = json.loads(key)
+            except ValueError:
+                field = None
+        elif depth == 1 and tok == ",":
+            after_colon, field = False, None
+        if tok in "{[":
+            depth += 1
+        elif tok in "]}":
+            depth -= 1
+        if stop(tok, depth):
+            return (field if isinstance(field, str) else None), m.start()
+    return None, len(text)
+
+
+def _lone_surrogate(text: str) -> tuple[int, str] | None:
+    """(position, "U+D800") of the first lone surrogate in `text`, or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start, f"U+{ord(text[e.start]):04X}"
+
+
+def _unicode_error(text: str, path: str, field: str | None, is_name: bool) -> APIError | None:
+    found = _lone_surrogate(text)
+    if found is None:
+        return None
+    at, char = found
+    if not is_name:
+        what = f"text is not valid Unicode: a lone surrogate {char} at character {at}"
+        return APIError(
+            400, f"{what} of {_shown(path)!r}" if path else what, param=field, code="invalid_value"
+        )
+    what = f"a field name is not valid Unicode: a lone surrogate {char} at character {at}"
+    if path:  # a key inside a field (logit_bias, a JSON schema, ...)
+        return APIError(
+            400, f"{what} of a name in {_shown(path)!r}", param=field, code="invalid_value"
+        )
+    return APIError(400, f"{what} of the name {text[:60]!r}", code="invalid_parameter_name")
+
+
+def check_json(obj) -> APIError | None:
+    """The first thing in a decoded body that no field can take: nesting deeper than
+    MAX_JSON_DEPTH, a lone surrogate in a string or a field name."""
+    stack = [(obj, 1, None, "")]  # (value, depth, top-level field, path)
+    while stack:
+        value, depth, field, path = stack.pop()
+        if isinstance(value, str):
+            err = _unicode_error(value, path, field, False)
+            if err is not None:
+                return err
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return APIError(
+                400,
+                f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep "
+                f"(at {_shown(path)!r})",
+                param=field,
+                code="nesting_too_deep",
+            )
+        is_dict = isinstance(value, dict)
+        items = list(value.items() if is_dict else enumerate(value))
+        for k, _ in items if is_dict else ():
+            err = _unicode_error(k, path, field, True)
+            if err is not None:
+                return err
+        for k, v in reversed(items):  # depth first, in the document's order
+            if isinstance(v, dict | list | str):
+                sub = (f"{path}.{k}" if path else k) if is_dict else f"{path}[{k}]"
+                top = k if is_dict and depth == 1 else field
+                stack.append((v, depth + 1, top, sub))
+    return None
+
+
+def decode_error(body: bytes) -> APIError | None:
+    """None when `body` (UTF-8) is JSON that check_json finds nothing wrong with, or is not
+    JSON at all (FastAPI says so, with the parser's position); else the 400 to answer."""
+    text = body.decode("utf-8")
+    try:
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except _LongNumber as e:
+        digits = len(str(e).lstrip("-"))
+        field, at = _where(text, lambda tok, depth: len(tok) > MAX_NUMBER_CHARS)
+        where = f"in {field!r}" if field else f"at character {at}"
+        return APIError(
+            400,
+            f"a number {where} has {digits:,} digits; JSON numbers here may have at most "
+            f"{MAX_NUMBER_CHARS:,} characters",
+            param=field,
+            code="number_too_large",
+        )
+    except RecursionError:
+        field, at = _where(text, lambda tok, depth: depth > MAX_JSON_DEPTH)
+        where = f"in {field!r}" if field else f"at character {at}"
+        return APIError(
+            400,
+            f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep ({where})",
+            param=field,
+            code="nesting_too_deep",
+        )
+    except ValueError:
+        return None  # not JSON: FastAPI's json_invalid, with the parser's position
+    return check_json(obj)
+
+
+def is_json(headers: dict) -> bool:
+    """Whether FastAPI reads this body as JSON: no Content-Type, or application/json or
+    application/*+json (the check FastAPI makes)."""
+    kind = headers.get(b"content-type")
+    if kind is None:
+        return True
+    main = kind.decode("latin-1").split(";")[0].strip().lower()
+    return main == "application/json" or (
+        main.startswith("application/") and main.endswith("+json")
+    )
 
 
 class Guard:
@@ -105,6 +307,10 @@ class Guard:
                 code="invalid_json",
             )
             return await err.response()(scope, receive, send)
+        if body and is_json(headers):
+            err = decode_error(body)
+            if err is not None:
+                return await err.response()(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -118,9 +324,19 @@ class Guard:
 
     def check_headers(self, scope) -> APIError | None:
         raw = scope.get("headers") or []
+        hosts = [v.decode("latin-1") for k, v in raw if k == b"host"]
+        if len(hosts) > 1 or (hosts and hosts[0] and parse_host(hosts[0]) is None):
+            # RFC 9112 §3.2: a 400 for more than one Host, or one that is not a host
+            shown = hosts[0][:100] if len(hosts) == 1 else f"{len(hosts)} Host headers"
+            return APIError(
+                400,
+                f"malformed Host header {shown!r}: send one `host[:port]` (RFC 3986)"
+                if len(hosts) == 1
+                else f"the request has {shown}; send exactly one",
+                code="invalid_host",
+            )
         if self.hosts is not None:
-            hosts = [v for k, v in raw if k == b"host"]
-            host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
+            host = hosts[0] if hosts else ""
             if not self.hosts.allows(host):
                 return APIError(
                     421,
