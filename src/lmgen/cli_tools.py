@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_generate import add_model_arg, read_prompt
+from .cli_args import add_model_arg, read_prompt
 from .errors import ConfigError
 
 

@@ -47,6 +47,8 @@ SERVE_MAX_PROMPT_TOKENS = 1 << 16
 
 
 def _num(x: float) -> str:
+    if isinstance(x, int) and x >= 2**32 and x & (x - 1) == 0:
+        return f"2**{x.bit_length() - 1}"
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
@@ -361,7 +363,7 @@ SETTINGS: tuple[Setting, ...] = (
             at_least(1), processor="TopK", sampling_only=True, chain=True, api=None,
             metavar="N", llama_cpp="min_keep", transformers="min_tokens_to_keep"),
     Setting("temperature_last", "bool", False, "apply temperature after the filters "
-            "(llama.cpp's order; default: first, as transformers)", processor="Temperature",
+            "(llama.cpp's order; transformers' is first)", processor="Temperature",
             sampling_only=True, chain=True, api=None, vllm="", llama_cpp="(sampler order)"),
     Setting("logprobs", "int", 0, "also report each token's top-N alternatives with their "
             "log-probabilities", between(0, MAX_LOGPROBS), off=_OFF, group="output",

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmgen.cli_generate import DTYPES
+from lmgen.cli_args import DTYPES
 from lmgen.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,124 @@
+"""The decoding flags of every command, derived from `lmgen.settings`.
+
+`add_decoding_arguments(parser)` adds one flag per declared setting (`--top-p`, `--dry-base`,
+...), its help giving the setting's range and default; `decoding_config(args)` turns the flags
+given into a validated GenerationConfig and prints its warnings. `generate`, `next`, `plot
+generation` and any later command (`chat`) call these two, so a setting added to
+lmgen/settings.py is on every command line at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .cli_args import (
+    early_stopping_arg,
+    escaped_text,
+    finite_float,
+    non_empty,
+    text_file,
+    token_bias,
+)
+from .settings import GROUPS, SETTINGS, Setting
+
+ALL_GROUPS = tuple(GROUPS)
+STRATEGY_RULE = (
+    "default: inferred: beam when --num-beams > 1; contrastive when --penalty-alpha > 0; "
+    "sample when any of --temperature (other than 0), --top-k, --top-p, --min-p, --typical-p "
+    "or --seed is given; else greedy"
+)
+# how the command line reads a value of each kind (a setting's `cli` overrides its kind)
+_TYPES = {
+    "int": int,
+    "choice": int,  # a choice of numbers (strings are argparse choices)
+    "float": finite_float,
+    "text": non_empty,
+    "texts": non_empty,
+    "token_bias": token_bias,
+    "early_stopping": early_stopping_arg,
+    "file": text_file,
+    "escaped": escaped_text,
+}
+_REPEATABLE = ("texts", "token_bias")  # given once per item
+
+
+def flag_help(s: Setting, default: Any = None) -> str:
+    """The setting's help with its range and default, as `--help` shows it."""
+    allowed = s.allowed()
+    shown = s.default_text() if default is None else str(default)
+    return f"{s.help}{'; ' + allowed if allowed else ''} (default {shown})"
+
+
+def add_decoding_arguments(
+    p: argparse.ArgumentParser,
+    groups: tuple[str, ...] = ALL_GROUPS,
+    *,
+    strategy_help: str = STRATEGY_RULE,
+    flags: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+    argument_groups: dict[str, Any] | None = None,
+) -> None:
+    """One flag per declared setting of `groups` (see lmgen.settings.GROUPS), or only the
+    `flags` named. `defaults` ({"--flag": value}) changes a default for this command;
+    `argument_groups` puts a group's flags into one the command made itself (its "output")."""
+    defaults = defaults or {}
+    made = dict(argument_groups or {})
+    chosen = [
+        s
+        for s in SETTINGS
+        if s.flag_name is not None
+        and (s.group in groups if flags is None else s.flag_name in flags)
+    ]
+    for s in sorted(chosen, key=lambda s: list(GROUPS).index(s.group)):  # stable: as declared
+        if s.group not in made:
+            made[s.group] = p.add_argument_group(GROUPS[s.group])
+        g = made[s.group]
+        names = [s.flag_name, *([s.short] if s.short else [])]
+        kw: dict[str, Any] = {"dest": s.name, "help": flag_help(s, defaults.get(s.flag_name))}
+        if s.name == "strategy":
+            kw["help"] = f"{s.help.split(';')[0]} ({strategy_help})"
+        if s.kind == "bool":
+            g.add_argument(*names, action="store_true", default=None, **kw)
+            continue
+        if s.kind == "choice" and all(isinstance(c, str) for c in s.choices):
+            kw["choices"] = s.choices
+        else:
+            kw["type"] = _TYPES[s.cli or s.kind]
+            kw["metavar"] = s.metavar or None
+        if s.kind in _REPEATABLE:
+            kw["action"] = "append"
+        if s.flag_name in defaults:
+            kw["default"] = defaults[s.flag_name]
+        g.add_argument(*names, **kw)
+        if s.kind == "json":  # OpenAI's JSON mode: any JSON object
+            g.add_argument(
+                "--json-object",
+                dest=s.name,
+                action="store_const",
+                const='{"type": "object"}',
+                help="the generated text is a JSON object (OpenAI's JSON mode)",
+            )
+
+
+def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user gave: the API's defaults and its strategy rule
+    (`GenerationConfig.from_kwargs`) stay the single source of truth."""
+    kw = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name, None)
+        if s.flag_name is not None and value is not None:
+            kw[s.name] = dict(value) if s.kind == "token_bias" else value
+    return kw
+
+
+def decoding_config(args: argparse.Namespace, **defaults: Any):
+    """The validated GenerationConfig of the flags given (`defaults` for the ones not given);
+    its warnings printed as `warning: ...`."""
+    from .generation_config import GenerationConfig
+
+    config = GenerationConfig.from_kwargs(**{**defaults, **config_kwargs(args)})
+    for w in config.validate():
+        print(f"warning: {w}", file=sys.stderr)
+    return config
