@@ -1,8 +1,14 @@
-"""Tokenizers: one protocol, three kinds, all stored as a Hugging Face `tokenizer.json`.
+"""Tokenizers: one protocol, four kinds, all stored as a Hugging Face `tokenizer.json`.
 
 Each kind wraps a `tokenizers.Tokenizer`, so saving, loading and `transformers.AutoTokenizer`
 work the same for all of them; the wrappers add what the protocol promises on top
 (strict unknown-word handling, display strings, special token ids).
+
+Three kinds are lmgen's own (word, char, byte-level BPE: no special tokens added on encode).
+The fourth, `PretrainedTokenizer`, is a released model's: a Hugging Face directory's
+`tokenizer.json` + `tokenizer_config.json`, or one rebuilt from a GGUF file's metadata as
+transformers rebuilds it; `encode` adds BOS/EOS where transformers would
+(`AutoTokenizer(...)(text)["input_ids"]`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import ConfigError, ModelLoadError
@@ -236,6 +251,80 @@ class BPETokenizer(_Wrapped):
         return cls(backend)
 
 
+class PretrainedTokenizer(_Wrapped):
+    """A released model's tokenizer: whatever `tokenizer.json` describes (byte-level BPE,
+    SentencePiece-style BPE with byte fallback, ...), with its special tokens, and BOS/EOS added
+    on `encode` where transformers adds them: by the post-processor, rebuilt as transformers
+    rebuilds it (`TokenizersBackend.update_post_processor`) when `add_bos_token` or
+    `add_eos_token` is stated or there is none.
+
+    `encode(text)` equals `transformers.AutoTokenizer(...)(text)["input_ids"]`;
+    `encode(text, add_special_tokens=False)` leaves BOS/EOS out (chat templates write them)."""
+
+    kind = "pretrained"
+
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        eos_token: str | None = None,
+        bos_token: str | None = None,
+        unk_token: str | None = None,
+        pad_token: str | None = None,
+        add_bos_token: bool | None = None,
+        add_eos_token: bool | None = None,
+        chat_template: str | None = None,
+    ):
+        super().__init__(backend, eos_token=eos_token, bos_token=bos_token)
+        self.unk_token, self.pad_token = unk_token, pad_token
+        self.unk_token_id = backend.token_to_id(unk_token) if unk_token else None
+        self.pad_token_id = backend.token_to_id(pad_token) if pad_token else None
+        self.chat_template = chat_template
+        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
+        if add_bos_token is not None or add_eos_token is not None or not backend.post_processor:
+            self._set_post_processor(bool(add_bos_token), bool(add_eos_token))
+
+    def _set_post_processor(self, add_bos: bool, add_eos: bool) -> None:
+        """transformers' template: `[bos] $A [eos]`, each where asked and the token exists."""
+        bos = self.bos_token if add_bos and self.bos_token_id is not None else None
+        eos = self.eos_token if add_eos and self.eos_token_id is not None else None
+        single = " ".join([f"{bos}:0"] * bool(bos) + ["$A:0"] + [f"{eos}:0"] * bool(eos))
+        pair = " ".join([single] + [f"{bos}:1"] * bool(bos) + ["$B:1"] + [f"{eos}:1"] * bool(eos))
+        specials = [(t, self.backend.token_to_id(t)) for t in (bos, eos) if t]
+        self.backend.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=list(dict.fromkeys(specials))
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        check_text(text)
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def save(self, directory: str | Path) -> None:
+        """tokenizer.json (post-processor included) and a tokenizer_config.json naming the
+        special tokens; transformers loads them back to the same ids."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        special = {
+            key: value
+            for key, value in (
+                ("bos_token", self.bos_token),
+                ("eos_token", self.eos_token),
+                ("unk_token", self.unk_token),
+                ("pad_token", self.pad_token),
+            )
+            if value
+        }
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            **special,
+        }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
 def load_tokenizer(directory: str | Path) -> _Wrapped:
     """Loads `tokenizer.json` (ours or GPT-2's), or GPT-2's `vocab.json` + `merges.txt`.
 
@@ -281,9 +370,43 @@ def load_tokenizer(directory: str | Path) -> _Wrapped:
             return WordTokenizer(backend, unknown="unk" if unk else "error")
         if kind == "char":
             return CharTokenizer(backend)
-        return BPETokenizer(backend, eos_token=eos or EOS, bos_token=bos)
+        if kind == "bpe":
+            return BPETokenizer(backend, eos_token=eos or EOS, bos_token=bos)
     except ConfigError as e:
         raise ModelLoadError(f"{cfg_path}: {e}") from e
+    return _pretrained(backend, cfg, cfg_path, directory)
+
+
+def _pretrained(backend: HFTokenizer, cfg: dict, cfg_path: Path, directory: Path):
+    """A Hugging Face directory's tokenizer (no lmgen_tokenizer key): special tokens from
+    tokenizer_config.json, else special_tokens_map.json; a directory naming none (GPT-2's
+    tokenizer_config.json holds only model_max_length) gets GPT-2's <|endoftext|>, as before."""
+    map_path = directory / "special_tokens_map.json"
+    smap = read_json_file(map_path, 64 << 20) if map_path.is_file() else {}
+    if not isinstance(smap, dict):
+        raise ModelLoadError(f"{map_path}: expected a JSON object, found {json_type(smap)}")
+    tokens = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        source, where = (cfg, cfg_path) if key in cfg else (smap, map_path)
+        tokens[key] = _token_text(source, key, where)
+    if not any(key in cfg or key in smap for key in ("bos_token", "eos_token")):
+        if backend.token_to_id(EOS) is not None:
+            tokens["bos_token"] = tokens["eos_token"] = EOS
+    flags = {}
+    for key in ("add_bos_token", "add_eos_token"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ModelLoadError(f"{cfg_path}: {key} must be true or false, got {show(value)}")
+        flags[key] = value
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is not None and not isinstance(template, str):
+        raise ModelLoadError(f"{cfg_path}: chat_template must be a string, got {show(template)}")
+    return PretrainedTokenizer(backend, **tokens, **flags, chat_template=template)
 
 
 def _token_text(cfg: dict, key: str, source: Path) -> str | None:
@@ -315,3 +438,249 @@ def check_token_ids(tokenizer, vocab_size: int, source: str) -> None:
             f"{source}: the tokenizer has {len(ids)} tokens with ids up to {top}, but the "
             f"model's vocab_size is {vocab_size}"
         )
+
+
+# --- tokenizers rebuilt from GGUF metadata -----------------------------------------------------
+#
+# A GGUF file carries its vocabulary as `tokenizer.ggml.*` keys. transformers rebuilds a
+# tokenizer from them (integrations/gguf/gguf_tokenizer_mapping.py); this does the same, with
+# the same normalizer, pre-tokenizer, decoder, special tokens and BOS rule, so the ids agree.
+
+# `tokenizer.ggml.pre` -> the regex that splits text before the byte-level merges (the
+# pre-tokenizers of the models llama.cpp names); other names keep GPT-2's split.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GGUF_PRE_SPLITS = {
+    **dict.fromkeys(
+        (
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+            "dbrx",
+            "smaug-bpe",
+        ),
+        _LLAMA3_SPLIT,
+    ),
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
+}
+GGUF_TOKENIZER_MODELS = ("gpt2", "llama")
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (bytes_to_unicode)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a token into two
+    tokens, best score first (ties: shorter left, then shorter right piece, as transformers'
+    `generate_merges` orders them)."""
+    merges = []
+    for piece, score in scores.items():
+        local = [
+            (piece[:i], piece[i:], score)
+            for i in range(1, len(piece))
+            if piece[:i] in vocab and piece[i:] in vocab
+        ]
+        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
+def _gguf_backend(meta: dict, source: str) -> HFTokenizer:
+    arch = meta.get("general.architecture")
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    merges_text = meta.get("tokenizer.ggml.merges")
+    if model == "gpt2":  # byte-level BPE
+        alphabet = _byte_alphabet()
+        spelled = set(alphabet.values())
+        vocab = {
+            t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i
+            for i, t in enumerate(tokens)
+        }
+        if merges_text is None:
+            raise ModelLoadError(f"{source}: a gpt2 tokenizer without tokenizer.ggml.merges")
+        merges = [tuple(m.split(" ")) for m in merges_text]
+        backend = HFTokenizer(
+            models.BPE(
+                vocab=vocab,
+                merges=merges,
+                dropout=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
+        )
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+    elif arch in ("gemma", "gemma2", "gemma3"):  # SentencePiece; spaces as "▁", merges by rank
+        tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if merges_text is not None:
+            merges = [tuple(m.split(" ")) for m in merges_text]
+        else:
+            merges = merges_from_scores(vocab, {t: -i for i, t in enumerate(tokens)})
+        backend = HFTokenizer(
+            models.BPE(
+                vocab=vocab,
+                merges=merges,
+                fuse_unk=True,
+                unk_token="<unk>",
+                dropout=None,
+                byte_fallback=True,
+            )
+        )
+        backend.normalizer = normalizers.Replace(" ", "▁")
+        backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        backend.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+    else:  # llama: SentencePiece-style BPE with byte fallback
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if merges_text is not None:
+            merges = [tuple(m.split(" ")) for m in merges_text]
+        else:
+            scores = meta.get("tokenizer.ggml.scores")
+            if scores is None:
+                raise ModelLoadError(f"{source}: a llama tokenizer with neither merges nor scores")
+            merges = merges_from_scores(vocab, dict(zip(tokens, scores, strict=False)))
+        backend = HFTokenizer(
+            models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
+        )
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="first", split=False
+        )
+        backend.decoder = decoders.Sequence(
+            [
+                decoders.Replace("▁", " "),
+                decoders.ByteFallback(),
+                decoders.Fuse(),
+                decoders.Strip(content=" ", left=1),
+            ]
+        )
+    types = meta.get("tokenizer.ggml.token_type") or []
+    original = meta.get("tokenizer.ggml.tokens") or []
+    spelled = set(_byte_alphabet().values()) if model == "gpt2" else None
+    control = [
+        AddedToken(t, normalized=False, special=True)
+        for t, k in zip(original, types, strict=False)
+        if k == _CONTROL and (spelled is None or set(t) <= spelled)
+    ]
+    if control:
+        backend.add_special_tokens(control)
+    known = backend.get_vocab()
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, k in zip(original, types, strict=False)
+        if k == _USER_DEFINED and t in known
+    ]
+    if user:
+        backend.add_tokens(user)
+    split = GGUF_PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    if split is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    return backend
+
+
+def tokenizer_from_gguf(meta: dict, source: str = "GGUF file") -> PretrainedTokenizer:
+    """The tokenizer a GGUF file's `tokenizer.ggml.*` keys describe (`meta`: key -> value, as
+    lmgen.model.gguf reads them), rebuilt as transformers rebuilds it for
+    `AutoTokenizer.from_pretrained(dir, gguf_file=...)`."""
+    model = meta.get("tokenizer.ggml.model")
+    if model not in GGUF_TOKENIZER_MODELS:
+        raise ModelLoadError(
+            f"{source}: GGUF tokenizer model {model!r} is not supported; supported: "
+            f"{', '.join(GGUF_TOKENIZER_MODELS)}"
+        )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ModelLoadError(f"{source}: the GGUF file has no tokenizer.ggml.tokens")
+    try:
+        backend = _gguf_backend(meta, source)
+    except ModelLoadError:
+        raise
+    except BaseException as e:  # tokenizers' Rust panics derive from BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ModelLoadError(f"{source}: cannot build its tokenizer ({first_line(e)})") from e
+
+    def token(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}")
+        if i is None:
+            return None
+        if not 0 <= i < len(tokens):
+            raise ModelLoadError(f"{source}: tokenizer.ggml.{key} {i} is not a token id")
+        return tokens[i]
+
+    specials = {
+        "bos_token": token("bos_token_id"),
+        "eos_token": token("eos_token_id"),
+        "unk_token": token("unknown_token_id"),
+        "pad_token": token("padding_token_id"),
+    }
+    # GemmaTokenizer also names "<mask>"; the others name only these four
+    gemma = meta.get("general.architecture") in ("gemma", "gemma2", "gemma3")
+    specials_extra = ["<mask>"] if gemma else []
+    # transformers adds its named special tokens as special added tokens when they are not yet
+    known = {t.content for t in backend.get_added_tokens_decoder().values()}
+    named = [t for t in [*specials.values(), *specials_extra] if t and t not in known]
+    if named:
+        backend.add_special_tokens([AddedToken(t, special=True) for t in dict.fromkeys(named)])
+    add_bos = meta.get("tokenizer.ggml.add_bos_token")
+    if add_bos is None and model == "llama":
+        add_bos = True  # llama.cpp adds BOS to a SentencePiece vocabulary that does not say
+    return PretrainedTokenizer(
+        backend,
+        **specials,
+        add_bos_token=add_bos,
+        add_eos_token=meta.get("tokenizer.ggml.add_eos_token"),
+        chat_template=meta.get("tokenizer.chat_template"),
+    )
