@@ -479,11 +479,10 @@ class EndOfTurn:
         return getattr(self._lm, name)
 
 
-def replying(lm, fmt: ChatFormat | None = None):
-    """`lm`, stopping at `fmt`'s end of turn (itself when the format adds no token)."""
-    fmt = fmt or chat_format(lm)
-    extra = set(fmt.end_ids) - set(lm.eos_token_ids)
-    return EndOfTurn(lm, fmt.end_ids) if extra else lm
+def replying(lm, end_ids: Sequence[int]):
+    """`lm`, stopping at `end_ids` too (itself when they add nothing to its EOS list)."""
+    extra = set(end_ids) - set(lm.eos_token_ids)
+    return EndOfTurn(lm, end_ids) if extra else lm
 
 
 def chat_kwargs(fmt: ChatFormat, kwargs: dict) -> dict:
@@ -516,4 +515,4 @@ def chat(lm, messages, config=None, *, chat_options: dict | None = None, **kwarg
     if options.get("continue_final_message"):
         options["add_generation_prompt"] = False
     prompt = lm.tokenizer.encode(fmt.render(messages, **options))
-    return generate(replying(lm, fmt), prompt, config, **chat_kwargs(fmt, kwargs))
+    return generate(replying(lm, fmt.end_ids), prompt, config, **chat_kwargs(fmt, kwargs))

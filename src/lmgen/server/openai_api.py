@@ -9,11 +9,13 @@ import uuid
 import anyio
 from fastapi import Request
 
+from lmgen.chat import chat_format, chat_kwargs
 from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation import check_context, encode_prompt
 
 from . import jobs, schemas
 from .budget import decode_cost, job_bytes
+from .chat_prompt import render_messages
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
@@ -21,14 +23,6 @@ from .structured import check_start
 from .worker import CallJob, GenerateJob, score_prompt
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-CHAT_ROLES = {
-    "system": "System",
-    "developer": "System",
-    "user": "User",
-    "assistant": "Assistant",
-    "tool": "Tool",
-}
-CHAT_STOP = ["\nUser:", "\nSystem:"]
 
 
 def usage(results) -> dict:
@@ -279,9 +273,9 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     lm = s.lm
     refuse_unsupported(body)
     n = body.n or 1
-    prompt = chat_prompt(body.messages)
-    kw = sampling_kwargs(body, lm)
-    kw["stop"] = kw.get("stop", []) + [s for s in CHAT_STOP if s not in kw.get("stop", [])]
+    fmt = chat_format(lm)  # the model's template, or lmgen's default transcript
+    prompt = await render_messages(fmt, body)
+    kw = chat_kwargs(fmt, sampling_kwargs(body, lm))
     if body.logprobs:
         kw["logprobs"] = body.top_logprobs or 0
     elif body.top_logprobs:
@@ -328,7 +322,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         ]
 
     if not body.stream:
-        out = await jobs.run(request, s, GenerateJob([prompt], config), cost)
+        out = await jobs.run(request, s, GenerateJob([prompt], config, end_ids=fmt.end_ids), cost)
         return {**head, "choices": choices(out), "usage": usage(out[0]), **warnings_field(out[0])}
 
     chead = {**head, "object": "chat.completion.chunk"}
@@ -369,7 +363,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         ]
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    job = GenerateJob([prompt], config, stream=incremental)
+    job = GenerateJob([prompt], config, stream=incremental, end_ids=fmt.end_ids)
     return await jobs.stream(
         s,
         job,
@@ -387,11 +381,10 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
 
 def refuse_unsupported(body: schemas.ChatRequest) -> None:
     harmless = {
-        "tool_choice": ("none",),
+        "tool_choice": ("none", "auto"),
         "modalities": (["text"],),
     }
-    for name in (
-        "tools",
+    for name in (  # tools go to the chat template (chat_prompt.py); no tool-call parsing
         "tool_choice",
         "functions",
         "function_call",
@@ -405,25 +398,11 @@ def refuse_unsupported(body: schemas.ChatRequest) -> None:
             continue
         raise APIError(
             400,
-            f"{name} is not supported: lmgen's models are plain language "
-            "models, not chat- or tool-tuned",
+            f"{name} is not supported: lmgen passes tools to the chat template and returns "
+            "the reply as text, without parsing tool calls",
             param=name,
             code="unsupported",
         )
-
-
-def chat_prompt(messages: list[schemas.ChatMessage]) -> str:
-    """The plain role-tagged template: one `Role: text` line per message, then `Assistant:`.
-
-    Our models are not chat-tuned: they continue this text as they would any other."""
-    lines = []
-    for m in messages:
-        if isinstance(m.content, list):
-            text = "".join(p.text for p in m.content)
-        else:
-            text = m.content or ""
-        lines.append(f"{CHAT_ROLES[m.role]}: {text}")
-    return "\n".join(lines) + "\nAssistant:"
 
 
 # -- logprobs in OpenAI's two shapes ----------------------------------------------------------

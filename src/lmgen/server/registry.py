@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from .budget import MemoryBudget
+from .chat_prompt import template_card
 from .errors import APIError
 from .worker import ModelWorker
 
@@ -65,6 +66,7 @@ class Registry:
                 "n_layer": cfg.n_layer,
                 "n_embd": cfg.n_embd,
                 "tokenizer": type(s.lm.tokenizer).__name__,
+                **template_card(s.lm),
             },
         }
 

@@ -1,9 +1,11 @@
 """Request bodies: the one description of what a request may hold.
 
 Pydantic checks them, and FastAPI writes `/openapi.json` from the same fields, so every range
-the server enforces on a single field is in the published schema (the ranges come from
-GenerationConfig's own constants). Types are strict ("0.5" is not a number, `true` is not an
-int), except that a JSON number with no fraction (`6.0`) is an integer, as JSON Schema says.
+the server enforces on a single field is in the published schema. The decoding settings'
+fields are built from their declarations in lmgen.settings: the same ranges, defaults and
+help as the library and the command line, checked by the same check with the same message.
+Types are strict ("0.5" is not a number, `true` is not an int), except that a JSON number with
+no fraction (`6.0`) is an integer, as JSON Schema says.
 Text must be valid Unicode: a lone surrogate (`"\\udcff"`) is refused with its position.
 What one field cannot say — a prompt that does not fit the context, `min_tokens` above
 `max_tokens`, a token id beyond the model's vocabulary — is checked when the request is run,
@@ -16,7 +18,7 @@ chat messages, where clients echo back fields of earlier responses.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,24 +29,30 @@ from pydantic import (
     Field,
     Tag,
     WithJsonSchema,
+    create_model,
 )
 from pydantic_core import PydanticCustomError
 
+from lmgen.errors import ConfigError
+from lmgen.server.structured import ResponseFormat
 from lmgen.settings import (
-    MAX_LENGTH_PENALTY,
+    BY_NAME,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
-    MAX_PENALTY,
-    MIN_TEMPERATURE,
+    SERVE_MAX_BEAMS,
+    SERVE_MAX_N,
+    SERVE_MAX_PROMPT_TOKENS,
+    SERVE_MAX_TOKENS,
+    SETTINGS,
+    Range,
+    Setting,
 )
-from lmgen.server.structured import ResponseFormat
 
-MAX_TOKENS = 2048  # the cap on max_tokens; the model's context is checked per request
+MAX_TOKENS = SERVE_MAX_TOKENS  # the cap on max_tokens; the context is checked per request
 MAX_PROMPTS = 32  # prompts in one completions request
-MAX_PROMPT_TOKENS = 1 << 16  # ids in one token-id prompt (the context is checked per model)
-MAX_N = 16  # choices per prompt
-MAX_BEAMS = 16
-MAX_DIVERSITY_PENALTY = 100.0  # diverse beam search; log-probs are rarely more than ~30 apart
+MAX_PROMPT_TOKENS = SERVE_MAX_PROMPT_TOKENS  # ids in one token-id prompt
+MAX_N = SERVE_MAX_N  # choices per prompt
+MAX_BEAMS = SERVE_MAX_BEAMS
 MAX_BEAM_TRACE_TOKENS = 128  # /v1/lmgen/beam records every candidate of every step
 MAX_STOP = 16
 MAX_CHOICES = 256  # guided_choice / choice strings
@@ -52,12 +60,6 @@ MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
 MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_MESSAGES = 1024
-# The largest integer every JSON client sends exactly (JavaScript's Number, and clients that
-# write big integers as doubles: 2**64 - 1 arrives as 18446744073709551616, beyond the range)
-MAX_SEED = 2**53
-# logits are divided or multiplied by these: beyond the bounds float32 overflows into NaN
-REPETITION_PENALTY_RANGE = (1e-3, 1e3)
-MAX_TEMPERATURE = 1e4  # the distribution is uniform long before; 1e39 is float32's infinity
 
 
 # -- field types ------------------------------------------------------------------------------
@@ -101,31 +103,6 @@ def Text(min_length: int | None = None, max_length: int | None = None) -> Any:
     ]
 
 
-def _zero_or_at_least_min_temperature(value: float) -> float:
-    if 0 < value < MIN_TEMPERATURE:
-        raise PydanticCustomError(
-            "temperature",
-            "temperature must be 0 (greedy) or >= {low}",
-            {"low": MIN_TEMPERATURE},
-        )
-    return value
-
-
-Temperature = Annotated[
-    float,
-    Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False),
-    AfterValidator(_zero_or_at_least_min_temperature),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "const": 0},
-                {"type": "number", "minimum": MIN_TEMPERATURE, "maximum": MAX_TEMPERATURE},
-            ],
-            "description": f"0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]",
-        }
-    ),
-]
-
 _TOKEN_ID_KEY = re.compile(r"[0-9]{1,18}")
 
 
@@ -160,14 +137,8 @@ LogitBias = Annotated[
 ]
 
 Stop = Text(1, MAX_STRING) | Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
-Penalty = Float(ge=-MAX_PENALTY, le=MAX_PENALTY)
-LengthPenalty = Float(ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)
 ModelName = Text(max_length=1024)
-Seed = Int(0, MAX_SEED)
-RepetitionPenalty = Float(ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
-Cutoff = Float(ge=0, lt=1)  # epsilon and eta sampling (0 = off)
-MAX_SAMPLER_VALUE = 1e4  # top-nσ, DRY, Mirostat: far past any useful value, short of overflow
-Breakers = Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
+Texts = Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
 Choices = Annotated[list[Text(1, MAX_STRING)], Field(min_length=1, max_length=MAX_CHOICES)]
 GUIDED_NOTE = (
     "structured output (at most one constraint); checked when the request is run: a regex, "
@@ -184,59 +155,95 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool | None = None  # vLLM's; accepted and ignored
 
 
-class Decoding(_Strict):
-    """Knobs shared by completions and chat: OpenAI's, then lmgen's extensions (sent by the
-    `openai` client through `extra_body`)."""
+# -- the decoding settings, from lmgen.settings ------------------------------------------------
 
+
+def _checked(check) -> AfterValidator:
+    """The library's own check of a setting: its message is the one Python and the command
+    line give (errors.py passes a "setting" error on as it is)."""
+
+    def run(value: Any) -> Any:
+        try:
+            return check(value)
+        except ConfigError as e:
+            raise PydanticCustomError("setting", str(e)) from None
+
+    return AfterValidator(run)
+
+
+def _number(r: Range, name: str, doc: dict[str, Any]) -> Any:
+    """A number checked by `r` (under the name the client sent), its range in the schema."""
+    pre = (BeforeValidator(_integral),) if r.integer else ()
+    check = _checked(lambda v: r.check(name, v))
+    return Annotated[
+        (int if r.integer else float, *pre, check, WithJsonSchema({**r.json_schema(), **doc}))
+    ]
+
+
+_WIRE_TYPES = {  # a setting's shape on the wire, where a range or choices do not say it
+    "bool": bool,
+    "early_stopping": bool | Literal["never"],
+    "text": Text(1, MAX_STRING),
+    "texts": Texts,
+    "choices": Choices,
+    "one_or_more_texts": Stop,
+    "json": dict[str, Any] | Text(1, MAX_STRING),
+    "token_bias": LogitBias,
+}
+
+
+def setting_type(s: Setting, name: str) -> Any:
+    """The request field of setting `s`, sent as `name`: its range (with the server's cap) and
+    default in the schema, checked by the library's own check."""
+    doc: dict[str, Any] = {"description": s.help}
+    if s.serve_default is not None:
+        doc["default"] = s.serve_default
+    if s.group == "structured":
+        doc["description"] = f"{s.help}; {GUIDED_NOTE}"
+    if s.range is not None:
+        return _number(s.range.capped(s.serve_max), name, doc)
+    if s.choices:
+        kind = "string" if isinstance(s.choices[0], str) else "integer"
+        schema = {"type": kind, "enum": list(s.choices), **doc}
+        return Annotated[(type(s.choices[0]), _checked(s.check), WithJsonSchema(schema))]
+    return Annotated[(_WIRE_TYPES[s.wire or s.kind], Field(description=doc["description"]))]
+
+
+def setting_fields(naming: str, keep=lambda s: True) -> dict[str, Any]:
+    """Request fields for the settings `keep` picks: by their API names ("api": completions and
+    chat) or by GenerationConfig's ("own": the lmgen endpoints). Each is optional (null: not
+    given)."""
+    fields = {}
+    for s in SETTINGS:
+        name = s.api_name if naming == "api" else s.name
+        if name is not None and keep(s):
+            fields[name] = (setting_type(s, name) | None, None)
+    return fields
+
+
+class _Request(_Strict):
     model: ModelName | None = None
-    max_tokens: Int(1, MAX_TOKENS) | None = None
-    temperature: Temperature | None = None
-    top_p: Float(gt=0, le=1) | None = None
-    n: Int(1, MAX_N) | None = None
-    stop: Stop | None = None
-    seed: Seed | None = None
+    # how its fields name the settings: "api" (max_tokens, n, ...) or "own" (GenerationConfig's)
+    setting_names: ClassVar[str] = "api"
+
+
+class _OwnNames(_Request):
+    setting_names: ClassVar[str] = "own"
+
+
+class _Streamed(_Request):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: LogitBias | None = None
     user: Text(max_length=MAX_STRING) | None = None
-    # extensions
-    top_k: Int(0) | None = None
-    min_p: Float(ge=0, le=1) | None = None
-    typical_p: Float(gt=0, le=1) | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    no_repeat_ngram_size: Int(0) | None = None
-    num_beams: Int(1, MAX_BEAMS) | None = None
-    length_penalty: LengthPenalty | None = None
-    early_stopping: bool | Literal["never"] | None = None
-    penalty_alpha: Float(ge=0, le=1) | None = None  # contrastive search (with top_k)
-    num_beam_groups: Int(1, MAX_BEAMS) | None = None  # diverse beam search
-    diversity_penalty: Float(ge=0, le=MAX_DIVERSITY_PENALTY) | None = None
-    min_tokens: Int(0, MAX_TOKENS) | None = None
-    ignore_eos: bool | None = None
-    context_overflow: Literal["error", "slide"] | None = None
-    # llama.cpp's and transformers' samplers (GenerationConfig's names), and vLLM's guided_*
-    # structured output (server/structured.py)
-    epsilon_cutoff: Cutoff | None = None
-    eta_cutoff: Cutoff | None = None
-    top_n_sigma: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
-    xtc_probability: Float(ge=0, le=1) | None = None
-    xtc_threshold: Float(gt=0, le=0.5) | None = None
-    dry_multiplier: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
-    dry_base: Float(ge=1, le=MAX_SAMPLER_VALUE) | None = None
-    dry_allowed_length: Int(1, MAX_PROMPT_TOKENS) | None = None
-    dry_penalty_last_n: Int(-1, MAX_PROMPT_TOKENS) | None = None
-    dry_sequence_breakers: Breakers | None = None
-    dynatemp_range: Float(ge=0, le=MAX_TEMPERATURE) | None = None
-    dynatemp_exponent: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    mirostat: Literal[0, 2] | None = None
-    mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    guided_regex: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
-    guided_json: dict[str, Any] | Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
-    guided_choice: Choices | None = Field(None, description=GUIDED_NOTE)
-    guided_grammar: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+
+
+Decoding = create_model(
+    "Decoding",
+    __base__=_Streamed,
+    __doc__="Knobs shared by completions and chat: OpenAI's and lmgen's extensions (sent by "
+    "the `openai` client through `extra_body`), one per setting in lmgen.settings.",
+    **setting_fields("api"),
+)
 
 
 TokenId = Int(0)  # and below the model's vocabulary size, checked per model
@@ -289,7 +296,8 @@ class TextPart(_Strict):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # other fields (tool_calls, tool_call_id, reasoning_content, ...) go to the chat template
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text() | list[TextPart] | None = None
@@ -301,6 +309,11 @@ class ChatRequest(Decoding):
     max_completion_tokens: Int(1, MAX_TOKENS) | None = None
     logprobs: bool | None = None
     top_logprobs: Int(0, MAX_LOGPROBS) | None = None
+    # the chat template's options, by vLLM's names (see lmgen.server.chat_prompt)
+    add_generation_prompt: bool | None = Field(None, description="default true")
+    continue_final_message: bool | None = Field(None, description="default false")
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
     # OpenAI fields without an effect here: accepted and ignored
     metadata: Any = None
     store: Any = None
@@ -311,8 +324,8 @@ class ChatRequest(Decoding):
     reasoning_effort: Any = None
     verbosity: Any = None
     # OpenAI features these models do not have: refused unless null or a no-op value
-    tools: Any = Field(None, description="refused unless null or []")
-    tool_choice: Any = Field(None, description='refused unless null or "none"')
+    tools: Any = Field(None, description="passed to the chat template; calls are not parsed")
+    tool_choice: Any = Field(None, description='refused unless null, "none" or "auto"')
     functions: Any = Field(None, description="refused unless null or []")
     function_call: Any = Field(None, description="refused unless null")
     response_format: ResponseFormat | None = None  # text, json_object or json_schema
@@ -322,43 +335,13 @@ class ChatRequest(Decoding):
     web_search_options: Any = Field(None, description="refused unless null")
 
 
-class _Processors(_Strict):
-    """The flags of `lmgen next` (the processor chain), by their GenerationConfig names."""
-
-    model: ModelName | None = None
-    prompt: Text()
-    temperature: Temperature | None = None
-    top_k: Int(0) | None = None
-    top_p: Float(gt=0, le=1) | None = None
-    min_p: Float(ge=0, le=1) | None = None
-    typical_p: Float(gt=0, le=1) | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    no_repeat_ngram_size: Int(0) | None = None
-    min_tokens_to_keep: Int(1) | None = None
-    temperature_last: bool | None = None
-    logit_bias: LogitBias | None = None
-    epsilon_cutoff: Cutoff | None = None
-    eta_cutoff: Cutoff | None = None
-    top_n_sigma: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
-    xtc_probability: Float(ge=0, le=1) | None = None
-    xtc_threshold: Float(gt=0, le=0.5) | None = None
-    dry_multiplier: Float(ge=0, le=MAX_SAMPLER_VALUE) | None = None
-    dry_base: Float(ge=1, le=MAX_SAMPLER_VALUE) | None = None
-    dry_allowed_length: Int(1, MAX_PROMPT_TOKENS) | None = None
-    dry_penalty_last_n: Int(-1, MAX_PROMPT_TOKENS) | None = None
-    dry_sequence_breakers: Breakers | None = None
-    dynatemp_range: Float(ge=0, le=MAX_TEMPERATURE) | None = None
-    dynatemp_exponent: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    mirostat: Literal[0, 2] | None = None
-    mirostat_tau: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    mirostat_eta: Float(gt=0, le=MAX_SAMPLER_VALUE) | None = None
-    # structured output, by GenerationConfig's names
-    regex: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
-    json_schema: dict[str, Any] | Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
-    choice: Choices | None = Field(None, description=GUIDED_NOTE)
-    grammar: Text(1, MAX_STRING) | None = Field(None, description=GUIDED_NOTE)
+_Processors = create_model(
+    "_Processors",
+    __base__=_OwnNames,
+    __doc__="The flags of `lmgen next` (the processor chain), by their GenerationConfig names.",
+    prompt=(Text(), ...),
+    **setting_fields("own", lambda s: s.chain),
+)
 
 
 class NextRequest(_Processors):
@@ -367,26 +350,25 @@ class NextRequest(_Processors):
     strategy: Literal["greedy", "sample"] | None = None
     top: Int(0, MAX_TOP) = 10
     choose: bool = False
-    seed: Seed | None = None
+    seed: setting_type(BY_NAME["seed"], "seed") | None = None
 
 
-class BeamRequest(_Strict):
-    """`POST /v1/lmgen/beam`: beam search with every candidate of every step recorded."""
-
-    model: ModelName | None = None
-    prompt: Text()
-    max_tokens: Int(1, MAX_BEAM_TRACE_TOKENS) = 16
-    num_beams: Int(1, MAX_BEAMS) = 4
-    n: Int(1, MAX_BEAMS) | None = None
-    length_penalty: LengthPenalty | None = None
-    early_stopping: bool | Literal["never"] | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    no_repeat_ngram_size: Int(0) | None = None
-    logit_bias: LogitBias | None = None
-    min_tokens: Int(0, MAX_BEAM_TRACE_TOKENS) | None = None
-    ignore_eos: bool | None = None
+# the penalties and search knobs beam search uses, by their API names
+BEAM_SETTINGS = (
+    "length_penalty", "early_stopping", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "no_repeat_ngram_size", "logit_bias", "ignore_eos",
+)  # fmt: skip
+BeamRequest = create_model(
+    "BeamRequest",
+    __base__=_Request,
+    __doc__="`POST /v1/lmgen/beam`: beam search with every candidate of every step recorded.",
+    prompt=(Text(), ...),
+    max_tokens=(Int(1, MAX_BEAM_TRACE_TOKENS), 16),
+    num_beams=(Int(1, MAX_BEAMS), 4),
+    n=(Int(1, MAX_BEAMS) | None, None),
+    min_tokens=(Int(0, MAX_BEAM_TRACE_TOKENS) | None, None),
+    **setting_fields("api", lambda s: s.name in BEAM_SETTINGS),
+)
 
 
 class TokenizeRequest(_Strict):
@@ -396,7 +378,10 @@ class TokenizeRequest(_Strict):
     prompt: Text() | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_special_tokens: bool | None = None  # accepted; these tokenizers add none
-    add_generation_prompt: bool | None = None  # accepted; the template always ends with it
+    add_generation_prompt: bool | None = None  # with messages; default true
+    continue_final_message: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
     return_token_strs: bool | None = None
 
 

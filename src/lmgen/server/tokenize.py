@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import anyio
 
+from lmgen.chat import chat_format
 from lmgen.errors import LmgenError
 
 from . import schemas
+from .chat_prompt import render_messages
 from .errors import APIError, from_lmgen
-from .openai_api import chat_prompt
 from .registry import Registry
 
 
@@ -19,7 +20,10 @@ async def tokenize(models: Registry, body: schemas.TokenizeRequest) -> dict:
     lm = s.lm
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give either prompt or messages", param="prompt", code="invalid_value")
-    text = body.prompt if body.prompt is not None else chat_prompt(body.messages)
+    if body.prompt is not None:
+        text = body.prompt
+    else:  # the model's chat template, as /v1/chat/completions renders it
+        text = await render_messages(chat_format(lm), body)
     try:
         tokens = await anyio.to_thread.run_sync(lm.tokenizer.encode, text) if text else []
     except LmgenError as e:
@@ -62,5 +66,5 @@ def tokenizer_info(models: Registry, model: str | None) -> dict:
         "model_max_length": cfg.n_positions,
         "max_model_len": cfg.n_positions,
         "vocab_size": cfg.vocab_size,
-        "chat_template": None,  # the plain role-tagged transcript; see docs/SERVER.md
+        "chat_template": getattr(s.lm, "chat_template", None),  # None: lmgen's default
     }

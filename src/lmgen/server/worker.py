@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lmgen.chat import replying
 from lmgen.decoding.session import Session
 from lmgen.generation_config import GenerationConfig
 
@@ -111,10 +112,12 @@ class GenerateJob(Job):
         loop=None,
         stream: bool = False,
         prompt_logprobs: int | None = None,
+        end_ids: tuple[int, ...] = (),
     ):
         super().__init__(loop, stream)
         self.prompts = prompts
         self.config = config
+        self.end_ids = end_ids  # a chat template's end-of-turn tokens, which also end a reply
         self.prompt_logprobs = prompt_logprobs  # echo with logprobs: score the prompt too
         # Only requests whose text is random anyway may share a batch: a batch's padding moves
         # logits by ~1e-6, which could flip a near-tie. Seeded, greedy and beam requests always
@@ -126,11 +129,13 @@ class GenerateJob(Job):
             and prompt_logprobs is None
         )
         if mergeable:
-            self.key = repr(sorted(config.to_dict().items()))
+            self.key = repr((sorted(config.to_dict().items()), end_ids))
 
     def steps(self, lm) -> Steps:
         on_delta = self.emit if self.events is not None else None
-        results = yield from session_steps(lm, self.prompts, self.config, on_delta)
+        results = yield from session_steps(
+            replying(lm, self.end_ids), self.prompts, self.config, on_delta
+        )
         scored = None
         if self.prompt_logprobs is not None:
             scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
@@ -140,7 +145,7 @@ class GenerateJob(Job):
 def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
     """One batched decode for several jobs with the same config; returns one result each."""
     prompts = [p for j in jobs for p in j.prompts]
-    results = yield from session_steps(lm, prompts, jobs[0].config)
+    results = yield from session_steps(replying(lm, jobs[0].end_ids), prompts, jobs[0].config)
     out, k = [], 0
     for j in jobs:
         out.append((results[k : k + len(j.prompts)], None))
