@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -271,3 +272,237 @@ def test_more_than_one_authorization_header_is_refused(model_dir):
         assert httpx.get(url + "/v1/models", headers=twice).status_code == 400
         one = {"Authorization": f"Bearer {KEY}"}
         assert httpx.get(url + "/v1/models", headers=one).status_code == 200
+
+
+# -- issue 31: what the second probe found --------------------------------------------------
+
+SURROGATE_KEY = '{"\\ud800": 1}'  # as JSON text: an object whose one key is a lone surrogate
+
+
+def _schema_objects(spec: dict, node: dict, path: tuple = (), depth: int = 0) -> list[tuple]:
+    """Every place in a request schema that holds a JSON object (a mapping), as a path of
+    field names, with "[]" where an array's item is entered: derived from /openapi.json, so
+    it follows the request models whatever they come to declare."""
+    if depth > 6:
+        return []
+    if "$ref" in node:
+        node = spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    found = []
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in node.get(key, []):
+            found += _schema_objects(spec, sub, path, depth + 1)
+    kind = node.get("type")
+    if kind == "object" or "properties" in node or "additionalProperties" in node:
+        if path:
+            found.append(path)
+        for name, sub in node.get("properties", {}).items():
+            found += _schema_objects(spec, sub, path + (name,), depth + 1)
+    if kind == "array" and isinstance(node.get("items"), dict):
+        found += _schema_objects(spec, node["items"], path + ("[]",), depth + 1)
+    return found
+
+
+def _nested_body(path: tuple, leaf: str) -> str:
+    """Raw JSON with `leaf` (raw JSON text) at `path`."""
+    text = leaf
+    for part in reversed(path):
+        text = f"[{text}]" if part == "[]" else f'{{"{part}": {text}}}'
+    return text
+
+
+@pytest.fixture(scope="module")
+def mapping_fields(server):
+    spec = httpx.get(server + "/openapi.json").json()
+    fields = {}
+    for path, ops in spec["paths"].items():
+        body = ops.get("post", {}).get("requestBody")
+        if body:
+            schema = body["content"]["application/json"]["schema"]
+            fields[path] = sorted(set(_schema_objects(spec, schema)))
+    return fields
+
+
+def test_a_surrogate_key_in_every_mapping_field_of_every_endpoint_is_a_400(server, mapping_fields):
+    """Finding 1: `{"logit_bias": {"\\ud800": 1}}` was a 500 (pydantic could not render its
+    own error) and the next request on that keep-alive connection was reset. Every object
+    position of every endpoint's schema, through one kept-alive connection."""
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/lmgen/next", "/v1/lmgen/beam"} <= set(
+        mapping_fields
+    )
+    assert ("logit_bias",) in mapping_fields["/v1/completions"]
+    assert ("response_format", "json_schema") in mapping_fields["/v1/chat/completions"]
+    assert ("messages", "[]") in mapping_fields["/v1/chat/completions"]
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=1))
+    tried = 0
+    with client:
+        for endpoint, paths in mapping_fields.items():
+            for path in paths:
+                body = _nested_body(path, SURROGATE_KEY)
+                r = client.post(
+                    server + endpoint,
+                    content=body.encode("utf-8", "surrogatepass"),
+                    headers={"Content-Type": "application/json"},
+                )
+                assert r.status_code == 400, (endpoint, path, r.text)
+                err = r.json()["error"]
+                assert err["param"] == path[0] and err["code"] == "invalid_value", err
+                assert "field name is not valid Unicode: a lone surrogate U+D800" in err["message"]
+                # the same connection goes on serving
+                ok = client.post(server + "/tokenize", json={"prompt": "To be"})
+                assert ok.status_code == 200, ok.text
+                tried += 1
+    assert tried >= 15
+
+
+@pytest.mark.parametrize("path", list(ENDPOINTS))
+def test_the_reported_logit_bias_surrogate_key_is_a_400(server, path):
+    base = {**ENDPOINTS[path], "max_tokens": 2} if path != "/v1/lmgen/next" else ENDPOINTS[path]
+    body = _with(base, "logit_bias", SURROGATE_KEY)
+    with httpx.Client(timeout=30) as client:  # keep-alive: the second request reuses it
+        r = client.post(
+            server + path,
+            content=body.encode("utf-8", "surrogatepass"),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err == {
+            "message": "a field name is not valid Unicode: a lone surrogate U+D800 at "
+            "character 0 of a name in 'logit_bias'",
+            "type": "invalid_request_error",
+            "param": "logit_bias",
+            "code": "invalid_value",
+        }
+        assert client.post(server + path, json=ENDPOINTS[path]).status_code == 200
+
+
+def test_a_lone_surrogate_as_a_field_name_is_reported_as_such(server):
+    body = '{"prompt": "a", "max_tokens": 2, "x\\udcffy": 1}'
+    r = raw_post(server, "/v1/completions", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_parameter_name" and err["param"] is None
+    assert err["message"] == (
+        "a field name is not valid Unicode: a lone surrogate U+DCFF at character 1 of the "
+        "name 'x\\udcffy'"
+    )
+    assert "must be a JSON object" not in err["message"]
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ('{"prompt": "a", "logit_bias": ' + "[" * 100_000 + "]" * 100_000 + "}", "logit_bias",
+         "nests arrays and objects more than 64 deep (in 'logit_bias')"),
+        ("[" * 100_000 + "]" * 100_000, None, "more than 64 deep (at character 64)"),
+        ('{"prompt": ' + "[" * 70 + '"a"' + "]" * 70 + "}", "prompt",
+         "more than 64 deep (in 'prompt')"),
+        ('{"prompt": "a", "max_tokens": ' + "9" * 5000 + "}", "max_tokens",
+         "a number in 'max_tokens' has 5,000 digits"),
+        ('{"prompt": "a", "temperature": -0.' + "1" * 5000 + "}", "temperature",
+         "a number in 'temperature' has 5,002 digits"),
+        ('{"prompt": "a", "logit_bias": {"5": ' + "1" * 4000 + "}}", "logit_bias",
+         "a number in 'logit_bias' has 4,000 digits"),
+    ],
+    ids=["deep logit_bias", "deep body", "65 deep", "5000 digits", "long float", "4000 digits"],
+)  # fmt: skip
+def test_deep_nesting_and_huge_numbers_say_what_is_wrong(server, body, param, words):
+    r = raw_post(server, "/v1/completions", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert words in err["message"], err
+    assert err["param"] == param
+    assert err["code"] == ("nesting_too_deep" if "deep" in words else "number_too_large")
+    assert "error parsing the body" not in err["message"]
+
+
+def test_moderate_nesting_and_long_numbers_are_left_to_the_fields(server):
+    r = raw_post(server, "/v1/completions", '{"prompt": "a", "max_tokens": ' + "9" * 900 + "}")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_value"
+    assert "less than or equal to 2048" in r.json()["error"]["message"]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for _ in range(20):  # 21 levels of JSON schema pass the body's check
+        schema = {"type": "object", "properties": {"a": schema}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+            "response_format": fmt}  # fmt: skip
+    r = httpx.post(server + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[::1].evil.example", "[::1]evil", "[::1", "::1", "[::1]:80:80", "127.0.0.1:80:80",
+     "localhost:8o", "local host", "localhost/x", "localhost@evil.example", "[127.0.0.1]",
+     "[::1%25lo]", "lo\u00e7alhost", "localhost:-1", "[zz::1]"],
+)  # fmt: skip
+def test_a_malformed_host_header_is_a_400(server, host):
+    r = httpx.get(server + "/v1/models", headers={"Host": host.encode("latin-1")})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_host" and "malformed Host header" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [("[::1]", 200), ("[::1]:", 200), ("[0:0:0:0:0:0:0:1]:8000", 200), ("LOCALHOST", 200),
+     ("localhost.", 200), ("a.localhost:1", 200), ("127.0.0.1:", 200), ("[::2]", 421),
+     ("[v1.x]", 421), ("127.1", 421), ("2130706433", 421), ("[::ffff:127.0.0.1]", 421)],
+)  # fmt: skip
+def test_well_formed_hosts_are_served_or_421(server, host, status):
+    r = httpx.get(server + "/v1/models", headers={"Host": host})
+    assert r.status_code == status, r.text
+
+
+def test_two_host_headers_are_a_400(server):
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    request = (
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    # uvicorn's parser (h11) refuses it before the guard sees it; the guard would too
+
+
+def test_a_malformed_host_is_a_400_without_the_host_check_too(model_dir):
+    with serve_in_thread(create_app({"tiny": lmgen.load(model_dir)})) as url:
+        assert httpx.get(url + "/health", headers={"Host": "any.where"}).status_code == 200
+        r = httpx.get(url + "/health", headers={"Host": "[::1].evil.example"})
+        assert r.status_code == 400
+
+
+def test_allowed_hosts_must_be_hosts():
+    from lmgen.errors import ConfigError
+    from lmgen.server.guard import HostCheck
+
+    assert HostCheck(["My.Box:8000", "[::2]"]).allows("my.box")
+    assert HostCheck(["[::2]"]).allows("[0::2]:1")
+    with pytest.raises(ConfigError, match="--allowed-host takes a host"):
+        HostCheck(["[::1].evil.example"])
+
+
+def test_a_parameter_of_another_endpoint_is_not_suggested_as_itself(server):
+    body = {"prompt": "a", "response_format": {"type": "json_object"}}
+    r = httpx.post(server + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["message"] == "parameter 'response_format' is not taken by this endpoint"
+    assert err["param"] == "response_format" and err["code"] == "unknown_parameter"
+
+
+def test_the_guard_refuses_two_host_headers_itself():
+    from lmgen.server.guard import Guard, HostCheck
+
+    guard = Guard(None, api_key=None, max_body_bytes=100, hosts=HostCheck([]))
+    scope = {"headers": [(b"host", b"localhost"), (b"host", b"evil.example")], "path": "/"}
+    err = guard.check_headers(scope)
+    assert err.status == 400 and err.code == "invalid_host" and "2 Host headers" in err.message
+    scope["headers"] = [(b"host", b"[::1].evil.example")]
+    assert guard.check_headers(scope).status == 400
+    scope["headers"] = [(b"host", b"localhost:1")]
+    assert guard.check_headers(scope) is None

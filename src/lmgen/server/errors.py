@@ -120,11 +120,20 @@ def validation_error(errors: list[dict], known_params: list[str]) -> APIError:
     if not loc:
         return APIError(400, "the request body must be a JSON object", code="invalid_body")
     if kind == "extra_forbidden":
+        if loc[-1] in known_params:  # a parameter of another endpoint (chat's response_format)
+            return APIError(
+                400,
+                f"parameter {where!r} is not taken by this endpoint",
+                param=param,
+                code="unknown_parameter",
+            )
         close = difflib.get_close_matches(loc[-1], known_params, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return APIError(
             400, f"unknown parameter {where!r}{hint}", param=param, code="unknown_parameter"
         )
+    if kind == "setting":  # a decoding setting out of range: the library's own message
+        return APIError(400, e.get("msg", ""), param=param, code="invalid_value")
     if kind == "missing":
         return APIError(
             400,

@@ -194,7 +194,7 @@ def check_json(obj) -> APIError | None:
             return APIError(
                 400,
                 f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep "
-                f"(at {_shown(path)!r})",
+                f"({f'in {field!r}' if field else f'at {_shown(path)!r}'})",
                 param=field,
                 code="nesting_too_deep",
             )
