@@ -157,6 +157,8 @@ class Setting:
     api: str | None = ""  # its HTTP name on completions and chat ("" = `name`; None = not there)
     chain: bool = False  # one of the processor chain's knobs (`lmgen next`, /v1/lmgen/next)
     serve_max: float | None = None  # the HTTP server's own cap
+    serve_default_varies: bool = False  # the server's default depends on the endpoint
+    wire: str = ""  # its shape in a request, where the kind does not say (server/schemas.py)
     flag: str | None = ""  # its command-line flag ("" = --name-with-dashes; None = none)
     short: str = ""  # a one-letter flag
     metavar: str = ""
@@ -170,6 +172,10 @@ class Setting:
     @property
     def api_name(self) -> str | None:
         return self.name if self.api == "" else self.api
+
+    @property
+    def serve_default(self) -> Any:
+        return None if self.serve_default_varies else self.default
 
     @property
     def flag_name(self) -> str | None:
@@ -222,6 +228,7 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="", transformers="(inferred)"),
     Setting("max_new_tokens", "int", 64, "tokens to generate at most", at_least(1),
             group="search", api="max_tokens", serve_max=SERVE_MAX_TOKENS, metavar="N",
+            serve_default_varies=True,
             openai="max_tokens", vllm="max_tokens", llama_cpp="n_predict",
             transformers="max_new_tokens"),
     Setting("min_new_tokens", "int", 0, "no end of text before N new tokens", at_least(0),
@@ -310,6 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
             openai="response_format", llama_cpp="json_schema"),
     Setting("choice", "texts", None, "the generated text is one of these; repeatable",
             group="structured", processor="StructuredOutput", chain=True, api="guided_choice",
+            wire="choices",
             metavar="TEXT", vllm="guided_choice"),
     Setting("grammar", "text", None, "the generated text follows the context-free grammar "
             "in FILE: Lark syntax, or llama.cpp's GBNF", group="structured",
@@ -352,6 +360,7 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="N", openai="n", vllm="n", transformers="num_return_sequences"),
     Setting("stop", "texts", None, "stop before this string, which is cut; repeatable; \\n, "
             "\\t and \\\\ are understood", group="search", metavar="S", cli="escaped",
+            wire="one_or_more_texts",
             openai="stop", vllm="stop", llama_cpp="stop", transformers="stop_strings"),
     Setting("ignore_eos", "bool", False, "keep going past the end-of-text token",
             group="search", vllm="ignore_eos", llama_cpp="ignore_eos"),

@@ -1,8 +1,6 @@
-"""Request bodies -> GenerationConfig: one field map for every endpoint.
-
-An API field and the GenerationConfig field it sets; fields not listed keep their names
-(`temperature`, `top_k`, ...). Every endpoint builds its config through `config_kwargs`, so a
-field means the same thing wherever it is accepted, and its value is checked by the same
+"""Request bodies -> GenerationConfig, through the declarations in lmgen.settings (each
+setting's API name). Every endpoint builds its config through `config_kwargs`, so a field
+means the same thing wherever it is accepted, and its value is checked by the same
 `GenerationConfig.validate` as on the CLI.
 """
 
@@ -14,73 +12,31 @@ from pydantic import BaseModel
 
 from lmgen.errors import ConfigError
 from lmgen.generation_config import GenerationConfig
+from lmgen.settings import SETTINGS
 
 from .errors import APIError, from_lmgen
 from .structured import constraint_kwargs
 
-FIELD_MAP = {
-    "max_tokens": "max_new_tokens",
-    "n": "num_return_sequences",
-    "min_tokens": "min_new_tokens",
-}
-# Request fields that are GenerationConfig fields under the same name.
-SAME_NAME = (
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "num_beams",
-    "length_penalty",
-    "penalty_alpha",
-    "num_beam_groups",
-    "diversity_penalty",
-    "early_stopping",
-    "ignore_eos",
-    "context_overflow",
-    "min_tokens_to_keep",
-    "temperature_last",
-    "strategy",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "top_n_sigma",
-    "xtc_probability",
-    "xtc_threshold",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "dry_sequence_breakers",
-    "dynatemp_range",
-    "dynatemp_exponent",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-)
-
 
 def config_kwargs(body: BaseModel, vocab_size: int) -> dict[str, Any]:
     """GenerationConfig keyword arguments for the fields of `body` that are set; token ids
-    are checked against `vocab_size` (the served model's)."""
-    kw: dict[str, Any] = {}
+    are checked against `vocab_size` (the served model's). A request names a setting by its
+    API name (`max_tokens`, `n`, ...), or by its GenerationConfig name where the model says
+    `setting_names = "own"` (the lmgen endpoints)."""
+    own = getattr(type(body), "setting_names", "api") == "own"
     fields = type(body).model_fields
-    for api_name in fields:
-        name = FIELD_MAP.get(api_name, api_name if api_name in SAME_NAME else None)
-        value = getattr(body, api_name)
-        if name is not None and value is not None:
-            kw[name] = value
-    if "stop" in fields:
-        stop = body.stop
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        if stop:
-            kw["stop"] = stop
-    if "logit_bias" in fields and body.logit_bias:
-        kw["logit_bias"] = logit_bias(body.logit_bias, vocab_size)
+    kw: dict[str, Any] = {}
+    for s in SETTINGS:
+        name = s.name if own else s.api_name
+        value = getattr(body, name) if name in fields else None
+        if value is None or s.group == "structured":  # constraints: constraint_kwargs below
+            continue
+        if s.wire == "one_or_more_texts":
+            value = [value] if isinstance(value, str) else list(value)
+        elif s.kind == "token_bias":
+            value = logit_bias(value, vocab_size)
+        if not (isinstance(value, list | dict) and not value):  # [] and {}: not given
+            kw[s.name] = value
     kw.update(constraint_kwargs(body))  # response_format, guided_*: checked, 400s named
     return kw
 
