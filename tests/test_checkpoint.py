@@ -252,9 +252,9 @@ def test_config_json_not_an_object(model_dir):
         lmgen.load(model_dir)
 
 
-def test_model_type_not_gpt2(model_dir):
-    set_config(model_dir, model_type="llama")
-    with pytest.raises(ModelLoadError, match=r"config\.json.*'llama'.*gpt2"):
+def test_model_type_unsupported(model_dir):
+    set_config(model_dir, model_type="t5")
+    with pytest.raises(ModelLoadError, match=r"config\.json.*'t5'.*gpt2.*llama.*qwen3"):
         lmgen.load(model_dir)
 
 

@@ -149,7 +149,7 @@ REFUSED = {
     ),
     "resid_pdrop string": (config(resid_pdrop="0.1"), r"resid_pdrop must be a number"),
     "eos_token_id string": (config(eos_token_id="0"), r"eos_token_id must be an integer"),
-    "eos_token_id list": (config(eos_token_id=[0, 1]), r"eos_token_id must be an integer"),
+    "eos_token_id list": (config(eos_token_id=["0", 1]), r"eos_token_id must be an integer"),
     "n_inner negative": (config(n_inner=-5), r"n_inner must be in \[1, "),
     "deeply nested config.json": (write("config.json", _nested(100_000)), r"nested too deeply"),
     "n_embd 1e9": (config(n_embd=10**9), r"wte\.weight has shape \(280, 16\).*\(280, 1000000000\)"),
@@ -204,7 +204,7 @@ REFUSED = {
         config(activation_function=["gelu"]),
         r"activation_function must be a string",
     ),
-    "activation_function unknown": (config(activation_function="swish"), r"'swish'"),
+    "activation_function unknown": (config(activation_function="softplus"), r"'softplus'"),
     "tie_word_embeddings string": (
         config(tie_word_embeddings="yes"),
         r"tie_word_embeddings must be true or false",

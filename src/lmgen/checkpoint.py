@@ -1,11 +1,11 @@
-"""Model directories: config.json + model.safetensors + tokenizer.json, in Hugging Face
-GPT-2's names and layouts, so `transformers` loads ours and we load theirs."""
+"""Model directories: config.json + model.safetensors (or shards) + tokenizer.json, in each
+family's Hugging Face names and layouts (model/families.py), so `transformers` loads ours and
+we load theirs; and `.gguf` files (model/gguf.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -16,254 +16,61 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import ConfigError, ModelLoadError
-from .json_files import check_torch_dtype, clip, first_line, json_type, read_json_file, show
-from .model import GPT, GPTConfig
+from .errors import ModelLoadError
+from .json_files import clip, first_line, read_json_file, show
+from .model import GPT, GPTConfig, families
 
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "shakespeare"
-# Hugging Face GPT-2 stores these as Conv1D, weight (in, out): the transpose of nn.Linear's.
-CONV1D_SUFFIXES = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
-HF_ONLY_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def config_to_hf(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": config.vocab_size,
-        "n_positions": config.n_positions,
-        "n_ctx": config.n_positions,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": config.n_inner,
-        "activation_function": config.activation_function,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-        **config.extra,
-    }
+    """config.json for `config`, as transformers writes it for the model's family."""
+    return families.config_to_hf(config, dtype)
 
 
 # --- reading a model directory ---------------------------------------------------------------
-# Every value read from a file is checked for type and range here, and the weights file's
-# header is checked against config.json before anything is allocated: a corrupt or hostile
-# directory ends in one ModelLoadError naming the file and the field, never a traceback.
+# Every value read from a file is checked for type and range (model/families.py), and the
+# weights file's header is checked against config.json before anything is allocated: a corrupt
+# or hostile directory ends in one ModelLoadError naming the file and the field, never a
+# traceback.
 
-MAX_DIM = 2**31 - 1  # any size in config.json; real GPT-2s are far below
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_REQUIRED = object()
-
-
-class _Fields:
-    """Typed, range-checked reads from one JSON object; errors name the file and the key."""
-
-    def __init__(self, d: dict, source: str):
-        self.d, self.source = d, source
-
-    def _fail(self, message: str):
-        raise ModelLoadError(f"{self.source}: {message}")
-
-    def integer(self, key, default=_REQUIRED, lo=1, hi=MAX_DIM, nullable=False):
-        if key not in self.d:
-            if default is _REQUIRED:
-                self._fail(f"missing key {key!r}")
-            return default
-        v = self.d[key]
-        if v is None and nullable:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            self._fail(f"{key} must be an integer{' or null' if nullable else ''}, got {show(v)}")
-        if not lo <= v <= hi:
-            self._fail(f"{key} must be in [{lo}, {hi}], got {show(v)}")
-        return v
-
-    def number(self, key, default, lo, hi, lo_open=False, hi_open=False):
-        v = self.d.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self._fail(f"{key} must be a number, got {show(v)}")
-        v = float(v)
-        inside = math.isfinite(v) and (lo < v if lo_open else lo <= v)
-        inside = inside and (v < hi if hi_open else v <= hi)
-        if not inside:
-            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            self._fail(f"{key} must be in {interval}, got {show(v)}")
-        return v
-
-    def boolean(self, key, default):
-        v = self.d.get(key, default)
-        if not isinstance(v, bool):
-            self._fail(f"{key} must be true or false, got {show(v)}")
-        return v
-
-    def string(self, key, default):
-        v = self.d.get(key, default)
-        if not isinstance(v, str):
-            self._fail(f"{key} must be a string, got {show(v)}")
-        return v
 
 
 def config_from_hf(d: dict, source: str = "config.json") -> GPTConfig:
-    if not isinstance(d, dict):
-        raise ModelLoadError(f"{source}: expected a JSON object, found {json_type(d)}")
-    if d.get("model_type") != "gpt2":
-        raise ModelLoadError(
-            f"{source}: model_type is {show(d.get('model_type'))}; lmgen loads GPT-2 models "
-            "(model_type 'gpt2')"
-        )
-    check_torch_dtype(d, source)
-    f = _Fields(d, source)
-    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if f.boolean(key, False):
-            raise ModelLoadError(f"{source}: {key}=true is not supported")
-    if not f.boolean("scale_attn_weights", True):
-        raise ModelLoadError(f"{source}: scale_attn_weights=false is not supported")
-    vocab_size = f.integer("vocab_size")
-    n_ctx = f.integer("n_ctx", None, nullable=True)
-    for key in ("embd_pdrop", "attn_pdrop"):  # not used here, but they must make sense
-        f.number(key, 0.1, 0, 1, hi_open=True)
-    token_ids = {}
-    for key in ("bos_token_id", "eos_token_id"):
-        # transformers' GPT2Config defaults both to 50256 whatever the vocabulary, so small
-        # models often carry an id they do not have: it is dropped (it could never be
-        # generated), not refused. A value that is not an integer is refused.
-        value = f.integer(key, None, lo=-math.inf, hi=math.inf, nullable=True)
-        if value is not None and not 0 <= value < vocab_size:
-            log.warning(
-                "%s: %s=%s is outside the vocabulary (vocab_size %d); ignored",
-                source,
-                key,
-                show(value),
-                vocab_size,
-            )
-            value = None
-        token_ids[key] = value
-    try:
-        return GPTConfig(
-            vocab_size=vocab_size,
-            n_positions=f.integer("n_positions", n_ctx if n_ctx is not None else 1024),
-            n_embd=f.integer("n_embd"),
-            n_layer=f.integer("n_layer"),
-            n_head=f.integer("n_head"),
-            n_inner=f.integer("n_inner", None, nullable=True),
-            layer_norm_epsilon=f.number("layer_norm_epsilon", 1e-5, 0, 1, lo_open=True),
-            activation_function=f.string("activation_function", "gelu_new"),
-            tie_word_embeddings=f.boolean("tie_word_embeddings", True),
-            dropout=f.number("resid_pdrop", 0.1, 0, 1, hi_open=True),
-            **token_ids,
-        )
-    except ConfigError as e:
-        raise ModelLoadError(f"{source}: {e}") from e
+    """A GPTConfig from any supported family's config.json (families.config_from_hf)."""
+    return families.config_from_hf(d, source)
 
 
 def hf_tensor_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The tensors a GPT-2 weights file holds for `config`: transformers' names (without the
-    `transformer.` prefix) and layouts (Conv1D weights are (in, out)), in file order."""
-    E, V, P, inner = config.n_embd, config.vocab_size, config.n_positions, config.inner_dim
-    shapes = {"wte.weight": (V, E), "wpe.weight": (P, E)}
-    layer = {
-        "ln_1.weight": (E,),
-        "ln_1.bias": (E,),
-        "attn.c_attn.weight": (E, 3 * E),
-        "attn.c_attn.bias": (3 * E,),
-        "attn.c_proj.weight": (E, E),
-        "attn.c_proj.bias": (E,),
-        "ln_2.weight": (E,),
-        "ln_2.bias": (E,),
-        "mlp.c_fc.weight": (E, inner),
-        "mlp.c_fc.bias": (inner,),
-        "mlp.c_proj.weight": (inner, E),
-        "mlp.c_proj.bias": (E,),
-    }
-    for i in range(config.n_layer):
-        shapes.update({f"h.{i}.{name}": shape for name, shape in layer.items()})
-    shapes.update({"ln_f.weight": (E,), "ln_f.bias": (E,)})
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, E)
-    return shapes
+    """The tensors a checkpoint of `config`'s family holds: their names and layouts."""
+    return families.expected_shapes(families.family_of(config), config)
 
 
 def state_dict_to_hf(model: GPT, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight":
-            if model.config.tie_word_embeddings:
-                continue  # transformers re-ties it from transformer.wte.weight
-            hf_name = name
-        else:
-            hf_name = "transformer." + name
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        t = t.detach().to(dtype or t.dtype).contiguous()
-        out[hf_name] = t
-    return out
+    """The model's tensors under its family's checkpoint names and layouts."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    out = families.to_theirs(families.family_of(model.config), model.config, state)
+    return {k: t.to(dtype or t.dtype).contiguous() for k, t in out.items()}
 
 
-def state_dict_from_hf(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith(HF_ONLY_BUFFERS):
-            continue
-        ours = name.removeprefix("transformer.")
-        if ours.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        out[ours] = t
-    return out
+def state_dict_from_hf(tensors: dict[str, torch.Tensor], config: GPTConfig, source="weights"):
+    """Checkpoint-named tensors -> our state dict, naming any missing, extra or mis-shaped
+    tensor."""
+    return families.to_ours(families.family_of(config), config, tensors, source)
 
 
 def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copies HF-named tensors into `model`, naming any missing, extra or mis-shaped tensor."""
-    ours = state_dict_from_hf(tensors)
-    expected = model.state_dict()
-    if model.config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-        ours.pop("lm_head.weight", None)
-    _check_names(set(expected), set(ours), source)
-    for name, t in ours.items():
-        want = expected[name].shape
-        if t.shape != want:
-            hf = _hf_names([name])[0]
-            got = tuple(t.t().shape if name.endswith(CONV1D_SUFFIXES) else t.shape)
-            exp = tuple(want[::-1] if name.endswith(CONV1D_SUFFIXES) else want)
-            raise ModelLoadError(
-                f"{source}: tensor {hf} has shape {got}, but config.json implies {exp}"
-            )
+    """Copies checkpoint-named tensors into `model`, naming any missing, extra or mis-shaped
+    tensor."""
+    ours = state_dict_from_hf(tensors, model.config, source)
     with torch.no_grad():
         for name, param in model.state_dict(keep_vars=True).items():
             if name in ours:
                 param.copy_(ours[name].to(param.dtype))
-
-
-def _check_names(expected: set[str], found: set[str], source: str) -> None:
-    missing, extra = sorted(expected - found), sorted(found - expected)
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {_hf_names(missing[:5])}")
-        if extra:
-            parts.append(f"unexpected tensors {_hf_names(extra[:5])}")
-        raise ModelLoadError(f"{source}: {'; '.join(parts)} for the config in config.json")
-
-
-def _hf_names(names: list[str]) -> list[str]:
-    return [n if n == "lm_head.weight" else "transformer." + n for n in names]
 
 
 _TORCH_DTYPES = {
@@ -275,26 +82,29 @@ _TORCH_DTYPES = {
 
 
 class WeightsFile:
-    """model.safetensors (or a legacy pytorch_model.bin): the header's names, shapes and dtypes
-    first, from which the config is checked, then the tensors."""
+    """model.safetensors, the shards a model.safetensors.index.json lists, or a legacy
+    pytorch_model.bin: the headers' names, shapes and dtypes first, from which the config is
+    checked, then the tensors."""
 
     def __init__(self, directory: Path):
         self.path = directory / "model.safetensors"
         self._loaded = None
+        self.files: dict[str, Path] = {}  # tensor name -> its file
+        self.header: dict[str, tuple] = {}
+        index = directory / "model.safetensors.index.json"
         if self.path.is_file():
-            try:
-                with safe_open(str(self.path), framework="pt") as f:
-                    self.header = {}
-                    for k in f.keys():
-                        s = f.get_slice(k)
-                        self.header[k] = (tuple(s.get_shape()), s.get_dtype())
-            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-                raise self._unreadable(e) from e
+            self._read_header(self.path)
+            return
+        if index.is_file():
+            self.path = index
+            for shard in _shards(index, directory):
+                self._read_header(shard)
             return
         self.path = directory / "pytorch_model.bin"
         if not self.path.is_file():
             raise ModelLoadError(
-                f"{directory}: no weights found (expected model.safetensors or pytorch_model.bin)"
+                f"{directory}: no weights found (expected model.safetensors or pytorch_model.bin, "
+                "or model.safetensors.index.json with its shards)"
             )
         self._loaded = _load_bin(self.path)  # memory-mapped where the format allows
         self.header = {
@@ -302,53 +112,80 @@ class WeightsFile:
             for k, t in self._loaded.items()
         }
 
-    def _unreadable(self, e: Exception) -> ModelLoadError:
-        return ModelLoadError(
-            f"{self.path}: not a readable safetensors file (truncated or corrupted?): "
-            f"{first_line(e)}"
-        )
+    def _read_header(self, path: Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    self.header[k] = (tuple(sl.get_shape()), sl.get_dtype())
+                    self.files[k] = path
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise _unreadable(path, e) from e
 
     def check(self, config: GPTConfig) -> None:
-        """Names, shapes and dtypes against `config`, from the header alone: a config that
+        """Names, shapes and dtypes against `config`, from the headers alone: a config that
         claims more than the file holds is refused before anything that size is allocated."""
         src = str(self.path)
-        found = {}
-        for name, (shape, dtype) in self.header.items():
-            if name.endswith(HF_ONLY_BUFFERS):
-                continue
-            name = name.removeprefix("transformer.")
-            if name == "lm_head.weight" and config.tie_word_embeddings:
-                continue  # some files store the tied head too; it is the embedding
-            found[name] = (shape, dtype)
-        layers = {int(m.group(1)) for n in found if (m := re.match(r"h\.(\d+)\.", n))}
+        family = families.family_of(config)
+        names = {families._strip_alias(family, n): n for n in self.header}
+        prefix = re.escape(family.layers)
+        layers = {int(m.group(1)) for n in names if (m := re.match(prefix + r"(\d+)\.", n))}
         held = max(layers) + 1 if layers else 0
         if held != config.n_layer:
             raise ModelLoadError(
                 f"{src}: config.json says n_layer={config.n_layer}, but the file holds "
                 f"{held} layer{'' if held == 1 else 's'}"
             )
-        expected = hf_tensor_shapes(config)
-        _check_names(set(expected), set(found), src)
+        expected = families.expected_shapes(family, config)
+        found = {n for n in names if not n.endswith(family.ignored)}
+        if config.tie_word_embeddings:
+            found.discard(family.top["lm_head"] + ".weight")
+        families.check_names(set(expected), found, src)
         for name, want in expected.items():
-            shape, dtype = found[name]
-            hf = _hf_names([name])[0]
+            shape, dtype = self.header[names[name]]
             if shape != want:
                 raise ModelLoadError(
-                    f"{src}: tensor {hf} has shape {shape}, but config.json implies {want}"
+                    f"{src}: tensor {name} has shape {shape}, but config.json implies {want}"
                 )
             if dtype not in FLOAT_DTYPES:
                 raise ModelLoadError(
-                    f"{src}: tensor {hf} has dtype {dtype}; expected one of {FLOAT_DTYPES}"
+                    f"{src}: tensor {name} has dtype {dtype}; expected one of {FLOAT_DTYPES}"
                 )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self._loaded is not None:
             return self._loaded
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise self._unreadable(e) from e
+        out = {}
+        for path in dict.fromkeys(self.files.values()):
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    out.update({k: f.get_tensor(k) for k in f.keys()})
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise _unreadable(path, e) from e
+        return out
+
+
+def _unreadable(path: Path, e: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: not a readable safetensors file (truncated or corrupted?): {first_line(e)}"
+    )
+
+
+def _shards(index: Path, directory: Path) -> list[Path]:
+    """The shard files model.safetensors.index.json names (each inside `directory`)."""
+    d = read_json_file(index, 64 << 20)
+    weight_map = d.get("weight_map") if isinstance(d, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelLoadError(f"{index}: expected an object with a non-empty 'weight_map'")
+    shards = []
+    for name in dict.fromkeys(weight_map.values()):
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise ModelLoadError(f"{index}: shard names must be file names, got {show(name)}")
+        path = directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"{index}: shard {name} is missing")
+        shards.append(path)
+    return shards
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -378,8 +215,7 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def _check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            hf = _hf_names([name.removeprefix("transformer.")])[0]
-            raise ModelLoadError(f"{source}: tensor {hf} holds NaN or infinite values")
+            raise ModelLoadError(f"{source}: tensor {name} holds NaN or infinite values")
 
 
 def read_model_dir(directory: str | Path):
