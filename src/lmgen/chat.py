@@ -485,11 +485,12 @@ def replying(lm, end_ids: Sequence[int]):
     return EndOfTurn(lm, end_ids) if extra else lm
 
 
-def chat_kwargs(fmt: ChatFormat, kwargs: dict) -> dict:
-    """Decoding keywords with the format's stop strings added to the caller's."""
+def chat_kwargs(fmt: ChatFormat, kwargs: dict, config=None) -> dict:
+    """Decoding keywords with the format's stop strings added to the caller's (those of
+    `config` when the keywords set none)."""
     if not fmt.stop:
         return kwargs
-    stop = kwargs.get("stop") or []
+    stop = kwargs.get("stop", getattr(config, "stop", None)) or []
     stop = [stop] if isinstance(stop, str) else list(stop)
     return {**kwargs, "stop": stop + [s for s in fmt.stop if s not in stop]}
 
@@ -503,6 +504,39 @@ def apply_chat_template(
     return lm.tokenizer.encode(text) if tokenize else text
 
 
+def prompt_ids(lm, messages, fmt: ChatFormat | None = None, **options) -> list[int]:
+    """The token ids of `messages` rendered for a reply (a generation prompt unless
+    `continue_final_message`)."""
+    fmt = fmt or chat_format(lm)
+    options = {"add_generation_prompt": not options.get("continue_final_message"), **options}
+    return lm.tokenizer.encode(fmt.render(messages, **options))
+
+
+def fit_messages(lm, messages: list, reserve: int, **options) -> tuple[list, int, list[int]]:
+    """The conversation made to fit the model's context with `reserve` tokens left for the
+    reply: whole turns (a user message and the replies after it) are dropped, oldest first,
+    keeping a leading system message and the last turn. Returns (the messages kept, how many
+    were dropped, their prompt ids); a last turn that cannot fit is a ConfigError."""
+    fmt = chat_format(lm)
+    context = lm.config.n_positions
+    head = [m for m in messages[:1] if m.get("role") in ("system", "developer")]
+    rest = list(messages[len(head) :])
+    dropped = 0
+    while True:
+        ids = prompt_ids(lm, head + rest, fmt, **options)
+        if len(ids) + reserve <= context:
+            return head + rest, dropped, ids
+        starts = [i for i, m in enumerate(rest) if i > 0 and m.get("role") == "user"]
+        if not starts:
+            raise ConfigError(
+                f"the conversation's last message needs {len(ids)} tokens and a reply "
+                f"{reserve}: more than the model's context of {context} tokens",
+                "messages",
+            )
+        dropped += starts[0]
+        rest = rest[starts[0] :]
+
+
 def chat(lm, messages, config=None, *, chat_options: dict | None = None, **kwargs):
     """A reply to `messages` (a `GenerationResult`; `.text` is the reply without its
     end-of-turn token). `chat_options` go to the template (add_generation_prompt,
@@ -511,8 +545,15 @@ def chat(lm, messages, config=None, *, chat_options: dict | None = None, **kwarg
     from .decoding.api import generate
 
     fmt = chat_format(lm)
-    options = {"add_generation_prompt": True, **(chat_options or {})}
-    if options.get("continue_final_message"):
-        options["add_generation_prompt"] = False
-    prompt = lm.tokenizer.encode(fmt.render(messages, **options))
-    return generate(replying(lm, fmt.end_ids), prompt, config, **chat_kwargs(fmt, kwargs))
+    prompt = prompt_ids(lm, messages, fmt, **(chat_options or {}))
+    return generate(replying(lm, fmt.end_ids), prompt, config, **chat_kwargs(fmt, kwargs, config))
+
+
+def chat_stream(lm, messages, config=None, *, chat_options: dict | None = None, **kwargs):
+    """`chat`, streamed: yields the reply's text deltas as they are decided (greedy and
+    sampling; closing the iterator stops the reply)."""
+    from .decoding.api import stream
+
+    fmt = chat_format(lm)
+    prompt = prompt_ids(lm, messages, fmt, **(chat_options or {}))
+    return stream(replying(lm, fmt.end_ids), prompt, config, **chat_kwargs(fmt, kwargs, config))

@@ -40,6 +40,7 @@ def _registrars():
     yield generate_parsers
     yield tool_parsers
     for module, attr in (
+        ("lmgen.cli_chat", "add_parsers"),
         ("lmgen.training.cli", "add_parsers"),
         ("lmgen.plots.cli", "add_parsers"),
         ("lmgen.compare.cli", "add_parsers"),
