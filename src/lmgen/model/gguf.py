@@ -245,6 +245,8 @@ def _hf_config(meta: dict, arch: str, tensor_names: set[str], source: Path) -> d
             config["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
         config["use_sliding_window"] = False
         config["sliding_window"] = None
+        if arch == "qwen2":  # not a key of Qwen2's config.json: always hidden / heads
+            del config["head_dim"]
     elif arch == "gemma3":
         # llama.cpp fixes what the file does not state: local layers' base 10000, a full layer
         # every sixth, and the query scale 1/sqrt(head_dim) except on the 62-layer 27B
