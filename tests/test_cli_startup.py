@@ -88,7 +88,7 @@ def test_misspelled_flag_gets_the_nearest_flag_and_the_subcommand_help(capsys):
     assert "(see 'lmgen generate --help')" in err
     err = _usage_error(capsys, "serve", "--prot=8000")
     assert "did you mean --port?" in err and "'lmgen serve --help'" in err
-    err = _usage_error(capsys, "plot", "next", "x", "--top-kk", "5")
+    err = _usage_error(capsys, "plot", "next", "x", "--out", "x.png", "--top-kk", "5")
     assert "did you mean --top-k?" in err and "'lmgen plot next --help'" in err
 
 

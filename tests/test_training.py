@@ -752,3 +752,34 @@ def test_sigkill_loop_of_30_never_leaves_a_broken_or_unresumable_run(tmp_path):
     assert figures["broken_states"] == 0 and figures["unresumable_states"] == 0, figures
     assert figures["mid_checkpoint_kills"] > 0, figures  # the kills did catch saves
     assert figures["final_identical"] and figures["left_after_finish"] == [], figures
+
+
+# ------------------------------------------------------------------ output when piped
+
+
+def test_piped_train_prints_one_plain_line_per_log_interval(data_dir, tmp_path, capsys):
+    """`lmgen train ... | cat`: no bar, no carriage return; a progress line every log interval,
+    the evaluations and samples on lines of their own; and the tokens/s of the window that
+    follows an evaluation (its sample, its checkpoint) stays within reach of the others."""
+    from lmgen.cli import main
+
+    args = ["--set", "max_steps=12", "--set", "log_interval=2", "--set", "eval_interval=4"]
+    args += ["--set", "checkpoint_interval=4", "--set", "sample_tokens=16"]
+    base = ["train", "--data", str(data_dir), "--out", str(tmp_path / "r"), "--config", str(TINY)]
+    assert main([*base, *args]) == 0  # stdout and stderr are not terminals here, as in a pipe
+    p = capsys.readouterr()
+    assert "\r" not in p.out + p.err
+    lines = p.out.splitlines()
+    progress = [line for line in lines if ": loss " in line]
+    assert [line.split(":")[0] for line in progress] == [f"step {s}/12" for s in range(2, 13, 2)]
+    assert all(line.endswith(" s") and " tokens/s, " in line for line in progress)
+    evals = [line for line in lines if ": val loss " in line]
+    assert [line.split(":")[0] for line in evals] == ["step 4/12", "step 8/12", "step 12/12"]
+    assert sum(line.startswith("  | ROMEO:") for line in lines) == 3
+    rates = [
+        r["tokens_per_s"]
+        for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
+        if r["event"] == "train"
+    ]
+    median = sorted(rates)[len(rates) // 2]
+    assert min(rates) > median / 4, rates

@@ -83,7 +83,12 @@ def add_parsers(subparsers) -> None:
         help="continue from the newest checkpoint that loads (broken ones are reported and "
         "set aside)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (on a terminal) or progress line per log interval (elsewhere); "
+        "evaluations are still shown",
+    )
     _verbose(p)
     p.set_defaults(func=_train)
 
@@ -163,6 +168,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .progress import TrainingReport
     from .train import load_recipe, train
 
     config = args.config
@@ -171,44 +177,18 @@ def _train(args: argparse.Namespace) -> int:
         config = saved  # the run's own recipe: --resume needs only --data and --out
         print(f"recipe: {saved} (the run's own; --set overrides apply on top)")
     recipe = load_recipe(config, args.overrides)
+    t = recipe.train
     final = train(
         args.data,
         args.out,
         recipe,
         resume=args.resume,
-        progress=not args.no_progress,
-        on_event=_Console(recipe.train.max_steps, recipe.train.sample_prompt),
+        progress=False,  # the report below is the CLI's
+        on_event=TrainingReport(t.max_steps, t.sample_prompt, steps=not args.no_progress),
     )
     if final is not None:
         print(f"model -> {final}")
     return 0
-
-
-class _Console:
-    """What a training run says on stdout: where it resumed, and each evaluation (validation
-    loss, perplexity, bits per byte, the sample), whatever the log level."""
-
-    def __init__(self, max_steps: int, sample_prompt: str):
-        self.max_steps, self.sample_prompt = max_steps, sample_prompt
-
-    def __call__(self, record: dict) -> None:
-        event = record.get("event")
-        if event == "start" and record.get("resumed_from"):
-            self._say(f"resuming from {record['resumed_from']} (step {record['step']})")
-        elif event == "eval":
-            self._say(
-                f"step {record['step']}/{self.max_steps}: val loss {record['val_loss']:.4f}, "
-                f"ppl {record['val_ppl']:.2f}, {record['val_bpb']:.4f} bits/byte"
-            )
-            if record.get("sample") is not None:
-                lines = (self.sample_prompt + record["sample"]).splitlines() or [""]
-                self._say("\n".join("  | " + line for line in lines))
-
-    @staticmethod
-    def _say(text: str) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(text, file=sys.stdout)  # above the progress bar, not through it
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ A run directory holds:
     loss_curve.png           the loss curve, drawn at the end
 
 Under `torchrun` (env WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
-(gloo on CPU, nccl on GPU) and rank 0 alone writes files.
+(`distributed.Distributed`: gloo on CPU, nccl on GPU) and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, LmgenError
 from .data import BatchSampler, Dataset, check_writable
+from .distributed import Distributed
 
 try:  # Python 3.11+
     import tomllib
@@ -248,43 +249,6 @@ def lr_factor(step: int, recipe: TrainRecipe) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return Dist(rank, world, local)
-
-
-def _all_mean(value: float, dist_info: Dist, device) -> float:
-    if dist_info.world == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist_info.world
-
-
 # --------------------------------------------------------------------------- checkpoints
 # A checkpoint appears and disappears by rename only: built in `.tmp-*`, renamed to
 # `step-NNNNNN`; removed by renaming it to `.trash-*` first and deleting that. So a kill at any
@@ -421,7 +385,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _resumable(run_dir: Path, dist_info: Dist):
+def _resumable(run_dir: Path, procs: Distributed):
     """The newest checkpoint that loads: (path, model, state, skipped). One that does not (a
     file missing, its model or state.pt unreadable) is reported, set aside and skipped."""
     from ..checkpoint import read_model_dir
@@ -446,7 +410,7 @@ def _resumable(run_dir: Path, dist_info: Dist):
         except LmgenError as e:
             reason = first_line(e)
             skipped.append(f"{path.name}: {reason}")
-            if dist_info.main:
+            if procs.main:
                 set_aside(path, reason)
             continue
         return path, model, state, skipped
@@ -561,291 +525,355 @@ def train(
 ) -> Path | None:
     """Trains per `recipe`; returns the final model directory (None on ranks other than 0).
 
-    `on_event(record)` is called with every record written to metrics.jsonl (rank 0 only):
-    the CLI prints the evaluations from it.
+    `on_event(record)` is called with every record written to metrics.jsonl (rank 0 only).
+    `progress`: show the run as it goes (`TrainingReport`: a bar on a terminal, a line per log
+    interval elsewhere, and each evaluation); the CLI passes its own report as `on_event`.
     `stop_after` ends the run after that many optimizer steps *in this call* without the final
     save (tests use it to simulate a kill)."""
-    t, m = recipe.train, recipe.model
-    run_dir = Path(run_dir)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = _pick_device(t.device)
-    dist_info = setup_distributed(str(device))
-    if device.type == "cuda" and dist_info.world > 1:
-        device = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(device)
+    t = recipe.train
+    listeners = [on_event] if on_event is not None else []
+    if progress:
+        from .progress import TrainingReport
 
-    data = Dataset(data_dir)
-    # The run directory is checked before any work, so that no training is lost to it.
-    if run_dir.is_dir() and not resume:
-        if checkpoint_dirs(run_dir) or (run_dir / "final").exists():
-            raise ConfigError(
-                f"{run_dir}: holds a previous run; pass --resume to continue it "
-                "or choose another --out"
-            )
-    if dist_info.main:  # rank 0 alone writes there
-        check_writable(run_dir)
-    tokenizer = data.tokenizer()
-    sampler = BatchSampler(data.shards("train"), m.n_positions, t.seed)
-    has_val = data.has_validation()
-    val_tokens = data.tokens("val") if has_val else None
-    bytes_per_token = data.bytes_per_token("val") if has_val else 0.0
-    evaluating = has_val and t.eval_interval > 0
-    if not has_val and t.eval_interval > 0 and dist_info.main:
-        log.warning("%s has no validation split; training without evaluation", data.path)
-    if dist_info.main and run_dir.is_dir():
-        clean_run_dir(run_dir)  # the temporaries a kill left
-    _barrier(dist_info)
-    ckpt, loaded, state, skipped = None, None, None, []
-    if resume:
-        ckpt, loaded, state, skipped = _resumable(run_dir, dist_info)
-    if resume and ckpt is None:
-        log.warning(
-            "--resume: no %scheckpoint in %s; starting from scratch",
-            "usable " if skipped else "",
-            run_dir,
+        listeners.append(TrainingReport(t.max_steps, t.sample_prompt))
+    run = _Run(Path(data_dir), Path(run_dir), recipe, resume, listeners)
+    step, last_checkpoint = run.start_step, run.start_step if run.resumed else -1
+    throughput = _Throughput()
+    stopped_by_time = False
+    try:
+        while step < t.max_steps:
+            with throughput.measure(run.tokens_per_step):
+                loss, grad_norm, lr = run.optimizer_step(step)
+            step += 1
+            if step % t.log_interval == 0 or step == t.max_steps:
+                run.log(step, loss, lr, grad_norm, throughput.reading())
+            out_of_time = run.out_of_time()
+            if run.evaluating and (
+                step % t.eval_interval == 0 or step == t.max_steps or out_of_time
+            ):
+                run.evaluate(step)
+            if step % t.checkpoint_interval == 0 or step == t.max_steps or out_of_time:
+                run.checkpoint(step)
+                last_checkpoint = step
+            if out_of_time:
+                stopped_by_time = True
+                log.warning("max_time of %.1f min reached at step %d", t.max_time, step)
+                break
+            if stop_after is not None and step - run.start_step >= stop_after:
+                return None
+        if last_checkpoint != step and step > 0:
+            run.checkpoint(step)
+        return run.finish(step, stopped_by_time)
+    finally:
+        run.close()
+
+
+class _Run:
+    """One call of `train()`: the steps it takes, and what they share (processes, device,
+    data, model, optimizer, metrics)."""
+
+    def __init__(self, data_dir: Path, run_dir: Path, recipe: Recipe, resume: bool, listeners):
+        self.recipe, self.t, self.m, self.run_dir = recipe, recipe.train, recipe.model, run_dir
+        if self.t.threads:
+            torch.set_num_threads(self.t.threads)
+        self._place()
+        self._open_data(data_dir, resume)
+        checkpoint, loaded, state, skipped = self._resume_point(resume)
+        self.resumed = checkpoint is not None
+        self._build_model(checkpoint, loaded)
+        self._restore(checkpoint, state)
+        if self.procs.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.toml").write_text(recipe.to_toml())
+        self.metrics = _Metrics(run_dir / "metrics.jsonl", self.procs.main, listeners)
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
+            if self.t.bf16
+            else nullcontext
         )
-
-    from ..model import GPT, GPTConfig
-
-    torch.manual_seed(t.seed)
-    config = GPTConfig(
-        vocab_size=data.vocab_size,
-        n_positions=m.n_positions,
-        n_embd=m.n_embd,
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        dropout=m.dropout,
-        activation_function=m.activation_function,
-        tie_word_embeddings=m.tie_word_embeddings,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT(config)
-    if ckpt is not None:
-        if loaded.config.to_dict() != config.to_dict():
-            raise ConfigError(
-                f"{ckpt}: the checkpoint's model differs from the recipe's; "
-                "resume with the same recipe"
-            )
-        model.load_state_dict(loaded.state_dict())
-        del loaded
-    model.to(device)
-    model.train()
-    raw_model = model
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    optimizer = make_optimizer(raw_model, t, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
-    start_step, elapsed_before = 0, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
-        elapsed_before = state.get("elapsed", 0.0)
-        rng = state["rng"]
-        _set_rng_state(rng[dist_info.rank] if isinstance(rng, list) else rng)
-        if state.get("data", {}).get("seed", t.seed) != t.seed:
-            raise ConfigError(
-                f"{ckpt}: trained with seed {state['data']['seed']}, recipe says {t.seed}"
-            )
-        log.info("resuming from %s (step %d)", ckpt, start_step)
-    else:
-        torch.manual_seed(t.seed + dist_info.rank)  # dropout streams differ between ranks
-
-    if dist_info.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(recipe.to_toml())
-    metrics = _Metrics(run_dir / "metrics.jsonl", dist_info.main, on_event)
-    use_bf16 = t.bf16
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    )
-    tokens_per_step = t.batch_size * t.grad_accum * dist_info.world * m.n_positions
-    if dist_info.main:
-        metrics.write(
+        self.tokens_per_step = self.t.batch_size * self.t.grad_accum * self.procs.world
+        self.tokens_per_step *= self.m.n_positions
+        self.clock_start = time.time()
+        self.metrics.write(
             {
                 "event": "start",
-                "step": start_step,
-                "params": raw_model.num_parameters(),
-                "tokens_per_step": tokens_per_step,
-                "world": dist_info.world,
-                "device": str(device),
-                "resumed_from": str(ckpt) if ckpt else None,
+                "step": self.start_step,
+                "params": self.raw_model.num_parameters(),
+                "tokens_per_step": self.tokens_per_step,
+                "world": self.procs.world,
+                "device": str(self.device),
+                "resumed_from": str(checkpoint) if checkpoint else None,
                 "skipped_checkpoints": skipped,
-                "max_steps": t.max_steps,
+                "max_steps": self.t.max_steps,
             }
         )
 
-    def checkpoint_state(step: int, elapsed: float) -> dict:
-        rng = _rng_state()
-        if dist_info.world > 1:
-            import torch.distributed as dist
+    # -- setting up
 
-            gathered = [None] * dist_info.world
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        return {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng,
-            "elapsed": elapsed,
-            "data": {"seed": t.seed, "next_step": step, "world": dist_info.world},
-            "recipe": dataclasses.asdict(recipe),
-        }
+    def _place(self) -> None:
+        """The device, and the processes (several under torchrun, one GPU each)."""
+        self.device = _pick_device(self.t.device)
+        self.procs = Distributed.from_env(str(self.device))
+        if self.device.type == "cuda" and self.procs.world > 1:
+            self.device = torch.device("cuda", self.procs.local_rank)
+            torch.cuda.set_device(self.device)
 
-    def do_eval(step: int) -> None:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            raw_model.eval()
-            loss, n = evaluate_loss(
-                raw_model, val_tokens, m.n_positions, t.batch_size, device, t.eval_tokens, autocast
+    def _open_data(self, data_dir: Path, resume: bool) -> None:
+        """The data, and the run directory checked before any work, so that no training is
+        lost to it."""
+        t, run_dir = self.t, self.run_dir
+        self.data = data = Dataset(data_dir)
+        if run_dir.is_dir() and not resume:
+            if checkpoint_dirs(run_dir) or (run_dir / "final").exists():
+                raise ConfigError(
+                    f"{run_dir}: holds a previous run; pass --resume to continue it "
+                    "or choose another --out"
+                )
+        if self.procs.main:  # rank 0 alone writes there
+            check_writable(run_dir)
+        self.tokenizer = data.tokenizer()
+        self.sampler = BatchSampler(data.shards("train"), self.m.n_positions, t.seed)
+        has_val = data.has_validation()
+        self.val_tokens = data.tokens("val") if has_val else None
+        self.bytes_per_token = data.bytes_per_token("val") if has_val else 0.0
+        self.evaluating = has_val and t.eval_interval > 0
+        if not has_val and t.eval_interval > 0 and self.procs.main:
+            log.warning("%s has no validation split; training without evaluation", data.path)
+
+    def _resume_point(self, resume: bool):
+        """(checkpoint, its model, its state, skipped checkpoints) to resume from, or Nones."""
+        if self.procs.main and self.run_dir.is_dir():
+            clean_run_dir(self.run_dir)  # the temporaries a kill left
+        self.procs.barrier()
+        if not resume:
+            return None, None, None, []
+        checkpoint, loaded, state, skipped = _resumable(self.run_dir, self.procs)
+        if checkpoint is None:
+            log.warning(
+                "--resume: no %scheckpoint in %s; starting from scratch",
+                "usable " if skipped else "",
+                self.run_dir,
             )
-            sample = _sample(raw_model, tokenizer, t, step) if dist_info.main else None
-            raw_model.train()
-        bpb = loss / math.log(2) / bytes_per_token
-        rec = {
+        return checkpoint, loaded, state, skipped
+
+    def _build_model(self, checkpoint: Path | None, loaded) -> None:
+        """The recipe's model (the checkpoint's weights when resuming), DDP-wrapped when
+        several processes train it; `raw_model` is the model itself."""
+        from ..model import GPT, GPTConfig
+
+        m = self.m
+        torch.manual_seed(self.t.seed)
+        config = GPTConfig(
+            vocab_size=self.data.vocab_size,
+            n_positions=m.n_positions,
+            n_embd=m.n_embd,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            dropout=m.dropout,
+            activation_function=m.activation_function,
+            tie_word_embeddings=m.tie_word_embeddings,
+            bos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        model = GPT(config)
+        if checkpoint is not None:
+            if loaded.config.to_dict() != config.to_dict():
+                raise ConfigError(
+                    f"{checkpoint}: the checkpoint's model differs from the recipe's; "
+                    "resume with the same recipe"
+                )
+            model.load_state_dict(loaded.state_dict())
+        model.to(self.device)
+        model.train()
+        self.raw_model = self.model = model
+        if self.procs.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(model, device_ids=ids)
+
+    def _restore(self, checkpoint: Path | None, state: dict | None) -> None:
+        """The optimizer and schedule, at the checkpoint's step when resuming."""
+        t = self.t
+        self.optimizer = make_optimizer(self.raw_model, t, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, t)
+        )
+        self.start_step, self.elapsed_before = 0, 0.0
+        if state is None:
+            torch.manual_seed(t.seed + self.procs.rank)  # dropout streams differ between ranks
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_step = state["step"]
+        self.elapsed_before = state.get("elapsed", 0.0)
+        rng = state["rng"]
+        _set_rng_state(rng[self.procs.rank] if isinstance(rng, list) else rng)
+        if state.get("data", {}).get("seed", t.seed) != t.seed:
+            raise ConfigError(
+                f"{checkpoint}: trained with seed {state['data']['seed']}, recipe says {t.seed}"
+            )
+        log.info("resuming from %s (step %d)", checkpoint, self.start_step)
+
+    # -- the steps
+
+    def elapsed(self) -> float:
+        """Seconds of training, the runs this one resumes included."""
+        return self.elapsed_before + time.time() - self.clock_start
+
+    def optimizer_step(self, step: int) -> tuple[float, float | None, float]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss over the
+        processes, gradient norm before clipping, the learning rate it used)."""
+        t, procs = self.t, self.procs
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(t.grad_accum):
+            x, y = self.sampler.batch(
+                step, micro, t.grad_accum, t.batch_size, procs.rank, procs.world
+            )
+            x, y = x.to(self.device), y.to(self.device)
+            sync = micro == t.grad_accum - 1 or procs.world == 1
+            with nullcontext() if sync else self.model.no_sync():
+                with self.autocast():
+                    logits = self.model(x)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+                (loss / t.grad_accum).backward()
+            loss_sum += float(loss.detach())
+        grad_norm = None
+        if t.grad_clip > 0:
+            params = self.raw_model.parameters()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        loss = procs.mean(loss_sum / t.grad_accum, self.device)
+        if not math.isfinite(loss):
+            raise LmgenError(f"the loss became {loss} at step {step + 1}; lower train.lr")
+        return loss, grad_norm, lr
+
+    def log(self, step: int, loss: float, lr: float, grad_norm, tokens_per_s: float) -> None:
+        self.metrics.write(
+            {
+                "event": "train",
+                "step": step,
+                "tokens": step * self.tokens_per_step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "elapsed_s": self.elapsed(),
+            }
+        )
+
+    def out_of_time(self) -> bool:
+        out = bool(self.t.max_time) and self.elapsed() >= self.t.max_time * 60
+        if self.procs.world > 1:  # every rank must agree to stop
+            out = self.procs.mean(float(out), self.device) > 0
+        return out
+
+    def evaluate(self, step: int) -> None:
+        """Validation loss (and a sample, on rank 0), without touching the training RNG."""
+        t, device, model = self.t, self.device, self.raw_model
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.eval()
+            loss, n = evaluate_loss(
+                model,
+                self.val_tokens,
+                self.m.n_positions,
+                t.batch_size,
+                device,
+                t.eval_tokens,
+                self.autocast,
+            )
+            sample = _sample(model, self.tokenizer, t, step) if self.procs.main else None
+            model.train()
+        bpb = loss / math.log(2) / self.bytes_per_token
+        record = {
             "event": "eval",
             "step": step,
-            "tokens": step * tokens_per_step,
+            "tokens": step * self.tokens_per_step,
             "val_loss": loss,
             "val_ppl": math.exp(min(loss, 50)),
             "val_bpb": bpb,
             "val_tokens": n,
         }
         if sample is not None:
-            rec["sample"] = sample
-        metrics.write(rec)
+            record["sample"] = sample
+        self.metrics.write(record)
         log.info(
-            "step %d: val loss %.4f, ppl %.2f, %.3f bits/byte", step, loss, rec["val_ppl"], bpb
+            "step %d: val loss %.4f, ppl %.2f, %.3f bits/byte", step, loss, record["val_ppl"], bpb
         )
 
-    bar = None
-    if dist_info.main and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=t.max_steps,
-            initial=start_step,
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=2.0,
-            desc="training",
-        )
-    step = start_step
-    t0 = time.time()
-    last_ckpt = start_step if ckpt is not None else -1
-    window_t, window_tokens = time.time(), 0
-    steps_this_call = 0
-    stopped_by_time = False
-    while step < t.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in range(t.grad_accum):
-            x, y = sampler.batch(
-                step, micro, t.grad_accum, t.batch_size, dist_info.rank, dist_info.world
-            )
-            x, y = x.to(device), y.to(device)
-            sync = micro == t.grad_accum - 1 or dist_info.world == 1
-            ctx = nullcontext() if sync else model.no_sync()
-            with ctx:
-                with autocast():
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-                (loss / t.grad_accum).backward()
-            loss_sum += float(loss.detach())
-        grad_norm = None
-        if t.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), t.grad_clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        steps_this_call += 1
-        window_tokens += tokens_per_step
-        train_loss = _all_mean(loss_sum / t.grad_accum, dist_info, device)
-        elapsed = elapsed_before + time.time() - t0
-        if not math.isfinite(train_loss):
-            raise LmgenError(f"the loss became {train_loss} at step {step}; lower train.lr")
-        if step % t.log_interval == 0 or step == t.max_steps:
-            now = time.time()
-            tok_s = window_tokens / max(1e-9, now - window_t)
-            window_t, window_tokens = now, 0
-            metrics.write(
-                {
-                    "event": "train",
-                    "step": step,
-                    "tokens": step * tokens_per_step,
-                    "loss": train_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tok_s,
-                    "elapsed_s": elapsed,
-                }
-            )
-            if bar is not None:
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:.0f}")
-        if bar is not None:
-            bar.update(1)
-        out_of_time = bool(t.max_time) and elapsed >= t.max_time * 60
-        if dist_info.world > 1:  # every rank must agree to stop
-            out_of_time = _all_mean(float(out_of_time), dist_info, device) > 0
-        if evaluating and (step % t.eval_interval == 0 or step == t.max_steps or out_of_time):
-            do_eval(step)
-        if step % t.checkpoint_interval == 0 or step == t.max_steps or out_of_time:
-            st = checkpoint_state(step, elapsed)
-            if dist_info.main:
-                save_checkpoint(run_dir, step, raw_model, tokenizer, st, t.keep_checkpoints)
-            last_ckpt = step
-        if out_of_time:
-            stopped_by_time = True
-            log.warning("max_time of %.1f min reached at step %d", t.max_time, step)
-            break
-        if stop_after is not None and steps_this_call >= stop_after:
-            if bar is not None:
-                bar.close()
-            return None
-    if bar is not None:
-        bar.close()
-    if last_ckpt != step and step > 0:
-        st = checkpoint_state(step, elapsed_before + time.time() - t0)
-        if dist_info.main:
-            save_checkpoint(run_dir, step, raw_model, tokenizer, st, t.keep_checkpoints)
-    if not dist_info.main:
-        _barrier(dist_info)
-        return None
-    from ..checkpoint import write_model_dir
-
-    final = write_model_dir(raw_model, tokenizer, run_dir / "final", dtype=torch.float32)
-    metrics.write(
-        {
-            "event": "end",
+    def checkpoint(self, step: int) -> None:
+        """Saves the model and everything a resume needs (rank 0 writes; every rank's RNG)."""
+        state = {
             "step": step,
-            "stopped_by_time": stopped_by_time,
-            "elapsed_s": elapsed_before + time.time() - t0,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.procs.gather(_rng_state()),
+            "elapsed": self.elapsed(),
+            "data": {"seed": self.t.seed, "next_step": step, "world": self.procs.world},
+            "recipe": dataclasses.asdict(self.recipe),
         }
-    )
-    try:
-        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-    except Exception as e:  # the picture is a bonus; the model is saved already
-        log.warning("could not draw the loss curve: %s", e)
-    _barrier(dist_info)
-    return final
+        if self.procs.main:
+            keep = self.t.keep_checkpoints
+            save_checkpoint(self.run_dir, step, self.raw_model, self.tokenizer, state, keep)
+
+    def finish(self, step: int, stopped_by_time: bool) -> Path | None:
+        """The final model directory, the end record and the loss curve (rank 0)."""
+        if not self.procs.main:
+            self.procs.barrier()
+            return None
+        from ..checkpoint import write_model_dir
+
+        final = write_model_dir(
+            self.raw_model, self.tokenizer, self.run_dir / "final", dtype=torch.float32
+        )
+        self.metrics.write(
+            {
+                "event": "end",
+                "step": step,
+                "stopped_by_time": stopped_by_time,
+                "elapsed_s": self.elapsed(),
+            }
+        )
+        try:
+            plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png")
+        except Exception as e:  # the picture is a bonus; the model is saved already
+            log.warning("could not draw the loss curve: %s", e)
+        self.procs.barrier()
+        return final
+
+    def close(self) -> None:
+        self.metrics.close()
 
 
-def _barrier(dist_info: Dist) -> None:
-    if dist_info.world > 1:
-        import torch.distributed as dist
+class _Throughput:
+    """Tokens per second over the training steps since the last reading. The time between
+    steps (evaluations, samples, checkpoints) is not counted: it once made one reading in a
+    hundred a thousandth of its neighbours'."""
 
-        dist.barrier()
+    def __init__(self):
+        self.tokens, self.seconds = 0, 0.0
+
+    @contextmanager
+    def measure(self, tokens: int):
+        start = time.perf_counter()
+        yield
+        self.seconds += time.perf_counter() - start
+        self.tokens += tokens
+
+    def reading(self) -> float:
+        rate = self.tokens / max(1e-9, self.seconds)
+        self.tokens, self.seconds = 0, 0.0
+        return rate
 
 
 class _Metrics:
-    def __init__(self, path: Path, enabled: bool, on_event=None):
-        self.path, self.enabled, self.on_event = path, enabled, on_event
+    """metrics.jsonl (rank 0), each record also handed to the listeners."""
+
+    def __init__(self, path: Path, enabled: bool, listeners=()):
+        self.path, self.enabled, self.listeners = path, enabled, list(listeners)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -853,8 +881,13 @@ class _Metrics:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.on_event is not None:
-            self.on_event(record)
+        for listener in self.listeners:
+            listener(record)
+
+    def close(self) -> None:
+        """Ends the listeners' displays (a progress bar) however the run ended."""
+        for listener in self.listeners:
+            getattr(listener, "close", lambda: None)()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
