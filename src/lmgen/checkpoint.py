@@ -245,6 +245,60 @@ def read_model_dir(directory: str | Path):
     return config, model, tokenizer
 
 
+def read_gguf_model(path: str | Path):
+    """(GPTConfig, GPT in eval mode with fp32 weights, tokenizer, GGUFModel) from a .gguf
+    file: its metadata read and checked first (model/gguf.py), then the tensors dequantized."""
+    from .model.gguf import read_gguf
+    from .tokenizers import check_token_ids
+
+    path = Path(path)
+    header = read_gguf(path, tensors=False)
+    config = config_from_hf(header.hf_config, str(path))
+    check_token_ids(header.tokenizer, config.vocab_size, str(path))
+    expected = families.expected_shapes(families.family_of(config), config)
+    contents = read_gguf(path)
+    model = GPT(config)
+    if config.tie_word_embeddings:
+        contents.tensors.pop(families.family_of(config).top["lm_head"] + ".weight", None)
+    families.check_names(set(expected), set(contents.tensors), str(path))
+    load_weights(model, contents.tensors, str(path))
+    model.eval()
+    return config, model, header.tokenizer, contents
+
+
+GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "typical_p",
+                       "repetition_penalty")  # fmt: skip
+
+
+def read_generation_config(directory: Path, vocab_size: int) -> dict:
+    """generation_config.json, checked: `eos_token_id` as a list of ids in the vocabulary, and
+    the sampling defaults lmgen honours (`do_sample` and GENERATION_DEFAULTS), as transformers
+    takes them for `generate()`. Missing file: {}."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return {}
+    d = read_json_file(path, 1 << 20)
+    if not isinstance(d, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    f = families.Fields(d, str(path))
+    out = {}
+    eos = d.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise ModelLoadError(
+                f"{path}: eos_token_id must be ids below vocab_size {vocab_size}, got {show(eos)}"
+            )
+    out["eos_token_id"] = ids
+    out["do_sample"] = f.boolean("do_sample", False)
+    for key in GENERATION_DEFAULTS:
+        if d.get(key) is not None:
+            out[key] = f.number(key, None, 0, 1e9)
+            if key == "top_k":
+                out[key] = int(out[key])
+    return out
+
+
 def write_model_dir(
     model: GPT,
     tokenizer,
@@ -329,11 +383,18 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
         path = Path(name).expanduser()
         if path.is_dir():
             return path
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ModelLoadError(
+                    f"{clip(str(path))}: a file that is not .gguf; give a model directory "
+                    "(config.json, model.safetensors, tokenizer.json) or a .gguf file"
+                )
+            return path
     except (OSError, RuntimeError, ValueError) as e:  # a name too long, ~nosuchuser, a NUL
         reason = getattr(e, "strerror", None) or first_line(e)
         raise ModelLoadError(f"{clip(repr(name))}: not a usable model path ({reason})") from e
-    if os.sep in name or (os.altsep and os.altsep in name):  # a path, not a bundled name
-        raise ModelLoadError(f"{clip(str(path))}: no such model directory")
+    if os.sep in name or (os.altsep and os.altsep in name) or name.endswith(".gguf"):
+        raise ModelLoadError(f"{clip(str(path))}: no such model directory or .gguf file")
     if name in bundled_models():
         return BUNDLED_DIR / name
     known = ", ".join(bundled_models()) or "none installed"
@@ -346,6 +407,9 @@ def resolve_model(name_or_dir: str | os.PathLike | None) -> Path:
 HUB_FILES = [
     "config.json",
     "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "chat_template.jinja",
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
@@ -355,7 +419,7 @@ HUB_FILES = [
 
 
 def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
-    """Fetches a GPT-2 model from the Hugging Face Hub (or its local cache when offline)."""
+    """Fetches a model directory from the Hugging Face Hub (or its local cache when offline)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency

@@ -8,12 +8,19 @@ from pathlib import Path
 import torch
 
 from .chat import read_chat_template
-from .checkpoint import read_model_dir, resolve_model, write_model_dir
+from .checkpoint import (
+    read_generation_config,
+    read_gguf_model,
+    read_model_dir,
+    resolve_model,
+    write_model_dir,
+)
 from .model import GPT, GPTConfig
 
 
 class LM:
     chat_template: str | None = None  # the model's Jinja chat template (lmgen.chat), if any
+    generation_defaults: dict = {}  # generation_config.json's eos ids and sampling defaults
 
     def __init__(self, model: GPT, tokenizer, name: str = "lmgen", path: Path | None = None):
         self.model = model
@@ -31,7 +38,10 @@ class LM:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id, self.config.eos_token_id}
+        """Every id that ends a sequence: the tokenizer's, config.json's (an id or a list) and
+        generation_config.json's (Llama 3 lists several), as transformers stops on any."""
+        ids = {self.tokenizer.eos_token_id, *self.config.eos_token_ids}
+        ids.update(self.generation_defaults.get("eos_token_id", ()))
         return sorted(i for i in ids if i is not None)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -95,11 +105,19 @@ def load(
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
 ) -> LM:
-    """Loads a model directory, a bundled model by name (default `shakespeare`), or `hf:NAME`.
+    """Loads a model directory (GPT-2, Llama, Mistral, Qwen2/3, Gemma 3, GPT-NeoX), a `.gguf`
+    file, a bundled model by name (default `shakespeare`), or `hf:NAME`.
 
     `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize)."""
     path = resolve_model(name_or_dir)
-    _, model, tokenizer = read_model_dir(path)
+    chat_template, generation = None, {}
+    if path.is_file():
+        _, model, tokenizer, gguf = read_gguf_model(path)
+        chat_template, generation = gguf.chat_template, {"eos_token_id": []}
+    else:
+        config, model, tokenizer = read_model_dir(path)
+        chat_template = read_chat_template(path)
+        generation = read_generation_config(path, config.vocab_size)
     if device or dtype:
         model.to(device=device, dtype=dtype)
     if quantize:
@@ -108,5 +126,6 @@ def load(
         quantize_model(model, quantize)
     name = str(name_or_dir) if name_or_dir is not None else path.name
     lm = LM(model, tokenizer, name=name, path=path)
-    lm.chat_template = read_chat_template(path) if path.is_dir() else None
+    lm.chat_template = chat_template
+    lm.generation_defaults = generation
     return lm
