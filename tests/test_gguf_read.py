@@ -431,3 +431,161 @@ def test_tiny_gguf_equals_transformers_loader(tmp_path, arch):
     ids = ours.tokenizer.encode(MIXED_TEXT)
     assert ours.tokenizer.decode(ids) == tok.decode(ids)
     assert ours.chat_template == tok.chat_template
+
+
+# --- names against gguf's own map; GPT-NeoX's layout ------------------------------------------
+
+HF_CONFIGS = {
+    "llama": ("LlamaConfig", {"attention_bias": True}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 48}),
+    "gemma3": ("Gemma3TextConfig", {"head_dim": 48}),
+    "gpt2": ("GPT2Config", {}),
+    "gptneox": ("GPTNeoXConfig", {"rotary_pct": 0.25}),
+}
+
+
+def _tiny_hf_model(arch, tied=False, vocab=50):
+    transformers = pytest.importorskip("transformers")
+    cls, extra = HF_CONFIGS[arch]
+    if arch == "gpt2":
+        kw = dict(n_embd=32, n_layer=2, n_head=4, n_positions=16, vocab_size=vocab)
+    else:
+        kw = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=40,
+            vocab_size=vocab,
+            max_position_embeddings=16,
+        )
+        if arch != "gptneox":
+            kw["num_key_value_heads"] = 2
+    config = getattr(transformers, cls)(**kw, **extra, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "gpt2", "gptneox"])
+def test_tensor_names_agree_with_gguf_name_map(arch):
+    """gguf's TensorNameMap (llama.cpp's converter's HF -> GGUF table) maps every tensor of a
+    transformers model to the GGUF name that hf_name maps back to it."""
+    model = _tiny_hf_model(arch)
+    gguf_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    table = gguf.get_tensor_name_map(gguf_arch, 2)
+    names = [n for n in model.state_dict() if not n.endswith((".attn.bias", ".masked_bias"))]
+    for name in names:
+        stem, kind = name.rsplit(".", 1)
+        theirs = table.get_name(stem)
+        assert theirs is not None, name
+        # transformers 5 names NeoX's head lm_head; its checkpoints (pythia's) say embed_out
+        want = "embed_out.weight" if (arch, name) == ("gptneox", "lm_head.weight") else name
+        assert hf_name(arch, f"{theirs}.{kind}") == want, (name, theirs)
+
+
+def test_gptneox_fused_qkv_round_trips_llama_cpp_layout(tmp_path):
+    """llama.cpp's converter regroups NeoX's per-head [q_h, k_h, v_h] rows into [q; k; v]
+    (GPTNeoXModel.modify_tensors); read_gguf must restore HF's layout, bias included."""
+    tokens, types, merges = _byte_level_vocab()
+    model = _tiny_hf_model("gptneox", vocab=len(tokens))
+    sd, cfg = model.state_dict(), model.config
+    heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPTNEOX, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(tmp_path / "n.gguf"), "gptneox")
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(heads)
+    rotary_pct = cfg.rope_parameters["partial_rotary_factor"]
+    w.add_rope_dimension_count(int(rotary_pct * hidden // heads))
+    w.add_parallel_residual(True)
+    w.add_layer_norm_eps(cfg.layer_norm_eps)
+    sd_names = {}
+    for name, t in sd.items():
+        if name.endswith((".attn.bias", ".masked_bias")) or "rotary" in name:
+            continue
+        stem, kind = name.rsplit(".", 1)
+        t = t.float()
+        if "query_key_value" in name:  # the converter's regrouping, written out here
+            per_head = t.reshape(heads, 3, hidden // heads, *t.shape[1:])
+            t = torch.cat([per_head[:, i].reshape(-1, *t.shape[1:]) for i in range(3)])
+        w.add_tensor(f"{table.get_name(stem)}.{kind}", t.numpy())
+        sd_names[name.replace("lm_head.", "embed_out.")] = t
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = read_gguf(tmp_path / "n.gguf")
+    assert set(ours.tensors) == set(sd_names)
+    for name in sd_names:
+        hf = sd[name.replace("embed_out.", "lm_head.")].float()
+        assert torch.equal(ours.tensors[name], hf), name
+    c = ours.hf_config
+    assert (c["model_type"], c["rotary_pct"], c["use_parallel_residual"]) == (
+        "gpt_neox",
+        0.25,
+        True,
+    )
+    assert c["tie_word_embeddings"] is False and c["vocab_size"] == len(tokens)
+
+
+# --- bad files: one line each, before any tensor is read --------------------------------------
+
+
+def _one_line_error(path, match):
+    with pytest.raises(ModelLoadError, match=match) as e:
+        read_gguf(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_not_a_gguf_file(tmp_path):
+    (tmp_path / "a.gguf").write_text('{"model_type": "llama"}')
+    _one_line_error(tmp_path / "a.gguf", "not a GGUF file")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    _one_line_error(tmp_path / "empty.gguf", "not a GGUF file")
+    _one_line_error(tmp_path / "missing.gguf", "no such file")
+
+
+def test_truncated_gguf_file(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, "llama")
+    data = path.read_bytes()
+    for keep in (len(data) * 3 // 4, 200, 6):
+        cut = tmp_path / f"cut{keep}.gguf"
+        cut.write_bytes(data[:keep])
+        _one_line_error(cut, "truncated")
+
+
+def test_unsupported_tensor_type_named_before_any_dequantization(tmp_path, monkeypatch):
+    # a tiny file whose Q4_K tensors are relabelled Q2_K in their tensor info (both have
+    # 256-element blocks): the reader sees Q2_K, which lmgen does not read
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, "llama", kinds=("Q4_K", "F32"))
+    reader = gguf.GGUFReader(str(path), "r+")
+    q4k, q2k = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q2_K
+    for t in reader.tensors:
+        if t.tensor_type == q4k:
+            t.field.parts[-2][...] = q2k  # the tensor info's type field
+    reader.data.flush()
+    del reader
+    monkeypatch.setattr(gguf.quants, "dequantize", lambda *a: pytest.fail("dequantized"))
+    msg = _one_line_error(path, "type Q2_K")
+    assert "supported: " + ", ".join(TENSOR_TYPES) in msg
+
+
+def test_unsupported_architecture_names_it_and_the_list(tmp_path):
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    msg = _one_line_error(tmp_path / "m.gguf", "'mamba' is not supported")
+    assert ", ".join(ARCHITECTURES) in msg
