@@ -20,6 +20,7 @@ from lmgen.settings import (
     MAX_LOGPROBS,
     MIN_TEMPERATURE,
     SAMPLING_ONLY,
+    SAMPLING_SIGNALS,
     SETTINGS,
     STRATEGIES,
 )
@@ -302,15 +303,13 @@ class _Config:
 
 # -- the strategy rule ------------------------------------------------------------------------
 
-# Giving any of these (temperature other than 0) asks for sampling when no strategy is named.
-SAMPLING_SIGNALS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "seed")
 
-
-def infer_strategy(given: dict[str, Any]) -> str:
+def infer_strategy(given: dict[str, Any], default: str = "greedy") -> str:
     """The strategy of keyword arguments that name none: `num_beams > 1` gives "beam";
-    `penalty_alpha > 0` gives "contrastive"; any of
-    temperature (other than 0), top_k, top_p, min_p, typical_p or seed gives "sample"; else
-    "greedy". A value of None counts as not given; an explicit `strategy` wins."""
+    `penalty_alpha > 0` gives "contrastive"; any of the settings declared `implies_sampling`
+    (lmgen.settings.SAMPLING_SIGNALS; temperature only other than 0) gives "sample"; else
+    `default` ("greedy"; the server's is "sample", as OpenAI's). A value of None counts as
+    not given; an explicit `strategy` wins."""
     if given.get("strategy") is not None:
         return given["strategy"]
     beams = given.get("num_beams")
@@ -323,7 +322,7 @@ def infer_strategy(given: dict[str, Any]) -> str:
         value = given.get(name)
         if value is not None and not (name == "temperature" and value == 0):
             return "sample"
-    return "greedy"
+    return default
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -153,6 +153,8 @@ class Setting:
     group: str = "sampling"  # see GROUPS
     processor: str = ""  # the class in lmgen.decoding it configures
     sampling_only: bool = False  # greedy and beam search ignore it (a warning says so)
+    implies_sampling: bool = False  # given without a strategy, it asks for sampling
+    hf_default: bool = False  # a model's generation_config.json may set its default
     # where it is accepted besides the Python API
     api: str | None = ""  # its HTTP name on completions and chat ("" = `name`; None = not there)
     chain: bool = False  # one of the processor chain's knobs (`lmgen next`, /v1/lmgen/next)
@@ -237,21 +239,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("temperature", "float", 1.0, "divide the logits by T before sampling; 0 means "
             "greedy",
             Range(MIN_TEMPERATURE, MAX_TEMPERATURE, also=(0,), also_note="0 (greedy)"),
-            processor="Temperature", sampling_only=True, chain=True, short="-t", metavar="T",
+            processor="Temperature", sampling_only=True, implies_sampling=True, hf_default=True,
+            chain=True,
+            short="-t", metavar="T",
             openai="temperature", vllm="temperature", llama_cpp="temperature",
             transformers="temperature"),
     Setting("top_k", "int", 0, "keep the K most likely tokens", at_least(0), off=_OFF,
-            processor="TopK", sampling_only=True, chain=True, metavar="K", vllm="top_k",
+            processor="TopK", sampling_only=True, implies_sampling=True, hf_default=True,
+            chain=True, metavar="K",
+            vllm="top_k",
             llama_cpp="top_k", transformers="top_k"),
     Setting("top_p", "float", 1.0, "nucleus: keep the smallest set of top tokens whose "
             "probability reaches P", between(0, 1, low_open=True), off=_OFF, processor="TopP",
-            sampling_only=True, chain=True, metavar="P", openai="top_p", vllm="top_p",
+            sampling_only=True, implies_sampling=True, hf_default=True, chain=True, metavar="P",
+            openai="top_p",
+            vllm="top_p",
             llama_cpp="top_p", transformers="top_p"),
     Setting("min_p", "float", 0.0, "drop tokens below P x the top token's probability",
-            between(0, 1), off=_OFF, processor="MinP", sampling_only=True, chain=True,
+            between(0, 1), off=_OFF, processor="MinP", sampling_only=True, implies_sampling=True,
+            hf_default=True,
+            chain=True,
             metavar="P", vllm="min_p", llama_cpp="min_p", transformers="min_p"),
     Setting("typical_p", "float", 1.0, "locally typical sampling: keep this much mass",
             between(0, 1, low_open=True), off=_OFF, processor="TypicalP", sampling_only=True,
+            implies_sampling=True, hf_default=True,
             chain=True, metavar="P", llama_cpp="typical_p", transformers="typical_p"),
     Setting("epsilon_cutoff", "float", 0.0, "epsilon sampling: drop tokens with probability "
             "below E", between(0, 1, high_open=True), off=_OFF, group="samplers",
@@ -325,7 +336,8 @@ SETTINGS: tuple[Setting, ...] = (
             cli="file", vllm="guided_grammar", llama_cpp="grammar"),
     Setting("repetition_penalty", "float", 1.0, "make tokens already in the text R times "
             "less likely", between(*REPETITION_PENALTY_RANGE), off=_OFF,
-            processor="RepetitionPenalty", chain=True, metavar="R", vllm="repetition_penalty",
+            processor="RepetitionPenalty", chain=True, hf_default=True, metavar="R",
+            vllm="repetition_penalty",
             transformers="repetition_penalty"),
     Setting("presence_penalty", "float", 0.0, "subtract X from the logit of every token "
             "generated so far", between(-MAX_PENALTY, MAX_PENALTY), off=_OFF,
@@ -366,7 +378,8 @@ SETTINGS: tuple[Setting, ...] = (
             group="search", vllm="ignore_eos", llama_cpp="ignore_eos"),
     Setting("seed", "int", None, "seed of the sampler: the same seed gives the same text "
             "(none: random); implies --strategy sample", Range(0, 2**64, high_open=True,
-            integer=True), group="search", sampling_only=True, serve_max=SERVE_MAX_SEED,
+            integer=True), group="search", sampling_only=True, implies_sampling=True,
+            serve_max=SERVE_MAX_SEED,
             metavar="SEED", openai="seed", vllm="seed", llama_cpp="seed"),
     Setting("min_tokens_to_keep", "int", 1, "the filters keep at least N tokens",
             at_least(1), processor="TopK", sampling_only=True, chain=True, api=None,
@@ -397,8 +410,59 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 # Knobs that only shape the sampling distribution; greedy and beam search ignore them.
 SAMPLING_ONLY: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.sampling_only)
+# transformers' names of the settings a model's generation_config.json may give defaults for
+HF_GENERATION_DEFAULTS: tuple[str, ...] = tuple(s.transformers for s in SETTINGS if s.hf_default)
+# Giving any of these (temperature other than 0) asks for sampling when no strategy is named.
+SAMPLING_SIGNALS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.implies_sampling)
 CONSTRAINTS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.group == "structured")
 
 
 def setting(name: str) -> Setting:
     return BY_NAME[name]
+
+
+# -- docs/settings.md ---------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") if text else "–"
+
+
+def markdown() -> str:
+    """docs/settings.md: one table row per setting, grouped as the command line groups them.
+    Written by `python -m lmgen.settings > docs/settings.md` (tests/test_settings.py fails
+    when the file is stale)."""
+    lines = [
+        "# Decoding settings",
+        "",
+        "Generated from `src/lmgen/settings.py` by `python -m lmgen.settings > docs/settings.md`;"
+        " do not edit by hand. Each setting is a `GenerationConfig` field (Python), a flag"
+        " (`lmgen generate`, `lmgen next`, `lmgen chat`, `lmgen plot generation`) and a request"
+        " field of the server (completions and chat under the HTTP name; `/v1/lmgen/next` under"
+        " the Python name). Every one of them checks the range below with the same message;"
+        " the server caps some values lower for its own sake (the HTTP range).",
+        "",
+    ]
+    for group, title in GROUPS.items():
+        rows = [s for s in SETTINGS if s.group == group]
+        lines += [
+            f"## {title[0].upper()}{title[1:]}",
+            "",
+            "| setting | default | range | flag | HTTP name | HTTP range | OpenAI | vLLM"
+            " | llama.cpp | transformers | processor | what it does |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in rows:
+            flag = s.flag_name + (f", {s.short}" if s.short else "") if s.flag_name else ""
+            served = s.api_name is not None or s.chain  # completions and chat, or /v1/lmgen/next
+            serve = s.allowed(serve=True) if served else ""
+            cells = [f"`{s.name}`", s.default_text(), s.allowed(), flag and f"`{flag}`",
+                     s.api_name and f"`{s.api_name}`", serve, s.openai, s.vllm, s.llama_cpp,
+                     s.transformers, s.processor and f"`{s.processor}`", s.help]  # fmt: skip
+            lines.append("| " + " | ".join(_cell(c or "") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -22,7 +22,7 @@ from lmgen.errors import ConfigError
 from . import style
 from .common import as_lm, entropy, prompt_ids, require_prompt, to_numpy
 
-# The method knobs `next_data` sets itself; other processor knobs (penalties, min_p, ...)
+# The method knobs `next_data` sets itself; other processor knobs (penalties, filters, ...)
 # may be passed and then apply to every method.
 _METHOD_KNOBS = ("strategy", "temperature", "top_k", "top_p", "num_beams", "seed")
 
@@ -125,7 +125,8 @@ def next_data(
     """The next-token distribution after `prompt` as greedy decoding, temperature sampling,
     top-k, top-p and the first beam-search step see it, on the same top-`top` candidates.
 
-    Extra keyword arguments (e.g. `repetition_penalty=1.3`) join every method's chain."""
+    Extra keyword arguments (any GenerationConfig setting: a penalty, a filter) join every
+    method's chain."""
     from lmgen.decoding.sampling import make_generator
     from lmgen.generation import next_token
     from lmgen.generation_config import GenerationConfig

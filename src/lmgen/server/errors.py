@@ -17,16 +17,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmgen.errors import ConfigError, ContextLengthError, LmgenError
+from lmgen.settings import SETTINGS
 
 from .worker import Cancelled
 
 log = logging.getLogger(__name__)
 
-# GenerationConfig's names -> the API's, in parameters and error messages
+# GenerationConfig's names -> the API's, in parameters and error messages (a constraint's
+# errors are renamed where it is checked: structured.py)
 API_NAMES = {
-    "max_new_tokens": "max_tokens",
-    "num_return_sequences": "n",
-    "min_new_tokens": "min_tokens",
+    s.name: s.api_name
+    for s in SETTINGS
+    if s.api_name not in (None, s.name) and s.group != "structured"
 }
 
 

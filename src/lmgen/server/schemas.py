@@ -46,6 +46,7 @@ from lmgen.settings import (
     SETTINGS,
     Range,
     Setting,
+    at_least,
 )
 
 MAX_TOKENS = SERVE_MAX_TOKENS  # the cap on max_tokens; the context is checked per request
@@ -171,10 +172,12 @@ def _checked(check) -> AfterValidator:
     return AfterValidator(run)
 
 
-def _number(r: Range, name: str, doc: dict[str, Any]) -> Any:
-    """A number checked by `r` (under the name the client sent), its range in the schema."""
+def _number(library: Range, cap: float | None, name: str, doc: dict[str, Any]) -> Any:
+    """A number checked by the library's range (its message, under the name the client sent),
+    then by the server's cap; the capped range in the schema."""
+    r = library.capped(cap)
     pre = (BeforeValidator(_integral),) if r.integer else ()
-    check = _checked(lambda v: r.check(name, v))
+    check = _checked(lambda v: r.check(name, library.check(name, v)))
     return Annotated[
         (int if r.integer else float, *pre, check, WithJsonSchema({**r.json_schema(), **doc}))
     ]
@@ -201,12 +204,18 @@ def setting_type(s: Setting, name: str) -> Any:
     if s.group == "structured":
         doc["description"] = f"{s.help}; {GUIDED_NOTE}"
     if s.range is not None:
-        return _number(s.range.capped(s.serve_max), name, doc)
+        return _number(s.range, s.serve_max, name, doc)
     if s.choices:
         kind = "string" if isinstance(s.choices[0], str) else "integer"
         schema = {"type": kind, "enum": list(s.choices), **doc}
         return Annotated[(type(s.choices[0]), _checked(s.check), WithJsonSchema(schema))]
-    return Annotated[(_WIRE_TYPES[s.wire or s.kind], Field(description=doc["description"]))]
+    extra = {"default": doc["default"]} if "default" in doc else None
+    return Annotated[
+        (
+            _WIRE_TYPES[s.wire or s.kind],
+            Field(description=doc["description"], json_schema_extra=extra),
+        )
+    ]
 
 
 def setting_fields(naming: str, keep=lambda s: True) -> dict[str, Any]:
@@ -283,7 +292,7 @@ class CompletionRequest(Decoding):
     # a string, a list of strings, token ids, or a list of lists of token ids (as OpenAI)
     prompt: Prompt
     # 0 with echo: score the prompt only (its logprobs), generate nothing
-    max_tokens: Int(0, MAX_TOKENS) | None = None
+    max_tokens: _number(at_least(0), MAX_TOKENS, "max_tokens", {"default": 16}) | None = None
     logprobs: Int(0, MAX_LOGPROBS) | None = None
     echo: bool | None = None
     best_of: Int(1, MAX_N) | None = None  # only None or equal to n

@@ -12,15 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmgen.decoding.grammar import CONSTRAINTS, StructuredOutput, check_constraint
 from lmgen.errors import ConfigError
+from lmgen.settings import SETTINGS
 
 from .errors import APIError
 
-GUIDED = {
-    "guided_regex": "regex",
-    "guided_json": "json_schema",
-    "guided_choice": "choice",
-    "guided_grammar": "grammar",
-}
+GUIDED = {s.api_name: s.name for s in SETTINGS if s.group == "structured"}  # vLLM's names
 
 
 class JsonSchemaFormat(BaseModel):
