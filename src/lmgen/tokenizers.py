@@ -251,6 +251,45 @@ class BPETokenizer(_Wrapped):
         return cls(backend)
 
 
+def sentencepiece_backend(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    style: str = "llama",
+    prepend_scheme: str = "first",
+) -> HFTokenizer:
+    """SentencePiece-style BPE with byte fallback, built as transformers' LlamaTokenizer
+    (`style="llama"`: Metaspace, "▁" prepended per `prepend_scheme`) or GemmaTokenizer
+    (`style="gemma"`: spaces replaced by "▁", nothing prepended) builds it."""
+    if style == "gemma":
+        backend = HFTokenizer(
+            models.BPE(
+                vocab=vocab,
+                merges=merges,
+                fuse_unk=True,
+                unk_token="<unk>",
+                dropout=None,
+                byte_fallback=True,
+            )
+        )
+        backend.normalizer = normalizers.Replace(" ", "▁")
+        backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        backend.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        return backend
+    backend = HFTokenizer(
+        models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
+    )
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme=prepend_scheme, split=False
+    )
+    strip = [decoders.Strip(content=" ", left=1)] if prepend_scheme != "never" else []
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+    )
+    return backend
+
+
 class PretrainedTokenizer(_Wrapped):
     """A released model's tokenizer: whatever `tokenizer.json` describes (byte-level BPE,
     SentencePiece-style BPE with byte fallback, ...), with its special tokens, and BOS/EOS added
@@ -398,6 +437,7 @@ def _pretrained(backend: HFTokenizer, cfg: dict, cfg_path: Path, directory: Path
         if value is not None and not isinstance(value, bool):
             raise ModelLoadError(f"{cfg_path}: {key} must be true or false, got {show(value)}")
         flags[key] = value
+    backend = _rebuilt_for_class(backend, cfg, cfg_path)
     template = cfg.get("chat_template")
     if isinstance(template, list):  # several named templates: the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -406,7 +446,56 @@ def _pretrained(backend: HFTokenizer, cfg: dict, cfg_path: Path, directory: Path
         template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
     if template is not None and not isinstance(template, str):
         raise ModelLoadError(f"{cfg_path}: chat_template must be a string, got {show(template)}")
-    return PretrainedTokenizer(backend, **tokens, **flags, chat_template=template)
+    # transformers 5 keeps tokenizer.json's post-processor and does not rebuild it from
+    # add_bos_token/add_eos_token when it loads a directory: neither does lmgen
+    tok = PretrainedTokenizer(backend, **tokens, chat_template=template)
+    tok.add_bos_token, tok.add_eos_token = flags["add_bos_token"], flags["add_eos_token"]
+    return tok
+
+
+# tokenizer classes whose transformers 5 constructor rebuilds the backend from tokenizer.json's
+# vocabulary and merges with its own normalizer, pre-tokenizer and decoder (keeping the
+# post-processor and added tokens); the byte-level classes (GPT2Tokenizer, Qwen2Tokenizer,
+# GPTNeoXTokenizer) rebuild what their tokenizer.json already says
+_SENTENCEPIECE_CLASSES = {
+    "LlamaTokenizer": "llama",
+    "LlamaTokenizerFast": "llama",
+    "CodeLlamaTokenizer": "llama",
+    "CodeLlamaTokenizerFast": "llama",
+    "GemmaTokenizer": "gemma",
+    "GemmaTokenizerFast": "gemma",
+}
+
+
+def _rebuilt_for_class(backend: HFTokenizer, cfg: dict, cfg_path: Path) -> HFTokenizer:
+    style = _SENTENCEPIECE_CLASSES.get(cfg.get("tokenizer_class"))
+    if style is None or type(backend.model).__name__ != "BPE":
+        return backend
+    spec = json.loads(backend.to_str())
+    vocab = spec["model"]["vocab"]
+    merges = [
+        tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]
+    ]
+    add_prefix_space = cfg.get("add_prefix_space")
+    legacy = cfg.get("legacy", False)
+    if add_prefix_space is False:
+        scheme = "never"
+    else:
+        scheme = "always" if legacy else "first"
+    try:
+        rebuilt = sentencepiece_backend(vocab, merges, style, scheme)
+    except BaseException as e:  # tokenizers' Rust panics derive from BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ModelLoadError(f"{cfg_path}: cannot rebuild its tokenizer ({first_line(e)})") from e
+    rebuilt.post_processor = backend.post_processor
+    added = sorted(backend.get_added_tokens_decoder().items())
+    for _, token in added:
+        if token.special:
+            rebuilt.add_special_tokens([token])
+        else:
+            rebuilt.add_tokens([token])
+    return rebuilt
 
 
 def _token_text(cfg: dict, key: str, source: Path) -> str | None:
@@ -563,21 +652,7 @@ def _gguf_backend(meta: dict, source: str) -> HFTokenizer:
             merges = [tuple(m.split(" ")) for m in merges_text]
         else:
             merges = merges_from_scores(vocab, {t: -i for i, t in enumerate(tokens)})
-        backend = HFTokenizer(
-            models.BPE(
-                vocab=vocab,
-                merges=merges,
-                fuse_unk=True,
-                unk_token="<unk>",
-                dropout=None,
-                byte_fallback=True,
-            )
-        )
-        backend.normalizer = normalizers.Replace(" ", "▁")
-        backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
-        backend.decoder = decoders.Sequence(
-            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        )
+        backend = sentencepiece_backend(vocab, merges, "gemma")
     else:  # llama: SentencePiece-style BPE with byte fallback
         vocab = {t: i for i, t in enumerate(tokens)}
         if merges_text is not None:
@@ -587,20 +662,7 @@ def _gguf_backend(meta: dict, source: str) -> HFTokenizer:
             if scores is None:
                 raise ModelLoadError(f"{source}: a llama tokenizer with neither merges nor scores")
             merges = merges_from_scores(vocab, dict(zip(tokens, scores, strict=False)))
-        backend = HFTokenizer(
-            models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
-        )
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="first", split=False
-        )
-        backend.decoder = decoders.Sequence(
-            [
-                decoders.Replace("▁", " "),
-                decoders.ByteFallback(),
-                decoders.Fuse(),
-                decoders.Strip(content=" ", left=1),
-            ]
-        )
+        backend = sentencepiece_backend(vocab, merges, "llama")
     types = meta.get("tokenizer.ggml.token_type") or []
     original = meta.get("tokenizer.ggml.tokens") or []
     spelled = set(_byte_alphabet().values()) if model == "gpt2" else None
