@@ -34,7 +34,7 @@ def require_prompt(prompt, what: str) -> str:
 
 def prompt_ids(lm, prompt: str, new_tokens: int = 1) -> list[int]:
     """The prompt's token ids, checked against the model's context like `generate` does."""
-    from lmgen.generation import check_context, encode_prompt
+    from lmgen.decoding.session import check_context, encode_prompt
     from lmgen.generation_config import GenerationConfig
 
     ids = encode_prompt(lm, prompt)

@@ -1,7 +1,7 @@
 """The next-token distribution: each decoding method on the same candidates, and temperature.
 
-Every number comes from `lmgen.generation.next_token` (the model's logits and the processor
-chain the generator itself builds), `lmgen.processors.sample_from_logits` (the sampler the
+Every number comes from `lmgen.decoding.next_token` (the model's logits and the processor
+chain the generator itself builds), `lmgen.decoding.sampling.sample_from_logits` (the sampler the
 decode loop uses) and `lmgen.beam.beam_search` (its recorded trace), never from a second
 implementation.
 """
@@ -127,10 +127,10 @@ def next_data(
 
     Extra keyword arguments (any GenerationConfig setting: a penalty, a filter) join every
     method's chain."""
-    from lmgen.decoding.sampling import make_generator
-    from lmgen.generation import next_token
+    from lmgen.decoding.api import next_token
+    from lmgen.decoding.processors import TopP, build_chain
+    from lmgen.decoding.sampling import make_generator, sample_from_logits
     from lmgen.generation_config import GenerationConfig
-    from lmgen.processors import TopP, build_chain, sample_from_logits
 
     lm = as_lm(lm)
     require_prompt(prompt, "plot next")
@@ -262,7 +262,7 @@ def _beam_panel(lm, prompt, data: NextComparison, num_beams: int, config: dict) 
     sub = f"first step: {len(kept)} beams kept"
     if finished:
         sub += f", {finished} finished"
-    from lmgen.processors import build_chain
+    from lmgen.decoding.processors import build_chain
 
     chain = build_chain(
         cfg, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
@@ -508,7 +508,7 @@ def temperature_data(
 ) -> TemperatureSweep:
     """The next-token distribution after `prompt` at each temperature, via the sampling chain
     `next_token` builds; the shown candidates are the top `top` by raw logit."""
-    from lmgen.generation import next_token
+    from lmgen.decoding.api import next_token
 
     lm = as_lm(lm)
     require_prompt(prompt, "plot temperature")

@@ -1,6 +1,6 @@
 """A generated text, each token coloured by its probability, with per-step charts.
 
-The text and the chosen tokens' probabilities come from `lmgen.generation.generate` itself.
+The text and the chosen tokens' probabilities come from `lmgen.decoding.generate` itself.
 The entropy of each step's distribution is not something `generate` reports, so the finished
 sequence is read once more by the model in a single pass and each step's logits go through
 the same processor chain `generate` built (`build_chain` with the same config): the same
@@ -61,9 +61,9 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0, **kwargs) 
     """Generates from `prompt` (any `generate` arguments: strategy, temperature, top_k, seed,
     …; max_new_tokens defaults to 40 here) and collects each step's probabilities and
     entropies."""
-    from lmgen.generation import generate
+    from lmgen.decoding.api import generate
+    from lmgen.decoding.processors import build_chain
     from lmgen.generation_config import GenerationConfig
-    from lmgen.processors import build_chain
 
     lm = as_lm(lm)
     require_prompt(prompt, "plot generation")

@@ -7,11 +7,8 @@ from __future__ import annotations
 import torch
 from fastapi import Request
 
-from lmgen.decoding.api import beam_trace_steps
-from lmgen.errors import GenerationError
-from lmgen.generation import next_token
-from lmgen.generation_config import GenerationConfig
-from lmgen.processors import (
+from lmgen.decoding.api import beam_trace_steps, next_token
+from lmgen.decoding.processors import (
     XTC,
     EpsilonCutoff,
     EtaCutoff,
@@ -23,9 +20,10 @@ from lmgen.processors import (
     TopP,
     TypicalP,
     build_chain,
-    make_generator,
-    sample_from_logits,
 )
+from lmgen.decoding.sampling import make_generator, sample_from_logits
+from lmgen.errors import GenerationError
+from lmgen.generation_config import GenerationConfig
 
 from . import jobs, schemas
 from .budget import job_bytes
