@@ -1,0 +1,232 @@
+"""Chat in the server with a model that has a chat template: `/v1/chat/completions` and
+`/tokenize` render the messages exactly as transformers' `apply_chat_template` does (the
+template's options passed through as vLLM names them), replies stop at the template's end of
+turn, and a template that fails costs that request a 400, never the server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+from tests.chat_templates import QWEN25
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+import lmgen
+from lmgen.generation import generate
+from lmgen.lm import LM
+from lmgen.server import create_app, serve_in_thread
+from lmgen.tokenizers import BPETokenizer
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = [
+    "To be, or not to be: that is the question.",
+    "What is the capital of France? Paris is the capital of France.",
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+] * 10
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of France? {\"q\": 'é'}"},
+]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+RAISING = "{% if messages[-1].content == 'boom' %}{{ raise_exception('no boom here') }}{% endif %}"
+LOOPING = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def save_chat_model(path):
+    """A tiny random GPT whose byte-level BPE has ChatML's special tokens, saved with the
+    Qwen2.5 chat template in tokenizer_config.json."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TEXTS, trainer)
+    tok = BPETokenizer(backend, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = lmgen.GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_positions=1024,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
+    model = lmgen.GPT(cfg)
+    with torch.no_grad():
+        model.wte.weight.mul_(10.0)
+    LM(model, tok).save(path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = QWEN25
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_chat_model(tmp_path_factory.mktemp("chat") / "qwenish")
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    return lmgen.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    return transformers.AutoTokenizer.from_pretrained(str(model_dir))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    bad = lmgen.load(model_dir)
+    bad.chat_template, bad.name = RAISING, "bad"
+    slow = lmgen.load(model_dir)
+    slow.chat_template = LOOPING
+    models = {"chat": lmgen.load(model_dir), "bad": bad, "slow": slow, "plain": lmgen.load()}
+    with serve_in_thread(create_app(models)) as url:
+        yield url
+
+
+def post(server, path, body):
+    return httpx.post(server + path, json=body, timeout=60)
+
+
+def hf_ids(out) -> list[int]:
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def test_template_read_and_models_card(server, lm):
+    assert lm.chat_template == QWEN25
+    cards = {m["id"]: m for m in httpx.get(server + "/v1/models").json()["data"]}
+    assert cards["chat"]["lmgen"]["chat_template"] is True
+    assert "warnings" not in cards["chat"]["lmgen"]
+    plain = cards["plain"]["lmgen"]
+    assert plain["chat_template"] is False and "no chat template" in plain["warnings"][0]
+    info = httpx.get(server + "/tokenizer_info", params={"model": "chat"}).json()
+    assert info["chat_template"] == QWEN25
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"add_generation_prompt": False},
+        {"continue_final_message": True},
+        {"tools": TOOLS},
+    ],
+)
+def test_tokenize_messages_equals_transformers(server, hf, options):
+    messages = MESSAGES
+    if options.get("continue_final_message"):
+        messages = [*MESSAGES, {"role": "assistant", "content": "The capital is"}]
+    r = post(server, "/tokenize", {"model": "chat", "messages": messages, **options})
+    assert r.status_code == 200, r.text
+    hf_options = {"add_generation_prompt": True, **options}
+    if options.get("continue_final_message"):
+        hf_options["add_generation_prompt"] = False
+    expected = hf_ids(hf.apply_chat_template(messages, tokenize=True, **hf_options))
+    assert r.json()["tokens"] == expected and r.json()["count"] == len(expected)
+
+
+def test_chat_template_kwargs_reach_the_template(server, model_dir):
+    r = post(
+        server,
+        "/tokenize",
+        {"model": "chat", "messages": MESSAGES, "chat_template_kwargs": {"tools": TOOLS}},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_reply_stops_at_end_of_turn(server, lm, hf):
+    im_end = lm.tokenizer.encode("<|im_end|>")
+    assert len(im_end) == 1
+    (im_end,) = im_end
+    eos = lm.tokenizer.eos_token_id
+    # three tokens (min_tokens holds the end of turn back), then <|im_end|>, pushed up
+    body = {
+        "model": "chat",
+        "messages": MESSAGES,
+        "temperature": 0,
+        "max_tokens": 20,
+        "min_tokens": 3,
+        "logit_bias": {str(im_end): 100},
+    }
+    r = post(server, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    ids = hf_ids(hf.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True))
+    ref = generate(
+        lm,
+        ids,
+        strategy="greedy",
+        max_new_tokens=3,
+        logit_bias={im_end: -100.0, eos: -100.0},
+    )
+    assert out["choices"][0]["message"]["content"] == ref.text
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 3,
+        "total_tokens": len(ids) + 3,
+    }
+    assert "<|im_end|>" not in ref.text
+    # the same prompt as a completion has no end of turn: <|im_end|> comes as text
+    text = hf.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    body = {k: v for k, v in body.items() if k != "messages"} | {"prompt": text}
+    c = post(server, "/v1/completions", body).json()
+    assert "<|im_end|>" in c["choices"][0]["text"] and c["choices"][0]["finish_reason"] == "length"
+
+
+def test_openai_client_chat_and_stream(server):
+    client = openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=60)
+    kw = {"model": "chat", "messages": MESSAGES, "max_tokens": 12, "seed": 3}
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert streamed == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    r = client.chat.completions.create(**kw, tools=TOOLS, tool_choice="auto")
+    assert r.choices[0].message.role == "assistant"
+
+
+def test_failing_templates_are_400s_and_the_server_goes_on(server):
+    r = post(
+        server,
+        "/v1/chat/completions",
+        {"model": "bad", "messages": [{"role": "user", "content": "boom"}]},
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["message"] == "the chat template of bad failed: no boom here"
+    assert err["param"] == "messages"
+    start = time.monotonic()
+    r = post(
+        server, "/v1/chat/completions", {"model": "slow", "messages": MESSAGES, "stream": True}
+    )
+    assert r.status_code == 400 and "ran longer than" in r.json()["error"]["message"]
+    assert time.monotonic() - start < 30
+    r = post(
+        server, "/v1/chat/completions", {"model": "chat", "messages": MESSAGES, "max_tokens": 2}
+    )
+    assert r.status_code == 200
+
+
+def test_bad_chat_options_are_400s(server):
+    both = {"add_generation_prompt": True, "continue_final_message": True}
+    r = post(server, "/v1/chat/completions", {"model": "chat", "messages": MESSAGES, **both})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message"
+    r = post(
+        server, "/v1/chat/completions", {"model": "plain", "messages": MESSAGES, "tools": TOOLS}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
