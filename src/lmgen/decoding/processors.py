@@ -21,8 +21,9 @@ import torch
 
 from lmgen.errors import ConfigError
 
+from .adaptive import XTC, DynamicTemperature, TopNSigma
+from .dry import DRY, DRY_DEFAULT_BREAKERS
 from .grammar import StructuredOutput, constraint_of
-from .llama_samplers import DRY, DRY_DEFAULT_BREAKERS, XTC, DynamicTemperature, TopNSigma
 from .mirostat import MirostatV2
 from .processor_base import (
     NEG_INF,

@@ -31,9 +31,8 @@ import torch
 
 from lmgen.errors import GenerationError
 
+from .processor_base import NEG_INF
 from .processors import Temperature, TopK, TopP
-
-NEG_INF = float("-inf")
 
 
 class FusedSampler:

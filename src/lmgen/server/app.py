@@ -5,8 +5,8 @@ Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
 `POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`, `GET /health`, and the
 playground at `GET /`. This module only assembles: the HTTP plumbing is in errors.py,
 guard.py, responses.py and jobs.py, the OpenAI mapping in mapping.py and openai_api.py, the
-playground's endpoints in playground.py, the tokenizer's in tokenize.py; the model work runs in
-worker.py's threads.
+playground's endpoints in playground.py, the tokenizer's in tokenizer_endpoints.py; the model
+work runs in worker.py's threads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import openai_api, playground, schemas, tokenize
+from . import openai_api, playground, schemas, tokenizer_endpoints
 from .budget import DEFAULT_TOTAL, DEFAULT_WAIT_S, MemoryBudget
 from .errors import add_error_handlers
 from .guard import Guard, HostCheck
@@ -120,15 +120,15 @@ def create_app(
 
     @app.post("/tokenize", responses=BODY_ERRORS)
     async def tokenize_route(body: schemas.TokenizeRequest):
-        return await tokenize.tokenize(served, body)
+        return await tokenizer_endpoints.tokenize(served, body)
 
     @app.post("/detokenize", responses=BODY_ERRORS)
     async def detokenize_route(body: schemas.DetokenizeRequest):
-        return await tokenize.detokenize(served, body)
+        return await tokenizer_endpoints.detokenize(served, body)
 
     @app.get("/tokenizer_info", responses=COMMON_ERRORS)
     async def tokenizer_info(model: str | None = None):
-        return tokenize.tokenizer_info(served, model)
+        return tokenizer_endpoints.tokenizer_info(served, model)
 
     @app.get("/", include_in_schema=False)
     async def page():
