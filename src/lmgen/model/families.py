@@ -574,7 +574,8 @@ def _write_llama_like(c: GPTConfig) -> dict:
         if c.model_type in ("qwen2", "qwen3"):
             out["max_window_layers"] = c.layer_types.count("full_attention")
     if c.model_type == "gemma3_text":
-        out["query_pre_attn_scalar"] = c.query_pre_attn_scalar
+        q = c.query_pre_attn_scalar  # transformers wants an int where it is one
+        out["query_pre_attn_scalar"] = int(q) if q is not None and float(q).is_integer() else q
         out["final_logit_softcapping"] = c.final_logit_softcapping
         out["attn_logit_softcapping"] = None
     return out
