@@ -251,23 +251,35 @@ def _hf_config(meta: dict, arch: str, tensor_names: set[str], source: Path) -> d
         # llama.cpp fixes what the file does not state: local layers' base 10000, a full layer
         # every sixth, and the query scale 1/sqrt(head_dim) except on the 62-layer 27B
         # (1/sqrt(hidden/heads)); transformers' Gemma3TextConfig holds the same defaults.
-        pattern = 6
+        pattern = get("attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):  # one flag per layer, true where the layer is local
+            if len(pattern) != layers:
+                raise ModelLoadError(
+                    f"{source}: {arch}.attention.sliding_window_pattern has {len(pattern)} "
+                    f"entries for {layers} layers"
+                )
+            local = [bool(f) for f in pattern]
+        elif isinstance(pattern, int) and pattern > 0:
+            local = [(i + 1) % pattern != 0 for i in range(layers)]
+        else:
+            raise ModelLoadError(
+                f"{source}: {arch}.attention.sliding_window_pattern must be a positive count "
+                f"or a list of flags, got {pattern!r}"
+            )
         config.update(
             {
                 "hidden_activation": "gelu_pytorch_tanh",
                 "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
                 "sliding_window": get("attention.sliding_window"),
-                "rope_local_base_freq": 10000.0,
-                "sliding_window_pattern": pattern,
-                "layer_types": [
-                    "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                    for i in range(layers)
-                ],
+                "rope_local_base_freq": float(get("rope.freq_base_swa", 10000.0)),
+                "layer_types": ["sliding_attention" if f else "full_attention" for f in local],
                 "final_logit_softcapping": get("final_logit_softcapping"),
                 "attn_logit_softcapping": get("attn_logit_softcapping"),
                 "attention_bias": False,
             }
         )
+        if isinstance(pattern, int):
+            config["sliding_window_pattern"] = pattern
     return config
 
 
@@ -352,6 +364,63 @@ def hf_name(arch: str, gguf_name: str) -> str | None:
             return None
         return f"{blocks}.{int(index)}.{block_map[part]}.{kind}"
     return f"{top[stem]}.{kind}" if stem in top else None
+
+
+def gguf_name(arch: str, hf: str) -> str | None:
+    """The GGUF name of an HF checkpoint tensor name (hf_name's inverse), None when the
+    family has no such tensor. GPT-2's names are taken with or without "transformer."."""
+    blocks, block_map, top = _NAMES[arch]
+    if arch == "gpt2" and not hf.startswith(("transformer.", "lm_head.")):
+        hf = "transformer." + hf
+    stem, _, kind = hf.rpartition(".")
+    if kind not in ("weight", "bias"):
+        return None
+    if stem.startswith(blocks + "."):
+        index, _, part = stem[len(blocks) + 1 :].partition(".")
+        inverse = {v: k for k, v in block_map.items()}
+        if not index.isdigit() or part not in inverse:
+            return None
+        return f"blk.{int(index)}.{inverse[part]}.{kind}"
+    inverse = {v: k for k, v in top.items()}
+    return f"{inverse[stem]}.{kind}" if stem in inverse else None
+
+
+def _permute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's converter's `permute`: each head's rotate-half halves to interleaved pairs."""
+    rows = w.shape[0]
+    return (
+        w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:])
+        .transpose(1, 2)
+        .reshape(w.shape)
+        .contiguous()
+    )
+
+
+def _group_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """GPT-NeoX: HF's per-head [q_h; k_h; v_h] rows to llama.cpp's [all q; all k; all v]."""
+    per_head = w.reshape(n_head, 3, w.shape[0] // n_head // 3, *w.shape[1:])
+    return torch.cat([per_head[:, i].reshape(-1, *w.shape[1:]) for i in range(3)]).contiguous()
+
+
+def from_hf(arch: str, name: str, t: torch.Tensor, config: dict) -> torch.Tensor:
+    """What llama.cpp's converter does to GGUF tensor `name` (the inverse of _to_hf); `config`
+    is the HF config dict."""
+    if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+        heads = config["num_attention_heads"]
+        if ".attn_k." in name:
+            heads = config.get("num_key_value_heads") or heads
+        return _permute_rotary(t, heads)
+    if arch == "gemma3" and name.endswith("norm.weight"):
+        return (t.float() + 1).to(t.dtype)
+    if (
+        arch == "gpt2"
+        and t.dim() == 2
+        and any(f".{p}." in name for p in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+    ):
+        return t.t().contiguous()
+    if arch == "gptneox" and ".attn_qkv." in name:
+        return _group_qkv(t, config["num_attention_heads"])
+    return t
 
 
 def _unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
