@@ -98,6 +98,43 @@ def test_hf_model_round_trips_through_gguf(tmp_path, arch):
         assert hf_tok(text)["input_ids"] == tok.encode(text), text
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gptneox"])
+def test_gpt2_and_neox_round_trip(tmp_path, arch):
+    """GPT-2 (Conv1D weights transposed) and GPT-NeoX (fused qkv regrouped) out and back."""
+    tok = load_tokenizer(llama3_dir(tmp_path / "tok"))
+    if arch == "gpt2":
+        config = transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=tok.vocab_size
+        )
+    else:
+        config = transformers.GPTNeoXConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            vocab_size=tok.vocab_size,
+            max_position_embeddings=32,
+            rotary_pct=0.25,
+        )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    sd = {
+        k: v for k, v in model.state_dict().items() if not k.endswith((".attn.bias", "masked_bias"))
+    }
+    ours = read_gguf(write_gguf_hf(model.config.to_dict(), sd, tok, tmp_path / "m.gguf"))
+    rename = {"lm_head.weight": "embed_out.weight"} if arch == "gptneox" else {}
+    tied = model.config.tie_word_embeddings
+    expected = {rename.get(k, k) for k in sd} - ({"lm_head.weight"} if tied else set())
+    assert set(ours.tensors) == expected
+    for name, t in sd.items():
+        if name in ours.tensors or name in rename:
+            assert torch.equal(ours.tensors[rename.get(name, name)], t), name
+    if arch == "gptneox":
+        assert ours.hf_config["rotary_pct"] == 0.25
+    else:
+        assert (ours.hf_config["n_positions"], ours.hf_config["n_inner"]) == (32, None)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "q8_0"])
 def test_low_precision_weights(tmp_path, dtype):
     tok = load_tokenizer(llama3_dir(tmp_path / "tok"))

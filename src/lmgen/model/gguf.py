@@ -447,6 +447,8 @@ def gguf_name(arch: str, hf: str) -> str | None:
     blocks, block_map, top = _NAMES[arch]
     if arch == "gpt2" and not hf.startswith(("transformer.", "lm_head.")):
         hf = "transformer." + hf
+    if arch == "gptneox" and hf == "lm_head.weight":  # transformers 5's name for embed_out
+        return "output.weight"
     stem, _, kind = hf.rpartition(".")
     if kind not in ("weight", "bias"):
         return None
