@@ -224,3 +224,41 @@ def test_llama_cpp_runs_the_export_greedily_as_transformers(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert want in p.stdout, (want, p.stdout[-500:])
+
+
+def test_llama3_rope_scaling_goes_out_as_rope_freqs_and_comes_back(tmp_path):
+    """Llama 3.1's rope scaling: llama.cpp stores a per-frequency divisor (rope_freqs); it must
+    equal transformers' own llama3 frequencies, and read_gguf must recover rope_scaling."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    tok = load_tokenizer(llama3_dir(tmp_path / "tok"))
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=64,
+        intermediate_size=96,
+        vocab_size=tok.vocab_size,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=dict(scaling),  # transformers adds rope_theta to the dict it is given
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    path = write_gguf_hf(model.config.to_dict(), model.state_dict(), tok, tmp_path / "m.gguf")
+    stored = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}["rope_freqs.weight"]
+    base = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")
+    want = base / scaled.double()
+    assert torch.allclose(torch.from_numpy(stored.data.copy()).double(), want, rtol=1e-5)
+    ours = read_gguf(path)
+    assert ours.hf_config["rope_scaling"] == scaling
+    assert "rope_freqs.weight" not in ours.tensors

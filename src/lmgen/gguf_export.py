@@ -230,17 +230,26 @@ def _rope_theta(c: dict, key: str = "full_attention") -> float:
     return float(value if value is not None else 10000.0)
 
 
+def _rope_scaling_of(c: dict) -> dict:
+    """rope_scaling in either form (transformers 4's rope_scaling, 5's rope_parameters)."""
+    params = c.get("rope_parameters") or {}
+    params = params.get("full_attention", params)
+    scaling = c.get("rope_scaling") or params
+    return scaling if scaling.get("rope_type", scaling.get("type")) not in (None, "default") else {}
+
+
 def _add_rope_scaling(w, c: dict) -> None:
     gguf = _gguf()
-    params = c.get("rope_parameters") or {}
-    params = params.get("full_attention", params)  # transformers 5's form
-    scaling = c.get("rope_scaling") or (params if params.get("rope_type") else {})
+    scaling = _rope_scaling_of(c)
     kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
     if kind in (None, "default"):
         return
+    if kind == "llama3":
+        return  # a rope_freqs tensor (write_gguf_hf)
     if kind not in ("linear", "yarn"):
         raise ConfigError(
-            f"GGUF export writes rope scaling 'linear' and 'yarn'; this model uses {kind!r}",
+            f"GGUF export writes rope scaling 'linear', 'yarn' and 'llama3'; this model uses "
+            f"{kind!r}",
             "rope_scaling",
         )
     w.add_rope_scaling_type(gguf.RopeScalingType(kind))
@@ -501,6 +510,16 @@ def write_gguf_hf(
             w.add_tensor(theirs, packed, raw_shape=packed.shape, raw_dtype=q8)
         else:
             w.add_tensor(theirs, t.half().numpy())
+    scaling = _rope_scaling_of(hf_config)
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+        if arch != "llama":
+            raise ConfigError(f"llama.cpp's {arch} has no llama3 rope scaling", "rope_scaling")
+        from .model.gguf import llama3_rope_factors
+
+        c = hf_config
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        factors = llama3_rope_factors(scaling, head_dim, _rope_theta(c))
+        w.add_tensor("rope_freqs.weight", factors.float().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -23,6 +23,7 @@ names, data within the file) runs before any tensor is read.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -427,6 +428,54 @@ _NAMES = {
 _DERIVED = {"rope_freqs.weight"}
 
 
+def llama3_rope_factors(scaling: dict, head_dim: int, theta: float) -> torch.Tensor:
+    """llama.cpp's rope_freqs for Llama 3.1-style rope scaling: each frequency's divisor, as
+    convert_hf_to_gguf.py computes it (and transformers' `_compute_llama3_parameters`)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    factor = scaling.get("factor", 8.0)
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old = scaling.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen > old / low, torch.full_like(freqs, factor), mid)
+    return torch.where(wavelen < old / high, torch.ones_like(freqs), out)
+
+
+def llama3_rope_scaling(factors: torch.Tensor, config: dict, source: str) -> dict | None:
+    """transformers' llama3 rope_scaling from llama.cpp's rope_freqs. Between the kept and the
+    fully scaled frequencies the factors follow smooth = L / wavelen * 1/(hi - lo) - lo/(hi - lo),
+    a line in 1/wavelen: fitted, with lo = 1 (every Llama 3.x's low_freq_factor; the line
+    fixes the rest), then checked by recomputing every factor."""
+    theta, head_dim = config["rope_theta"], config["head_dim"]
+    factor = float(factors.max())
+    if factor <= 1.0 + 1e-9:
+        return None
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    inv_wavelen = freqs / (2 * math.pi)
+    mid = (factors > 1 + 1e-6) & (factors < factor - 1e-6 * factor)
+    scaling = None
+    if int(mid.sum()) >= 2:
+        smooth = (1 / factors[mid] - 1 / factor) / (1 - 1 / factor)
+        x = inv_wavelen[mid]
+        a = float(((x - x.mean()) * (smooth - smooth.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        b = float(smooth.mean() - a * x.mean())
+        if a > 0 and b < 0:
+            span = -1.0 / b  # hi - lo with lo = 1
+            scaling = {
+                "rope_type": "llama3",
+                "factor": round(factor, 6),
+                "low_freq_factor": 1.0,
+                "high_freq_factor": round(1.0 + span, 6),
+                "original_max_position_embeddings": int(round(a * span)),
+            }
+    if scaling is None or not torch.allclose(
+        llama3_rope_factors(scaling, head_dim, theta), factors, rtol=1e-4, atol=0
+    ):
+        raise ModelLoadError(f"{source}: rope_freqs does not follow Llama 3's rope scaling")
+    return scaling
+
+
 def hf_name(arch: str, gguf_name: str) -> str | None:
     """The HF checkpoint name of a GGUF tensor name, None when the family has no such tensor."""
     blocks, block_map, top = _NAMES[arch]
@@ -579,12 +628,13 @@ def read_gguf(path: str | os.PathLike, tensors: bool = True) -> GGUFModel:
             )
         if t.name not in _DERIVED and hf_name(arch, t.name) is None:
             raise ModelLoadError(f"{path}: unexpected tensor {t.name} for architecture {arch}")
-    if "rope_freqs.weight" in names:
-        raise ModelLoadError(
-            f"{path}: the file carries rope_freqs (llama 3.1-style rope scaling), which lmgen "
-            "does not read yet"
-        )
     config = _hf_config(meta, arch, names, path)
+    freqs = next((t for t in infos if t.name == "rope_freqs.weight"), None)
+    if freqs is not None:
+        if arch != "llama" or freqs.kind != "F32" or freqs.shape != (config["head_dim"] // 2,):
+            raise ModelLoadError(f"{path}: unexpected rope_freqs tensor for {arch}")
+        factors = _dequantize(freqs, data).double()
+        config["rope_scaling"] = llama3_rope_scaling(factors, config, str(path))
     tokenizer = tokenizer_from_gguf(meta, source=str(path))
     generation = {
         k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
