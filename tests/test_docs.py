@@ -8,8 +8,9 @@ import pytest
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-@pytest.mark.parametrize("name", ["decoding.md"])
-def test_doc_examples(name):
+@pytest.mark.parametrize("name", ["decoding.md", "EVALUATION.md"])
+def test_doc_examples(name, monkeypatch):
+    monkeypatch.chdir(DOCS.parent)  # the examples name files from the repository root
     result = doctest.testfile(
         str(DOCS / name),
         module_relative=False,

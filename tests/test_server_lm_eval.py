@@ -1,6 +1,7 @@
-"""EleutherAI's lm-evaluation-harness against `lmgen serve`, with its defaults: the
-`local-completions` backend sends token ids (`tokenized_requests=True`), finds our tokenizer
-through `/tokenizer_info` (`tokenizer_backend=auto`), and scores with `echo` + `logprobs`.
+"""EleutherAI's lm-evaluation-harness against `lmgen serve`, with its defaults but for
+`max_length` (the served model's context): the `local-completions` backend sends token ids
+(`tokenized_requests=True`), finds our tokenizer through `/tokenizer_info`
+(`tokenizer_backend=auto`), and scores with `echo` + `logprobs`.
 Its per-item log-likelihoods must equal those of its `hf` backend (transformers) on the same
 model directory, on the example tasks under examples/lm_eval (multiple choice and
 loglikelihood_rolling, local data only)."""
@@ -18,7 +19,7 @@ import lmgen  # noqa: E402
 from lmgen.server import create_app, serve_in_thread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["lmgen_shakespeare_mc", "lmgen_shakespeare_rolling"]
+TASKS = ["lmgen_shakespeare_agreement", "lmgen_shakespeare_mc", "lmgen_shakespeare_rolling"]
 CONTEXT = 256  # the bundled model's: local-completions' max_length
 # local-completions asks for one generated token after each scored text, and its rolling
 # windows hold max_length - 2 tokens of text; the hf backend's hold max_length

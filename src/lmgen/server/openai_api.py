@@ -77,11 +77,22 @@ async def prompt_lengths(lm, prompts: list, param: str) -> list[int]:
         raise from_lmgen(e, param) from None
 
 
+# A client that cuts long texts into windows must use the model's context as its window:
+# lm-eval's local-completions does not read max_model_len and assumes 2048 tokens.
+WINDOW_HINT = (
+    " (the context is max_model_len in GET /v1/models; lm-eval needs it as max_length in "
+    "--model_args: docs/EVALUATION.md)"
+)
+
+
 def fits_context(lm, length: int, config, param: str) -> None:
     try:
         check_context(lm, length, config)
     except GenerationError as e:
-        raise from_lmgen(e, param) from None
+        error = from_lmgen(e, param)
+        if error.code == "context_length_exceeded":
+            error.message += WINDOW_HINT
+        raise error from None
 
 
 def prompt_list(prompt) -> list:
@@ -216,7 +227,8 @@ async def score_prompts(request, s, body, prompts: list, lengths: list[int], con
         raise APIError(
             400,
             f"a prompt of {longest} tokens exceeds the model's context of {n_pos} tokens; "
-            "shorten it, or set context_overflow='slide' to score its last tokens only",
+            "shorten it, or set context_overflow='slide' to score its last tokens only"
+            + WINDOW_HINT,
             param="prompt",
             code="context_length_exceeded",
         )
