@@ -346,3 +346,19 @@ def test_numbers_are_checked_once_everywhere():
         for bad in (math.nan, math.inf, True):
             with pytest.raises(ConfigError, match=f"^{s.name} must be"):
                 GenerationConfig.from_kwargs(**{s.name: bad})
+
+
+def test_the_cli_prints_a_config_warning_once(tiny_model_dir, capsys, caplog):
+    """The CLI prints the config's warnings itself and silences the library's log of them
+    (it silenced a logger that no longer logged them, and each warning came out twice)."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    logger = logging.getLogger("lmgen.generation_config")
+    try:
+        flags = ["--strategy", "greedy", "--top-k", "5", "--max-new-tokens", "2"]
+        assert main(["generate", "hello", "-m", str(tiny_model_dir), *flags]) == 0
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert capsys.readouterr().err.count("warning: top_k=5 has no effect") == 1
+    assert [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()] == []

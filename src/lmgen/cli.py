@@ -104,7 +104,7 @@ def _run(argv: list[str] | None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:  # the CLI prints the config warnings itself, as "warning: ..."
-        logging.getLogger("lmgen.generation").setLevel(logging.ERROR)
+        logging.getLogger("lmgen.generation_config").setLevel(logging.ERROR)
     try:
         return args.func(args) or 0
     except LmgenError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 from typing import Any
 
@@ -28,6 +29,8 @@ from lmgen.settings import (
 __all__ = ["MAX_LOGPROBS", "MIN_TEMPERATURE", "GenerationConfig", "infer_strategy"]
 
 EARLY_STOPPING_VALUES = (True, False, "never")
+# The knobs-without-effect warnings are logged here; the CLI prints them itself and silences it.
+log = logging.getLogger(__name__)
 _ANNOTATIONS = {
     "int": "int",
     "float": "float",
@@ -86,6 +89,13 @@ class _Config:
         """Raise ConfigError on the first bad value; return warnings for knobs that do nothing."""
         self._check_values()
         return self._warnings()
+
+    def log_warnings(self) -> list[str]:
+        """`validate()`, its warnings logged (by this module's logger) and returned."""
+        warnings = self.validate()
+        for w in warnings:
+            log.warning(w)
+        return warnings
 
     def _check_values(self) -> None:
         if self.strategy not in STRATEGIES:

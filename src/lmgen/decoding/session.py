@@ -75,10 +75,7 @@ def make_config(config: GenerationConfig | None, kwargs: dict) -> tuple[Generati
         raise ConfigError(
             f"config must be a GenerationConfig, got {type(config).__name__}", "config"
         )
-    warnings = config.validate()
-    for w in warnings:
-        log.warning(w)
-    return config, warnings
+    return config, config.log_warnings()
 
 
 def encode_prompt(lm, prompt: str | Sequence[int]) -> list[int]:
