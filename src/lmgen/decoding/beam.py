@@ -15,13 +15,19 @@ import torch
 
 from .results import BeamStep, TopLogprob
 from .state import DecodeState, Tokens
-from .steppers import processed
+from .steppers import Stepper, processed
 from .text import stop_cut
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so scores match exactly
+# A running beam scored at or below this is dead: it holds only because fewer than num_beams
+# continuations were possible (a grammar, top-k or min-tokens mask left EOS alone, or -inf
+# everywhere), and it carries an EOS already chosen (scored NEG) or an impossible token. It
+# can neither become a finished hypothesis nor keep the search going (transformers' search
+# would run such beams to max_new_tokens: a beam + guided_choice request ran 2048 steps).
+DEAD = NEG / 2
 
 
-class BeamRows:
+class BeamRows(Stepper):
     """What beam and diverse beam search share: each prompt is prefilled once and its cache
     copied to its beams; the distributions are log-probabilities, then the chain."""
 
@@ -138,7 +144,7 @@ class BeamStepper(BeamRows):
         beam_src = (parent.gather(1, nxt) + self.batch_offset).view(-1)
 
         # Finished candidates among the top num_beams join the finished set.
-        just_done = hits & self.top_mask[None, :]
+        just_done = hits & self.top_mask[None, :] & (top_scores > DEAD)
         norm = top_scores / ((n_gen + 1) ** self.lp)
         full = self.fin_done.all(-1, keepdim=True) & (self.early is True)
         norm = norm + full.float() * NEG + (~self.improvable).float() * NEG
@@ -166,6 +172,7 @@ class BeamStepper(BeamRows):
         lp = self.lp
         best_len = M if (self.early == "never" and lp > 0) else n_gen
         best_running = self.run_scores[:, :1] / (best_len**lp)
+        best_running = best_running.masked_fill(self.run_scores[:, :1] <= DEAD, float("-inf"))
         worst_done = torch.where(
             self.fin_done,
             self.fin_scores.min(1, keepdim=True).values,
@@ -221,6 +228,8 @@ class BeamStepper(BeamRows):
                     top = top[:-1] if top is not None else None
                 if not dones[b][j]:
                     reason = "length"
+                    if scs[b][j] <= DEAD:  # fewer hypotheses exist than were asked for
+                        gen, lps, pps, top = [], [], [], [] if top is not None else None
                 out.append(
                     {"token_ids": gen, "logprobs": lps, "processed_logprobs": pps, "top": top,
                      "finish_reason": reason, "score": scs[b][j]}

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from .state import DecodeState, Tokens
-from .steppers import FinishedRows, Pick, processed, top_alternatives
+from .steppers import FinishedRows, Pick, Stepper, processed, top_alternatives
 
 
-class ContrastiveStepper:
+class ContrastiveStepper(Stepper):
     def __init__(self, lm, tokens: Tokens, config, chain, *, record_logits=False):
         self.tok = lm.tokenizer
         self.model = lm.model
@@ -76,6 +76,11 @@ class ContrastiveStepper:
         cosine = cosine.masked_fill(~self.context_mask[:, None, :L], float("-inf"))
         degeneration = cosine.max(dim=-1).values
         score = (1.0 - self.alpha) * top_p - self.alpha * degeneration
+        # A candidate the chain ruled out (a grammar's mask, top-p, ...: -inf) is never chosen,
+        # however unlike the context it is (transformers' search would take it when
+        # penalty_alpha is high, breaking the constraint and running on to max_new_tokens).
+        possible = torch.isfinite(scores.gather(1, top_i))
+        score = score.masked_fill(~possible, float("-inf"))
         best = score.argmax(dim=-1)  # (B,)
         rows = torch.arange(B, device=best.device)
         nxt = top_i[rows, best]

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .beam import BeamRows
+from .beam import DEAD, NEG, BeamRows
 from .state import DecodeState, Tokens
 from .steppers import top_alternatives
-
-NEG = -1.0e9
 
 
 @dataclass
@@ -133,6 +131,8 @@ class GroupBeamStepper(BeamRows):
                     continue
                 chosen = 0
                 for rank, (s, t, p) in enumerate(zip(ts[b], tk[b], pr[b], strict=True)):
+                    if s <= DEAD:  # impossible, or from a dead beam: so is every one after
+                        break
                     src = base + p
                     if t in self.eos_ids:
                         if rank >= gs:
@@ -155,8 +155,13 @@ class GroupBeamStepper(BeamRows):
                     chosen += 1
                     if chosen == gs:
                         break
+                for i in range(chosen, gs):  # fewer possible continuations than beams: dead
+                    current[base + i] = self.pad
+                    reorder[base + i] = base
+                    self.scores[base + i] = float("-inf")
                 best_sum = max(ts[b])
-                hyps.done = hyps.done or hyps.is_done(best_sum, generated)
+                # a group with no live beam left has found all it can
+                hyps.done = hyps.done or chosen == 0 or hyps.is_done(best_sum, generated)
         if self.record_logits:
             self.raw_logits, self.processed_logits = raw, processed_all
         # every beam's row now continues its chosen parent's, with this step's token
@@ -189,12 +194,17 @@ class GroupBeamStepper(BeamRows):
                     continue
                 for i in range(gs):
                     row = b * nb + g * gs + i
+                    if float(self.scores[row]) <= DEAD:
+                        continue
                     raw_l, proc_l, top_l = self.history[row]
                     item = (self._generated(row), raw_l, proc_l, top_l, False)
                     hyps.add(float(self.scores[row]), self.n_gen, item)
             ranked = sorted((h for group in self.hyps[b] for h in group.beams), key=lambda h: h[0])
             for _ in range(self.config.num_return_sequences):
-                score, gen, raw_l, proc_l, top_l, eos = ranked.pop()
+                # fewer hypotheses than asked for (a constraint allowed fewer): empty ones
+                score, gen, raw_l, proc_l, top_l, eos = (
+                    ranked.pop() if ranked else (NEG, [], [], [], [], False)
+                )
                 out.append(
                     {"token_ids": gen, "logprobs": raw_l, "processed_logprobs": proc_l,
                      "top": list(top_l) if self.config.logprobs else None,
