@@ -603,19 +603,21 @@ def _byte_alphabet() -> dict[int, str]:
 
 def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a token into two
-    tokens, best score first (ties: shorter left, then shorter right piece, as transformers'
-    `generate_merges` orders them)."""
+    tokens, best score first (ties: shorter left, then shorter right piece; within a token, by
+    the pieces' ids), as transformers' `generate_merges` orders them."""
+    get = vocab.get
     merges = []
     for piece, score in scores.items():
-        local = [
-            (piece[:i], piece[i:], score)
-            for i in range(1, len(piece))
-            if piece[:i] in vocab and piece[i:] in vocab
-        ]
-        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
-        merges.extend(local)
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(a, b) for a, b, _ in merges]
+        local = []
+        for i in range(1, len(piece)):
+            left = get(piece[:i])
+            if left is not None and (right := get(piece[i:])) is not None:
+                local.append((left, right, i))
+        if len(local) > 1:
+            local.sort()
+        merges.extend((score, i, len(piece) - i, piece) for _, _, i in local)
+    merges.sort(key=lambda m: (m[0], m[1], m[2]), reverse=True)
+    return [(piece[:i], piece[i:]) for _, i, _, piece in merges]
 
 
 def _gguf_backend(meta: dict, source: str) -> HFTokenizer:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ class _Cursor:
         return self.take(_SCALARS[kind])
 
 
-def _parse(path: Path) -> tuple[dict, list[TensorInfo], np.memmap]:
+def _parse(path: Path) -> tuple[dict, list[TensorInfo], mmap.mmap]:
     """(metadata, tensor infos, the memory-mapped file) of a GGUF file, every tensor checked
     to lie within the file; one-line errors for a missing, foreign, cut or corrupt file."""
     gguf = _gguf()
@@ -158,7 +159,8 @@ def _parse(path: Path) -> tuple[dict, list[TensorInfo], np.memmap]:
         head = fh.read(4)
     if head != GGUF_MAGIC:
         raise ModelLoadError(f"{path}: not a GGUF file (it starts with {head!r}, not b'GGUF')")
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    with path.open("rb") as fh:
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # numpy views keep it open
     cur = _Cursor(data, 4)
     try:
         version = cur.take("I")
@@ -588,11 +590,11 @@ def _to_hf(arch: str, name: str, t: torch.Tensor, config: dict) -> torch.Tensor:
     return t
 
 
-def _dequantize(t: TensorInfo, data: np.memmap) -> torch.Tensor:
+def _dequantize(t: TensorInfo, data: mmap.mmap) -> torch.Tensor:
     """One tensor of the file as torch: F32/F16 as stored, BF16 as bfloat16, quantized blocks
     dequantized to float32 by gguf.quants."""
     gguf = _gguf()
-    raw = data[t.offset : t.offset + t.n_bytes]
+    raw = np.frombuffer(data, np.uint8, t.n_bytes, t.offset)
     if t.kind in ("F32", "F16", "BF16"):
         dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.int16}[t.kind]
         values = torch.from_numpy(np.array(raw).view(dtype).reshape(t.shape))
