@@ -61,8 +61,9 @@ class TrainingReport:
 
     def _progress(self, r: dict) -> None:
         if self.bar is not None:
+            postfix = {"loss": f"{r['loss']:.3f}", "tok_s": f"{r['tokens_per_s']:.0f}"}
+            self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(r["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tokens_per_s']:.0f}")
             return
         self._say(
             f"step {r['step']}/{self.max_steps}: loss {r['loss']:.4f}, lr {r['lr']:.2e}, "
