@@ -17,7 +17,7 @@ import torch
 from lmgen.errors import ConfigError
 from lmgen.gguf_export import write_gguf_hf
 from lmgen.model.gguf import read_gguf
-from lmgen.tokenizers import load_tokenizer
+from lmgen.tokenizers import _byte_alphabet, load_tokenizer
 from test_gguf_read import MIXED_TEXT
 from test_tokenizers_pretrained import llama2_dir, llama3_dir
 
@@ -196,8 +196,18 @@ def test_refusals_are_one_line(tmp_path):
 
 
 def find_llama_cli() -> str | None:
-    """A llama.cpp `llama-cli`-like binary that prints completions: $LLAMA_CPP_BIN (a folder
-    of llama.cpp binaries) or PATH."""
+    """A llama.cpp binary that prints a greedy completion: $LLAMA_CPP_BIN (a folder of
+    llama.cpp binaries) or PATH. Built from the llama-cpp-python sdist's vendored sources in
+    about ten minutes on two cores:
+
+        pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcpp
+        cd /tmp/lcpp && tar xzf llama_cpp_python-0.3.36.tar.gz
+        cd llama_cpp_python-0.3.36/vendor/llama.cpp
+        cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+              -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF
+        cmake --build build -j2 --target llama-simple
+        LLAMA_CPP_BIN=$PWD/build/bin make test-slow
+    """
     folder = os.environ.get("LLAMA_CPP_BIN")
     for name in ("llama-simple", "llama-completion", "llama-cli"):
         if folder and (Path(folder) / name).is_file():
@@ -208,22 +218,30 @@ def find_llama_cli() -> str | None:
 
 
 @pytest.mark.slow
-def test_llama_cpp_runs_the_export_greedily_as_transformers(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_llama_cpp_runs_the_export_greedily_as_transformers(tmp_path, arch):
     binary = find_llama_cli()
     if binary is None:
         pytest.skip("no llama.cpp binary (set LLAMA_CPP_BIN to a folder holding llama-simple)")
     tok = load_tokenizer(llama3_dir(tmp_path / "tok"))
-    model = tiny_model("llama", tok.vocab_size)
+    model = tiny_model(arch, tok.vocab_size, tied=arch == "gemma3")
     path = write_gguf_hf(model.config.to_dict(), model.state_dict(), tok, tmp_path / "m.gguf")
     prompt = "The quick brown fox"
     ids = torch.tensor([tok.encode(prompt)])
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
-    want = tok.decode(out[0, ids.shape[1] :].tolist())
+    # llama.cpp prints each token's bytes as they come: compare bytes, not text (a random
+    # model's tokens need not end on whole UTF-8 characters)
+    byte_of = {c: b for b, c in _byte_alphabet().items()}
+    pieces = [tok.backend.id_to_token(i) for i in out[0, ids.shape[1] :].tolist()]
+    specials = {t.content for t in tok.backend.get_added_tokens_decoder().values()}
+    if any(p in specials for p in pieces):  # llama.cpp stops at an end-of-generation token
+        pieces = pieces[: next(i for i, p in enumerate(pieces) if p in specials)]
+    want = bytes(byte_of[c] for piece in pieces for c in piece)
     cmd = [binary, "-m", str(path), "-n", "8", prompt]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert want in p.stdout, (want, p.stdout[-500:])
+    assert prompt.encode() + want in p.stdout, (want, p.stdout[-500:])
 
 
 def test_llama3_rope_scaling_goes_out_as_rope_freqs_and_comes_back(tmp_path):
