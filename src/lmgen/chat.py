@@ -417,12 +417,17 @@ def _token_id(tokenizer, token: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def _leading_special(text: str, tokenizer) -> int | None:
-    """The id of the added (special) token that `text` starts with, if any."""
+def added_tokens(tokenizer) -> dict[int, str]:
+    """The tokenizer's added tokens (the special ones a template writes), id -> text."""
     backend = getattr(tokenizer, "backend", None)
     added = backend.get_added_tokens_decoder() if backend is not None else {}
-    for i, tok in sorted(added.items(), key=lambda kv: -len(kv[1].content)):
-        if tok.content.strip() and text.startswith(tok.content):
+    return {i: t.content for i, t in added.items()}
+
+
+def _leading_special(text: str, tokenizer) -> int | None:
+    """The id of the added (special) token that `text` starts with, if any."""
+    for i, content in sorted(added_tokens(tokenizer).items(), key=lambda kv: -len(kv[1])):
+        if content.strip() and text.startswith(content):
             return i
     return None
 

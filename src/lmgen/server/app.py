@@ -118,6 +118,10 @@ def create_app(
     async def lmgen_beam(body: schemas.BeamRequest, request: Request):
         return await playground.beam_route(served, body, request)
 
+    @app.post("/v1/lmgen/chat_prompt", responses=BODY_ERRORS)
+    async def lmgen_chat_prompt(body: schemas.TokenizeRequest):
+        return await playground.chat_prompt_route(served, body)
+
     @app.post("/tokenize", responses=BODY_ERRORS)
     async def tokenize_route(body: schemas.TokenizeRequest):
         return await tokenizer_endpoints.tokenize(served, body)

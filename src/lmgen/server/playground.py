@@ -4,9 +4,11 @@ built in the model's worker thread."""
 
 from __future__ import annotations
 
+import anyio
 import torch
 from fastapi import Request
 
+from lmgen.chat import added_tokens, chat_format
 from lmgen.decoding.api import beam_trace_steps, next_token
 from lmgen.decoding.processors import (
     XTC,
@@ -22,12 +24,13 @@ from lmgen.decoding.processors import (
     build_chain,
 )
 from lmgen.decoding.sampling import make_generator, sample_from_logits
-from lmgen.errors import GenerationError
+from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation_config import GenerationConfig
 
 from . import jobs, schemas
 from .budget import job_bytes
-from .errors import api_text
+from .chat_prompt import render_messages
+from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs
 from .openai_api import FINISH, usage
 from .registry import Registry
@@ -50,6 +53,31 @@ async def beam_route(models: Registry, body: schemas.BeamRequest, request: Reque
     cost = (job_bytes(s.lm, rows, positions), f"{rows} beams x {positions} positions")
     out = await jobs.run(request, s, StepsJob(lambda lm: beam_payload(lm, body)), cost)
     return {"object": "lmgen.beam", "model": name, **out}
+
+
+async def chat_prompt_route(models: Registry, body: schemas.TokenizeRequest) -> dict:
+    """The playground's chat mode: the conversation as the model sees it, the rendered
+    prompt token by token with the template's special tokens marked."""
+    name, s = models.pick(body.model)
+    lm = s.lm
+    if body.messages is None:
+        raise APIError(400, "messages is required", param="messages", code="invalid_value")
+    fmt = chat_format(lm)
+    text = await render_messages(fmt, body)
+    try:
+        ids = await anyio.to_thread.run_sync(lm.tokenizer.encode, text) if text else []
+    except LmgenError as e:
+        raise from_lmgen(e, "messages") from None
+    special = added_tokens(lm.tokenizer)
+    tok = lm.tokenizer
+    return {
+        "model": name,
+        "template": fmt.name,
+        "chat_template": not fmt.is_default,
+        "prompt": text,
+        "token_ids": ids,
+        "tokens": [{"id": i, "text": tok.token_to_str(i), "special": i in special} for i in ids],
+    }
 
 
 def next_payload(lm, body: schemas.NextRequest) -> dict:

@@ -17,6 +17,17 @@ const state = {
   refreshSeq: 0,
 };
 
+const chat = {
+  messages: [], // {role, content}, as sent to /v1/chat/completions (the system message apart)
+  tokens: {}, // message index -> the reply's tokens with their logprobs
+  selected: null, // [message index, token index] whose distribution the chart shows
+  prefix: "", // the text the chart's distribution follows in chat mode
+};
+
+function mode() {
+  return document.querySelector("input[name=mode]:checked").value;
+}
+
 // -- helpers ------------------------------------------------------------------------------------
 
 function strategy() {
@@ -224,7 +235,7 @@ function nextBody(extra) {
   const s = strategy();
   return {
     model: $("model").value || undefined,
-    prompt: $("text").value,
+    prompt: mode() === "chat" ? chat.prefix : $("text").value,
     top: TOP,
     strategy: s === "sample" ? "sample" : "greedy",
     ...processorParams(),
@@ -234,11 +245,18 @@ function nextBody(extra) {
 
 async function refreshDistribution() {
   const seq = ++state.refreshSeq;
+  if (mode() === "chat" && chat.prefix === "") {
+    $("chart").replaceChildren();
+    $("dist-caption").textContent = "Send a message: the chart shows what the model could say.";
+    $("chain").textContent = "";
+    return;
+  }
   try {
     const res = await api("/v1/lmgen/next", nextBody({}));
     const data = await res.json();
     if (seq !== state.refreshSeq) return; // a newer request is on its way
     renderDistribution(data, null);
+    if (mode() === "chat") chatCaption(data);
     // a fresh chart answers an earlier error; it leaves "done" or "step 2" in place
     if ($("status").classList.contains("error")) setStatus("");
   } catch (e) {
@@ -445,6 +463,178 @@ function renderTree(data) {
   }
 }
 
+// -- chat ------------------------------------------------------------------------------------------
+
+function chatMessages(upTo = chat.messages.length) {
+  const system = $("system").value.trim();
+  return (system ? [{ role: "system", content: system }] : []).concat(chat.messages.slice(0, upTo));
+}
+
+// The conversation's first `upTo` messages as the model sees them (a generation prompt after).
+async function chatPrompt(upTo = chat.messages.length) {
+  const res = await api("/v1/lmgen/chat_prompt", {
+    model: $("model").value || undefined,
+    messages: chatMessages(upTo),
+    add_generation_prompt: true,
+  });
+  return res.json();
+}
+
+function renderPromptTokens(data) {
+  const box = $("prompt-tokens");
+  box.replaceChildren();
+  for (const t of data.tokens) {
+    const span = document.createElement("span");
+    span.textContent = showToken(t.text);
+    span.title = `token ${t.id}` + (t.special ? " (special)" : "");
+    if (t.special) span.className = "special";
+    box.append(span);
+  }
+  const specials = data.tokens.filter((t) => t.special).length;
+  $("prompt-caption").textContent = `${data.token_ids.length} tokens, ${specials} of them ` +
+    `special, rendered by ${data.template}.`;
+}
+
+function renderConversation() {
+  const list = $("conversation");
+  list.replaceChildren();
+  chat.messages.forEach((m, i) => {
+    const li = document.createElement("li");
+    li.className = m.role;
+    const role = document.createElement("span");
+    role.className = "role";
+    role.textContent = m.role;
+    li.append(role);
+    const tokens = chat.tokens[i];
+    if (!tokens) {
+      li.append(document.createTextNode(m.content));
+    } else {
+      tokens.forEach((t, k) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "tok";
+        if (chat.selected && chat.selected[0] === i && chat.selected[1] === k) {
+          b.classList.add("selected");
+        }
+        b.textContent = t.token.trim() ? t.token : showToken(t.token); // whitespace shown
+        b.dataset.text = t.token;
+        b.title = `token “${showToken(t.token)}”, p = ${fmtPct(Math.exp(t.logprob))}`;
+        b.addEventListener("click", () => selectReplyToken(i, k));
+        li.append(b);
+      });
+    }
+    list.append(li);
+  });
+  list.scrollTop = list.scrollHeight;
+}
+
+// The chart at reply token k of message i: the distribution that token was drawn from.
+async function selectReplyToken(i, k) {
+  try {
+    const data = await chatPrompt(i);
+    chat.prefix = data.prompt + chat.tokens[i].slice(0, k).map((t) => t.token).join("");
+    chat.selected = [i, k];
+    renderConversation();
+    await refreshDistribution();
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function chatCaption(data) {
+  if (!chat.selected) {
+    $("dist-caption").textContent = "What the model could say first in its next reply.";
+    return;
+  }
+  const [i, k] = chat.selected;
+  const t = chat.tokens[i][k];
+  const c = data.candidates.find((x) => x.token === t.token);
+  for (const li of $("chart").querySelectorAll("li.bar")) {
+    if (c && li.querySelector(".tok").textContent === showToken(c.token)) li.classList.add("chosen");
+  }
+  $("dist-caption").textContent = `Reply token ${k + 1}, “${showToken(t.token)}”, was drawn ` +
+    `with p = ${fmtPct(Math.exp(t.logprob))} from this distribution.`;
+}
+
+async function refreshChat() {
+  chat.selected = null;
+  renderConversation();
+  if (!chatMessages().length) {
+    chat.prefix = "";
+    $("prompt-tokens").replaceChildren();
+    $("prompt-caption").textContent = "";
+    return refreshDistribution();
+  }
+  try {
+    const data = await chatPrompt();
+    renderPromptTokens(data);
+    chat.prefix = data.prompt;
+    await refreshDistribution();
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+async function send() {
+  if (state.abort) {
+    state.abort.abort();
+    return;
+  }
+  const text = $("message").value;
+  if (!text.trim()) return;
+  const controller = new AbortController();
+  state.abort = controller;
+  chat.messages.push({ role: "user", content: text });
+  $("message").value = "";
+  syncChat();
+  await refreshChat();
+  const body = {
+    model: $("model").value || undefined,
+    messages: chatMessages(),
+    max_tokens: num("max_tokens"),
+    ...processorParams(),
+  };
+  if (strategy() === "greedy") body.temperature = 0;
+  if (strategy() === "beam") body.num_beams = num("num_beams");
+  else Object.assign(body, { logprobs: true, top_logprobs: 1 });
+  const seed = $("seed").value.trim();
+  if (strategy() === "sample" && seed !== "") body.seed = Number(seed);
+  setStatus("the model is replying…");
+  try {
+    const res = await api("/v1/chat/completions", body, controller.signal);
+    const data = await res.json();
+    const c = data.choices[0];
+    chat.messages.push({ role: "assistant", content: c.message.content });
+    if (c.logprobs) chat.tokens[chat.messages.length - 1] = c.logprobs.content;
+    const why = c.finish_reason === "length" ? "reached max new tokens" : "end of turn";
+    setStatus(`reply of ${data.usage.completion_tokens} tokens (${why})`);
+  } catch (e) {
+    chat.messages.pop(); // no reply: the message goes back to the box
+    $("message").value = text;
+    setStatus(e.name === "AbortError" ? "stopped" : e.message, e.name !== "AbortError");
+  } finally {
+    state.abort = null;
+    syncChat();
+    await refreshChat();
+  }
+}
+
+function syncChat() {
+  $("send").textContent = state.abort ? "Stop" : "Send";
+  $("send").classList.toggle("stop", state.abort !== null);
+  $("clear-chat").disabled = state.abort !== null || chat.messages.length === 0;
+}
+
+function setMode() {
+  const chatMode = mode() === "chat";
+  $("text-mode").hidden = chatMode;
+  $("chat-mode").hidden = !chatMode;
+  $("prompt-section").hidden = !chatMode;
+  syncChat();
+  if (chatMode) refreshChat();
+  else scheduleRefresh();
+}
+
 // -- start -------------------------------------------------------------------------------------------
 
 async function loadModels() {
@@ -462,7 +652,8 @@ async function loadModels() {
     showModelInfo(data.data);
     select.onchange = () => {
       showModelInfo(data.data);
-      scheduleRefresh();
+      if (mode() === "chat") refreshChat();
+      else scheduleRefresh();
     };
     await refreshDistribution();
   } catch (e) {
@@ -474,7 +665,8 @@ function showModelInfo(models) {
   const m = models.find((x) => x.id === $("model").value);
   if (!m) return;
   const params = m.lmgen ? (m.lmgen.parameters / 1e6).toFixed(2) + "M parameters, " : "";
-  $("model-info").textContent = `${params}context ${m.max_model_len}`;
+  const template = m.lmgen && m.lmgen.chat_template === false ? ", no chat template" : "";
+  $("model-info").textContent = `${params}context ${m.max_model_len}${template}`;
 }
 
 function init() {
@@ -510,6 +702,23 @@ function init() {
       else step();
     }
   });
+  for (const radio of document.querySelectorAll("input[name=mode]")) {
+    radio.addEventListener("change", setMode);
+  }
+  $("message").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      send();
+    }
+  });
+  $("send").addEventListener("click", send);
+  $("clear-chat").addEventListener("click", () => {
+    chat.messages = [];
+    chat.tokens = {};
+    syncChat();
+    refreshChat();
+  });
+  $("system").addEventListener("change", refreshChat);
   $("step").addEventListener("click", step);
   $("generate").addEventListener("click", generate);
   $("undo").addEventListener("click", undo);
