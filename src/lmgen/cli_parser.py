@@ -15,6 +15,8 @@ _INVALID_CHOICE = re.compile(r"^argument (?P<arg>.+?): invalid choice: '(?P<valu
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose subcommand parsers are of its own kind."""
 
+    _commands = None  # the subcommands' action, once added
+
     def add_subparsers(self, **kwargs):
         kwargs.setdefault("parser_class", type(self))
         self._commands = super().add_subparsers(**kwargs)
@@ -23,7 +25,7 @@ class Parser(argparse.ArgumentParser):
     def listed_commands(self) -> list[str]:
         """The commands `--help` lists, in its order (those added with a `help`): the list an
         unknown command's error shows too, so the two never differ."""
-        commands = getattr(self, "_commands", None)
+        commands = self._commands
         # _choices_actions is what argparse's help formatter lists: one entry per helped command
         return [a.dest for a in commands._choices_actions] if commands else []
 
@@ -37,7 +39,7 @@ class Parser(argparse.ArgumentParser):
     def _innermost(self, ns: argparse.Namespace) -> Parser:
         """The (sub)command parser that read the arguments: the one whose flags to suggest."""
         parser = self
-        while (commands := getattr(parser, "_commands", None)) is not None:
+        while (commands := parser._commands) is not None:
             chosen = getattr(ns, commands.dest, None)
             if chosen not in commands.choices:
                 break
@@ -52,8 +54,7 @@ class Parser(argparse.ArgumentParser):
         m = _INVALID_CHOICE.match(message)
         if m is None:
             return message
-        value = m["value"]
-        commands = getattr(self, "_commands", None)
+        value, commands = m["value"], self._commands
         if commands is not None and m["arg"] == (commands.metavar or commands.dest):
             listed = self.listed_commands()
             noun = (commands.metavar or "command").lower()  # "command", "picture"
