@@ -589,3 +589,41 @@ def test_unsupported_architecture_names_it_and_the_list(tmp_path):
     w.close()
     msg = _one_line_error(tmp_path / "m.gguf", "'mamba' is not supported")
     assert ", ".join(ARCHITECTURES) in msg
+
+
+def _relabel(path, out, rename=None, tokenizer_model=None):
+    """A copy of a GGUF file with one tensor renamed or another tokenizer model, written by
+    gguf's writer from what gguf's reader reads."""
+    r = gguf.GGUFReader(str(path))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    w = gguf.GGUFWriter(str(out), arch)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = f.contents()
+        if name == "tokenizer.ggml.model" and tokenizer_model:
+            value = tokenizer_model
+        kind = f.types[0]
+        sub = f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, value, kind, sub_type=sub)
+    for t in r.tensors:
+        name = (rename or {}).get(t.name, t.name)
+        w.add_tensor(name, np.asarray(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_unexpected_tensor_and_unsupported_tokenizer_are_named(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, "llama", kinds=("F32",))
+    assert read_gguf(_relabel(path, tmp_path / "same.gguf")).hf_config["num_hidden_layers"] == 2
+    odd = _relabel(
+        path, tmp_path / "odd.gguf", rename={"blk.1.ffn_up.weight": "blk.1.ffn_up_exps.weight"}
+    )
+    _one_line_error(odd, "unexpected tensor blk.1.ffn_up_exps.weight for architecture llama")
+    bert = _relabel(path, tmp_path / "bert.gguf", tokenizer_model="bert")
+    msg = _one_line_error(bert, "tokenizer model 'bert' is not supported")
+    assert "gpt2, llama" in msg
