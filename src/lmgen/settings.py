@@ -402,7 +402,7 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="G", transformers="num_beam_groups"),
     Setting("diversity_penalty", "float", 0.0, "diverse beam search: subtracted from a "
             "token's log-prob per earlier group that chose it this step",
-            from_(0, high=MAX_DIVERSITY_PENALTY), group="search", metavar="X",
+            from_(0), group="search", serve_max=MAX_DIVERSITY_PENALTY, metavar="X",
             transformers="diversity_penalty"),
 )  # fmt: skip
 

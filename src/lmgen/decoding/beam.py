@@ -15,7 +15,7 @@ import torch
 
 from .results import BeamStep, TopLogprob
 from .state import DecodeState, Tokens
-from .steppers import processed
+from .steppers import Stepper, processed
 from .text import stop_cut
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so scores match exactly
@@ -27,7 +27,7 @@ NEG = -1.0e9  # transformers' "impossible" score; kept identical so scores match
 DEAD = NEG / 2
 
 
-class BeamRows:
+class BeamRows(Stepper):
     """What beam and diverse beam search share: each prompt is prefilled once and its cache
     copied to its beams; the distributions are log-probabilities, then the chain."""
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from .state import DecodeState, Tokens
-from .steppers import FinishedRows, Pick, processed, top_alternatives
+from .steppers import FinishedRows, Pick, Stepper, processed, top_alternatives
 
 
-class ContrastiveStepper:
+class ContrastiveStepper(Stepper):
     def __init__(self, lm, tokens: Tokens, config, chain, *, record_logits=False):
         self.tok = lm.tokenizer
         self.model = lm.model

@@ -16,7 +16,7 @@ whichever stepper (sample/greedy, beam, speculative) chose the tokens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +32,7 @@ from .results import BeamStep, Choice, GenerationResult, TopLogprob
 from .sampling import make_generator
 from .speculative import SpeculativeStats, SpeculativeStepper, check_draft
 from .state import Tokens
-from .steppers import SampleStepper
+from .steppers import SampleStepper, Stepper
 from .text import TextTracker
 
 log = logging.getLogger(__name__)
@@ -199,62 +199,16 @@ class Session:
         )
         self.strategy = "speculative" if draft is not None else config.effective_strategy()
         self.n = n = config.num_return_sequences
-        tok = lm.tokenizer
         track = bool(config.stop) or "text" in self.record
         self._rows = [
-            _Row(i // n, i % n, TextTracker(tok, config.stop)) for i in range(len(prompts) * n)
+            _Row(i // n, i % n, TextTracker(lm.tokenizer, config.stop))
+            for i in range(len(prompts) * n)
         ]
         self._track = track
-        eos = [] if config.ignore_eos else lm.eos_token_ids
-        self._eos = frozenset(eos)
-        pad = lm.eos_token_ids[0] if lm.eos_token_ids else 0
-        record_logits = "logits" in self.record
-        if draft is not None:
-            check_draft(lm, draft, config, speculative_k)
-            if len(prompts) != 1:
-                raise ConfigError(
-                    "speculative decoding (draft) takes one prompt per session", "prompt"
-                )
-            sample = config.effective_strategy() == "sample"
-            gens = [make_generator(config.seed, lm.device) if sample else None]
-            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
-            self._stepper = SpeculativeStepper(
-                lm, draft, tokens, config, self.chain, gens, speculative_k, spec_stats
-            )
-        elif self.strategy == "contrastive":
-            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
-            self._stepper = ContrastiveStepper(
-                lm, tokens, config, self.chain, record_logits=record_logits
-            )
-        elif self.strategy == "beam" and config.num_beam_groups > 1:
-            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
-            self._stepper = GroupBeamStepper(
-                lm, tokens, config, self.chain, record_logits=record_logits
-            )
-        elif self.strategy == "beam":
-            tokens = Tokens(self.prompt_token_ids, config.max_new_tokens, pad, lm.device)
-            self._stepper = BeamStepper(
-                lm, tokens, config, self.chain, record_logits=record_logits,
-                record_candidates="candidates" in self.record,
-            )  # fmt: skip
-        else:
-            # One generator per request, shared by its n choices: a request's draws never
-            # depend on what else is in the batch.
-            gens = []
-            for _ in prompts:
-                g = make_generator(config.seed, lm.device) if self.strategy == "sample" else None
-                gens.extend([g] * n)
-            rows = [ids for ids in self.prompt_token_ids for _ in range(n)]
-            tokens = Tokens(rows, config.max_new_tokens, pad, lm.device)
-            step_fn = None
-            if compile:
-                from lmgen.compile import compile_decode_step
-
-                step_fn = compile if callable(compile) else compile_decode_step(lm.model)
-            self._stepper = SampleStepper(
-                lm, tokens, config, self.chain, gens, record_logits=record_logits,
-                step_fn=step_fn,
-            )  # fmt: skip
+        self._eos = frozenset([] if config.ignore_eos else lm.eos_token_ids)
+        options = {"draft": draft, "speculative_k": speculative_k, "spec_stats": spec_stats,
+                   "compile": compile}  # fmt: skip
+        self._stepper: Stepper = STEPPERS[self.strategy](self, **options)
         self._started = False
         self._steps = 0
         self._closed = False
@@ -400,3 +354,65 @@ class Session:
                 GenerationResult(self.lm.name, prompt, ids, choices, chain, list(self.warnings))
             )
         return results
+
+
+# -- the steppers, by strategy ----------------------------------------------------------------
+
+
+def _tokens(s: Session, rows: list[list[int]]) -> Tokens:
+    pad = s.lm.eos_token_ids[0] if s.lm.eos_token_ids else 0
+    return Tokens(rows, s.config.max_new_tokens, pad, s.lm.device)
+
+
+def _sample_stepper(s: Session, *, compile, **_) -> Stepper:
+    """Greedy or sampling. One generator per request, shared by its n choices: a request's
+    draws never depend on what else is in the batch."""
+    config, n = s.config, s.n
+    gens = []
+    for _prompt in s.prompt_token_ids:
+        g = make_generator(config.seed, s.lm.device) if s.strategy == "sample" else None
+        gens.extend([g] * n)
+    step_fn = None
+    if compile:
+        from lmgen.compile import compile_decode_step
+
+        step_fn = compile if callable(compile) else compile_decode_step(s.lm.model)
+    rows = [ids for ids in s.prompt_token_ids for _ in range(n)]
+    return SampleStepper(s.lm, _tokens(s, rows), config, s.chain, gens,
+                         record_logits="logits" in s.record, step_fn=step_fn)  # fmt: skip
+
+
+def _beam_stepper(s: Session, **_) -> Stepper:
+    """Beam search; diverse beam search with num_beam_groups > 1."""
+    tokens = _tokens(s, s.prompt_token_ids)
+    if s.config.num_beam_groups > 1:
+        return GroupBeamStepper(s.lm, tokens, s.config, s.chain, record_logits="logits" in s.record)
+    return BeamStepper(s.lm, tokens, s.config, s.chain, record_logits="logits" in s.record,
+                       record_candidates="candidates" in s.record)  # fmt: skip
+
+
+def _contrastive_stepper(s: Session, **_) -> Stepper:
+    tokens = _tokens(s, s.prompt_token_ids)
+    return ContrastiveStepper(s.lm, tokens, s.config, s.chain, record_logits="logits" in s.record)
+
+
+def _speculative_stepper(s: Session, *, draft, speculative_k, spec_stats, **_) -> Stepper:
+    config = s.config
+    check_draft(s.lm, draft, config, speculative_k)
+    if len(s.prompt_token_ids) != 1:
+        raise ConfigError("speculative decoding (draft) takes one prompt per session", "prompt")
+    sample = config.effective_strategy() == "sample"
+    gens = [make_generator(config.seed, s.lm.device) if sample else None]
+    tokens = _tokens(s, s.prompt_token_ids)
+    return SpeculativeStepper(s.lm, draft, tokens, config, s.chain, gens, speculative_k,
+                              spec_stats)  # fmt: skip
+
+
+# The stepper of each strategy ("speculative": a draft model was given).
+STEPPERS: dict[str, Callable[..., Stepper]] = {
+    "greedy": _sample_stepper,
+    "sample": _sample_stepper,
+    "beam": _beam_stepper,
+    "contrastive": _contrastive_stepper,
+    "speculative": _speculative_stepper,
+}

@@ -26,7 +26,7 @@ from lmgen.errors import ConfigError
 
 from .sampling import draw
 from .state import DecodeState, Tokens
-from .steppers import Pick, top_alternatives
+from .steppers import Pick, Stepper, top_alternatives
 
 
 @dataclass
@@ -94,7 +94,10 @@ def accept_or_resample(
     return _draw(residual if float(residual.sum()) > 0 else p, gen), False
 
 
-class SpeculativeStepper:
+class SpeculativeStepper(Stepper):
+    """Speculative decoding: a draft model proposes k tokens, the model checks them in one
+    step; the output distribution is the model's own."""
+
     def __init__(self, lm, draft, tokens: Tokens, config, chain, generators, k: int,
                  stats: SpeculativeStats | None = None):  # fmt: skip
         if tokens.rows != 1:

@@ -1,18 +1,19 @@
-"""Greedy and sampling: the stepper that picks one token per row per step.
+"""The stepper protocol, and greedy and sampling: the stepper that picks one token per row
+per step.
 
 A stepper turns one step's logits into tokens over a shared `DecodeState`; `Session` does the
-rest (EOS, stop strings, text, results). The protocol, which beam.py and speculative.py
-follow too: `prefill()` once, then `select()` picks this step's tokens (a list of `Pick`s per
-row), then `advance(finished)` runs the model for the next step; `done` says when the
-stepper itself has nothing more to do; `raw_logits`/`processed_logits` hold the step's
-distributions when recording them was asked for.
+rest (EOS, stop strings, text, results). Every stepper (sample/greedy here, beam and diverse
+beam, contrastive, speculative) subclasses `Stepper`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+from lmgen.errors import GenerationError
 
 from .results import TopLogprob
 from .sampling import FusedSampler, sample_from_logits
@@ -63,7 +64,29 @@ class FinishedRows:
             )
 
 
-class SampleStepper:
+class Stepper(Protocol):
+    """What `Session` drives: `prefill()` once, then per step `select()` picks the step's
+    tokens (a list of `Pick`s per row; beam search: its hypotheses once it is done), then
+    `advance(finished)` runs the model for the next step. `done` says when the stepper itself
+    has nothing more to do; `raw_logits`/`processed_logits` hold the step's distributions when
+    recording them was asked for."""
+
+    done: bool
+    raw_logits: torch.Tensor | None
+    processed_logits: torch.Tensor | None
+
+    def prefill(self) -> None: ...
+
+    def select(self) -> list: ...
+
+    def advance(self, finished: list[bool]) -> None: ...
+
+    def distributions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, processed) logits of the pending step, without choosing."""
+        raise GenerationError(f"{type(self).__name__} does not show a step's distributions")
+
+
+class SampleStepper(Stepper):
     """Greedy (argmax) or sampling (one seeded draw per row) from the processed logits."""
 
     def __init__(self, lm, tokens: Tokens, config, chain, generators, *, record_logits=False,
