@@ -280,3 +280,34 @@ def test_llama3_rope_scaling_goes_out_as_rope_freqs_and_comes_back(tmp_path):
     ours = read_gguf(path)
     assert ours.hf_config["rope_scaling"] == scaling
     assert "rope_freqs.weight" not in ours.tensors
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_smollm2_read_and_written_back(tmp_path):
+    """The real SmolLM2 file read by read_gguf, built as transformers' LlamaForCausalLM from
+    hf_config + tensors, and written back by write_gguf_hf (float32): llama.cpp's greedy
+    continuation of a chat prompt equals transformers' on the same weights."""
+    from real_models import smollm2_gguf
+
+    binary = find_llama_cli()
+    if binary is None:
+        pytest.skip("no llama.cpp binary (set LLAMA_CPP_BIN to a folder holding llama-simple)")
+    ours = read_gguf(smollm2_gguf())
+    config = transformers.LlamaConfig(**ours.hf_config)
+    model = transformers.LlamaForCausalLM(config).eval()
+    missing, unexpected = model.load_state_dict(ours.tensors, strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected
+    model.tie_weights()
+    path = write_gguf_hf(ours.hf_config, ours.tensors, ours.tokenizer, tmp_path / "s.gguf")
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ids = torch.tensor([ours.tokenizer.encode(prompt)])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None)
+    want = ours.tokenizer.decode(out[0, ids.shape[1] :].tolist())
+    assert "Paris" in want
+    want = want.split("<|im_end|>")[0]  # llama.cpp stops at the end-of-turn token
+    p = subprocess.run(
+        [binary, "-m", str(path), "-n", "10", prompt], capture_output=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert want.encode() in p.stdout, (want, p.stdout[-500:])
