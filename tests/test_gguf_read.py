@@ -431,6 +431,12 @@ def test_tiny_gguf_equals_transformers_loader(tmp_path, arch):
     ids = ours.tokenizer.encode(MIXED_TEXT)
     assert ours.tokenizer.decode(ids) == tok.decode(ids)
     assert ours.chat_template == tok.chat_template
+    # saved as a Hugging Face directory (lm.save of a GGUF model): transformers reads it back
+    ours.tokenizer.save(tmp_path / "saved")
+    again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    for text in (MIXED_TEXT, "<|im_start|>user\nhi there<|im_end|>", " leading space"):
+        assert again(text)["input_ids"] == tok(text)["input_ids"], (arch, text)
+    assert again.chat_template == tok.chat_template
 
 
 # --- names against gguf's own map; GPT-NeoX's layout ------------------------------------------

@@ -223,3 +223,7 @@ def test_sentencepiece_classes_rebuild_as_transformers_does(tmp_path, cls, kind)
         assert ours.encode(text) == theirs(text)["input_ids"], (cls, kind, text)
     ids = ours.encode(MIXED_TEXT)
     assert ours.decode(ids) == theirs.decode(ids)
+    ours.save(tmp_path / "saved")  # the rebuilt tokenizer, as tokenizer.json
+    again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    for text in TEXTS:
+        assert again(text)["input_ids"] == theirs(text)["input_ids"], (cls, kind, text)
