@@ -311,3 +311,25 @@ def test_llama_cpp_runs_smollm2_read_and_written_back(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert want.encode() in p.stdout, (want, p.stdout[-500:])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_export_gguf_command_writes_a_transformers_directory(tmp_path, capsys, arch):
+    """`lmgen export-gguf` on a directory written by transformers' save_pretrained: lmgen
+    loads it, and the file holds the very tensors transformers saved, and its tokenizer."""
+    from lmgen.cli import main
+
+    tok = load_tokenizer(llama3_dir(tmp_path / "tok"))
+    model = tiny_model(arch, tok.vocab_size)
+    model.save_pretrained(tmp_path / "model")
+    tok.save(tmp_path / "model")
+    out = tmp_path / "m.gguf"
+    assert main(["export-gguf", str(tmp_path / "model"), str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"llama.cpp {arch}, float32 weights, with its BPE vocabulary" in said
+    ours, sd = read_gguf(out), model.state_dict()
+    assert set(ours.tensors) == set(sd)
+    for name, t in ours.tensors.items():
+        assert torch.equal(t, sd[name]), name
+    for text in TEXTS:
+        assert ours.tokenizer.encode(text) == tok.encode(text), text

@@ -38,7 +38,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_export_gguf(args: argparse.Namespace) -> int:
     import lmgen
 
-    from .gguf_export import bpe_vocabulary, write_gguf
+    from .gguf_export import HF_ARCHITECTURES, tokenizer_metadata, write_gguf
 
     out = Path(args.out).expanduser()
     if out.is_dir():
@@ -47,14 +47,15 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist", "out")
     lm = lmgen.load(args.model)
     write_gguf(lm.model, out, dtype=args.dtype, tokenizer=lm.tokenizer, name=lm.name)
-    real = bpe_vocabulary(lm.tokenizer, lm.config.vocab_size) is not None
+    meta = tokenizer_metadata(lm.tokenizer, lm.config.vocab_size)
     vocab = (
-        "with its BPE vocabulary"
-        if real
+        f"with its {'SentencePiece' if meta['model'] == 'llama' else 'BPE'} vocabulary"
+        if meta is not None
         else "with a placeholder vocabulary (this tokenizer has no GGUF form: token ids only)"
     )
+    arch = HF_ARCHITECTURES.get(getattr(lm.config, "model_type", "gpt2"), "gpt2")
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MiB, llama.cpp gpt2, {args.dtype} weights, {vocab})")
+    print(f"wrote {out} ({size:.1f} MiB, llama.cpp {arch}, {args.dtype} weights, {vocab})")
     return 0
 
 
@@ -76,9 +77,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "export-gguf",
         help="write a model as GGUF for llama.cpp",
-        description="Write MODEL as a GGUF file of llama.cpp's gpt2 architecture (needs the "
-        "gguf package: pip install 'lmgen[gguf]'). A byte-level BPE tokenizer goes into the "
-        "file too, so llama.cpp tokenizes text as lmgen does.",
+        description="Write MODEL as a GGUF file for llama.cpp, as its converter writes the "
+        "model's family (gpt2, llama, qwen2, qwen3, gemma3, gptneox). A byte-level BPE or "
+        "SentencePiece tokenizer goes into the file too, so llama.cpp tokenizes text as lmgen "
+        "does.",
     )
     p.add_argument("model", help="model directory, bundled model name, or hf:NAME")
     p.add_argument("out", metavar="OUT.gguf", help="the file to write")
