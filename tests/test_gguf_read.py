@@ -193,15 +193,14 @@ def _quantized(arr: np.ndarray, kind: str, rng):
         return arr.astype(np.float32), None
     if kind == "F16":
         return arr.astype(np.float16), None
-    if kind in ("Q4_K", "Q5_K", "Q6_K"):
+    if kind.endswith("_K"):
         block, size = gguf.GGML_QUANT_SIZES[qt]
         rows, cols = arr.shape
         raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
         scale = rng.uniform(0.001, 0.02, size=(rows, cols // block, 2)).astype(np.float16)
-        if kind == "Q6_K":
-            raw[..., 208:210] = scale[..., :1].view(np.uint8)
-        else:
-            raw[..., 0:4] = scale.view(np.uint8)
+        # where each K-quant block keeps its float16 scale(s) (ggml-common.h's block_q*_K)
+        at = {"Q2_K": (80, 84), "Q3_K": (108, 110), "Q6_K": (208, 210)}.get(kind, (0, 4))
+        raw[..., at[0] : at[1]] = scale[..., : (at[1] - at[0]) // 2].view(np.uint8)
         return raw.reshape(rows, -1), qt
     return gguf.quants.quantize(arr.astype(np.float32), qt), qt
 
@@ -569,19 +568,19 @@ def test_truncated_gguf_file(tmp_path):
 
 
 def test_unsupported_tensor_type_named_before_any_dequantization(tmp_path, monkeypatch):
-    # a tiny file whose Q4_K tensors are relabelled Q2_K in their tensor info (both have
-    # 256-element blocks): the reader sees Q2_K, which lmgen does not read
+    # a tiny file whose Q4_K tensors are relabelled IQ4_XS in their tensor info (both have
+    # 256-element blocks): the reader sees IQ4_XS, which lmgen does not read
     path = tmp_path / "m.gguf"
     write_tiny_gguf(path, "llama", kinds=("Q4_K", "F32"))
     reader = gguf.GGUFReader(str(path), "r+")
-    q4k, q2k = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q2_K
+    q4k, q2k = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.IQ4_XS
     for t in reader.tensors:
         if t.tensor_type == q4k:
             t.field.parts[-2][...] = q2k  # the tensor info's type field
     reader.data.flush()
     del reader
     monkeypatch.setattr(gguf.quants, "dequantize", lambda *a: pytest.fail("dequantized"))
-    msg = _one_line_error(path, "type Q2_K")
+    msg = _one_line_error(path, "type IQ4_XS")
     assert "supported: " + ", ".join(TENSOR_TYPES) in msg
 
 
