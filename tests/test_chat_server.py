@@ -186,3 +186,43 @@ def test_bad_chat_options_are_400s(server):
         server, "/v1/chat/completions", {"model": "plain", "messages": MESSAGES, "tools": TOOLS}
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+def test_lm_chat_and_chat_stream_stop_at_end_of_turn(lm, hf):
+    from lmgen.chat import chat_format, chat_stream
+
+    (im_end,) = lm.tokenizer.encode("<|im_end|>")
+    assert chat_format(lm).end_ids == (im_end,)
+    assert im_end not in lm.eos_token_ids  # only the chat's end of turn stops at it
+    kw = {"strategy": "greedy", "max_new_tokens": 20, "min_new_tokens": 3}
+    kw["logit_bias"] = {im_end: 100.0}
+    result = lm.chat(MESSAGES, **kw)
+    assert result.finish_reason == "eos" and len(result.choices[0].token_ids) == 3
+    assert "".join(chat_stream(lm, MESSAGES, **kw)) == result.text
+    ids = hf_ids(hf.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True))
+    assert result.prompt_token_ids == ids
+    plain = lm.generate(ids, **kw)  # a completion writes <|im_end|> and goes on
+    assert plain.choices[0].token_ids == [im_end] * 20 and plain.finish_reason == "length"
+
+
+def test_fit_messages_drops_whole_turns_after_the_system_message(lm):
+    from lmgen.chat import fit_messages, prompt_ids
+    from lmgen.errors import ConfigError
+
+    system = {"role": "system", "content": "Be brief."}
+    turns = []
+    for k in range(30):
+        turns += [
+            {"role": "user", "content": f"Question {k}: what is the capital of France?"},
+            {"role": "assistant", "content": "Paris is the capital of France."},
+        ]
+    messages = [system, *turns, {"role": "user", "content": "And now?"}]
+    kept, dropped, ids = fit_messages(lm, messages, reserve=100)
+    assert dropped % 2 == 0 and dropped > 0
+    assert kept == [system, *turns[dropped:], messages[-1]]
+    assert ids == prompt_ids(lm, kept) and len(ids) + 100 <= lm.config.n_positions
+    # one turn more would not have fitted
+    longer = prompt_ids(lm, [system, *turns[dropped - 2 :], messages[-1]])
+    assert len(longer) + 100 > lm.config.n_positions
+    with pytest.raises(ConfigError, match="last message needs"):
+        fit_messages(lm, [system, {"role": "user", "content": "x " * 2000}], reserve=10)
