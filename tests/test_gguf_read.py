@@ -632,3 +632,17 @@ def test_unexpected_tensor_and_unsupported_tokenizer_are_named(tmp_path):
     bert = _relabel(path, tmp_path / "bert.gguf", tokenizer_model="bert")
     msg = _one_line_error(bert, "tokenizer model 'bert' is not supported")
     assert "gpt2, llama" in msg
+
+
+def test_a_header_claiming_a_huge_tensor_is_refused_before_reading_it(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, "llama", kinds=("F32",))
+    reader = gguf.GGUFReader(str(path), "r+")
+    for claim, match in (
+        ((1 << 20), "truncated GGUF file: tensor token_embd.weight"),
+        ((1 << 50), "a dimension of"),
+    ):
+        t = next(t for t in reader.tensors if t.name == "token_embd.weight")
+        t.field.parts[3][-1] = claim  # the rows of the embedding, as the header states them
+        reader.data.flush()
+        _one_line_error(path, match)

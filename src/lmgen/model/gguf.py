@@ -176,7 +176,12 @@ def _parse(path: Path) -> tuple[dict, list[TensorInfo], mmap.mmap]:
         raw = []
         for _ in range(n_tensors):
             name = cur.string()
-            dims = [cur.take("Q") for _ in range(cur.take("I"))]
+            n_dims = cur.take("I")
+            if n_dims > 4:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions (ggml has at most 4)")
+            dims = [cur.take("Q") for _ in range(n_dims)]
+            if any(d > 1 << 40 for d in dims):
+                raise ValueError(f"tensor {name} has a dimension of {max(dims)}")
             raw.append((name, dims, cur.take("I"), cur.take("Q")))
     except (IndexError, ValueError, struct.error) as e:
         raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({e})") from None
@@ -189,7 +194,7 @@ def _parse(path: Path) -> tuple[dict, list[TensorInfo], mmap.mmap]:
         except ValueError:
             raise ModelLoadError(f"{path}: tensor {name} has an unknown ggml type {kind}") from None
         block, size = gguf.GGML_QUANT_SIZES[qtype]
-        count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+        count = math.prod(dims)  # Python ints: no overflow
         if dims and dims[0] % block:
             raise ModelLoadError(
                 f"{path}: tensor {name}: rows of {dims[0]} are not whole {qtype.name} blocks"
