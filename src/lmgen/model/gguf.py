@@ -492,7 +492,7 @@ def hf_name(arch: str, gguf_name: str) -> str | None:
     if kind not in ("weight", "bias"):
         return None
     if stem.startswith("blk."):
-        _, index, part = stem.split(".", 2)
+        _, index, part = (stem.split(".", 2) + ["", ""])[:3]
         if not index.isdigit() or part not in block_map:
             return None
         return f"{blocks}.{int(index)}.{block_map[part]}.{kind}"
