@@ -272,3 +272,11 @@ def test_default_format_is_the_plain_transcript():
         "System: You are terse. Answer in one line.\nUser: Hi\nAssistant: Paris.\n"
         "User: And of Japan?\nAssistant:"
     )
+
+
+def test_any_template_variable_name_is_passed_through():
+    fmt = chat.ChatFormat(
+        "{{ name }}|{{ template }}|{{ variables }}|{{ bos_token }}", "t", {"bos_token": "<s>"}, ()
+    )
+    out = fmt.render([Q1], name="N", template="T", variables="V", bos_token="<B>")
+    assert out == "N|T|V|<B>"  # keywords override the special tokens, as in transformers

@@ -269,13 +269,14 @@ def render(
     tools: list[dict] | None = None,
     documents: list[dict] | None = None,
     variables: Mapping[str, Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     name: str = "the chat template",
-    **kwargs: Any,
 ) -> str:
     """`messages` rendered by `template`, as transformers' `apply_chat_template(...,
     tokenize=False)`. `variables` are the special tokens (`special_tokens(tokenizer)`);
-    keyword arguments are passed to the template (e.g. `enable_thinking=False`) and override
-    them. `continue_final_message` leaves the last message open for the model to continue."""
+    `template_kwargs` more variables (e.g. `enable_thinking=False`), which override them.
+    `continue_final_message` leaves the last message open for the model to continue. `name`
+    names the template in errors."""
     if add_generation_prompt and continue_final_message:
         raise ChatTemplateError(
             "add_generation_prompt and continue_final_message cannot both be set: the first "
@@ -294,7 +295,7 @@ def render(
     final = None
     if continue_final_message:
         chat, final = _tag_final_message(chat, template)
-    context = {**plain(dict(variables or {})), **plain(kwargs)}
+    context = {**plain(dict(variables or {})), **plain(dict(template_kwargs or {}))}
     context.update(
         messages=chat,
         tools=plain(tools),
@@ -443,8 +444,29 @@ class ChatFormat:
     stop: tuple[str, ...] = ()  # strings that end a reply (the default format's role lines)
     is_default: bool = False
 
-    def render(self, messages, **options) -> str:
-        return render(self.template, messages, variables=self.variables, name=self.name, **options)
+    def render(
+        self,
+        messages,
+        *,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
+        documents: list[dict] | None = None,
+        **template_kwargs: Any,
+    ) -> str:
+        """`render` with this format's template and special tokens; other keywords are
+        template variables."""
+        return render(
+            self.template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tools=tools,
+            documents=documents,
+            variables=self.variables,
+            template_kwargs=template_kwargs,
+            name=self.name,
+        )
 
 
 def chat_format(lm) -> ChatFormat:
