@@ -189,7 +189,8 @@ def repl(conv: Conversation) -> int:
         pass
     conv.note = print
     fmt = conv.format
-    print(f"Chatting with {conv.lm.name} ({fmt.name}). /help lists the commands; Ctrl-D leaves.")
+    how = "" if fmt.is_default else ", through its chat template"
+    print(f"Chatting with {conv.lm.name}{how}. /help lists the commands; Ctrl-D leaves.")
     if fmt.is_default:
         print("This model has no chat template: its messages are a plain 'Role: text' transcript.")
     while True:
@@ -250,6 +251,9 @@ def talk(conv: Conversation, text: str) -> None:
     reply = "".join(parts)
     print(" [stopped]" if stopped else "")
     print()
+    if stopped and not reply.strip():
+        conv.messages.pop()  # stopped before a word: as if the message was never sent
+        return
     conv.messages.append({"role": "assistant", "content": reply.strip()})
 
 
