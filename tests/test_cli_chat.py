@@ -218,3 +218,18 @@ def test_pipe_errors_are_one_line(tmp_path, args, stdin, message):
     r = run_chat(*args, stdin=stdin, cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith(message) and r.stderr.count("\n") == 1
+
+
+def test_a_failing_template_is_one_line_naming_it(tmp_path):
+    from tests.chat_model import save_chat_model
+    from tests.chat_templates import MISTRAL
+
+    model = save_chat_model(tmp_path / "mistralish")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": MISTRAL}))
+    r = run_chat("--model", str(model), "--system", "Be brief.", stdin="hi")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (
+        f"error: the chat template of {model} failed: Conversation roles must alternate "
+        "user/assistant/user/assistant/...\n"
+    )
