@@ -193,6 +193,8 @@ def repl(conv: Conversation) -> int:
     print(f"Chatting with {conv.lm.name}{how}. /help lists the commands; Ctrl-D leaves.")
     if fmt.is_default:
         print("This model has no chat template: its messages are a plain 'Role: text' transcript.")
+    if conv.messages:
+        print(f"[{len(conv.messages)} messages so far; /save FILE keeps the conversation]")
     while True:
         try:
             text = read_message()
