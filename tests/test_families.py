@@ -198,9 +198,9 @@ def test_not_a_gguf_file_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])
 def test_real_gguf_equals_transformers(which):
-    from tests import real_models
+    import real_models
 
-    path = real_models.smollm2() if which == "smollm2" else real_models.gemma3()
+    path = real_models.smollm2_gguf() if which == "smollm2" else real_models.gemma3_gguf()
     lm = lmgen.load(path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32

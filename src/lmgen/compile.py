@@ -78,7 +78,7 @@ def compile_decode_step(model, **compile_options):
         vs = [kv[1] for kv in cache.layers]
         x = model.embed(input_ids, pos).view(input_ids.shape[0], -1)  # (B, C)
         cos_sin = model.rope_cos_sin(pos, x.dtype)
-        logits = compiled(model.inference_plan(), x, cos_sin, start + 1, ks, vs)
+        logits = model.cap_logits(compiled(model.inference_plan(), x, cos_sin, start + 1, ks, vs))
         cache.advance(1)
         return logits
 

@@ -35,7 +35,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale)  # in the model's float dtype
         self.register_buffer("bias", bias)
-        self._kernel_ok = hasattr(torch, "_weight_int8pack_mm")
+        # torch's int8 product reads past the row when in_features is not a multiple of 16
+        # (a segmentation fault with 40 or 72 inputs, torch 2.13): those dequantize instead
+        self._kernel_ok = hasattr(torch, "_weight_int8pack_mm") and self.in_features % 16 == 0
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:

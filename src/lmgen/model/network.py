@@ -355,13 +355,14 @@ class GPT(nn.Module):
         ln_f, lm_head = (plan.ln_f, plan.lm_head) if plan is not None else (self.ln_f, self.lm_head)
         if output_hidden_states:
             h = ln_f(x)  # (B, T, C)
-            return self._cap(lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)), h
+            return self.cap_logits(lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)), h
         if logits_to_keep and logits_to_keep < x.shape[1]:
             x = x[:, -logits_to_keep:]
-        logits = self._cap(lm_head(ln_f(x)))  # (B, T', V)
+        logits = self.cap_logits(lm_head(ln_f(x)))  # (B, T', V)
         return (logits, attentions) if output_attentions else logits
 
-    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+    def cap_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gemma's final soft cap, cap * tanh(logits / cap), where the family has one."""
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

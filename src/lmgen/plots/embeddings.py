@@ -45,6 +45,12 @@ def embedding_data(lm, prompt: str | None = None) -> EmbeddingData:
     """Token, positional and summed embeddings of `prompt`'s tokens (default: a line of
     Hamlet), and the cosine similarity of their positional embeddings."""
     lm = as_lm(lm)
+    if lm.config.positions != "learned":
+        raise ConfigError(
+            f"plot embeddings shows a learned positional table, and {lm.name} has none: its "
+            f"family ({lm.config.model_type}) encodes positions by rotating queries and keys "
+            "(RoPE) inside attention"
+        )
     prompt = DEFAULT_PROMPT if prompt is None else require_prompt(prompt, "plot embeddings")
     ids = prompt_ids(lm, prompt, new_tokens=0)
     model = lm.model

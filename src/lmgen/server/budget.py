@@ -31,7 +31,8 @@ def bytes_per_position(lm) -> int:
     set."""
     cfg = lm.config
     element = next(lm.model.parameters()).element_size()
-    return (2 * cfg.n_layer + ACTIVATION_VALUES_PER_EMBD) * cfg.n_embd * element
+    kv = 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim  # grouped-query models store KV heads
+    return (kv + ACTIVATION_VALUES_PER_EMBD * cfg.n_embd) * element
 
 
 def job_bytes(lm, rows: int, positions: int) -> int:
