@@ -10,8 +10,9 @@ import anyio
 from fastapi import Request
 
 from lmgen.chat import chat_format, chat_kwargs
+from lmgen.decoding.session import check_context, encode_prompt
 from lmgen.errors import GenerationError, LmgenError
-from lmgen.generation import check_context, encode_prompt
+from lmgen.generation_config import infer_strategy
 
 from . import jobs, schemas
 from .budget import decode_cost, job_bytes
@@ -43,10 +44,8 @@ def warnings_field(results) -> dict:
 def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     """Sampling is the default, as in OpenAI's API; temperature 0 is greedy; num_beams > 1 is
     beam search; penalty_alpha > 0 is contrastive search (with top_k candidates)."""
-    strategy = "beam" if (body.num_beams or 1) > 1 else "sample"
-    if strategy == "sample" and (getattr(body, "penalty_alpha", None) or 0) > 0:
-        strategy = "contrastive"
-    kw = {"strategy": strategy, **config_kwargs(body, lm.config.vocab_size)}
+    kw = config_kwargs(body, lm.config.vocab_size)
+    kw["strategy"] = infer_strategy(kw, default="sample")
     check_start(body, kw, lm)  # a constraint no token can start: a 400 before queueing
     return kw
 
@@ -179,42 +178,19 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
         }
 
     def chunk(index: int, text: str, reason: str | None = None, logprobs=None) -> dict:
-        return {
-            **head,
-            "choices": [
-                {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-            ],
-        }
-
-    def on_event(item) -> list[dict]:
-        if item[0] == "delta":
-            return [chunk(item[1], item[2])]
-        return [chunk(item[1], "", FINISH[item[2]])]
-
-    def on_start() -> list[dict]:
-        if not echo or not incremental:
-            return []
-        return [chunk(k * n + j, p) for k, p in enumerate(prompts) for j in range(n)]
+        return sse_chunk(head, index, "text", text, reason, logprobs)
 
     def on_whole(out) -> list[dict]:  # non-incremental streams: one chunk per choice
         return [
             chunk(c["index"], c["text"], c["finish_reason"], c["logprobs"]) for c in choices(out)
         ]
 
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    echoed = [chunk(k * n + j, p) for k, p in enumerate(prompts) for j in range(n)]
     job = GenerateJob(prompts, config, stream=incremental, prompt_logprobs=prompt_lp)
-    return await jobs.stream(
-        s,
-        job,
-        cost,
-        on_start=on_start,
-        on_event=on_event,
-        on_whole=on_whole,
-        on_usage=(lambda out: {**head, "choices": [], "usage": usage(out[0])})
-        if include_usage
-        else None,
-        incremental=incremental,
-    )
+    return await stream_choices(
+        s, job, cost, body, head, chunk, lambda text: text or "",
+        start=echoed if echo else [], whole=on_whole, incremental=incremental,
+    )  # fmt: skip
 
 
 async def score_prompts(request, s, body, prompts: list, lengths: list[int], config, head):
@@ -340,24 +316,9 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     chead = {**head, "object": "chat.completion.chunk"}
 
     def chunk(index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
-        return {
-            **chead,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-            ],
-        }
-
-    def on_event(item) -> list[dict]:
-        if item[0] == "delta":
-            return [chunk(item[1], {"content": item[2]})]
-        return [chunk(item[1], {}, FINISH[item[2]])]
+        return sse_chunk(chead, index, "delta", delta, reason, logprobs)
 
     incremental = not want_lp and config.effective_strategy() != "beam"
-
-    def on_start() -> list[dict]:
-        if not incremental:
-            return []
-        return [chunk(j, {"role": "assistant", "content": ""}) for j in range(n)]
 
     def on_whole(out) -> list[dict]:
         return [
@@ -374,20 +335,48 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
             )
         ]
 
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    roles = [chunk(j, {"role": "assistant", "content": ""}) for j in range(n)]
     job = GenerateJob([prompt], config, stream=incremental, end_ids=fmt.end_ids)
+    return await stream_choices(
+        s, job, cost, body, chead, chunk, lambda text: {} if text is None else {"content": text},
+        start=roles, whole=on_whole, incremental=incremental, prompt_param="messages",
+    )  # fmt: skip
+
+
+# -- streaming: the tail completions and chat share -----------------------------------------
+
+
+def sse_chunk(head: dict, index: int, key: str, value, reason=None, logprobs=None) -> dict:
+    """One streamed chunk of one choice: its `text` (completions) or `delta` (chat)."""
+    choice = {"index": index, key: value, "logprobs": logprobs, "finish_reason": reason}
+    return {**head, "choices": [choice]}
+
+
+async def stream_choices(s, job, cost, body, head: dict, chunk, payload, *, start: list,
+                         whole, incremental: bool, prompt_param: str = "prompt"):  # fmt: skip
+    """The server-sent events of a streamed request: `start` first (echoed prompts, the
+    assistant role), then a chunk per text delta and per finish (`payload(text)` is what a
+    choice carries: None at its finish), or `whole(out)` at the end when the job does not
+    stream incrementally (beam search, logprobs); the usage last when the client asks."""
+
+    def on_event(item) -> list[dict]:
+        if item[0] == "delta":
+            return [chunk(item[1], payload(item[2]))]
+        return [chunk(item[1], payload(None), FINISH[item[2]])]
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await jobs.stream(
         s,
         job,
         cost,
-        on_start=on_start,
+        on_start=lambda: start if incremental else [],
         on_event=on_event,
-        on_whole=on_whole,
-        on_usage=(lambda out: {**chead, "choices": [], "usage": usage(out[0])})
+        on_whole=whole,
+        on_usage=(lambda out: {**head, "choices": [], "usage": usage(out[0])})
         if include_usage
         else None,
         incremental=incremental,
-        prompt_param="messages",
+        prompt_param=prompt_param,
     )
 
 
