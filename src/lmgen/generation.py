@@ -1,4 +1,5 @@
-"""The import path the docs and earlier releases use; the code lives in `lmgen.decoding`."""
+"""A compatibility shim, kept for users: the import path the docs and earlier releases use.
+The code lives in `lmgen.decoding`; modules of the package import it from there."""
 
 from lmgen.decoding.api import generate, next_token, stream
 from lmgen.decoding.results import Candidate, Choice, GenerationResult, NextToken, TopLogprob

@@ -1,5 +1,6 @@
-"""The import path the docs use; the processors live in `lmgen.decoding.processors`, the draw
-in `lmgen.decoding.sampling`."""
+"""A compatibility shim, kept for users: the import path the docs use. The processors live in
+`lmgen.decoding.processors`, the draw in `lmgen.decoding.sampling`; modules of the package
+import them from there."""
 
 from lmgen.decoding.processors import *  # noqa: F403
 from lmgen.decoding.processors import __all__ as _processors

@@ -484,9 +484,9 @@ def _sample(model, tokenizer, t: TrainRecipe, step: int) -> str | None:
     if not t.sample_tokens or not t.sample_prompt:
         return None
     try:
-        from ..generation import generate
+        from ..decoding.api import generate
     except ImportError as e:
-        log.warning("no sample at step %d: lmgen.generation is not available (%s)", step, e)
+        log.warning("no sample at step %d: lmgen.decoding is not available (%s)", step, e)
         return None
     from ..lm import LM
 
