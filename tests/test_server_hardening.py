@@ -506,3 +506,11 @@ def test_the_guard_refuses_two_host_headers_itself():
     assert guard.check_headers(scope).status == 400
     scope["headers"] = [(b"host", b"localhost:1")]
     assert guard.check_headers(scope) is None
+
+
+def test_a_logit_bias_key_is_quoted_in_its_error(server):
+    body = {"prompt": "To be", "max_tokens": 2, "logit_bias": {"9" * 20: 1}}
+    r = httpx.post(server + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert "got '99999999999999999999'" in message and "{key" not in message, message

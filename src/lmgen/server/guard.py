@@ -190,6 +190,8 @@ def check_json(obj) -> APIError | None:
             if err is not None:
                 return err
             continue
+        if not isinstance(value, dict | list):
+            continue
         if depth > MAX_JSON_DEPTH:
             return APIError(
                 400,

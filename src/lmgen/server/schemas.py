@@ -112,7 +112,7 @@ def _logit_bias_keys(bias: dict[str, float]) -> dict[str, float]:
         if not _TOKEN_ID_KEY.fullmatch(key):
             raise PydanticCustomError(
                 "token_id_key",
-                "logit_bias keys must be token ids written in ASCII digits, got {key!r}",
+                "logit_bias keys must be token ids (1 to 18 ASCII digits), got '{key}'",
                 {"key": key},
             )
     return bias
