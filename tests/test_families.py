@@ -184,6 +184,31 @@ def test_shape_mismatch_names_the_tensor(tokenizer, tmp_path):
         lmgen.load(tmp_path)
 
 
+def test_generation_config_defaults_as_transformers_takes_them(tokenizer, tmp_path):
+    """generation_config.json: every EOS id ends a sequence; do_sample with its settings is the
+    default decoding, key by key under the caller's own values."""
+    hf = _hf_model("llama-gqa6:2-bias-llama3", tokenizer)
+    hf.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    gen = {"do_sample": True, "temperature": 0.7, "top_k": 5, "eos_token_id": [7, 9],
+           "repetition_penalty": 1.2}  # fmt: skip
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+    lm = lmgen.load(tmp_path)
+    assert {7, 9} <= set(lm.eos_token_ids)
+    kw = dict(max_new_tokens=10, min_new_tokens=10, seed=3)
+    explicit = lm.generate(PROMPT, strategy="sample", temperature=0.7, top_k=5,
+                           repetition_penalty=1.2, **kw)  # fmt: skip
+    assert lm.generate(PROMPT, **kw).choices[0].token_ids == explicit.choices[0].token_ids
+    greedy = lm.generate(PROMPT, strategy="greedy", repetition_penalty=1.2, max_new_tokens=10,
+                         min_new_tokens=10)  # fmt: skip
+    assert (
+        lm.generate(PROMPT, temperature=0, max_new_tokens=10, min_new_tokens=10)
+        .choices[0]
+        .token_ids
+        == greedy.choices[0].token_ids
+    )
+
+
 def test_not_a_gguf_file_is_one_line(tmp_path):
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"not a gguf file at all" * 10)

@@ -9,6 +9,7 @@ import torch
 
 from .chat import read_chat_template
 from .checkpoint import (
+    GENERATION_DEFAULTS,
     read_generation_config,
     read_gguf_model,
     read_model_dir,
@@ -51,18 +52,40 @@ class LM:
     def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         return write_model_dir(self.model, self.tokenizer, directory, dtype=dtype)
 
+    def with_model_defaults(self, config, kwargs: dict) -> dict:
+        """`kwargs` over the model's generation_config.json defaults, as transformers'
+        `generate()` takes them: key by key, the caller's values first. Its sampling settings
+        apply when it says do_sample and the caller chose no other strategy; an explicit
+        `config` (a GenerationConfig) is taken as it is."""
+        d = self.generation_defaults
+        if config is not None or not d:
+            return kwargs
+        out = {}
+        if d.get("repetition_penalty") is not None:
+            out["repetition_penalty"] = d["repetition_penalty"]
+        chosen = {"strategy", "num_beams", "penalty_alpha"} & set(kwargs)
+        if kwargs.get("temperature") == 0:  # the caller asks for greedy
+            chosen.add("temperature")
+        if d.get("do_sample") and (not chosen or kwargs.get("strategy") == "sample"):
+            out["strategy"] = "sample"
+            for key in GENERATION_DEFAULTS:
+                if key != "repetition_penalty" and d.get(key) is not None:
+                    out[key] = d[key]
+        return {**out, **kwargs}
+
     def generate(self, prompt: str | list[str], config=None, **kwargs):
         """Continuations of `prompt` (a list of prompts gives a list of results); keyword
-        arguments are `GenerationConfig` fields, e.g. strategy="sample", top_p=0.9, seed=1."""
+        arguments are `GenerationConfig` fields, e.g. strategy="sample", top_p=0.9, seed=1,
+        over the model's own defaults (generation_config.json; `with_model_defaults`)."""
         from .decoding.api import generate
 
-        return generate(self, prompt, config, **kwargs)
+        return generate(self, prompt, config, **self.with_model_defaults(config, kwargs))
 
     def stream(self, prompt: str, config=None, **kwargs):
         """Yields text deltas of one continuation as they are decided."""
         from .decoding.api import stream
 
-        return stream(self, prompt, config, **kwargs)
+        return stream(self, prompt, config, **self.with_model_defaults(config, kwargs))
 
     def session(self, prompts, config=None, **kwargs):
         """A stepwise `Session` over `prompts` (see lmgen.decoding.session)."""
