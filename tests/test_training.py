@@ -165,6 +165,26 @@ def test_final_model_loads_in_transformers(data_dir, tmp_path):
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
 
 
+def test_llama_style_model_trains_and_loads_in_transformers(data_dir, tmp_path):
+    """model.family = "llama": RoPE, RMSNorm, SwiGLU and grouped-query attention from scratch;
+    the saved directory is a LlamaForCausalLM to transformers, with the same logits."""
+    transformers = pytest.importorskip("transformers")
+    recipe = tiny("family=llama", "n_kv_head=1", "max_steps=30", "lr=1e-2")
+    final = train(data_dir, tmp_path / "r", recipe, progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
+              if r["event"] == "train"]  # fmt: skip
+    assert losses[-1] < losses[0]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(final).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert hf.config.num_key_value_heads == 1
+    _, ours, _ = read_model_dir(final)
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="model.family must be one of"):
+        train(data_dir, tmp_path / "bad", tiny("family=mamba"), progress=False)
+
+
 def test_cli_train_and_eval(data_dir, tmp_path, capsys):
     from lmgen.cli import main
 

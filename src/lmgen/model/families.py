@@ -676,6 +676,31 @@ FAMILIES: dict[str, Family] = {
 SUPPORTED = sorted(FAMILIES) + ["gemma3 (its text weights)"]
 
 
+# What a model trained from scratch in a family's style is, beyond its sizes: `lmgen train`'s
+# `model.family` (GPT-2's block, or Llama's: RoPE, RMSNorm, SwiGLU, grouped-query attention).
+SCRATCH = {
+    "gpt2": dict(activation_function="gelu_new"),
+    "llama": dict(model_type="llama", positions="rope", norm="rmsnorm", mlp="gated",
+                  activation_function="silu", qkv_bias=False, attn_out_bias=False,
+                  mlp_bias=False, layer_norm_epsilon=1e-5),
+}  # fmt: skip
+
+
+def scratch_config(family: str, **fields) -> GPTConfig:
+    """A new model of `family`'s style; `fields` (sizes, dropout, ...) override its preset.
+    n_kv_head, n_inner, activation_function and rope_theta given as 0, "" or None mean the
+    family's default."""
+    if family not in SCRATCH:
+        raise ConfigError(
+            f"model.family must be one of {sorted(SCRATCH)}, got {family!r}", "model.family"
+        )
+    optional = ("n_kv_head", "n_inner", "activation_function", "rope_theta")
+    given = {k: v for k, v in fields.items() if v or k not in optional}
+    if family == "llama" and "n_inner" not in given and "n_embd" in given:
+        given["n_inner"] = 64 * -(-8 * given["n_embd"] // 3 // 64)  # ~8/3 C, as Llama rounds
+    return GPTConfig(**{**SCRATCH[family], **given})
+
+
 def family_of(config: GPTConfig) -> Family:
     return FAMILIES[config.model_type]
 

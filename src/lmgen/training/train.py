@@ -50,12 +50,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelRecipe:
+    family: str = "gpt2"  # "gpt2" | "llama" (RoPE, RMSNorm, SwiGLU, GQA): model.families.SCRATCH
     n_layer: int = 6
     n_embd: int = 256
     n_head: int = 4
+    n_kv_head: int = 0  # grouped-query attention (llama); 0 = n_head
+    n_inner: int = 0  # the MLP's width; 0 = the family's (4 C; Llama ~8/3 C)
     n_positions: int = 256  # the context, and the training window
+    rope_theta: float = 10000.0  # llama
     dropout: float = 0.1
-    activation_function: str = "gelu_new"
+    activation_function: str = ""  # "" = the family's (gelu_new; llama silu)
     tie_word_embeddings: bool = True
 
 
@@ -659,16 +663,21 @@ class _Run:
     def _build_model(self, checkpoint: Path | None, loaded) -> None:
         """The recipe's model (the checkpoint's weights when resuming), DDP-wrapped when
         several processes train it; `raw_model` is the model itself."""
-        from ..model import GPT, GPTConfig
+        from ..model import GPT
+        from ..model.families import scratch_config
 
         m = self.m
         torch.manual_seed(self.t.seed)
-        config = GPTConfig(
+        config = scratch_config(
+            m.family,
             vocab_size=self.data.vocab_size,
             n_positions=m.n_positions,
             n_embd=m.n_embd,
             n_layer=m.n_layer,
             n_head=m.n_head,
+            n_kv_head=m.n_kv_head,
+            n_inner=m.n_inner,
+            rope_theta=m.rope_theta if m.family == "llama" else None,
             dropout=m.dropout,
             activation_function=m.activation_function,
             tie_word_embeddings=m.tie_word_embeddings,
