@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lmgen.errors import ConfigError
+from lmgen.settings import at_least
 
 from . import metrics as M
 from .defaults import DEFAULT_BATCH_ROWS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_RESAMPLES
@@ -124,25 +125,62 @@ def compare(
     """
     from lmgen.lm import LM, load
 
+    _check_arguments(max_new_tokens, samples, batch_rows, resamples, seed, n)
     M.bleu_functions()  # nltk, before any work
     if mauve:
         mauve_module()
-    for name, value in (("max_new_tokens", max_new_tokens), ("samples", samples)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be an int >= 1, got {value!r}", name)
-    if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1:
-        raise ConfigError(f"batch_rows must be an int >= 1, got {batch_rows!r}", "batch_rows")
-    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 0:
-        raise ConfigError(f"resamples must be an int >= 0, got {resamples!r}", "resamples")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an int >= 0, got {seed!r}", "seed")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ConfigError(f"n (the number of prompts) must be an int >= 1, got {n!r}", "n")
     strategies = as_strategies(strategies)
     check_strategies(strategies, max_new_tokens, samples)
-
     lm = model if isinstance(model, LM) else load(model)
-    source: str
+    passages, source = _passages(lm, prompts, text, n, prompt_tokens, max_new_tokens)
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    rows = _generate_rows(lm, passages, strategies, max_new_tokens, samples, seed, batch_rows,
+                          progress)  # fmt: skip
+    gen_wall = time.perf_counter() - wall0
+    features = mauve and rows[0].kind == "human"
+    _score_rows(lm, passages, rows, features, progress)
+    _measure_rows(rows, len(passages), lm.config.vocab_size, resamples, seed, features, progress)
+
+    settings = {
+        "model": lm.name,
+        "source": source,
+        "prompts": len(passages),
+        "prompt_tokens": prompt_tokens if prompts is None else None,
+        "max_new_tokens": max_new_tokens,
+        "samples": samples,
+        "seed": seed,
+        "batch_rows": batch_rows,
+        "resamples": resamples,
+        "mauve": bool(features),
+        "n_positions": lm.config.n_positions,
+        "vocab_size": lm.config.vocab_size,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(lm.device),
+    }
+    timing = {
+        "wall_s": time.perf_counter() - wall0,
+        "cpu_s": time.process_time() - cpu0,
+        "generation_wall_s": gen_wall,
+    }
+    return CompareResult(lm.name, settings, passages, rows, timing)
+
+
+# -- compare's steps --------------------------------------------------------------------------
+
+
+def _check_arguments(max_new_tokens, samples, batch_rows, resamples, seed, n) -> None:
+    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("samples", samples, 1),
+                             ("batch_rows", batch_rows, 1), ("resamples", resamples, 0),
+                             ("seed", seed, 0)):  # fmt: skip
+        at_least(low).check(name, value)
+    if n is not None and not at_least(1).contains(n):
+        raise ConfigError(f"n (the number of prompts) must be an int >= 1, got {n!r}", "n")
+
+
+def _passages(lm, prompts, text, n, prompt_tokens: int, max_new_tokens: int):
+    """The prompts and their human continuations, checked against the model's context, and
+    where they came from."""
     if prompts is not None:
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -172,8 +210,12 @@ def compare(
         raise ConfigError(
             f"give at least 2 prompts (Self-BLEU compares texts), got {len(passages)}"
         )
+    return passages, source
 
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+
+def _generate_rows(lm, passages, strategies, max_new_tokens, samples, seed, batch_rows,
+                   progress) -> list[Row]:  # fmt: skip
+    """One row per strategy (the human text first, when there is one)."""
     rows: list[Row] = []
     if passages[0].human_ids is not None:
         rows.append(
@@ -195,9 +237,11 @@ def compare(
             rows.append(_generate(lm, passages, s, max_new_tokens, samples, seed, batch_rows, bar))
     finally:
         bar.close()
-    gen_wall = time.perf_counter() - wall0
+    return rows
 
-    features = mauve and rows[0].kind == "human"
+
+def _score_rows(lm, passages, rows: list[Row], features: bool, progress: bool) -> None:
+    """Each sample's log-likelihood and entropies under the model (and its features)."""
     for row in _progress_rows(rows, progress, "scoring"):
         scored = score(
             lm, [(passages[s.passage].prompt_ids, s.token_ids) for s in row.samples],
@@ -205,36 +249,16 @@ def compare(
         )  # fmt: skip
         for smp, sc in zip(row.samples, scored, strict=True):
             smp.nll, smp.entropy, smp.feature = sc.nll, sc.entropy, sc.feature
-    vocab = lm.config.vocab_size
+
+
+def _measure_rows(rows: list[Row], n_passages: int, vocab: int, resamples: int, seed: int,
+                  features: bool, progress: bool) -> None:  # fmt: skip
     for row in _progress_rows(rows, progress, "measuring"):
-        _measure(row, len(passages), vocab, resamples, seed)
+        _measure(row, n_passages, vocab, resamples, seed)
     if features:
         human = np.stack([s.feature for s in rows[0].samples if s.feature is not None])
         for row in rows[1:]:
             row.metrics["mauve"] = _mauve(human, row, seed)
-
-    settings = {
-        "model": lm.name,
-        "source": source,
-        "prompts": len(passages),
-        "prompt_tokens": prompt_tokens if prompts is None else None,
-        "max_new_tokens": max_new_tokens,
-        "samples": samples,
-        "seed": seed,
-        "batch_rows": batch_rows,
-        "resamples": resamples,
-        "mauve": bool(features),
-        "n_positions": lm.config.n_positions,
-        "vocab_size": vocab,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(lm.device),
-    }
-    timing = {
-        "wall_s": time.perf_counter() - wall0,
-        "cpu_s": time.process_time() - cpu0,
-        "generation_wall_s": gen_wall,
-    }
-    return CompareResult(lm.name, settings, passages, rows, timing)
 
 
 def _per_batch(s: Strategy, max_new_tokens: int, samples: int, batch_rows: int) -> int:
