@@ -266,6 +266,18 @@ def read_gguf_model(path: str | Path):
     return config, model, header.tokenizer, contents
 
 
+def read_tokenizer(path: str | Path):
+    """The tokenizer alone (no weights read) of a model directory or a .gguf file."""
+    path = Path(path)
+    if path.is_file():
+        from .model.gguf import read_gguf
+
+        return read_gguf(path, tensors=False).tokenizer
+    from .tokenizers import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "typical_p",
                        "repetition_penalty")  # fmt: skip
 

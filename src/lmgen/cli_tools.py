@@ -7,16 +7,16 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_args import add_model_arg, read_prompt
+from .cli_args import add_command, add_model_arg, read_prompt
 from .errors import ConfigError
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_model
-    from .tokenizers import load_tokenizer
+    """Encode TEXT with a model's tokenizer: each token's id and text."""
+    from .checkpoint import read_tokenizer, resolve_model
 
     text = read_prompt(args.text)
-    tok = load_tokenizer(resolve_model(args.model))  # the tokenizer alone: no weights read
+    tok = read_tokenizer(resolve_model(args.model))  # the tokenizer alone: no weights read
     ids = tok.encode(text)
     tokens = [tok.token_to_str(i) for i in ids]
     if args.json:
@@ -36,6 +36,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
+    """Write MODEL as a GGUF file for llama.cpp, as its converter writes the model's family (gpt2,
+    llama, qwen2, qwen3, gemma3, gptneox). A byte-level BPE or SentencePiece tokenizer goes
+    into the file too, so llama.cpp tokenizes text as lmgen does."""
     import lmgen
 
     from .gguf_export import HF_ARCHITECTURES, tokenizer_metadata, write_gguf
@@ -60,11 +63,7 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser(
-        "tokenize",
-        help="show the token ids of a text",
-        description="Encode TEXT with a model's tokenizer: each token's id and text.",
-    )
+    p = add_command(sub, cmd_tokenize, "tokenize", "show the token ids of a text")
     p.add_argument("text", help="the text, or - to read it from stdin")
     add_model_arg(p)
     p.add_argument(
@@ -72,16 +71,8 @@ def add_parsers(sub) -> None:
         action="store_true",
         help='print {"text", "token_ids", "tokens", "pieces"} as one JSON object',
     )
-    p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser(
-        "export-gguf",
-        help="write a model as GGUF for llama.cpp",
-        description="Write MODEL as a GGUF file for llama.cpp, as its converter writes the "
-        "model's family (gpt2, llama, qwen2, qwen3, gemma3, gptneox). A byte-level BPE or "
-        "SentencePiece tokenizer goes into the file too, so llama.cpp tokenizes text as lmgen "
-        "does.",
-    )
+    p = add_command(sub, cmd_export_gguf, "export-gguf", "write a model as GGUF for llama.cpp")
     p.add_argument("model", help="model directory, bundled model name, or hf:NAME")
     p.add_argument("out", metavar="OUT.gguf", help="the file to write")
     p.add_argument(
@@ -91,4 +82,3 @@ def add_parsers(sub) -> None:
         help="type of the weight matrices (q8_0: llama.cpp's 8-bit blocks); norms, biases "
         "and the position table stay float32 (default float32)",
     )
-    p.set_defaults(func=cmd_export_gguf)
