@@ -5,6 +5,7 @@ which device, in which dtype)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -255,3 +256,12 @@ def text_file(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value} is not UTF-8 text") from None
     except OSError as e:
         raise argparse.ArgumentTypeError(f"cannot read {value}: {e.strerror}") from None
+
+
+def add_command(sub, func, name: str, help: str, description: str | None = None, **kw):
+    """The subcommand `name`, which runs `func`: `help` is its line in the list of commands,
+    `func`'s docstring its --help description (unless `description` is given)."""
+    description = description or inspect.cleandoc(func.__doc__ or "")
+    p = sub.add_parser(name, help=help, description=description, **kw)
+    p.set_defaults(func=func)
+    return p

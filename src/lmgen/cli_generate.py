@@ -6,59 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .cli_args import add_model_arg, add_runtime_args, load_lm, read_prompt
+from .cli_args import (
+    add_command,
+    add_model_arg,
+    add_runtime_args,
+    load_lm,
+    read_prompt,
+    read_prompts_file,
+)
 from .cli_decoding import add_decoding_arguments, decoding_config
 from .errors import ConfigError
-
-
-def read_prompts_file(path: str) -> list[str]:
-    """One prompt per line (blank lines skipped), or with a `.jsonl` name one JSON value per
-    line: a string or an object with a "prompt" string. `-` reads stdin."""
-    if path == "-":
-        buffer = getattr(sys.stdin, "buffer", None)
-        data = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8")
-        name = "stdin"
-    else:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise ConfigError(f"--prompts-file {path}: {e.strerror or e}", "prompts_file") from None
-        name = path
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{name} is not valid UTF-8 at byte {e.start} (line {line})", "prompts_file"
-        ) from None
-    prompts = []
-    jsonl = path.endswith(".jsonl")
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            prompts.append(line)
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as e:
-            raise ConfigError(f"{name} line {n}: not JSON ({e})", "prompts_file") from None
-        if isinstance(item, dict):
-            item = item.get("prompt")
-        if not isinstance(item, str):
-            raise ConfigError(
-                f'{name} line {n}: expected a JSON string or {{"prompt": "..."}}',
-                "prompts_file",
-            )
-        prompts.append(item)
-    if not prompts:
-        raise ConfigError(f"{name} holds no prompts", "prompts_file")
-    return prompts
-
-
-# -- generate -----------------------------------------------------------------------------------
 
 
 def _check_combinations(args, config) -> None:
@@ -101,6 +59,10 @@ def _generate_options(args, lm) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue PROMPT with the chosen decoding strategy. Without --strategy, the strategy is
+    inferred from the flags given: beam search when --num-beams > 1, contrastive search when
+    --penalty-alpha > 0, sampling when any of --temperature (other than 0), --top-k, --top-p,
+    --min-p, --typical-p or --seed is given, greedy otherwise (the same rule as lm.generate)."""
     config = decoding_config(args)
     _check_combinations(args, config)
     prompts = read_prompts_file(args.prompts_file) if args.prompts_file else None
@@ -166,6 +128,7 @@ def print_logprobs(lm, choice) -> None:
 
 
 def cmd_next(args: argparse.Namespace) -> int:
+    """Show the most likely next tokens, raw and after the processor chain."""
     config = decoding_config(args, strategy="sample")
     prompt = read_prompt(args.prompt)
     lm = load_lm(args)
@@ -200,15 +163,7 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser(
-        "generate",
-        help="continue a prompt",
-        description="Continue PROMPT with the chosen decoding strategy. Without --strategy, "
-        "the strategy is inferred from the flags given: beam search when --num-beams > 1, "
-        "contrastive search when --penalty-alpha > 0, sampling when any of --temperature "
-        "(other than 0), --top-k, --top-p, --min-p, --typical-p or --seed is given, greedy "
-        "otherwise (the same rule as lm.generate).",
-    )
+    p = add_command(sub, cmd_generate, "generate", "continue a prompt")
     p.add_argument(
         "prompt",
         nargs="?",
@@ -251,13 +206,8 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="run the decode step through torch.compile (the first call compiles)",
     )
-    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser(
-        "next",
-        help="show the next-token distribution",
-        description="Show the most likely next tokens, raw and after the processor chain.",
-    )
+    p = add_command(sub, cmd_next, "next", "show the next-token distribution")
     p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     add_model_arg(p)
     add_runtime_args(p)
@@ -268,4 +218,3 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_next)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -17,17 +18,15 @@ def _defaults_help() -> str:
 
 
 def add_parsers(sub) -> None:
-    from lmgen.cli_generate import add_model_arg
+    from lmgen.cli_args import add_command, add_model_arg
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        cmd_compare,
         "compare",
-        help="measure each decoding strategy against human text (Holtzman et al.'s Table 1)",
-        description="Generate from the same prompts with each decoding strategy and measure "
-        "every continuation, and the human one, the same way: perplexity under the model, "
-        "Self-BLEU-4, the Zipf coefficient, the share that ends in a repeating loop, rep-n "
-        "and distinct-n, entropy, EOS rate, length and speed, with 95%% bootstrap intervals "
-        "over prompts. Default: the bundled model, 50 passages of held-out Hamlet, and these "
-        f"strategies: {_defaults_help()}.",
+        "measure each decoding strategy against human text (Holtzman et al.'s Table 1)",
+        description=f"{inspect.cleandoc(cmd_compare.__doc__)} Default: the bundled model, 50 "
+        f"passages of held-out Hamlet, and these strategies: {_defaults_help()}.",
     )
     add_model_arg(p)
     g = p.add_argument_group("prompts (default: passages of held-out hamlet_gut.txt)")
@@ -109,10 +108,13 @@ def add_parsers(sub) -> None:
     )
     g.add_argument("--force", action="store_true", help="replace an earlier comparison in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Generate from the same prompts with each decoding strategy and measure every
+    continuation, and the human one, the same way: perplexity under the model, Self-BLEU-4,
+    the Zipf coefficient, the share that ends in a repeating loop, rep-n and distinct-n,
+    entropy, EOS rate, length and speed, with 95% bootstrap intervals over prompts."""
     from lmgen.errors import ConfigError
 
     from .output import check_out, write_outputs

@@ -178,15 +178,11 @@ def _position(ax, data: CompareData) -> None:
 
 def add_parser(psub) -> None:
     """`lmgen plot compare RESULT --out FILE`, registered by lmgen.plots.cli."""
+    from lmgen.cli_args import add_command
+
     from . import DPI, FORMATS
 
-    p = psub.add_parser(
-        "compare",
-        help="the pictures of an lmgen compare run",
-        description="Likelihood against diversity (perplexity vs Self-BLEU-4, human text "
-        "marked), the repetition rate per strategy, and the probability of each chosen token "
-        "by position, from the compare.json that lmgen compare --out wrote.",
-    )
+    p = add_command(psub, cmd_compare, "compare", "the pictures of an lmgen compare run")
     p.add_argument("result", help="a folder written by lmgen compare --out, or its compare.json")
     p.add_argument(
         "--panel", choices=PANELS, default="all", help="one panel, or all three (default)"
@@ -194,10 +190,12 @@ def add_parser(psub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="the image file to write")
     p.add_argument("--format", choices=FORMATS, default=None, help="png, svg or pdf")
     p.add_argument("--dpi", type=int, default=DPI, help=f"resolution of a png (default {DPI})")
-    p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Likelihood against diversity (perplexity vs Self-BLEU-4, human text marked), the repetition
+    rate per strategy, and the probability of each chosen token by position, from the
+    compare.json that lmgen compare --out wrote."""
     from .style import check_output, save_figure
 
     check_output(args.out, args.format, args.dpi)

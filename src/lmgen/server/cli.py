@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmgen.cli_args import DTYPES
+from lmgen.cli_args import DTYPES, add_command
 from lmgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def _check_can_listen(host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /v1/models) and a playground page at /."""
     import uvicorn
 
     from .app import create_app
@@ -161,11 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve models over an OpenAI-compatible API, with a playground",
-        description="Serve models over an OpenAI-compatible HTTP API (/v1/completions, "
-        "/v1/chat/completions, /v1/models) and a playground page at /.",
+    p = add_command(
+        sub, cmd_serve, "serve", "serve models over an OpenAI-compatible API, with a playground"
     )
     p.add_argument(
         "--model",
@@ -242,4 +241,3 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
-    p.set_defaults(func=cmd_serve)
