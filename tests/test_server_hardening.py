@@ -58,6 +58,15 @@ HOSTILE = [
     '{"5": "x"}',
     '{"5": NaN}',
     "[" * 200 + "]" * 200,
+    # issue 31: lone surrogates as field names, numbers of thousands of digits, deep nesting
+    '{"\\ud800": 1}',
+    '{"5": 1, "\\udfff": 0.5}',
+    '[{"\\ud800": 1}]',
+    '{"type": "text", "\\udbff\\udbff": {"\\udc00": []}}',
+    "9" * 5000,
+    "-0." + "1" * 1500,
+    "[" * 3000 + "]" * 3000,
+    '{"a": ' * 70 + "1" + "}" * 70,
 ]
 ENDPOINTS = {
     "/v1/completions": {"prompt": "To be", "max_tokens": 2},
@@ -400,7 +409,7 @@ def test_a_lone_surrogate_as_a_field_name_is_reported_as_such(server):
         ('{"prompt": "a", "max_tokens": ' + "9" * 5000 + "}", "max_tokens",
          "a number in 'max_tokens' has 5,000 digits"),
         ('{"prompt": "a", "temperature": -0.' + "1" * 5000 + "}", "temperature",
-         "a number in 'temperature' has 5,002 digits"),
+         "a number in 'temperature' has 5,001 digits"),
         ('{"prompt": "a", "logit_bias": {"5": ' + "1" * 4000 + "}}", "logit_bias",
          "a number in 'logit_bias' has 4,000 digits"),
     ],
@@ -417,9 +426,10 @@ def test_deep_nesting_and_huge_numbers_say_what_is_wrong(server, body, param, wo
 
 
 def test_moderate_nesting_and_long_numbers_are_left_to_the_fields(server):
-    r = raw_post(server, "/v1/completions", '{"prompt": "a", "max_tokens": ' + "9" * 900 + "}")
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_value"
-    assert "less than or equal to 2048" in r.json()["error"]["message"]
+    r = raw_post(server, "/v1/completions", '{"prompt": "a", "max_tokens": ' + "9" * 308 + "}")
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "invalid_value", err
+    assert err["param"] == "max_tokens" and "2048" in err["message"], err
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     for _ in range(20):  # 21 levels of JSON schema pass the body's check
         schema = {"type": "object", "properties": {"a": schema}}
@@ -514,3 +524,68 @@ def test_a_logit_bias_key_is_quoted_in_its_error(server):
     assert r.status_code == 400
     message = r.json()["error"]["message"]
     assert "got '99999999999999999999'" in message and "{key" not in message, message
+
+
+# Bodies that are not UTF-8, or UTF-8 that is not JSON: raw bytes (the probe sent 25).
+RAW_BODIES = [
+    b'{"prompt": "\xff"}',  # not UTF-8 inside a string
+    b'{"pr\xc3": "x"}',  # a truncated two-byte sequence in a key
+    b'{"prompt": "To be", "max_tokens": 2}\x80',  # a stray continuation byte at the end
+    b'{"prompt": "\xc0\xaf"}',  # an overlong "/"
+    b'{"prompt": "\xed\xa0\x80"}',  # a surrogate encoded as UTF-8 (CESU-8)
+    b'{"prompt": "\xf4\x90\x80\x80"}',  # beyond U+10FFFF
+    b'{"prompt": "\xe2\x82"}',  # a truncated three-byte sequence
+    '{"prompt": "To be"}'.encode("utf-16"),  # UTF-16 with its BOM
+    '{"prompt": "To be"}'.encode("utf-16-le"),  # (FastAPI's decoder alone would take these)
+    '{"prompt": "To be", "logit_bias": {"\ud800": 1}}'.encode("utf-16-be", "surrogatepass"),
+    '{"prompt": "To be"}'.encode("utf-32"),
+    b"\xef\xbb\xbf\xef\xbb\xbf{}",  # two byte order marks
+    '{"prompt": "caf\u00e9"}'.encode("latin-1"),
+    b'{"prompt": "a\x00b"}',  # a raw NUL inside a string
+    b'{"prompt": "a\x01\x1fb"}',  # raw control characters inside a string
+    b"\x00" * 64,
+    bytes(range(256)),
+    b"\xff\xfe\xfd",
+    b"",
+    b"   \n\t ",
+    b"{",
+    b'{"prompt": "To be"',
+    b'{"prompt": "To be",}',
+    b"{'prompt': 'To be'}",
+    b'{"prompt": "To be"} {"prompt": "again"}',
+    b"null",
+    b'"\\ud800"',
+    b'{"prompt": "To be", "max_tokens": 2, "logit_bias": {"\\ud800": 1}}',
+    b'{"\\ud800": 1}',
+]
+
+
+@pytest.mark.parametrize("path", [*ENDPOINTS, "/tokenize", "/detokenize"])
+def test_raw_byte_bodies_are_a_4xx_never_a_5xx(server, path):
+    failures = []
+    for body in RAW_BODIES:
+        r = CLIENT.post(server + path, content=body, headers={"Content-Type": "application/json"})
+        if not 400 <= r.status_code < 500:
+            failures.append(f"{body[:40]!r}: {r.status_code} {r.text[:200]}")
+            continue
+        err = r.json()["error"]
+        if "\n" in err["message"] or not err["code"]:
+            failures.append(f"{body[:40]!r}: {err}")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if f"at offset {e.start}" not in err["message"]:
+                failures.append(f"{body[:40]!r}: the offset is not named: {err['message']}")
+    assert failures == []
+
+
+def test_a_utf8_byte_order_mark_is_ignored(server):
+    """RFC 8259 §8.1 lets a parser ignore it; the body is then checked as any other."""
+    body = b'{"prompt": "To be", "max_tokens": 2}'
+    r = CLIENT.post(server + "/v1/completions", content=b"\xef\xbb\xbf" + body,
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    bad = b'\xef\xbb\xbf{"prompt": "a", "logit_bias": {"\\ud800": 1}}'
+    r = CLIENT.post(server + "/v1/completions", content=bad,
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "lone surrogate U+D800" in r.json()["error"]["message"]

@@ -10,7 +10,7 @@
 - the body: at most `max_body_bytes`, and UTF-8 (JSON's only encoding); a JSON body is decoded
   once here, so that what no request model can describe is refused with its own message,
   whatever the models look like: nesting deeper than MAX_JSON_DEPTH, a number longer than
-  MAX_NUMBER_CHARS, a lone surrogate (`"\\ud800"`, which JSON's \\u escapes can write but
+  MAX_NUMBER_DIGITS, a lone surrogate (`"\\ud800"`, which JSON's \\u escapes can write but
   UTF-8 cannot) in any string or field name.
 """
 
@@ -99,16 +99,22 @@ class HostCheck:
 # -- the JSON body -----------------------------------------------------------------------------
 
 MAX_JSON_DEPTH = 64  # arrays and objects in one another; requests need a handful
-MAX_NUMBER_CHARS = 1000  # a JSON number's literal; the largest a field takes has 20 digits
+# digits in a JSON number: every integer of up to 308 digits converts to a float (float64
+# ends near 1.8e308); the largest a field takes has 20
+MAX_NUMBER_DIGITS = 308
 
 
 class _LongNumber(Exception):
     pass
 
 
+def _digits(literal: str) -> int:
+    return sum(c.isdigit() for c in literal)
+
+
 def _number(kind):
     def parse(literal: str):
-        if len(literal) > MAX_NUMBER_CHARS:
+        if _digits(literal) > MAX_NUMBER_DIGITS:
             raise _LongNumber(literal)
         return kind(literal)
 
@@ -215,19 +221,21 @@ def check_json(obj) -> APIError | None:
 
 
 def decode_error(body: bytes) -> APIError | None:
-    """None when `body` (UTF-8) is JSON that check_json finds nothing wrong with, or is not
-    JSON at all (FastAPI says so, with the parser's position); else the 400 to answer."""
+    """None when `body` (UTF-8, no byte order mark) is JSON that check_json finds nothing
+    wrong with; else the 400 to answer. Whatever this decoder refuses is refused here, so the
+    app only ever parses a body checked here (FastAPI's own decoder would take UTF-16 and
+    UTF-32, whose surrogates this check would not have seen)."""
     text = body.decode("utf-8")
     try:
         obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
     except _LongNumber as e:
-        digits = len(str(e).lstrip("-"))
-        field, at = _where(text, lambda tok, depth: len(tok) > MAX_NUMBER_CHARS)
+        digits = _digits(str(e))
+        field, at = _where(text, lambda tok, _: tok[0] != '"' and _digits(tok) > MAX_NUMBER_DIGITS)
         where = f"in {field!r}" if field else f"at character {at}"
         return APIError(
             400,
             f"a number {where} has {digits:,} digits; JSON numbers here may have at most "
-            f"{MAX_NUMBER_CHARS:,} characters",
+            f"{MAX_NUMBER_DIGITS} digits (what a float can hold)",
             param=field,
             code="number_too_large",
         )
@@ -240,8 +248,10 @@ def decode_error(body: bytes) -> APIError | None:
             param=field,
             code="nesting_too_deep",
         )
-    except ValueError:
-        return None  # not JSON: FastAPI's json_invalid, with the parser's position
+    except json.JSONDecodeError as e:
+        return APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json")
+    except ValueError as e:  # Python's own limits (int digits), should they be lower
+        return APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json")
     return check_json(obj)
 
 
@@ -310,6 +320,8 @@ class Guard:
             )
             return await err.response()(scope, receive, send)
         if body and is_json(headers):
+            # RFC 8259 §8.1: a parser may ignore a byte order mark; the app never sees one
+            body = body.removeprefix(b"\xef\xbb\xbf")
             err = decode_error(body)
             if err is not None:
                 return await err.response()(scope, receive, send)
