@@ -183,6 +183,9 @@ def test_ids_equal_transformers_and_survive_save(tmp_path, kind):
     theirs = transformers.AutoTokenizer.from_pretrained(str(directory))
     for text in TEXTS:
         assert ours.encode(text) == theirs(text)["input_ids"], (kind, text)
+        # what a chat template's rendered text is tokenized with (apply_chat_template)
+        plain = theirs(text, add_special_tokens=False)["input_ids"]
+        assert ours.encode(text, add_special_tokens=False) == plain, (kind, text)
     ids = ours.encode(MIXED_TEXT)
     assert ours.decode(ids) == theirs.decode(ids)
     assert (ours.bos_token_id, ours.eos_token_id) == (theirs.bos_token_id, theirs.eos_token_id)

@@ -414,7 +414,7 @@ def end_of_turn_ids(template: str, tokenizer, variables: Mapping[str, Any]) -> t
 
 
 def _token_id(tokenizer, token: str) -> int | None:
-    ids = tokenizer.encode(token) if token else []
+    ids = tokenizer.encode(token, add_special_tokens=False) if token else []
     return ids[0] if len(ids) == 1 else None
 
 
@@ -528,7 +528,7 @@ def apply_chat_template(
     """`transformers`' `tokenizer.apply_chat_template` for `lm`: the rendered text, or its
     token ids (special tokens written by the template become their ids; nothing is added)."""
     text = chat_format(lm).render(messages, add_generation_prompt=add_generation_prompt, **options)
-    return lm.tokenizer.encode(text) if tokenize else text
+    return lm.tokenizer.encode(text, add_special_tokens=False) if tokenize else text
 
 
 def prompt_ids(lm, messages, fmt: ChatFormat | None = None, **options) -> list[int]:
@@ -536,7 +536,8 @@ def prompt_ids(lm, messages, fmt: ChatFormat | None = None, **options) -> list[i
     `continue_final_message`)."""
     fmt = fmt or chat_format(lm)
     options = {"add_generation_prompt": not options.get("continue_final_message"), **options}
-    return lm.tokenizer.encode(fmt.render(messages, **options))
+    # the template writes BOS itself: nothing added, as transformers' apply_chat_template
+    return lm.tokenizer.encode(fmt.render(messages, **options), add_special_tokens=False)
 
 
 def fit_messages(lm, messages: list, reserve: int, **options) -> tuple[list, int, list[int]]:

@@ -43,7 +43,7 @@ class Tokenizer(Protocol):
     bos_token_id: int | None
     eos_token_id: int | None
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def token_to_str(self, token_id: int) -> str: ...
     def save(self, directory: str | Path) -> None: ...
@@ -82,7 +82,9 @@ class _Wrapped:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`. lmgen's own kinds add no special tokens either way; a released
+        model's (PretrainedTokenizer) adds BOS/EOS unless `add_special_tokens=False`."""
         check_text(text)
         return self.backend.encode(text, add_special_tokens=False).ids
 
@@ -155,7 +157,7 @@ class WordTokenizer(_Wrapped):
             raise ConfigError("unknown='unk' needs '<unk>' in the vocabulary", "unknown")
         super().__init__(backend)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         check_text(text)
         vocab = self.backend.get_vocab()
         missing = [w for w in text.split() if w not in vocab]
@@ -190,7 +192,7 @@ class CharTokenizer(_Wrapped):
         super().__init__(backend)
         self.unknown = unknown
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = super().encode(text)
         unk = self.backend.token_to_id(UNK)
         if self.unknown == "error" and unk in ids:
