@@ -69,6 +69,11 @@ RUN_TIME_REFUSALS = {
     # can start; two constraints at once; ignore_eos with one
     *(("invalid_value", p) for p in STRUCTURED_FIELDS),
     ("unsupported", None),  # tools, functions, ...: documented as refused
+    # chat templates: one that fails on the messages or cannot continue the last one; both
+    # add_generation_prompt and continue_final_message; template keywords that name a field
+    ("invalid_value", "messages"),
+    ("invalid_value", "continue_final_message"),
+    ("invalid_value", "chat_template_kwargs"),
 }
 
 

@@ -30,10 +30,11 @@ def template_options(body, fmt: ChatFormat) -> dict:
     if tools:
         if fmt.is_default:
             raise APIError(
-                400, f"tools need a chat template that renders them; {NO_TEMPLATE}", param="tools"
+                400,
+                f"tools need a chat template that renders them; {NO_TEMPLATE}",
+                param="tools",
+                code="unsupported",
             )
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise APIError(400, "tools must be a list of objects", param="tools")
         options["tools"] = tools
     documents = getattr(body, "documents", None)
     if documents is not None:

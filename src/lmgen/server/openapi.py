@@ -19,7 +19,8 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error(
         "a parameter fails validation, the body is not JSON, or the request cannot be served "
         "as asked (context length, a combination of parameters, a token id, a regex, JSON "
-        "schema or grammar that does not compile or that no token can start)"
+        "schema or grammar that does not compile or that no token can start, a chat template "
+        "that fails on the messages or cannot continue the last one)"
     ),
     401: _error("`--api-key` is set and the Authorization header is missing or wrong"),
     404: _error("an unknown model or route"),

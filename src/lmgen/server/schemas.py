@@ -333,7 +333,9 @@ class ChatRequest(Decoding):
     reasoning_effort: Any = None
     verbosity: Any = None
     # OpenAI features these models do not have: refused unless null or a no-op value
-    tools: Any = Field(None, description="passed to the chat template; calls are not parsed")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="passed to the chat template; tool calls are not parsed"
+    )
     tool_choice: Any = Field(None, description='refused unless null, "none" or "auto"')
     functions: Any = Field(None, description="refused unless null or []")
     function_call: Any = Field(None, description="refused unless null")
