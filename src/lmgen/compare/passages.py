@@ -147,7 +147,12 @@ def prompt_passages(lm, items, continuation_tokens: int, name: str = "prompts") 
             raise ConfigError(f"{name} item {i}: expected a prompt string (and a continuation)")
         if not prompt:
             raise ConfigError(f"{name} item {i}: the prompt is empty")
-        human = None if cont is None else lm.tokenizer.encode(cont)[:continuation_tokens]
+        # a continuation follows its prompt: no BOS of its own
+        human = (
+            None
+            if cont is None
+            else lm.tokenizer.encode(cont, add_special_tokens=False)[:continuation_tokens]
+        )
         out.append(Passage(lm.tokenizer.encode(prompt), human, f"{name}:{i + 1}"))
     if not out:
         raise ConfigError(f"{name}: no prompts given")

@@ -202,7 +202,8 @@ def _breaker_sequences(breakers: tuple[str, ...], tokenizer) -> list[tuple[int, 
             while pos != -1:
                 overlap = len(word) - pos
                 if breaker.startswith(word[pos:]) and overlap < len(breaker):
-                    tail = tokenizer.encode(breaker[overlap:])[:DRY_MAX_BREAKER_TOKENS]
+                    tail = tokenizer.encode(breaker[overlap:], add_special_tokens=False)
+                    tail = tail[:DRY_MAX_BREAKER_TOKENS]
                     out.append((token, *tail))
                 pos = word.find(breaker[0], pos + 1)
     return list(dict.fromkeys(out))
