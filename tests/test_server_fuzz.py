@@ -25,7 +25,7 @@ from lmgen.server import create_app, serve_in_thread
 TEXTS = ["To be, or not to be: that is the question."] * 12
 EXAMPLES = int(os.environ.get("LMGEN_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=EXAMPLES or 150,
+    max_examples=EXAMPLES or 100,
     derandomize=not EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
