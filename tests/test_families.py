@@ -164,6 +164,27 @@ def test_shapes_by_arithmetic_match_the_network(name, tokenizer):
     assert state_shapes(lm_cfg) == real
 
 
+def test_gemma3_multimodal_checkpoint_loads_its_text_model(tokenizer, tmp_path):
+    """model_type "gemma3" (Gemma3ForConditionalGeneration): the text model under
+    text_config and language_model.*, the vision tower and projector left aside."""
+    text = dict(CASES["gemma3-local-global"][1], vocab_size=V, max_position_embeddings=128,
+                initializer_range=0.2)  # fmt: skip
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=299, boi_token_index=297,
+                                    eoi_token_index=298)  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    lm = lmgen.load(tmp_path)
+    assert lm.config.model_type == "gemma3_text"
+    ids = torch.tensor([lm.tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - lm.model(ids)).abs().max().item() < 1e-4
+
+
 def test_unsupported_model_type_names_it_and_the_list(pair, tmp_path):
     _, _, d = pair
     cfg = json.loads((d / "config.json").read_text())

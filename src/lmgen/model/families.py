@@ -97,6 +97,7 @@ class Family:
     per_head_qkv: bool = False  # q, k, v interleaved per head (GPT-NeoX)
     ignored: tuple[str, ...] = ()  # buffers some checkpoints carry (causal masks, inv_freq)
     aliases: dict[str, str] = field(default_factory=dict)  # other prefixes for the same names
+    foreign: tuple[str, ...] = ()  # prefixes of another model in the same file (a vision tower)
 
 
 LLAMA_LAYER = {
@@ -215,7 +216,7 @@ def _neox_qkv(t: torch.Tensor, config: GPTConfig, to_ours: bool) -> torch.Tensor
 def to_ours(family: Family, config: GPTConfig, tensors: dict, source: str) -> dict:
     """Their named tensors -> our state dict (stacked, transposed, reordered), naming any
     missing, unexpected or mis-shaped tensor."""
-    tensors = {_strip_alias(family, k): v for k, v in tensors.items()}
+    tensors = {_strip_alias(family, k): v for k, v in own_tensors(family, tensors).items()}
     expected = expected_shapes(family, config)
     found = {k for k in tensors if not k.endswith(family.ignored)}
     if config.tie_word_embeddings:
@@ -254,6 +255,13 @@ def to_theirs(family: Family, config: GPTConfig, state: dict) -> dict:
                 piece = piece.t()
             out[theirs] = piece
     return out
+
+
+def own_tensors(family: Family, tensors: dict) -> dict:
+    """The tensors of the language model itself (a multimodal checkpoint carries others)."""
+    if not family.foreign:
+        return tensors
+    return {k: v for k, v in tensors.items() if not k.startswith(family.foreign)}
 
 
 def _strip_alias(family: Family, name: str) -> str:
@@ -653,6 +661,12 @@ FAMILIES: dict[str, Family] = {
             "language_model.model.": "model.",
             "language_model.lm_head.": "lm_head.",
         },
+        foreign=(
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ),
     ),
     "gpt_neox": Family(
         ("gpt_neox",),
