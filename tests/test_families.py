@@ -169,6 +169,8 @@ def test_gemma3_multimodal_checkpoint_loads_its_text_model(tokenizer, tmp_path):
     text_config and language_model.*, the vision tower and projector left aside."""
     text = dict(CASES["gemma3-local-global"][1], vocab_size=V, max_position_embeddings=128,
                 initializer_range=0.2)  # fmt: skip
+    # (Gemma 3 ships no final soft cap; Gemma3ForConditionalGeneration would not apply one)
+    text.pop("final_logit_softcapping")
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
     cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
