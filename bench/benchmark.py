@@ -45,7 +45,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 # would make a default run long
 DEFAULT_DTYPES = ("fp32", "bf16")
 CASES = ("greedy", "sample", "beam", "batch8", "prefill", "ttft")
-EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp")
+EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp", "smollm2")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
 
@@ -330,9 +330,16 @@ def bytes_per_token(model, context: float) -> float:
             continue
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
-    elsize = model.wpe.weight.element_size()
-    total += 2 * cfg.n_layer * context * cfg.n_embd * elsize
+    # the cache holds the token embedding's dtype (GPT.new_cache); key/value heads x head size
+    elsize = model.wte.weight.element_size()
+    total += 2 * cfg.n_layer * context * kv_width(cfg) * elsize
     return float(total)
+
+
+def kv_width(cfg) -> int:
+    """Key (or value) numbers per token and layer: key/value heads times head size (n_embd for
+    GPT-2; less with grouped-query attention)."""
+    return (cfg.n_kv_head or cfg.n_head) * (cfg.head_size or cfg.n_embd // cfg.n_head)
 
 
 def machine_info() -> dict:
@@ -580,6 +587,10 @@ def run(args) -> Report:
                 )
             del lm, hf
             gc.collect()
+    if "smollm2" in args.extras:
+        from .smollm2 import run_smollm2
+
+        run_smollm2(args, report)
     return report
 
 
@@ -703,7 +714,7 @@ def gguf_bytes_per_token(path, cfg, context: float) -> float:
 
     r = gguf.GGUFReader(str(path))
     total = sum(int(t.n_bytes) for t in r.tensors if t.name != "position_embd.weight")
-    return float(total + 2 * cfg.n_layer * context * cfg.n_embd * 2)
+    return float(total + 2 * cfg.n_layer * context * kv_width(cfg) * 2)
 
 
 def run_llamacpp(args, shape, label, lm, w, greedy, precision: str, source=None) -> dict:
@@ -865,6 +876,7 @@ CASE_NAMES = {
     "batch8": "greedy, batch 8",
     "prefill": "prefill, 512-token prompt",
     "ttft": "time to first token (512)",
+    "decode": "greedy decode steps, batch 1",  # the SmolLM2 rows (bench/smollm2.py)
 }
 
 
@@ -1077,6 +1089,13 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         help="use this model directory as the bundled model (before it is installed)",
     )
     p.add_argument("--spec-k", type=int, default=4, help="draft tokens per speculative step")
+    p.add_argument(
+        "--smollm2-gguf",
+        default=None,
+        metavar="FILE",
+        help="SmolLM2-135M-Instruct.Q4_1.gguf for the smollm2 rows (default: the test-model "
+        "cache, $LMGEN_TEST_MODELS or ~/.cache/lmgen/test-models)",
+    )
     p.add_argument(
         "--out",
         default=None,

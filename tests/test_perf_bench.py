@@ -301,3 +301,89 @@ def test_goal_table_lists_the_beam_goal_against_transformers():
     assert B.goal_rows(rep) == [
         ["14M shape [14.2M] fp32 beam 4 ≥ 2.5× transformers", "2.00×", "no"]
     ]
+
+
+def test_smollm2_rotation_puts_each_side_first_in_turn():
+    from bench import smollm2 as S
+
+    order = []
+    sides = {name: (lambda name=name: order.append(name) or 1.0) for name in ("a", "b", "c")}
+    rates = S.rotate(sides, 3, between=lambda: order.append("|"))
+    assert rates == {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}
+    runs = [x for x in order if x != "|"]
+    assert runs == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert order.count("|") == 9  # the bandwidth is sampled after every run
+
+
+def test_smollm2_rows_from_fake_runs_render_in_both_tables(tmp_path):
+    """The SmolLM2 rows from made-up runs: medians, each side's bandwidth fraction against its
+    own bytes per token, a llama.cpp side that did not run rendered as such, JSON round trip."""
+    from bench import smollm2 as S
+
+    rates = {"lmgen": [40.0, 50.0, 60.0], "transformers": [20.0, 25.0, 30.0]}
+    per_token = {"lmgen": 5e8, "transformers": 5e8, "llama.cpp": 1e8}
+    row, ref = S.rows_from_runs(
+        "SmolLM2 [134.5M]",
+        "fp32",
+        {**rates, "llama.cpp": [200.0, 100.0, 150.0]},
+        [20.0, 25.0, 30.0],
+        per_token,
+        "yes",
+        "n",
+    )
+    assert (row.case, row.lmgen, row.hf, row.ratio, row.equal) == ("decode", 50.0, 25.0, 2.0, "yes")
+    assert row.bw_gbs == 25.0 and row.bw_lmgen == 1.0 and row.bw_hf == 0.5  # limit 50 tok/s
+    assert ref["plain"] == 50.0 and ref["optimised"] == 150.0 and ref["gguf"] == "q4_1"
+    assert ref["bw_lmgen"] == 1.0 and ref["bw_llama"] == 0.6  # limit 250 tok/s
+    row2, missing = S.rows_from_runs(
+        "SmolLM2 [134.5M]", "bf16", {**rates, "llama.cpp": []}, [], per_token, "no", "not run"
+    )
+    assert row2.bw_lmgen is None and "bw_gbs" not in missing
+    assert missing["optimised"] != missing["optimised"]  # NaN: no number is made up
+    rep = B.Report(B.machine_info(), ["--shapes", "none", "--extras", "smollm2"])
+    rep.rows += [row, row2]
+    rep.extras += [ref, missing]
+    md = B.to_markdown(rep)
+    assert "| SmolLM2 [134.5M] | fp32 | greedy decode steps, batch 1 | tok/s | 50.0 | 25.0 |" in md
+    assert "**2.00×** | 100% / 50% (25.0 GB/s)" in md
+    assert "| SmolLM2 [134.5M] | fp32 | q4_1 | 50.0 | 150.0 | 0.33× |  | 100% / 60% of 25.0" in md
+    assert "| SmolLM2 [134.5M] | bf16 | q4_1 | 50.0 | nan | nan× |  |  | not run |" in md
+    assert "Goals" not in md  # no targets for these rows yet
+    raw = tmp_path / "run.json"
+    raw.write_text(json.dumps(B.report_to_json(rep)))
+    assert B.to_markdown(B.load_report(str(raw))) == md
+
+
+def test_smollm2_rows_are_skipped_with_a_note_without_the_file(tmp_path, monkeypatch):
+    from bench import smollm2 as S
+
+    monkeypatch.setenv("LMGEN_TEST_MODELS", str(tmp_path))
+    assert S.find_gguf() is None and S.find_gguf(str(tmp_path / "x.gguf")) is None
+    (tmp_path / S.GGUF_NAME).write_bytes(b"GGUF")
+    assert S.find_gguf() == tmp_path / S.GGUF_NAME
+    monkeypatch.setenv("LMGEN_TEST_MODELS", str(tmp_path / "empty"))
+    rep = B.Report(B.machine_info(), [])
+    args = B.build_arg_parser().parse_args(["--dtypes", "fp32"])
+    S.run_smollm2(args, rep)
+    assert rep.rows == [] and "SmolLM2-135M rows skipped" in rep.notes[0]
+
+
+def test_bytes_per_token_counts_grouped_query_kv_heads():
+    cfg = GPTConfig(
+        vocab_size=100,
+        n_positions=32,
+        n_embd=24,
+        n_layer=2,
+        n_head=6,
+        n_kv_head=2,
+        head_size=8,
+        model_type="llama",
+        positions="rope",
+        norm="rmsnorm",
+        mlp="gated",
+        activation_function="silu",
+    )
+    m = GPT(cfg)
+    assert B.kv_width(cfg) == 16
+    weights = B.bytes_per_token(m, 0)
+    assert B.bytes_per_token(m, 10) - weights == 2 * 2 * 10 * 16 * 4
