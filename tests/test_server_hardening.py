@@ -593,3 +593,33 @@ def test_a_utf8_byte_order_mark_is_ignored(server):
     r = CLIENT.post(server + "/v1/completions", content=bad,
                     headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and "lone surrogate U+D800" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ('{"a": "\\uD800"}', "invalid_value"),  # upper-case hex
+        ('{"a": "\\udBfF"}', "invalid_value"),
+        ('{"a": ["ok", {"b": "x\\udc00"}]}', "invalid_value"),
+        ('{"\\uDC00": 1}', "invalid_parameter_name"),
+        ('{"a": "\\\\ud800"}', None),  # a backslash, then "ud800": no surrogate
+        ('{"a": "\\ud83d\\ude00"}', None),  # a pair: U+1F600
+        ('{"a": "' + "9" * 400 + '"}', None),  # digits in a string
+        ('{"a": 1' + "0" * 400 + ".5}", "number_too_large"),
+        ('{"a": -' + "1" * 309 + "}", "number_too_large"),
+        ('{"a": -' + "1" * 308 + "}", None),
+        ('{"a": 1e400}', None),  # infinity: the fields refuse it
+        ('{"a": "' + "[" * 100 + '"}', None),  # brackets in a string
+        ('{"a": ' + "[" * 64 + "]" * 64 + "}", "nesting_too_deep"),  # 65 with the body's
+        ('{"a": ' + "[" * 63 + "]" * 63 + "}", None),
+        ('{"a": 1} x', "invalid_json"),
+        ('{"a": "\\x"}', "invalid_json"),
+    ],
+)
+def test_the_guard_decodes_json_bodies_as_it_says(text, code):
+    from lmgen.server.guard import decode_error
+
+    err = decode_error(text.encode())
+    assert (err.code if err is not None else None) == code, err and err.message
+    if err is not None:
+        assert err.status == 400 and "\n" not in err.message
