@@ -140,3 +140,29 @@ def decode_step(
     block (rows, n_embd), activations computed in float32."""
     op = torch.ops.lmgen_kernels.decode_step
     return op(x, params, k_all, v_all, pos, n_head, eps, activation)
+
+
+def decode_step_rope(
+    x: torch.Tensor,
+    params: list,
+    k_all: torch.Tensor,
+    v_all: torch.Tensor,
+    pos: int,
+    shape: tuple[int, int, int],
+    eps: float,
+    activation: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    windows: list[int],
+    scale: float,
+    unit_offset: bool,
+) -> torch.Tensor:
+    """`decode_step` for the rotary families (Llama, Mistral, Qwen2/3, Gemma 3): RMSNorm
+    (`unit_offset`: Gemma's 1 + w), grouped-query attention with `shape` = (n_head, n_kv_head,
+    head_dim), optional QK-norm, RoPE from `cos`, `sin` (n_layer, rot) float32 for this
+    position, a sliding window per layer (0: none), the gated MLP (`activation` 0 tanh GELU,
+    3 SiLU) and Gemma's norms after attention and MLP; 18 tensors (or None) per layer."""
+    op = torch.ops.lmgen_kernels.decode_step_rope
+    H, KV, D = shape
+    return op(x, params, k_all, v_all, pos, H, KV, D, eps, activation, cos, sin, windows, scale,
+              unit_offset)  # fmt: skip

@@ -277,6 +277,9 @@ void activation(float* x, int64_t n, int64_t kind) {
     case 1:  // exact (erf) GELU
       for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.7071067811865476f));
       break;
+    case 3:  // SiLU (Llama's SwiGLU)
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+      break;
     default:  // relu
       for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
   }
@@ -434,6 +437,214 @@ at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Te
   return out;
 }
 
+
+// ---- The same for rotary-position families (Llama, Mistral, Qwen2/3, Gemma 3) ---------------
+// RMSNorm (Gemma: scaled by 1 + w), q/k/v with grouped-query heads, optional QK-norm, RoPE in
+// the rotate-half layout on the first `rot` dimensions, a sliding window per layer, the gated
+// MLP, and Gemma's norms after attention and MLP. Activations in float32, as above.
+
+void rms_norm(const float* x, float* out, int64_t rows, int64_t n, const float* w, float eps,
+              bool unit_offset) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* o = out + r * n;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / n + eps);
+    for (int64_t i = 0; i < n; ++i) o[i] = xr[i] * inv * (unit_offset ? 1.0f + w[i] : w[i]);
+  }
+}
+
+// rotate-half RoPE on the first `rot` dims of one head vector (cos, sin: rot values)
+inline void rope_head(float* v, const float* cos, const float* sin, int64_t rot) {
+  const int64_t half = rot / 2;
+  for (int64_t d = 0; d < half; ++d) {
+    const float a = v[d], b = v[d + half];
+    v[d] = a * cos[d] - b * sin[d];
+    v[d + half] = b * cos[d + half] + a * sin[d + half];
+  }
+}
+
+struct RopeLayer {
+  const float* ln_1;
+  const float* q_norm;
+  const float* k_norm;
+  const float* ln_2;
+  const float* post_attn;
+  const float* post_mlp;
+  Linear qkv, o, fc, down;
+  int64_t window;  // 0: every earlier key
+};
+
+template <typename T>
+void run_rope_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t KV, int64_t D,
+                     int64_t rot, const std::vector<RopeLayer>& layers, const float* cos,
+                     const float* sin, const at::Tensor& k_all, const at::Tensor& v_all,
+                     int64_t pos, float eps, int64_t act, bool unit_offset, float scale) {
+  const int64_t n_layer = static_cast<int64_t>(layers.size());
+  const int64_t Q = H * D, Kd = KV * D, W = Q + 2 * Kd;
+  const int64_t inner = layers[0].fc.w.size(0) / 2;
+  std::vector<float> h(rows * C), qkv(rows * W), att(rows * Q), u(rows * 2 * inner),
+      g(rows * inner), y(rows * C);
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const RopeLayer& L = layers[l];
+    at::Tensor kl = k_all[l], vl = v_all[l];
+    T* kp = kl.data_ptr<T>();
+    T* vp = vl.data_ptr<T>();
+    const auto ks = kl.strides(), vs = vl.strides();
+    rms_norm(x, h.data(), rows, C, L.ln_1, eps, unit_offset);
+    dispatch_weight(L.qkv.w, rows, h.data(), L.qkv.scale, L.qkv.bias, qkv.data());
+    const float* c = cos + l * rot;
+    const float* s = sin + l * rot;
+    for (int64_t b = 0; b < rows; ++b) {
+      float* q = qkv.data() + b * W;
+      float* k = q + Q;
+      const float* v = k + Kd;
+      for (int64_t hh = 0; hh < H; ++hh) {
+        if (L.q_norm) rms_norm(q + hh * D, q + hh * D, 1, D, L.q_norm, eps, unit_offset);
+        rope_head(q + hh * D, c, s, rot);
+      }
+      for (int64_t hh = 0; hh < KV; ++hh) {
+        if (L.k_norm) rms_norm(k + hh * D, k + hh * D, 1, D, L.k_norm, eps, unit_offset);
+        rope_head(k + hh * D, c, s, rot);
+        T* kd = kp + b * ks[0] + hh * ks[1] + pos * ks[2];
+        T* vd = vp + b * vs[0] + hh * vs[1] + pos * vs[2];
+        for (int64_t d = 0; d < D; ++d) {
+          store(kd + d, k[hh * D + d]);
+          store(vd + d, v[hh * D + d]);
+        }
+      }
+    }
+    const int64_t start = L.window > 0 ? std::max<int64_t>(0, pos + 1 - L.window) : 0;
+    const int64_t n_keys = pos + 1 - start, group = H / KV;
+    at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> p;
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, hh = bh % H, kv = hh / group;
+        attend_ptr<T>(qkv.data() + b * W + hh * D, kp + b * ks[0] + kv * ks[1] + start * ks[2],
+                      ks[2], vp + b * vs[0] + kv * vs[1] + start * vs[2], vs[2], n_keys, D,
+                      scale, att.data() + b * Q + hh * D, p);
+      }
+    });
+    dispatch_weight(L.o.w, rows, att.data(), L.o.scale, L.o.bias, y.data());
+    if (L.post_attn) rms_norm(y.data(), y.data(), rows, C, L.post_attn, eps, unit_offset);
+    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
+    rms_norm(x, h.data(), rows, C, L.ln_2, eps, unit_offset);
+    dispatch_weight(L.fc.w, rows, h.data(), L.fc.scale, L.fc.bias, u.data());
+    for (int64_t b = 0; b < rows; ++b) {
+      float* gate = u.data() + b * 2 * inner;
+      activation(gate, inner, act);
+      for (int64_t i = 0; i < inner; ++i) g[b * inner + i] = gate[i] * gate[inner + i];
+    }
+    dispatch_weight(L.down.w, rows, g.data(), L.down.scale, L.down.bias, y.data());
+    if (L.post_mlp) rms_norm(y.data(), y.data(), rows, C, L.post_mlp, eps, unit_offset);
+    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
+  }
+}
+
+// x (rows, C): the step's embeddings. params: 18 per layer, in order ln_1 weight; qkv weight,
+// scale, bias; o weight, scale, bias; q_norm, k_norm weights (or None); ln_2 weight; fc (gate
+// and up stacked: 2 inner rows) weight, scale, bias; down weight, scale, bias; the norms after
+// attention and after the MLP (or None). cos, sin (n_layer, rot) float32 for this position;
+// windows: one per layer, 0 for none. The KV cache is (n_layer, rows, KV, max_length, D).
+at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
+                            const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
+                            int64_t n_head, int64_t n_kv_head, int64_t head_dim, double eps,
+                            int64_t act, const at::Tensor& cos, const at::Tensor& sin,
+                            at::IntArrayRef windows, double scale, bool unit_offset) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "decode_step_rope: x (rows, n_embd) on CPU");
+  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.size(0);
+  const int64_t H = n_head, KV = n_kv_head, D = head_dim;
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "decode_step_rope: 1 to 4 rows");
+  TORCH_CHECK(H >= 1 && KV >= 1 && H % KV == 0 && D >= 1, "decode_step_rope: head counts");
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == 18 * n_layer &&
+                  static_cast<int64_t>(windows.size()) == n_layer,
+              "decode_step_rope: 18 parameters and one window per layer");
+  TORCH_CHECK(k_all.dim() == 5 && k_all.sizes() == v_all.sizes() && k_all.size(1) == rows &&
+                  k_all.size(2) == KV && k_all.size(4) == D && k_all.stride(4) == 1 &&
+                  v_all.stride(4) == 1,
+              "decode_step_rope: the KV cache must be (n_layer, rows, n_kv_head, max_length, "
+              "head_dim)");
+  TORCH_CHECK(pos >= 0 && pos < k_all.size(3), "decode_step_rope: position outside the cache");
+  TORCH_CHECK(k_all.scalar_type() == v_all.scalar_type(), "decode_step_rope: k, v of one dtype");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                  cos.is_contiguous() && sin.is_contiguous() && cos.dim() == 2 &&
+                  cos.sizes() == sin.sizes() && cos.size(0) == n_layer && cos.size(1) % 2 == 0 &&
+                  cos.size(1) <= D,
+              "decode_step_rope: cos, sin (n_layer, rot) float32, rot even and <= head_dim");
+  std::vector<at::Tensor> keep;
+  std::vector<std::vector<float>> bufs(18 * n_layer);
+  auto as_f = [&](int64_t i, int64_t n) -> const float* {
+    c10::optional<at::Tensor> t = params.get(i);
+    if (!t.has_value()) return nullptr;
+    TORCH_CHECK(t->numel() == n, "decode_step_rope: parameter ", i % 18, " of layer ", i / 18,
+                " must hold ", n, " values");
+    keep.push_back(t->contiguous());
+    return as_float(keep.back(), bufs[i]);
+  };
+  auto linear = [&](int64_t i, int64_t out, int64_t in) -> Linear {
+    c10::optional<at::Tensor> w = params.get(i);
+    TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() && w->size(0) == out &&
+                    w->size(1) == in,
+                "decode_step_rope: layer ", i / 18, " weight ", i % 18, " must be a contiguous (",
+                out, ", ", in, ") matrix");
+    return {*w, as_f(i + 1, out), as_f(i + 2, out)};
+  };
+  const int64_t inner = params.get(10).has_value() ? params.get(10)->size(0) / 2 : 0;
+  std::vector<RopeLayer> layers;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const int64_t b = 18 * l;
+    TORCH_CHECK(params.get(b).has_value() && params.get(b + 9).has_value(),
+                "decode_step_rope: each layer needs its two norms");
+    TORCH_CHECK(windows[l] >= 0, "decode_step_rope: windows must be >= 0");
+    RopeLayer L{as_f(b, C),
+                as_f(b + 7, D),
+                as_f(b + 8, D),
+                as_f(b + 9, C),
+                as_f(b + 16, C),
+                as_f(b + 17, C),
+                linear(b + 1, (H + 2 * KV) * D, C),
+                linear(b + 4, C, H * D),
+                linear(b + 10, 2 * inner, C),
+                linear(b + 13, C, inner),
+                windows[l]};
+    layers.push_back(L);
+  }
+  std::vector<float> xbuf;
+  at::Tensor xc = x.contiguous();
+  const float* xin = as_float(xc, xbuf);
+  std::vector<float> xs(xin, xin + rows * C);
+  const float fe = static_cast<float>(eps), fs = static_cast<float>(scale);
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  const int64_t rot = cos.size(1);
+  switch (k_all.scalar_type()) {
+    case at::kFloat:
+      run_rope_blocks<float>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all, v_all, pos,
+                             fe, act, unit_offset, fs);
+      break;
+    case at::kHalf:
+      run_rope_blocks<at::Half>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all, v_all,
+                                pos, fe, act, unit_offset, fs);
+      break;
+    case at::kBFloat16:
+      run_rope_blocks<at::BFloat16>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all,
+                                    v_all, pos, fe, act, unit_offset, fs);
+      break;
+    default: TORCH_CHECK(false, "decode_step_rope: the KV cache must be float32, float16 or bfloat16");
+  }
+  at::Tensor out = at::empty({rows, C}, x.options());
+  switch (x.scalar_type()) {
+    case at::kFloat: std::copy(xs.begin(), xs.end(), out.data_ptr<float>()); break;
+    case at::kHalf:
+      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::Half>() + i, xs[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::BFloat16>() + i, xs[i]);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmgen_kernels, m) {
@@ -442,10 +653,15 @@ TORCH_LIBRARY(lmgen_kernels, m) {
   m.def(
       "decode_step(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
       "int n_head, float eps, int act) -> Tensor");
+  m.def(
+      "decode_step_rope(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
+      "int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, Tensor sin, "
+      "int[] windows, float scale, bool unit_offset) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
   m.impl("decode_gemv", decode_gemv);
   m.impl("decode_attention", decode_attention);
   m.impl("decode_step", decode_step);
+  m.impl("decode_step_rope", decode_step_rope);
 }

@@ -20,7 +20,8 @@ from .network import Attend, BlockOps, block_forward, layer_shape
 
 SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
 FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
-_ACTIVATION_CODES = {"gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu_fast": 0, "gelu": 1, "relu": 2}
+_ACTIVATION_CODES = {"gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu_fast": 0, "gelu": 1, "relu": 2,
+                     "silu": 3, "swish": 3}  # fmt: skip
 
 # Counts every parameter, buffer and submodule assigned to any module in the process (torch's
 # global registration hooks): the fused decode step holds the blocks' tensors in a list, which
@@ -78,7 +79,10 @@ class InferencePlan:
         if module_ids != self._module_ids:
             self._look_up(model)
             self._module_ids = module_ids
-        self.step_params = _step_params(model) if self.activation is not None else None
+        self.step_params, self.rope_params = None, None
+        if self.activation is not None:
+            self.step_params = _step_params(model)
+            self.rope_params = _rope_step_params(model)
         self._generation = _REGISTRATIONS[0]
         return self
 
@@ -133,11 +137,14 @@ class InferencePlan:
             and torch.get_num_threads() > 1
         )
         if T == 1 and masks.mask is None and not serial and self._fused(x, B, cache, past):
-            # every block in one call (lmgen.kernels.decode_step)
-            x = kernels.decode_step(
-                x, self.step_params, cache.k, cache.v, past, self.n_head, self.eps,
-                self.activation,
-            )  # fmt: skip
+            # every block in one call (lmgen.kernels.decode_step / decode_step_rope)
+            if self.step_params is not None:
+                x = kernels.decode_step(
+                    x, self.step_params, cache.k, cache.v, past, self.n_head, self.eps,
+                    self.activation,
+                )  # fmt: skip
+            else:
+                x = self._rope_step(model, x, position_ids, cache, past)
             return x.view(B, T, -1)
         cos_sin = model.rope_cos_sin(position_ids, x.dtype)
         for i, ops in enumerate(self.layers):
@@ -146,6 +153,17 @@ class InferencePlan:
             x = block_forward(x, ops, self.shape, B, T, cos_sin[i], attend)
         return x.view(B, T, -1)
 
+    def _rope_step(self, model, x, position_ids, cache, past: int) -> torch.Tensor:
+        """The rotary families' fused step: each layer's cos/sin for this position, stacked."""
+        cos, sin = zip(*model.rope_cos_sin(position_ids[:1, :1], torch.float32), strict=True)
+        c = model.config
+        return kernels.decode_step_rope(
+            x, self.rope_params, cache.k, cache.v, past, (c.n_head, c.kv_heads, c.head_dim),
+            self.eps, self.activation, torch.cat([t.reshape(1, -1) for t in cos]),
+            torch.cat([t.reshape(1, -1) for t in sin]), [w or 0 for w in self.windows],
+            self.scale if self.scale is not None else c.head_dim**-0.5, c.norm_unit_offset,
+        )  # fmt: skip
+
     def _fused(self, x, B: int, cache, past: int) -> bool:
         return (
             cache is not None
@@ -153,7 +171,7 @@ class InferencePlan:
             and B <= kernels.MAX_ROWS
             and FUSED_DECODE_STEP
             and decode_linear.ENABLED
-            and self.step_params is not None
+            and (self.step_params is not None or self.rope_params is not None)
             and x.device.type == "cpu"
             and x.dtype in kernels.DTYPES
             and not (torch.is_grad_enabled() and x.requires_grad)
@@ -161,25 +179,52 @@ class InferencePlan:
         )
 
 
+def _linear_params(m) -> list | None:
+    from ..quantize import Int8Linear
+
+    if type(m) is nn.Linear:
+        return [m.weight, None, m.bias]
+    if isinstance(m, Int8Linear):
+        return [m.qweight, m.scale, m.bias]
+    return None
+
+
+def _rope_step_params(model) -> list | None:
+    """The blocks' tensors in the order lmgen.kernels.decode_step_rope takes them (18 per
+    layer), or None when the model is not a rotary, RMSNorm, gated-MLP, sequential-residual
+    decoder of plain or int8 linears (then steps run block by block)."""
+    c = model.config
+    if not (c.positions == "rope" and c.norm == "rmsnorm" and c.mlp == "gated"
+            and not c.parallel_residual and c.activation_function in ("silu", "swish",
+            "gelu_pytorch_tanh", "gelu_new", "gelu_fast")):  # fmt: skip
+        return None
+    out = []
+    for b in model.h:
+        a = b.attn
+        parts = [_linear_params(m) for m in (a.c_attn, a.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        if None in parts or type(b.ln_1).__name__ != "RMSNorm":
+            return None
+        qkv, o, fc, down = parts
+        q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
+        post_attn, post_mlp = getattr(b, "ln_post_attn", None), getattr(b, "ln_post_mlp", None)
+        out += [b.ln_1.weight, *qkv, *o, q_norm and q_norm.weight, k_norm and k_norm.weight,
+                b.ln_2.weight, *fc, *down, post_attn and post_attn.weight,
+                post_mlp and post_mlp.weight]  # fmt: skip
+    return out
+
+
 def _step_params(model) -> list | None:
     """The blocks' tensors in the order lmgen.kernels.decode_step takes them (16 per layer), or
     None when a block is not GPT-2's or holds a layer the kernel does not know (then steps run
     block by block)."""
-    from ..quantize import Int8Linear
-
     if not model.config.is_gpt2_block:
-        return None
-
-    def linear(m):
-        if type(m) is nn.Linear:
-            return [m.weight, None, m.bias]
-        if isinstance(m, Int8Linear):
-            return [m.qweight, m.scale, m.bias]
         return None
 
     out = []
     for b in model.h:
-        parts = [linear(m) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        parts = [
+            _linear_params(m) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+        ]
         if None in parts or b.ln_1.bias is None or b.ln_2.bias is None:
             return None
         qkv, proj, fc, mproj = parts
