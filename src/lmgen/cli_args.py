@@ -265,3 +265,13 @@ def add_command(sub, func, name: str, help: str, description: str | None = None,
     p = sub.add_parser(name, help=help, description=description, **kw)
     p.set_defaults(func=func)
     return p
+
+
+def add_json_option(p, what: str = "one JSON object") -> None:
+    """`--json`: print `what` instead of the readable output."""
+    p.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def add_int_option(g, flag: str, default: int, help: str, note: str = "") -> None:
+    """An int option whose help ends with its default (and `note`)."""
+    g.add_argument(flag, type=int, default=default, help=f"{help} (default {default}{note})")

@@ -9,6 +9,7 @@ import sys
 
 from .cli_args import (
     add_command,
+    add_json_option,
     add_model_arg,
     add_runtime_args,
     load_lm,
@@ -175,11 +176,7 @@ def add_parsers(sub) -> None:
     add_decoding_arguments(p, ("sampling", "samplers", "search", "structured"))
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
-    g.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object (with --prompts-file: one line per prompt)",
-    )
+    add_json_option(g, "one JSON object (with --prompts-file: one line per prompt)")
     g.add_argument("--no-echo", action="store_true", help="print only the continuation")
     add_decoding_arguments(p, ("output",), argument_groups={"output": g})  # --logprobs
     g = p.add_argument_group("batches and speed")
@@ -217,4 +214,4 @@ def add_parsers(sub) -> None:
         strategy_help="default: sample, so the chain shown is the sampling one",
     )
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p)

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_args import add_command, add_model_arg, read_prompt
+from .cli_args import add_command, add_json_option, add_model_arg, read_prompt
 from .errors import ConfigError
 
 
@@ -66,11 +66,7 @@ def add_parsers(sub) -> None:
     p = add_command(sub, cmd_tokenize, "tokenize", "show the token ids of a text")
     p.add_argument("text", help="the text, or - to read it from stdin")
     add_model_arg(p)
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help='print {"text", "token_ids", "tokens", "pieces"} as one JSON object',
-    )
+    add_json_option(p, '{"text", "token_ids", "tokens", "pieces"} as one JSON object')
 
     p = add_command(sub, cmd_export_gguf, "export-gguf", "write a model as GGUF for llama.cpp")
     p.add_argument("model", help="model directory, bundled model name, or hf:NAME")

@@ -18,7 +18,7 @@ def _defaults_help() -> str:
 
 
 def add_parsers(sub) -> None:
-    from lmgen.cli_args import add_command, add_model_arg
+    from lmgen.cli_args import add_command, add_int_option, add_json_option, add_model_arg
 
     p = add_command(
         sub,
@@ -47,11 +47,8 @@ def add_parsers(sub) -> None:
         default=None,
         help=f"number of passages (default {DEFAULT_PASSAGES}; with --prompts: all of them)",
     )
-    g.add_argument(
-        "--prompt-tokens",
-        type=int,
-        default=DEFAULT_PROMPT_TOKENS,
-        help=f"tokens of each cut passage's prompt (default {DEFAULT_PROMPT_TOKENS})",
+    add_int_option(
+        g, "--prompt-tokens", DEFAULT_PROMPT_TOKENS, "tokens of each cut passage's prompt"
     )
     g = p.add_argument_group("decoding")
     g.add_argument(
@@ -67,39 +64,22 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--strategies", metavar="FILE", help="strategies from a TOML or JSON file: name -> table"
     )
-    g.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help=f"continuation length, also of the human text (default {DEFAULT_MAX_NEW_TOKENS})",
-    )
-    g.add_argument(
-        "--samples",
-        type=int,
-        default=1,
-        help="continuations per prompt for sampling strategies (default 1)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed of the whole run (default 0)")
-    g.add_argument(
-        "--batch-rows",
-        type=int,
-        default=DEFAULT_BATCH_ROWS,
-        help=f"rows decoded together: prompts x samples or x beams (default {DEFAULT_BATCH_ROWS})",
-    )
+    max_new = "continuation length, also of the human text"
+    add_int_option(g, "--max-new-tokens", DEFAULT_MAX_NEW_TOKENS, max_new)
+    add_int_option(g, "--samples", 1, "continuations per prompt for sampling strategies")
+    add_int_option(g, "--seed", 0, "seed of the whole run")
+    rows = "rows decoded together: prompts x samples or x beams"
+    add_int_option(g, "--batch-rows", DEFAULT_BATCH_ROWS, rows)
     g = p.add_argument_group("measures and output")
-    g.add_argument(
-        "--resamples",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        help=f"bootstrap resamples for the intervals (default {DEFAULT_RESAMPLES}; 0: none)",
-    )
+    resamples = "bootstrap resamples for the intervals"
+    add_int_option(g, "--resamples", DEFAULT_RESAMPLES, resamples, "; 0: none")
     g.add_argument(
         "--mauve",
         action="store_true",
         help="also MAUVE against the human text, on this model's final hidden states "
         "(needs pip install 'lmgen[mauve]')",
     )
-    g.add_argument("--json", action="store_true", help="print every number as JSON instead")
+    add_json_option(g, "every number as JSON instead")
     g.add_argument(
         "--out",
         "-o",

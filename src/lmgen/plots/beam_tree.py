@@ -270,16 +270,8 @@ def draw_beam(tree: BeamTree) -> Figure:
                     zorder=4,
                 )
             elif n.status == "kept":
-                ax.text(
-                    x,
-                    y + 0.42,
-                    f"beam {n.beam}",
-                    ha="center",
-                    va="top",
-                    fontsize=7.5,
-                    color=style.KEPT,
-                    zorder=4,
-                )
+                label = dict(ha="center", va="top", fontsize=7.5, color=style.KEPT, zorder=4)
+                ax.text(x, y + 0.42, f"beam {n.beam}", **label)
     handles = [
         Patch(facecolor=_FACE["kept"], edgecolor=_EDGE["kept"], label="kept: a beam"),
         Patch(

@@ -90,22 +90,21 @@ def _picture(function: str, *options: str, settings: str = ""):
     return run
 
 
+# plot next's panels: flags, type, default, help
+PANEL_OPTIONS = (
+    (("--top",), int, 10, "candidates shown"),
+    (("--temperature", "-t"), finite_float, 0.8, "the temperature panel's T"),
+    (("--top-k",), int, 5, "the top-k panel's k"),
+    (("--top-p",), finite_float, 0.9, "the top-p panel's p"),
+    (("--num-beams",), int, 3, "the beam panel's beams"),
+    (("--seed",), int, 0, "seed of the sampling panels"),
+)
+
+
 def _next_options(p) -> None:
     g = p.add_argument_group("methods")
-    g.add_argument("--top", type=int, default=10, help="candidates shown (default 10)")
-    g.add_argument(
-        "--temperature",
-        "-t",
-        type=finite_float,
-        default=0.8,
-        help="the temperature panel's T (default 0.8)",
-    )
-    g.add_argument("--top-k", type=int, default=5, help="the top-k panel's k (default 5)")
-    g.add_argument(
-        "--top-p", type=finite_float, default=0.9, help="the top-p panel's p (default 0.9)"
-    )
-    g.add_argument("--num-beams", type=int, default=3, help="the beam panel's beams (default 3)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampling panels (default 0)")
+    for flags, type_, default, help_ in PANEL_OPTIONS:
+        g.add_argument(*flags, type=type_, default=default, help=f"{help_} (default {default})")
     add_decoding_arguments(p, flags=("--repetition-penalty",))  # applied in every panel
 
 
@@ -166,6 +165,10 @@ def _generation_options(p) -> None:
     )
 
 
+PLOT = (
+    "Draw one step from token input to word prediction as a picture (png, svg or pdf), "
+    "computed by the same code that generates."
+)
 # name, help, description, its own options, the command
 PICTURES = (
     ("next", "next-token probabilities per decoding method",
@@ -197,13 +200,7 @@ PICTURES = (
 
 
 def add_parsers(sub) -> None:
-    plot = sub.add_parser(
-        "plot",
-        help="draw a step of generation as a picture",
-        description="Draw one step from token input to word prediction as "
-        "a picture (png, svg or pdf), computed by the same code that "
-        "generates.",
-    )
+    plot = sub.add_parser("plot", help="draw a step of generation as a picture", description=PLOT)
     psub = plot.add_subparsers(dest="plot", metavar="PICTURE")
     psub.required = True
     for name, help_, description, options, run in PICTURES:

@@ -312,6 +312,12 @@ def matplotlib_cmap(name: str):
     return matplotlib.colormaps[name].with_extremes(bad=style.REMOVED)
 
 
+def _cutoff_note(pad: float) -> dict:
+    """The text style of a note on a panel's cut-off line."""
+    box = dict(facecolor="white", edgecolor="none", pad=pad, alpha=0.85)
+    return dict(va="bottom", fontsize=8.5, color=style.CUTOFF, bbox=box)
+
+
 def _draw_panel(ax, panel: MethodPanel, data: NextComparison, norm, cmap):
     n = len(panel.probs)
     removed = ~panel.kept
@@ -375,45 +381,18 @@ def _draw_panel(ax, panel: MethodPanel, data: NextComparison, norm, cmap):
                 )
             )
     if panel.key == "beam":
+        mark = dict(ha="right", va="center", fontsize=8, color=style.SELECTED, zorder=5)
         for b, t in enumerate(panel.selected_token_ids):
             if t in data.token_ids:
-                ax.text(
-                    0.97,
-                    data.token_ids.index(t),
-                    f"b{b}",
-                    ha="right",
-                    va="center",
-                    fontsize=8,
-                    color=style.SELECTED,
-                    zorder=5,
-                )
+                ax.text(0.97, data.token_ids.index(t), f"b{b}", **mark)
     if panel.cutoff is not None:
         y = panel.cutoff - 0.5
         ax.axhline(y, color=style.CUTOFF, linewidth=2.2, linestyle=(0, (4, 2)), zorder=5)
         what = f"k = {panel.threshold:g}" if panel.key == "top_k" else "mass ≥ p reached"
-        ax.text(
-            0.98,
-            y - 0.08,
-            what,
-            ha="right",
-            va="bottom",
-            fontsize=8.5,
-            zorder=6,
-            color=style.CUTOFF,
-            bbox=dict(facecolor="white", edgecolor="none", pad=0.5, alpha=0.85),
-        )
+        ax.text(0.98, y - 0.08, what, ha="right", zorder=6, **_cutoff_note(pad=0.5))
     if panel.key in ("top_k", "top_p") and panel.cutoff is None and panel.kept.all():
-        ax.text(
-            0.5,
-            n - 0.55,
-            f"cut-off below #{n}: keeps {panel.kept_count}",
-            ha="center",
-            va="bottom",
-            fontsize=8.5,
-            zorder=8,
-            color=style.CUTOFF,
-            bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85),
-        )
+        what = f"cut-off below #{n}: keeps {panel.kept_count}"
+        ax.text(0.5, n - 0.55, what, ha="center", zorder=8, **_cutoff_note(pad=1.0))
     if panel.cumulative is not None:
         y = np.arange(n)
         ax.plot(

@@ -231,19 +231,12 @@ def draw_generation(data: GenerationSteps, color_by: str = "processed") -> Figur
     ax.set_xlim(0, cols)
     ax.set_ylim(lines, 0)
     ax.axis("off")
+    text_style = dict(
+        family=style.MONO, fontsize=_FONT_PT, va="center", ha="left", parse_math=False
+    )
     for line, col, chunk, who in runs:
         if who is None:
-            ax.text(
-                col,
-                line + 0.5,
-                chunk,
-                family=style.MONO,
-                fontsize=_FONT_PT,
-                va="center",
-                ha="left",
-                color="#777777",
-                parse_math=False,
-            )
+            ax.text(col, line + 0.5, chunk, color="#777777", **text_style)
             continue
         group = data.pieces[who][1]
         p = float(np.prod([values[k] for k in group]))
@@ -258,17 +251,7 @@ def draw_generation(data: GenerationSteps, color_by: str = "processed") -> Figur
                 alpha=0.6,
             )
         )
-        ax.text(
-            col,
-            line + 0.5,
-            chunk,
-            family=style.MONO,
-            fontsize=_FONT_PT,
-            va="center",
-            ha="left",
-            color="black",
-            parse_math=False,
-        )
+        ax.text(col, line + 0.5, chunk, color="black", **text_style)
 
     bar_ax = axes(top + text_h + 0.25, 0.13, left=width - margin - 4.0, w=4.0)
     fig.colorbar(_mappable(cmap, norm), cax=bar_ax, orientation="horizontal")
