@@ -436,11 +436,9 @@ class GPT(nn.Module):
 
     def inference_plan(self):
         """The eval-mode operations, looked up once (rebuilt by `reset_plan`)."""
-        from .plan import InferencePlan
-
         plan = self.__dict__.get("_plan")
         if plan is None:
-            plan = InferencePlan(self)
+            plan = PLAN[0](self)
             self.__dict__["_plan"] = plan
         return plan.refresh()
 
@@ -453,6 +451,11 @@ class GPT(nn.Module):
         for key in ("_plan", "_positions", "_ropes"):
             state.pop(key, None)
         return state
+
+
+# plan.py's InferencePlan, registered there when the package is imported (plan.py builds on
+# this module, so this module does not import it)
+PLAN: list = [None]
 
 
 # --- masks and attention ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import decode_linear, kernels
 from ..decode_linear import DecodeLinear
+from . import network
 from .network import Attend, BlockOps, block_forward, layer_shape
 
 SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
@@ -230,3 +231,6 @@ def _step_params(model) -> list | None:
         qkv, proj, fc, mproj = parts
         out += [b.ln_1.weight, b.ln_1.bias, *qkv, *proj, b.ln_2.weight, b.ln_2.bias, *fc, *mproj]
     return out
+
+
+network.PLAN[0] = InferencePlan  # GPT.inference_plan builds this
