@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 MAX_ROWS = 4
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}
+STALE_LOCK_S = 600  # seconds: a build lock older than this is a killed build's
 _lock = threading.Lock()
 
 
@@ -64,6 +66,14 @@ def _load() -> None:
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
+        pass
+    lock = build / "lock"  # torch's FileBaton: a build killed midway leaves it, and every
+    # later load would wait for it forever; no build takes STALE_LOCK_S
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning("removing a stale kernel build lock (%s)", lock)
+            lock.unlink()
+    except OSError:
         pass
     if not (build / f"{name}.so").exists():
         print(
