@@ -185,14 +185,14 @@ def add_parsers(sub) -> None:
         "--batching",
         choices=["on", "off"],
         default=DEFAULT_BATCHING,
-        help="merge waiting requests with identical settings into one batch "
-        f"(default: {DEFAULT_BATCHING}; see docs/SERVER.md)",
+        help="continuous batching: greedy and sampling requests share one running batch, "
+        f"each with its own settings and seed (default: {DEFAULT_BATCHING}; see docs/SERVER.md)",
     )
     p.add_argument(
         "--max-active",
         type=int,
         default=16,
-        help="requests decoded in turns at once per model (default: 16)",
+        help="requests running at once per model, in the batch or in turns (default: 16)",
     )
     p.add_argument(
         "--max-waiting",

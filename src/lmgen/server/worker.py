@@ -1,15 +1,16 @@
 """Model work off the event loop: one worker thread per model, requests advanced in turns.
 
-Every request becomes a job: a Python generator that does one decoding step of model work per
-`next()` and returns its result. The worker thread admits waiting jobs first come, first
-served (up to `max_active` at once) and then gives each active job one step per round, so a
-short request is never stuck behind a long one and the event loop never runs the model.
+Every request becomes a job. The worker thread admits waiting jobs first come, first served
+(up to `max_active` at once) and then, each round, runs one step of the running batch and one
+step of each job that runs on its own, so a short request is never stuck behind a long one and
+the event loop never runs the model.
 
-With `batching=True` (the server's default, chosen by the measurement in docs/SERVER.md) the
-worker also merges waiting jobs that ask for exactly the same settings into one batched decode,
-but only unseeded sampling requests, whose text is random anyway: seeded, greedy, beam and
-streamed requests always decode on their own (batch = their own prompts x n), so a seeded
-request gives exactly the text it gives alone, whatever else is running.
+With `batching=True` (the server's default) greedy and sampling requests join the running batch
+of `engine.Engine` (continuous batching: one forward pass a step for every such request, each
+with its own settings and generator, bitwise the same tokens as alone). Beam search, contrastive
+search, a sliding context window and the playground's calls run as jobs of their own: a
+generator that does one decoding step of model work per `next()` and returns its result. With
+`batching=False` every request is such a job (batch = its own prompts x n).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 from lmgen.chat import replying
 from lmgen.decoding.session import Session
 from lmgen.generation_config import GenerationConfig
+
+from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ class Job:
     ("finish", index, reason) and finally ("end",); the result or the error is then in
     `future`.
     """
-
-    key: Any = None  # jobs with equal non-None keys may be merged into one batch
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, stream: bool = False):
         self.future: concurrent.futures.Future = concurrent.futures.Future()
@@ -119,17 +120,6 @@ class GenerateJob(Job):
         self.config = config
         self.end_ids = end_ids  # a chat template's end-of-turn tokens, which also end a reply
         self.prompt_logprobs = prompt_logprobs  # echo with logprobs: score the prompt too
-        # Only requests whose text is random anyway may share a batch: a batch's padding moves
-        # logits by ~1e-6, which could flip a near-tie. Seeded, greedy and beam requests always
-        # decode alone, so their text is exactly what they give alone.
-        mergeable = (
-            config.effective_strategy() == "sample"
-            and config.seed is None
-            and not stream
-            and prompt_logprobs is None
-        )
-        if mergeable:
-            self.key = repr((sorted(config.to_dict().items()), end_ids))
 
     def steps(self, lm) -> Steps:
         on_delta = self.emit if self.events is not None else None
@@ -140,17 +130,6 @@ class GenerateJob(Job):
         if self.prompt_logprobs is not None:
             scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
         return results, scored
-
-
-def merged_steps(lm, jobs: list[GenerateJob]) -> Steps:
-    """One batched decode for several jobs with the same config; returns one result each."""
-    prompts = [p for j in jobs for p in j.prompts]
-    results = yield from session_steps(replying(lm, jobs[0].end_ids), prompts, jobs[0].config)
-    out, k = [], 0
-    for j in jobs:
-        out.append((results[k : k + len(j.prompts)], None))
-        k += len(j.prompts)
-    return out
 
 
 # -- stepwise decoding ------------------------------------------------------------------------
@@ -211,7 +190,6 @@ def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list
 class _Running:
     jobs: list[Job]
     steps: Iterator
-    merged: bool = False
 
 
 @dataclass
@@ -219,14 +197,14 @@ class Stats:
     completed: int = 0
     cancelled: int = 0
     failed: int = 0
-    batches: int = 0  # merged decodes (batching mode)
-    merged_jobs: int = 0
+    merged_jobs: int = 0  # requests completed in the running batch (batching mode)
     steps: int = 0
     max_active_seen: int = 0
 
 
 class ModelWorker:
-    """A thread that owns one model: only it runs the model, one step of one job at a time."""
+    """A thread that owns one model: only it runs the model, one step at a time (of the
+    running batch, or of a job that runs on its own). `max_batch`: rows in the running batch."""
 
     def __init__(
         self,
@@ -234,7 +212,7 @@ class ModelWorker:
         max_active: int = 16,
         max_waiting: int = 256,
         batching: bool = False,
-        max_batch: int = 16,
+        max_batch: int = 64,
     ):
         self.lm = lm
         self.max_active = max_active
@@ -242,6 +220,7 @@ class ModelWorker:
         self.batching = batching
         self.max_batch = max_batch
         self.stats = Stats()
+        self.engine = Engine(lm, self.stats, max_rows=max_batch) if batching else None
         self._inbox: collections.deque[Job] = collections.deque()
         self._active: list[_Running] = []
         self._cv = threading.Condition()
@@ -265,7 +244,10 @@ class ModelWorker:
 
     def load(self) -> dict[str, int]:
         with self._cv:
-            return {"active": sum(len(r.jobs) for r in self._active), "waiting": len(self._inbox)}
+            return {"active": self._n_active(), "waiting": len(self._inbox)}
+
+    def _n_active(self) -> int:
+        return len(self._active) + (self.engine.jobs if self.engine is not None else 0)
 
     def close(self, timeout: float = 5.0) -> None:
         with self._cv:
@@ -281,43 +263,46 @@ class ModelWorker:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._stopping and not self._inbox and not self._active:
+                    while not (self._stopping or self._inbox or self._active or self._batch()):
                         self._cv.wait()
                     if self._stopping:
                         break
                     self._admit()
-                    self.stats.max_active_seen = max(
-                        self.stats.max_active_seen, sum(len(r.jobs) for r in self._active)
-                    )
+                    self.stats.max_active_seen = max(self.stats.max_active_seen, self._n_active())
+                if self._batch():
+                    self.engine.step()
                 for run in list(self._active):
                     self._advance(run)
         for run in self._active:
             self._drop(run, Cancelled("the server is shutting down"))
+        if self.engine is not None:
+            self.engine.close(Cancelled("the server is shutting down"))
         for job in self._inbox:
-            _fail(job, Cancelled("the server is shutting down"))
+            fail_job(job, Cancelled("the server is shutting down"))
+
+    def _batch(self) -> bool:
+        return self.engine is not None and self.engine.busy
 
     def _admit(self) -> None:
-        while self._inbox and len(self._active) < self.max_active:
+        while self._inbox and self._n_active() < self.max_active:
             job = self._inbox.popleft()
             if job.cancelled.is_set():
                 self.stats.cancelled += 1
-                _fail(job, Cancelled("the client went away"))
+                fail_job(job, Cancelled("the client went away"))
                 continue
-            group = [job]
-            if self.batching and job.key is not None:
-                for other in list(self._inbox):
-                    if len(group) >= self.max_batch:
-                        break
-                    if other.key == job.key and not other.cancelled.is_set():
-                        self._inbox.remove(other)
-                        group.append(other)
-            if len(group) > 1:
-                self.stats.batches += 1
-                self.stats.merged_jobs += len(group)
-                steps = merged_steps(self.lm, group)  # type: ignore[arg-type]
-                self._active.append(_Running(group, steps, merged=True))
-            else:
-                self._active.append(_Running(group, job.steps(self.lm)))
+            if self.engine is not None and isinstance(job, GenerateJob):
+                try:
+                    batched = self.engine.prepare(job)
+                except Exception as e:  # bad settings surface here (ConfigError, ...)
+                    if not isinstance(e, ValueError | LookupError):
+                        log.debug("job failed", exc_info=True)
+                    self.stats.failed += 1
+                    fail_job(job, e)
+                    continue
+                if batched is not None:
+                    self.engine.add(batched)
+                    continue
+            self._active.append(_Running([job], job.steps(self.lm)))
 
     def _advance(self, run: _Running) -> None:
         if all(j.cancelled.is_set() for j in run.jobs):
@@ -329,8 +314,7 @@ class ModelWorker:
             self.stats.steps += 1
         except StopIteration as stop:
             self._active.remove(run)
-            results = stop.value if run.merged else [stop.value]
-            for job, result in zip(run.jobs, results, strict=True):
+            for job, result in zip(run.jobs, [stop.value], strict=True):
                 self.stats.completed += 1
                 if not job.future.done():
                     job.future.set_result(result)
@@ -341,7 +325,7 @@ class ModelWorker:
             self.stats.failed += len(run.jobs)
             self._active.remove(run)
             for job in run.jobs:
-                _fail(job, e)
+                fail_job(job, e)
 
     def _drop(self, run: _Running, error: Exception) -> None:
         if run in self._active:
@@ -350,10 +334,11 @@ class ModelWorker:
         if close is not None:
             close()
         for job in run.jobs:
-            _fail(job, error)
+            fail_job(job, error)
 
 
-def _fail(job: Job, error: BaseException) -> None:
+def fail_job(job: Job, error: BaseException) -> None:
+    """Ends `job` with `error` (its handler raises it) and ends its event stream."""
     if not job.future.done():
         job.future.set_exception(error)
     job.emit("end")

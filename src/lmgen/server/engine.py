@@ -1,0 +1,512 @@
+"""Continuous batching: one running batch over the model that requests join and leave at
+every step (iteration-level scheduling, as in Orca, vLLM and llama.cpp's server).
+
+The worker thread (worker.py) owns the engine. A request's greedy or sampling work becomes one
+*group* per prompt: a `Session` of its own (n choices, its own processor chain and generator,
+its own text tracker), whose n rows each hold a KV cache of their own. Each `step()`:
+
+1. drops cancelled requests (their caches are freed at once) and admits waiting ones while
+   rows are free, first come, first served;
+2. builds one batch of *segments*: one token for each row that is decoding, then prompt chunks
+   of the groups still prefilling, while the step's token budget (`step_tokens`) allows — a
+   long prompt is prefilled a chunk per step, so it never freezes the streaming rows;
+3. runs one forward pass over all the segments' tokens (`BatchForward`);
+4. hands each group whose logits are ready its rows' logits: its `Session.step()` applies that
+   request's own processor chain, draws each row's token from that request's own
+   `torch.Generator`, and decides EOS, stop strings, `max_tokens` and the text to stream;
+5. finished groups leave the batch; their rows are free for the next step.
+
+Batch invariance, on the CPU: a request's tokens and log-probabilities are bitwise the same
+whoever else shares its steps, because no reduction in the forward pass depends on the batch:
+
+- torch's CPU matrix product gives a row different bits with 1, 2-3 and 4+ rows (MKL/oneDNN
+  pick kernels by shape), so `RowLinear` never lets the batch choose: it multiplies in groups of
+  at most 4 rows through `lmgen.kernels.decode_gemv`, whose result for a row is the same for
+  1-4 rows at any place (tested); without that kernel, in blocks of exactly `BLOCK` rows
+  (zero-padded), where a row's result depends neither on its place nor on the other rows;
+- attention is computed row by row, over that row's own cache (its own length, no padding);
+- a prompt is cut into chunks at fixed offsets (`prefill_chunk`), so the budget decides only
+  *when* a chunk runs, never how the prompt is cut;
+- norms, activations and embeddings work on each token on its own.
+
+So the only oracle a test needs is the same request run alone through the engine. Against
+`lmgen.generate` (one sequence, torch's products) the logits differ by float rounding
+(~1e-6), as between any two batch shapes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmgen import kernels
+from lmgen.chat import replying
+from lmgen.decoding.session import Session
+from lmgen.decoding.steppers import SampleStepper
+from lmgen.model.kv_cache import KVCache
+from lmgen.model.network import BlockOps, block_forward, causal_mask, layer_shape, repeat_kv
+
+if TYPE_CHECKING:
+    from .worker import GenerateJob, Stats
+
+log = logging.getLogger(__name__)
+
+BLOCK = 8  # rows per product when lmgen.kernels is not available
+KERNEL_ROWS = 4  # rows per decode_gemv call (its maximum)
+
+
+# -- the forward pass ---------------------------------------------------------------------------
+
+
+class RowLinear:
+    """`x (N, in) -> (N, out)` for a linear layer, each row's bits independent of N and of
+    the other rows (see the module's docstring)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        w = getattr(module, "weight", None)
+        self.kernel = (
+            type(module) is nn.Linear
+            and w is not None
+            and w.device.type == "cpu"
+            and w.dtype in kernels.DTYPES
+            and kernels.available()
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel and x.dtype in kernels.DTYPES:
+            w, b = self.module.weight, self.module.bias
+            x = x.contiguous()
+            if x.shape[0] <= KERNEL_ROWS:
+                return kernels.decode_gemv(x, w, None, b)
+            return torch.cat([kernels.decode_gemv(c, w, None, b) for c in x.split(KERNEL_ROWS)])
+        n = x.shape[0]
+        pad = (-n) % BLOCK
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        return torch.cat([self.module(c) for c in x.split(BLOCK)])[:n]
+
+
+@dataclass
+class Segment:
+    """Tokens of one row fed in one step: `tokens` at positions `start..`, written into
+    `cache`; `logits` says whether the step needs the logits of its last token."""
+
+    cache: KVCache
+    tokens: list[int]
+    start: int
+    logits: bool
+    offset: int = 0  # where its tokens sit in the step's flat token list
+
+
+class SegmentAttend:
+    """One layer's attention for `block_forward` over a step's segments: writes each segment's
+    keys and values into its own cache, then attends row by row over that row's keys."""
+
+    def __init__(self, layer: int, segments: list[Segment], window: int | None, scale):
+        self.layer, self.segments, self.window, self.scale = layer, segments, window, scale
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (1, H, N, D); k, v (1, KV, N, D): N = every token of the step
+        H = q.shape[1]
+        out = torch.empty_like(q)
+        for s in self.segments:
+            a, t = s.offset, len(s.tokens)
+            kk, vv = s.cache.update(self.layer, s.start, k[:, :, a : a + t], v[:, :, a : a + t])
+            S = s.start + t  # (1, KV, S, D) this row's keys so far
+            qq = q[:, :, a : a + t]  # (1, H, t, D)
+            windowed = self.window is not None and S > self.window
+            if t == 1 and not windowed and self.scale is None and _kernel_attention(qq):
+                y = kernels.decode_attention(qq.contiguous(), kk, vv)
+            else:
+                kk, vv = repeat_kv(kk, H), repeat_kv(vv, H)  # (1, H, S, D)
+                mask = causal_mask(t, S, q.device)  # (t, S)
+                if windowed:
+                    qpos = torch.arange(s.start, S, device=q.device)[:, None]
+                    mask = mask & (qpos - torch.arange(S, device=q.device)[None] < self.window)
+                y = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=self.scale)
+            out[:, :, a : a + t] = y
+        return out
+
+
+def _kernel_attention(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in kernels.DTYPES and kernels.available()
+
+
+class BatchForward:
+    """The model's eval-mode arithmetic (`block_forward`, the model's own embeddings, norms and
+    head) over a flat list of segments, with batch-invariant products and per-row attention."""
+
+    def __init__(self, model):
+        self.model = model
+        c = model.config
+        self.shape = layer_shape(c)
+        self.windows = [c.window(i) for i in range(c.n_layer)]
+        self.scale = model.attn_scale
+
+        def fwd(m):
+            return None if m is None else m.forward
+
+        self.layers = [
+            BlockOps(
+                b.ln_1.forward,
+                RowLinear(b.attn.c_attn),
+                RowLinear(b.attn.c_proj),
+                b.ln_2.forward,
+                RowLinear(b.mlp.c_fc),
+                b.mlp.act,
+                RowLinear(b.mlp.c_proj),
+                None,
+                None,
+                fwd(getattr(b.attn, "q_norm", None)),
+                fwd(getattr(b.attn, "k_norm", None)),
+                fwd(getattr(b, "ln_post_attn", None)),
+                fwd(getattr(b, "ln_post_mlp", None)),
+            )  # fmt: skip
+            for b in model.h
+        ]
+        self.ln_f = model.ln_f.forward
+        self.head = RowLinear(model.lm_head)
+
+    def __call__(self, segments: list[Segment]) -> torch.Tensor:
+        """Logits (segments asking for them, vocab) of each such segment's last token.
+
+        The model's own forward hooks and pre-hooks fire once a step, with the step's tokens
+        (1, N) as input and these logits as output: a step is one forward pass."""
+        model = self.model
+        ids, pos, last = [], [], []
+        for s in segments:
+            s.offset = len(ids)
+            ids += s.tokens
+            pos += range(s.start, s.start + len(s.tokens))
+            if s.logits:
+                last.append(len(ids) - 1)
+        device = model.wte.weight.device
+        input_ids = torch.tensor([ids], device=device)  # (1, N)
+        position_ids = torch.tensor([pos], device=device)  # (1, N)
+        N = len(ids)
+        self._fire(self.model._forward_pre_hooks, (input_ids,))
+        x = model.embed(input_ids, position_ids).view(N, -1)  # (N, C)
+        cos_sin = model.rope_cos_sin(position_ids, x.dtype)
+        for i, ops in enumerate(self.layers):
+            attend = SegmentAttend(i, segments, self.windows[i], self.scale)
+            x = block_forward(x, ops, self.shape, 1, N, cos_sin[i], attend)  # (N, C)
+        if last:
+            logits = model.cap_logits(self.head(self.ln_f(x[last])))  # (rows, V)
+        else:  # prompt chunks only: no logits needed yet
+            logits = x.new_empty(0, model.config.vocab_size)
+        self._fire(self.model._forward_hooks, (input_ids,), logits)
+        return logits
+
+    def _fire(self, hooks: dict, args: tuple, *output) -> None:
+        kwargs_ids = (
+            self.model._forward_hooks_with_kwargs
+            if output
+            else self.model._forward_pre_hooks_with_kwargs
+        )
+        for key, hook in list(hooks.items()):
+            if key in kwargs_ids:
+                hook(self.model, args, {}, *output)
+            else:
+                hook(self.model, args, *output)
+
+
+# -- requests in the batch ----------------------------------------------------------------------
+
+
+class EngineStepper(SampleStepper):
+    """A `SampleStepper` whose model work the engine does: `logits` is set by the engine
+    before each `select()`; `prefill()` and `advance()` run nothing."""
+
+    def __init__(self, stepper: SampleStepper):
+        self.__dict__.update(stepper.__dict__)
+        self.state = None  # the session's own cache is never used
+        self.logits = None
+
+    def prefill(self) -> None:
+        pass
+
+    def advance(self, finished: list[bool]) -> None:
+        self.finished.update(finished)
+        self.logits = None
+
+
+class BatchSession(Session):
+    """A `Session` of one prompt (n choices) whose model work the engine does."""
+
+    def __init__(self, lm, prompt, config, record):
+        super().__init__(lm, [prompt], config, record=record)
+        if isinstance(self._stepper, SampleStepper):
+            self._stepper = EngineStepper(self._stepper)
+
+    @property
+    def batchable(self) -> bool:
+        return isinstance(self._stepper, EngineStepper)
+
+    @property
+    def tokens(self):
+        """The rows' tokens so far (`decoding.state.Tokens`)."""
+        return self._stepper.tokens
+
+    @property
+    def started(self) -> bool:
+        return self._steps > 0
+
+    def set_logits(self, logits: torch.Tensor) -> None:
+        """The rows' logits (rows, vocab) for the next `step()`."""
+        self._stepper.logits = logits
+
+
+@dataclass
+class Group:
+    """One prompt of a request, its n choices: a Session and one cache per row."""
+
+    job: GenerateJob
+    index: int  # the prompt's place in the request
+    session: BatchSession
+    prompt: list[int]
+    caches: list[KVCache] = field(default_factory=list)
+    fed: int = 0  # prompt tokens prefilled so far
+
+    @property
+    def rows(self) -> int:
+        return self.session.n
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt)
+
+
+class EngineJob:
+    """A request in the engine: its groups, in prompt order."""
+
+    def __init__(self, job: GenerateJob, groups: list[Group]):
+        self.job = job
+        self.groups = groups
+        self.rows = sum(g.rows for g in groups)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class Engine:
+    """The running batch of one model (see the module's docstring). Only the worker thread
+    calls it."""
+
+    def __init__(self, lm, stats: Stats, max_rows: int = 64, step_tokens: int = 256,
+                 prefill_chunk: int = 64):  # fmt: skip
+        if prefill_chunk < 1 or step_tokens < 1 or max_rows < 1:
+            raise ValueError("max_rows, step_tokens and prefill_chunk must be positive")
+        self.lm = lm
+        self.stats = stats
+        self.max_rows = max_rows
+        self.step_tokens = step_tokens
+        self.prefill_chunk = prefill_chunk
+        self.forward = BatchForward(lm.model)
+        self.waiting: collections.deque[EngineJob] = collections.deque()
+        self.running: list[EngineJob] = []
+        self.steps = 0
+        self.max_rows_seen = 0
+
+    # -- requests in and out --
+
+    def prepare(self, job: GenerateJob) -> EngineJob | None:
+        """The job as groups, or None when it is not for the engine: strategies other than
+        greedy and sampling (beam search, contrastive search) and a prompt that with its new
+        tokens outgrows the context (the session's sliding window) run as jobs of their own.
+        Invalid settings raise here, as `Session` raises them."""
+        if job.config.effective_strategy() not in ("greedy", "sample"):
+            return None
+        lm = replying(self.lm, job.end_ids)
+        record = ("text",) if job.events is not None else ()
+        groups = []
+        for k, prompt in enumerate(job.prompts):
+            session = BatchSession(lm, prompt, job.config, record)
+            ids = session.prompt_token_ids[0]
+            too_long = len(ids) + job.config.max_new_tokens > self.lm.config.n_positions
+            if too_long or not session.batchable:
+                session.close()
+                for g in groups:
+                    g.session.close()
+                return None
+            groups.append(Group(job, k, session, ids))
+        return EngineJob(job, groups)
+
+    def add(self, ejob: EngineJob) -> None:
+        self.waiting.append(ejob)
+
+    @property
+    def jobs(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def rows_in_use(self) -> int:
+        return sum(j.rows for j in self.running)
+
+    def _admit(self) -> None:
+        free = self.max_rows - self.rows_in_use()
+        while self.waiting and (self.waiting[0].rows <= free or not self.running):
+            ejob = self.waiting.popleft()
+            for g in ejob.groups:
+                capacity = len(g.prompt) + g.job.config.max_new_tokens
+                g.caches = [self.lm.model.new_cache(1, capacity) for _ in range(g.rows)]
+            self.running.append(ejob)
+            free -= ejob.rows
+
+    def _drop_cancelled(self) -> None:
+        from .worker import Cancelled, fail_job
+
+        for queue in (self.waiting, self.running):
+            for ejob in [j for j in queue if j.job.cancelled.is_set()]:
+                queue.remove(ejob)
+                self._close(ejob)
+                self.stats.cancelled += 1
+                fail_job(ejob.job, Cancelled("the client went away"))
+
+    def _close(self, ejob: EngineJob) -> None:
+        for g in ejob.groups:
+            g.session.close()
+            g.caches = []
+
+    def close(self, error: Exception) -> None:
+        from .worker import fail_job
+
+        for ejob in [*self.running, *self.waiting]:
+            self._close(ejob)
+            fail_job(ejob.job, error)
+        self.running, self.waiting = [], collections.deque()
+
+    # -- one step --
+
+    def step(self) -> None:
+        """Drops, admits, runs one forward pass over the batch and advances every group whose
+        logits it computed."""
+        self._drop_cancelled()
+        self._admit()
+        if not self.running:
+            return
+        segments, owners = self._schedule()
+        self.max_rows_seen = max(self.max_rows_seen, len(segments))
+        try:
+            logits = self.forward(segments)  # (segments asking for logits, V)
+        except Exception as e:  # nothing a request can cause: every request in it fails
+            log.exception("the engine's forward pass failed")
+            for ejob in list(self.running):
+                self._fail_request(ejob, e)
+            return
+        self.steps += 1
+        self.stats.steps += 1
+        k = 0
+        for g, n_logits in owners:
+            if n_logits == 0:
+                continue
+            g.session.set_logits(logits[k : k + n_logits].repeat(g.rows // n_logits, 1))
+            k += n_logits
+            ejob = self._owner(g)
+            if ejob is None:
+                continue  # its request failed at an earlier group of this step
+            try:
+                self._advance(g)
+            except Exception as e:  # a chain that leaves nothing to sample, ...
+                if not isinstance(e, ValueError | LookupError):
+                    log.debug("engine job failed", exc_info=True)
+                self._fail_request(ejob, e)
+        self._finish()
+
+    def _owner(self, g: Group) -> EngineJob | None:
+        for ejob in self.running:
+            if ejob.job is g.job:
+                return ejob
+        return None
+
+    def _schedule(self) -> tuple[list[Segment], list[tuple[Group, int]]]:
+        """This step's segments: every decoding row's next token, then prompt chunks in
+        arrival order while the token budget lasts (at least one chunk a step)."""
+        segments: list[Segment] = []
+        owners: list[tuple[Group, int]] = []
+        prefilling = []
+        for ejob in self.running:
+            for g in ejob.groups:
+                if g.session.done:
+                    continue
+                if g.prefilling:
+                    prefilling.append(g)
+                    continue
+                tokens = g.session.tokens
+                col = tokens.length - 1
+                for r, cache in enumerate(g.caches):
+                    segments.append(Segment(cache, [int(tokens.seq[r, col])], col, True))
+                owners.append((g, g.rows))
+        budget = self.step_tokens - len(segments)
+        chunks = 0
+        for g in prefilling:
+            while g.prefilling:
+                end = min(len(g.prompt), (g.fed // self.prefill_chunk + 1) * self.prefill_chunk)
+                n = end - g.fed
+                if n > budget and (chunks or segments):
+                    break
+                last = end == len(g.prompt)
+                segments.append(Segment(g.caches[0], g.prompt[g.fed : end], g.fed, last))
+                budget -= n
+                chunks += 1
+                g.fed = end
+                owners.append((g, 1 if last else 0))
+            if budget <= 0:
+                break
+        return segments, owners
+
+    def _advance(self, g: Group) -> None:
+        """The group's session step: its processors, draws, stop rules and text."""
+        if len(g.caches) > 1 and not g.session.started:
+            # the prompt was prefilled once, into the first row's cache: the others copy it
+            first, L = g.caches[0], len(g.prompt)
+            for c in g.caches[1:]:
+                c.k[:, :, :, :L] = first.k[:, :, :, :L]
+                c.v[:, :, :, :L] = first.v[:, :, :, :L]
+        job = g.job
+        out = g.session.step()
+        if job.events is not None:
+            base = g.index * g.rows
+            for i, delta in enumerate(out.deltas):
+                if delta:
+                    job.emit("delta", base + i, delta)
+            for i, reason in out.finished.items():
+                job.emit("finish", base + i, reason)
+        if g.session.done:
+            g.caches = []  # the rows leave the batch: their memory goes at once
+
+    def _finish(self) -> None:
+        from .worker import score_prompt
+
+        for ejob in [j for j in self.running if all(g.session.done for g in j.groups)]:
+            self.running.remove(ejob)
+            job = ejob.job
+            results = [g.session.results()[0] for g in ejob.groups]
+            scored = None
+            if job.prompt_logprobs is not None:
+                scored = [
+                    score_prompt(self.lm, r.prompt_token_ids, job.prompt_logprobs) for r in results
+                ]
+            self.stats.completed += 1
+            self.stats.merged_jobs += 1
+            if not job.future.done():
+                job.future.set_result((results, scored))
+            job.emit("end")
+
+    def _fail_request(self, ejob: EngineJob, error: Exception) -> None:
+        from .worker import fail_job
+
+        if ejob in self.running:
+            self.running.remove(ejob)
+        self._close(ejob)
+        self.stats.failed += 1
+        fail_job(ejob.job, error)
