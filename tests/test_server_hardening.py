@@ -461,7 +461,7 @@ def test_a_malformed_host_header_is_a_400(server, host):
     "host, status",
     [("[::1]", 200), ("[::1]:", 200), ("[0:0:0:0:0:0:0:1]:8000", 200), ("LOCALHOST", 200),
      ("localhost.", 200), ("a.localhost:1", 200), ("127.0.0.1:", 200), ("[::2]", 421),
-     ("[v1.x]", 421), ("127.1", 421), ("2130706433", 421), ("[::ffff:127.0.0.1]", 421)],
+     ("[v1.x]", 421), ("127.1", 421), ("2130706433", 421)],
 )  # fmt: skip
 def test_well_formed_hosts_are_served_or_421(server, host, status):
     r = httpx.get(server + "/v1/models", headers={"Host": host})
