@@ -150,6 +150,7 @@ class Setting:
     range: Range | None = None
     off: str = ""  # what the default means when it turns the knob off: "off"
     choices: tuple = ()
+    choices_text: str = ""  # the choices in words, where they need more than their values
     group: str = "sampling"  # see GROUPS
     processor: str = ""  # the class in lmgen.decoding it configures
     sampling_only: bool = False  # greedy and beam search ignore it (a warning says so)
@@ -193,6 +194,8 @@ class Setting:
         """The values allowed, in words ("" when the kind says it all)."""
         if self.range is not None:
             return (self.range.capped(self.serve_max) if serve else self.range).describe()
+        if self.choices_text:
+            return self.choices_text
         if self.choices:
             words = [
                 f"{c!r} ({self.off})" if self.off and c == self.default else repr(c)
@@ -310,7 +313,8 @@ SETTINGS: tuple[Setting, ...] = (
             processor="DynamicTemperature", sampling_only=True, chain=True, metavar="X",
             llama_cpp="dynatemp_exponent"),
     Setting("mirostat", "choice", 0, "2: Mirostat v2, which steers each token's surprise "
-            "towards --mirostat-tau bits (v1 is not implemented)", choices=MIROSTAT_VERSIONS,
+            "towards --mirostat-tau bits", choices=MIROSTAT_VERSIONS,
+            choices_text="0 (off) or 2 (Mirostat v2; v1 is not implemented)",
             off=_OFF, group="samplers", processor="MirostatV2", sampling_only=True, chain=True,
             metavar="0|2", llama_cpp="mirostat"),
     Setting("mirostat_tau", "float", 5.0, "Mirostat's target surprise in bits",
@@ -419,6 +423,19 @@ CONSTRAINTS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.group == "str
 
 def setting(name: str) -> Setting:
     return BY_NAME[name]
+
+
+def hf_generation_defaults(values: dict[str, Any], sampling: bool) -> dict[str, Any]:
+    """GenerationConfig keywords from a model's generation_config.json (`values`, under
+    transformers' names): the settings declared `hf_default` that it gives, the sampling-only
+    ones only when `sampling`."""
+    return {
+        s.name: values[s.transformers]
+        for s in SETTINGS
+        if s.hf_default
+        and values.get(s.transformers) is not None
+        and (sampling or not s.sampling_only)
+    }
 
 
 # -- docs/settings.md ---------------------------------------------------------------------------
