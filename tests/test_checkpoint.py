@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 import lmgen
 import lmgen.checkpoint as checkpoint
+import lmgen.model_files as model_files
 from conftest import TINY_SHAPE, randomize_
 from lmgen import LM, ModelLoadError
 from lmgen.model import GPT, GPTConfig
@@ -350,9 +351,9 @@ def test_unknown_bundled_name_lists_known_ones(tmp_path, tiny_model_dir, monkeyp
     bundled = tmp_path / "models"
     shutil.copytree(tiny_model_dir, bundled / "tiny")
     shutil.copytree(tiny_model_dir, bundled / "other")
-    monkeypatch.setattr(checkpoint, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(model_files, "BUNDLED_DIR", bundled)
     monkeypatch.chdir(tmp_path)
-    assert checkpoint.bundled_models() == ["other", "tiny"]
+    assert model_files.bundled_models() == ["other", "tiny"]
     assert lmgen.load("tiny").path == bundled / "tiny"
     with pytest.raises(ModelLoadError, match=r"'shakespear'.*other, tiny"):
         lmgen.load("shakespear")

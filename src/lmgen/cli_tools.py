@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     """Encode TEXT with a model's tokenizer: each token's id and text."""
-    from .checkpoint import read_tokenizer, resolve_model
+    from .model_files import read_tokenizer, resolve_model
 
     text = read_prompt(args.text)
     tok = read_tokenizer(resolve_model(args.model))  # the tokenizer alone: no weights read

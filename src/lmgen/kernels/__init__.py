@@ -51,7 +51,8 @@ def cache_dir() -> Path:
 
 def _build_name() -> str:
     h = hashlib.sha256(_SOURCE.read_bytes())
-    h.update(" ".join([torch.__version__, sys.version, *_FLAGS]).encode())
+    # sys.prefix: each virtual environment its own build (their include paths differ)
+    h.update(" ".join([torch.__version__, sys.version, sys.prefix, *_FLAGS]).encode())
     return f"lmgen_kernels_{h.hexdigest()[:12]}"
 
 
