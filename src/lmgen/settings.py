@@ -68,6 +68,8 @@ class Range:
     def describe(self) -> str:
         """The range in words, as every message and help text says it."""
         lo, hi = self.low, self.high
+        if lo is None and hi is None and not self.integer:
+            return "finite"
         if self.integer and hi is None:
             text = f"an int >= {_num(lo)}"
         elif self.integer:

@@ -13,7 +13,7 @@ import hashlib
 
 import torch
 
-from lmgen.settings import MIN_TEMPERATURE
+from lmgen.settings import MIN_TEMPERATURE, above, between, from_
 
 from .processor_base import NEG_INF, LogitsProcessor, check_int, check_number
 
@@ -25,7 +25,7 @@ class TopNSigma(LogitsProcessor):
     does not depend on where temperature runs."""
 
     def __init__(self, n: float):
-        self.n = check_number("top_n_sigma", n, "finite and > 0", lambda v: v > 0)
+        self.n = check_number("top_n_sigma", n, above(0))
 
     def _fields(self) -> dict[str, object]:
         return {"n": self.n}
@@ -55,12 +55,8 @@ class XTC(LogitsProcessor):
 
     def __init__(self, probability: float, threshold: float, min_tokens_to_keep: int = 1,
                  seed: int | None = None):  # fmt: skip
-        self.probability = check_number(
-            "xtc_probability", probability, "in [0, 1]", lambda v: 0 <= v <= 1
-        )
-        self.threshold = check_number(
-            "xtc_threshold", threshold, "in (0, 0.5]", lambda v: 0 < v <= 0.5
-        )
+        self.probability = check_number("xtc_probability", probability, between(0, 1))
+        self.threshold = check_number("xtc_threshold", threshold, between(0, 0.5, low_open=True))
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
         self.seed = seed
 
@@ -106,13 +102,9 @@ class DynamicTemperature(LogitsProcessor):
     first of equal ones). `range=0` is the fixed temperature T."""
 
     def __init__(self, temperature: float, range_: float, exponent: float = 1.0):
-        self.temperature = check_number(
-            "temperature", temperature, "finite and > 0", lambda v: v > 0
-        )
-        self.range = check_number("dynatemp_range", range_, "finite and >= 0", lambda v: v >= 0)
-        self.exponent = check_number(
-            "dynatemp_exponent", exponent, "finite and > 0", lambda v: v > 0
-        )
+        self.temperature = check_number("temperature", temperature, above(0))
+        self.range = check_number("dynatemp_range", range_, from_(0))
+        self.exponent = check_number("dynatemp_exponent", exponent, above(0))
 
     def _fields(self) -> dict[str, object]:
         return {"temperature": self.temperature, "range": self.range, "exponent": self.exponent}

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from lmgen.errors import ConfigError
+from lmgen.settings import from_
 
 from .processor_base import LogitsProcessor, check_int, check_number
 
@@ -35,10 +36,8 @@ class DRY(LogitsProcessor):
     def __init__(self, multiplier: float, base: float = 1.75, allowed_length: int = 2,
                  penalty_last_n: int = -1,
                  breakers: Sequence[Sequence[int]] = ()):  # fmt: skip
-        self.multiplier = check_number(
-            "dry_multiplier", multiplier, "finite and >= 0", lambda v: v >= 0
-        )
-        self.base = check_number("dry_base", base, "finite and >= 1", lambda v: v >= 1)
+        self.multiplier = check_number("dry_multiplier", multiplier, from_(0))
+        self.base = check_number("dry_base", base, from_(1))
         self.allowed_length = check_int("dry_allowed_length", allowed_length)
         if (
             not isinstance(penalty_last_n, int)

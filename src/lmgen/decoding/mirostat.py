@@ -18,6 +18,8 @@ import logging
 
 import torch
 
+from lmgen.settings import above
+
 from .prefix_state import PrefixStates
 from .processor_base import NEG_INF, LogitsProcessor, check_int, check_number
 
@@ -26,8 +28,8 @@ log = logging.getLogger(__name__)
 
 class MirostatV2(LogitsProcessor):
     def __init__(self, tau: float = 5.0, eta: float = 0.1, *, prompt_length: int):
-        self.tau = check_number("mirostat_tau", tau, "finite and > 0", lambda v: v > 0)
-        self.eta = check_number("mirostat_eta", eta, "finite and > 0", lambda v: v > 0)
+        self.tau = check_number("mirostat_tau", tau, above(0))
+        self.eta = check_number("mirostat_eta", eta, above(0))
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
         # (row, generated tokens) -> (mu used at that step, kept ids, their renormalised probs)
         self._states: PrefixStates[tuple[float, torch.Tensor, torch.Tensor]] = PrefixStates()

@@ -3,14 +3,15 @@ where they enter (a ConfigError naming the parameter)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 
 from lmgen.errors import ConfigError
+from lmgen.settings import Range, at_least
 
 NEG_INF = float("-inf")
+FINITE = Range()  # any finite number
 
 
 class LogitsProcessor:
@@ -28,20 +29,12 @@ class LogitsProcessor:
 
 
 def check_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}", param=name)
-    return value
+    return at_least(low).check(name, value)
 
 
-def check_number(name: str, value: object, allowed: str = "finite", ok=lambda v: True) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not ok(value)
-    ):
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}", param=name)
-    return float(value)
+def check_number(name: str, value: object, allowed: Range = FINITE) -> float:
+    """`value` as a float, or the ConfigError of lmgen.settings' one number check."""
+    return float(allowed.check(name, value))
 
 
 def check_token_ids(name: str, ids: Iterable[object]) -> list[int]:

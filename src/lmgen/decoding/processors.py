@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmgen.errors import ConfigError
+from lmgen.settings import above, between
 
 from .adaptive import XTC, DynamicTemperature, TopNSigma
 from .dry import DRY, DRY_DEFAULT_BREAKERS
@@ -64,6 +65,8 @@ __all__ = [
     "build_chain",
 ]
 
+OPEN_UNIT = between(0, 1, low_open=True, high_open=True)  # an active cutoff: in (0, 1)
+
 # -- penalties and constraints ----------------------------------------------------------------
 
 
@@ -72,9 +75,7 @@ class RepetitionPenalty(LogitsProcessor):
     has a negative logit multiplied by `penalty` and a non-negative one divided by it."""
 
     def __init__(self, penalty: float):
-        self.penalty = check_number(
-            "repetition_penalty", penalty, "finite and > 0", lambda v: v > 0
-        )
+        self.penalty = check_number("repetition_penalty", penalty, above(0))
 
     def _fields(self) -> dict[str, object]:
         return {"penalty": self.penalty}
@@ -228,9 +229,7 @@ class MinNewTokens(LogitsProcessor):
 
 class Temperature(LogitsProcessor):
     def __init__(self, temperature: float):
-        self.temperature = check_number(
-            "temperature", temperature, "finite and > 0", lambda v: v > 0
-        )
+        self.temperature = check_number("temperature", temperature, above(0))
 
     def _fields(self) -> dict[str, object]:
         return {"temperature": self.temperature}
@@ -277,7 +276,7 @@ class TopP(LogitsProcessor):
     FEW_FINITE_FRACTION = 0.25
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
-        self.top_p = check_number("top_p", top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        self.top_p = check_number("top_p", top_p, between(0, 1, low_open=True))
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
@@ -319,7 +318,7 @@ class MinP(LogitsProcessor):
     """Remove tokens whose probability is below `min_p` times the top probability."""
 
     def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
-        self.min_p = check_number("min_p", min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
+        self.min_p = check_number("min_p", min_p, between(0, 1))
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
@@ -338,7 +337,7 @@ class TypicalP(LogitsProcessor):
     keep the closest ones until their mass reaches `mass` (ties with the last one kept)."""
 
     def __init__(self, mass: float, min_tokens_to_keep: int = 1):
-        self.mass = check_number("typical_p", mass, "in (0, 1]", lambda v: 0 < v <= 1)
+        self.mass = check_number("typical_p", mass, between(0, 1, low_open=True))
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
@@ -361,7 +360,9 @@ class EpsilonCutoff(LogitsProcessor):
     `epsilon`, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
-        self.epsilon = check_number("epsilon_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.epsilon = check_number(
+            "epsilon_cutoff", epsilon, between(0, 1, low_open=True, high_open=True)
+        )
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
@@ -378,7 +379,9 @@ class EtaCutoff(LogitsProcessor):
     removed, keeping at least the `min_tokens_to_keep` most likely (and ties with them)."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
-        self.epsilon = check_number("eta_cutoff", epsilon, "in (0, 1)", lambda v: 0 < v < 1)
+        self.epsilon = check_number(
+            "eta_cutoff", epsilon, between(0, 1, low_open=True, high_open=True)
+        )
         self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def _fields(self) -> dict[str, object]:
