@@ -108,6 +108,28 @@ def decode_rate(run_n: Callable[[], object], run_1: Callable[[], object], n: int
     return (n - 1) / max(timed(run_n) - t1, 1e-9)
 
 
+def decode_path(model) -> str:
+    """How lmgen runs this model's batch-1 decode step on this machine: its fused C++ step
+    (lmgen.kernels) or op by op, read from the conditions the inference plan checks."""
+    try:
+        from lmgen import decode_linear, kernels
+        from lmgen.model import plan as P
+
+        plan = model.inference_plan()
+        params = getattr(plan, "step_params", None) or getattr(plan, "rope_params", None)
+        dtype = next(model.parameters()).dtype
+        fused = (
+            params is not None
+            and getattr(P, "FUSED_DECODE_STEP", False)
+            and decode_linear.ENABLED
+            and dtype in kernels.DTYPES
+            and kernels.available()
+        )
+    except Exception as e:  # a label for the page, never a failed run
+        return f"unknown ({type(e).__name__})"
+    return "the fused C++ step (lmgen.kernels)" if fused else "op by op"
+
+
 def load_sides(path: Path):
     """(lmgen LM in fp32, transformers model in fp32), both from the same GGUF file."""
     import lmgen
@@ -197,7 +219,8 @@ def run_smollm2(args, report) -> None:
                 f"the same GGUF file; llama-bench -p 0 -n {n} -t {args.threads} on its Q4_1 "
                 f"tensors, lmgen on them dequantised to {dtype}; the three sides rotated, "
                 f"{args.repeats} rounds; decode steps only (lmgen, transformers: {n} new tokens "
-                f"minus 1, after a {len(prompt)}-token prompt)"
+                f"minus 1, after a {len(prompt)}-token prompt); lmgen's step: "
+                f"{decode_path(lm_model)}"
             )
         else:
             note = (
@@ -223,7 +246,7 @@ def run_smollm2(args, report) -> None:
     report.notes.append(
         "SmolLM2-135M rows (case `greedy decode steps`): the same GGUF file in all three; "
         "transformers is `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` "
-        "(LlamaForCausalLM, dequantised), lmgen `lmgen.load(path)`; lmgen's llama-family "
-        "decode runs op by op (the fused C++ step is GPT-2-only so far). Their `BW` is against "
+        "(LlamaForCausalLM, dequantised), lmgen `lmgen.load(path)` (its decode path is in the "
+        "llama.cpp table's notes). Their `BW` is against "
         "the bandwidth sampled after every run of any of the three sides."
     )
