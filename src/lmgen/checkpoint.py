@@ -27,6 +27,7 @@ from .model_files import (  # noqa: F401  (re-exported: where they were)
     read_tokenizer,
     resolve_model,
 )
+from .settings import HF_GENERATION_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +285,10 @@ def read_gguf_model(path: str | Path):
     return config, model, header.tokenizer, contents
 
 
-GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "typical_p",
-                       "repetition_penalty")  # fmt: skip
-
-
 def read_generation_config(directory: Path, vocab_size: int) -> dict:
     """generation_config.json, checked: `eos_token_id` as a list of ids in the vocabulary, and
-    the sampling defaults lmgen honours (`do_sample` and GENERATION_DEFAULTS), as transformers
-    takes them for `generate()`. Missing file: {}."""
+    the sampling defaults lmgen honours (`do_sample` and settings.HF_GENERATION_DEFAULTS), as
+    transformers takes them for `generate()`. Missing file: {}."""
     path = directory / "generation_config.json"
     if not path.is_file():
         return {}
@@ -314,7 +311,7 @@ def read_generation_config(directory: Path, vocab_size: int) -> dict:
         log.warning("%s: eos_token_id %s is outside the vocabulary (%d); ignored", path,
                     show(eos), vocab_size)  # fmt: skip
     out["do_sample"] = f.boolean("do_sample", False)
-    for key in GENERATION_DEFAULTS:
+    for key in HF_GENERATION_DEFAULTS:
         if d.get(key) is not None:
             out[key] = f.number(key, None, 0, 1e9)
             if key == "top_k":

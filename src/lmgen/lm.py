@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from . import settings
 from .chat import read_chat_template
 from .checkpoint import (
-    GENERATION_DEFAULTS,
     read_generation_config,
     read_gguf_model,
     read_model_dir,
@@ -60,17 +60,13 @@ class LM:
         d = self.generation_defaults
         if config is not None or not d:
             return kwargs
-        out = {}
-        if d.get("repetition_penalty") is not None:
-            out["repetition_penalty"] = d["repetition_penalty"]
         chosen = {"strategy", "num_beams", "penalty_alpha"} & set(kwargs)
         if kwargs.get("temperature") == 0:  # the caller asks for greedy
             chosen.add("temperature")
-        if d.get("do_sample") and (not chosen or kwargs.get("strategy") == "sample"):
+        sampling = bool(d.get("do_sample")) and (not chosen or kwargs.get("strategy") == "sample")
+        out = settings.hf_generation_defaults(d, sampling)
+        if sampling:
             out["strategy"] = "sample"
-            for key in GENERATION_DEFAULTS:
-                if key != "repetition_penalty" and d.get(key) is not None:
-                    out[key] = d[key]
         return {**out, **kwargs}
 
     def generate(self, prompt: str | list[str], config=None, **kwargs):
