@@ -47,8 +47,10 @@ from torch import nn
 
 from lmgen import kernels
 from lmgen.chat import replying
+from lmgen.decoding.processors import Temperature
+from lmgen.decoding.sampling import sample_from_logits
 from lmgen.decoding.session import Session
-from lmgen.decoding.steppers import SampleStepper
+from lmgen.decoding.steppers import Pick, SampleStepper
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import BlockOps, block_forward, causal_mask, layer_shape, repeat_kv
 
@@ -70,7 +72,10 @@ class RowLinear:
 
     def __init__(self, module: nn.Module):
         self.module = module
-        w = getattr(module, "weight", None)
+        # the parameters themselves (`.to()` and `load_state_dict` change them in place):
+        # nn.Module's attribute lookup costs more than a small product
+        self.weight = w = getattr(module, "weight", None)
+        self.bias = getattr(module, "bias", None)
         self.kernel = (
             type(module) is nn.Linear
             and w is not None
@@ -81,7 +86,7 @@ class RowLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel and x.dtype in kernels.DTYPES:
-            w, b = self.module.weight, self.module.bias
+            w, b = self.weight, self.bias
             x = x.contiguous()
             if x.shape[0] <= KERNEL_ROWS:
                 return kernels.decode_gemv(x, w, None, b)
@@ -228,6 +233,19 @@ class EngineStepper(SampleStepper):
         self.__dict__.update(stepper.__dict__)
         self.state = None  # the session's own cache is never used
         self.logits = None
+        self.picked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def select(self) -> list[list[Pick]]:
+        """The step's picks: those the engine's vectorised pass made for these rows (token,
+        raw and processed log-probability per row), or the stepper's own selection."""
+        if self.picked is None:
+            return super().select()
+        nxt, raw, proc = self.picked
+        self.picked = None
+        nxt = self.finished.fill(nxt)
+        self.tokens.append(nxt)
+        ids, raw, proc = nxt.tolist(), raw.tolist(), proc.tolist()
+        return [[Pick(ids[b], raw[b], proc[b])] for b in range(len(ids))]
 
     def prefill(self) -> None:
         pass
@@ -261,6 +279,34 @@ class BatchSession(Session):
     def set_logits(self, logits: torch.Tensor) -> None:
         """The rows' logits (rows, vocab) for the next `step()`."""
         self._stepper.logits = logits
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self._stepper.logits
+
+    @property
+    def generators(self) -> list:
+        return self._stepper.generators
+
+    def set_picked(self, nxt: torch.Tensor, raw: torch.Tensor, proc: torch.Tensor) -> None:
+        """The next `step()`'s tokens, raw and processed log-probabilities, one per row."""
+        self._stepper.picked = (nxt, raw, proc)
+
+    def vector_rule(self) -> float | None:
+        """The temperature when this session's choice is one the engine makes for many rows
+        in one pass (0.0: greedy): greedy with no processor, or sampling whose only processor
+        is a temperature; None for any other chain, top alternatives or recorded logits."""
+        st = self._stepper
+        if not isinstance(st, EngineStepper) or st.record_logits or self.config.logprobs:
+            return None
+        chain = list(self.chain)
+        if not st.sample:
+            return 0.0 if not chain else None
+        if not chain:
+            return 1.0
+        if len(chain) == 1 and type(chain[0]) is Temperature:
+            return chain[0].temperature
+        return None
 
 
 @dataclass
@@ -406,11 +452,15 @@ class Engine:
         self.steps += 1
         self.stats.steps += 1
         k = 0
+        ready = []
         for g, n_logits in owners:
             if n_logits == 0:
                 continue
             g.session.set_logits(logits[k : k + n_logits].repeat(g.rows // n_logits, 1))
             k += n_logits
+            ready.append(g)
+        self._vector_pass(ready)
+        for g in ready:
             ejob = self._owner(g)
             if ejob is None:
                 continue  # its request failed at an earlier group of this step
@@ -421,6 +471,43 @@ class Engine:
                     log.debug("engine job failed", exc_info=True)
                 self._fail_request(ejob, e)
         self._finish()
+
+    def _vector_pass(self, groups: list[Group]) -> None:
+        """One pass for the rows of every group whose choice is greedy or a plain temperature
+        (`BatchSession.vector_rule`): the same operations as the stepper's, on all those rows
+        at once, each row's arithmetic its own (softmax, argmax and the draw work row by row;
+        each row draws from its own request's generator, in row order). Other groups choose in
+        their own `step()`: their processors run only on their rows."""
+        for greedy in (True, False):
+            chosen, temps = [], []
+            for g in groups:
+                t = g.session.vector_rule()
+                if t is not None and (t == 0.0) == greedy:
+                    chosen.append(g)
+                    temps += [t] * g.rows
+            if not chosen:
+                continue
+            logits = torch.cat([g.session.logits for g in chosen]).float()  # (R, V)
+            raw_logp = logits.log_softmax(dim=-1)
+            try:
+                if greedy:
+                    nxt = logits.argmax(dim=-1)
+                    proc = raw_logp.gather(1, nxt[:, None])[:, 0]
+                else:
+                    # x / T with T in float32: the Temperature processor's bits (tested)
+                    t = torch.tensor(temps, dtype=torch.float32, device=logits.device)
+                    scores = logits / t[:, None]
+                    gens = [gen for g in chosen for gen in g.session.generators]
+                    nxt = sample_from_logits(scores, gens)
+                    proc = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
+            except Exception:  # e.g. nothing to sample in a row: each group finds out alone
+                log.debug("vectorised choice failed; the groups choose alone", exc_info=True)
+                continue
+            raw = raw_logp.gather(1, nxt[:, None])[:, 0]
+            a = 0
+            for g in chosen:
+                g.session.set_picked(nxt[a : a + g.rows], raw[a : a + g.rows], proc[a : a + g.rows])
+                a += g.rows
 
     def _owner(self, g: Group) -> EngineJob | None:
         for ejob in self.running:
