@@ -180,10 +180,10 @@ class BatchForward:
         self.head = RowLinear(model.lm_head)
 
     def __call__(self, segments: list[Segment]) -> torch.Tensor:
-        """Logits (segments asking for them, vocab) of each such segment's last token.
-
-        The model's own forward hooks and pre-hooks fire once a step, with the step's tokens
-        (1, N) as input and these logits as output: a step is one forward pass."""
+        """Logits (segments asking for them, vocab) of each such segment's last token; every
+        cache advances by the tokens written into it. The model's own forward hooks and
+        pre-hooks fire once a step, with the step's tokens (1, N) as input and these logits as
+        output: a step is one forward pass."""
         model = self.model
         ids, pos, last = [], [], []
         for s in segments:
@@ -202,6 +202,8 @@ class BatchForward:
         for i, ops in enumerate(self.layers):
             attend = SegmentAttend(i, segments, self.windows[i], self.scale)
             x = block_forward(x, ops, self.shape, 1, N, cos_sin[i], attend)  # (N, C)
+        for s in segments:
+            s.cache.advance(len(s.tokens))
         if last:
             logits = model.cap_logits(self.head(self.ln_f(x[last])))  # (rows, V)
         else:  # prompt chunks only: no logits needed yet
@@ -436,6 +438,10 @@ class Engine:
     def step(self) -> None:
         """Drops, admits, runs one forward pass over the batch and advances every group whose
         logits it computed."""
+        with torch.inference_mode():
+            self._step()
+
+    def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
         if not self.running:
@@ -559,6 +565,7 @@ class Engine:
             for c in g.caches[1:]:
                 c.k[:, :, :, :L] = first.k[:, :, :, :L]
                 c.v[:, :, :, :L] = first.v[:, :, :, :L]
+                c.advance(L)
         job = g.job
         out = g.session.step()
         if job.events is not None:
