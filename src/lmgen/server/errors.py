@@ -51,15 +51,24 @@ class APIError(Exception):
     def body(self) -> dict:
         return {
             "error": {
-                "message": self.message,
+                "message": _printable(self.message),
                 "type": self.type,
-                "param": self.param,
+                "param": _printable(self.param),
                 "code": self.code,
             }
         }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _printable(text: str | None) -> str | None:
+    """`text` with any lone surrogate written as its escape (\\ud800): an error that quotes
+    the client's field name or value must still be encodable as UTF-8, whichever check (the
+    guard's number or nesting limits, a schema's) names it first."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def internal_error(e: BaseException) -> APIError:
