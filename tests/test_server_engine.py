@@ -234,3 +234,29 @@ def test_worker_runs_the_batch_and_beam_search_on_its_own(lm):
         assert worker.load() == {"active": 0, "waiting": 0}
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("family", ["gemma3-local-global", "llama-gqa6:2-bias-llama3"])
+def test_rotary_gqa_family_in_the_batch_equals_generate(family, tmp_path):
+    """The batch runs every family: grouped-query heads (the one-query kernel takes equal head
+    counts only), RoPE at each row's own positions, sliding windows shorter than the rows."""
+    pytest.importorskip("transformers")
+    from lmgen.tokenizers import BPETokenizer
+    from test_families import _hf_model
+
+    tok = BPETokenizer.train(texts=["to be or not to be, that is the question. " * 40],
+                             vocab_size=300)  # fmt: skip
+    _hf_model(family, tok).save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    small = lmgen.load(tmp_path)
+    prompts = ["to be or not", "that is the question: to be or"]
+    cfg = GenerationConfig(strategy="greedy", max_new_tokens=10, min_new_tokens=10)
+    engine = Engine(small, Stats())
+    jobs = [job(cfg, 0, [p]) for p in prompts]
+    for j in jobs:
+        engine.add(engine.prepare(j))
+    drive(engine, jobs)
+    for j, p in zip(jobs, prompts, strict=True):
+        (result,), _ = j.future.result()
+        ref = generate(small, p, cfg)
+        assert result.choices[0].token_ids == ref.choices[0].token_ids

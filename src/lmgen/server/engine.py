@@ -127,7 +127,8 @@ class SegmentAttend:
             S = s.start + t  # (1, KV, S, D) this row's keys so far
             qq = q[:, :, a : a + t]  # (1, H, t, D)
             windowed = self.window is not None and S > self.window
-            if t == 1 and not windowed and self.scale is None and _kernel_attention(qq):
+            one_query = t == 1 and not windowed and self.scale is None
+            if one_query and kk.shape[1] == H and _kernel_attention(qq):  # (no GQA there)
                 y = kernels.decode_attention(qq.contiguous(), kk, vv)
             else:
                 kk, vv = repeat_kv(kk, H), repeat_kv(vv, H)  # (1, H, S, D)
