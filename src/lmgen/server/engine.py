@@ -55,7 +55,7 @@ from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import BlockOps, block_forward, causal_mask, layer_shape, repeat_kv
 
 if TYPE_CHECKING:
-    from .worker import GenerateJob, Stats
+    from .work import GenerateJob, Stats
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ class Engine:
             free -= ejob.rows
 
     def _drop_cancelled(self) -> None:
-        from .worker import Cancelled, fail_job
+        from .work import Cancelled, fail_job
 
         for queue in (self.waiting, self.running):
             for ejob in [j for j in queue if j.job.cancelled.is_set()]:
@@ -427,7 +427,7 @@ class Engine:
             g.caches = []
 
     def close(self, error: Exception) -> None:
-        from .worker import fail_job
+        from .work import fail_job
 
         for ejob in [*self.running, *self.waiting]:
             self._close(ejob)
@@ -580,7 +580,7 @@ class Engine:
             g.caches = []  # the rows leave the batch: their memory goes at once
 
     def _finish(self) -> None:
-        from .worker import score_prompt
+        from .work import score_prompt
 
         for ejob in [j for j in self.running if all(g.session.done for g in j.groups)]:
             self.running.remove(ejob)
@@ -598,7 +598,7 @@ class Engine:
             job.emit("end")
 
     def _fail_request(self, ejob: EngineJob, error: Exception) -> None:
-        from .worker import fail_job
+        from .work import fail_job
 
         if ejob in self.running:
             self.running.remove(ejob)

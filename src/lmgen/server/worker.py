@@ -15,172 +15,32 @@ generator that does one decoding step of model work per `next()` and returns its
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lmgen.chat import replying
-from lmgen.decoding.session import Session
-from lmgen.generation_config import GenerationConfig
-
 from .engine import Engine
+from .work import (  # noqa: F401  (the job types, where they were)
+    CallJob,
+    Cancelled,
+    GenerateJob,
+    Job,
+    Overloaded,
+    Stats,
+    StepsJob,
+    fail_job,
+    score_prompt,
+    session_steps,
+)
 
 log = logging.getLogger(__name__)
 
 Steps = Generator[None, None, Any]
-
-
-class Overloaded(Exception):
-    """The worker's waiting line is full."""
-
-
-class Cancelled(Exception):
-    """The client went away; the job was dropped."""
-
-
-# -- jobs ---------------------------------------------------------------------------------------
-
-
-class Job:
-    """One request's model work and the way its results get back to the event loop.
-
-    `events` (streaming jobs only) receives tuples: ("delta", index, text),
-    ("finish", index, reason) and finally ("end",); the result or the error is then in
-    `future`.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, stream: bool = False):
-        self.future: concurrent.futures.Future = concurrent.futures.Future()
-        self.cancelled = threading.Event()
-        self.loop = loop
-        self.events: asyncio.Queue | None = asyncio.Queue() if stream else None
-
-    def emit(self, *item: Any) -> None:
-        if self.events is None or self.loop is None:
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled.set()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def steps(self, lm) -> Steps:
-        raise NotImplementedError
-
-
-class CallJob(Job):
-    """Model work done in one piece (next-token distributions)."""
-
-    def __init__(self, fn: Callable[[Any], Any], loop=None):
-        super().__init__(loop)
-        self.fn = fn
-
-    def steps(self, lm) -> Steps:
-        return self.fn(lm)
-        yield  # a generator that finishes on its first step
-
-
-class StepsJob(Job):
-    """Model work that is itself a generator of steps (`fn(lm)` yields between model steps
-    and returns the result), e.g. beam search with a trace: one step per turn, and a dropped
-    job stops within a step."""
-
-    def __init__(self, fn: Callable[[Any], Steps], loop=None):
-        super().__init__(loop)
-        self.fn = fn
-
-    def steps(self, lm) -> Steps:
-        return self.fn(lm)
-
-
-class GenerateJob(Job):
-    """Greedy, sampling or beam decoding of one or more prompts, n choices each: a `Session`
-    advanced one step per turn (beam search too, so a long search never holds the worker)."""
-
-    def __init__(
-        self,
-        prompts: list,
-        config: GenerationConfig,
-        loop=None,
-        stream: bool = False,
-        prompt_logprobs: int | None = None,
-        end_ids: tuple[int, ...] = (),
-    ):
-        super().__init__(loop, stream)
-        self.prompts = prompts
-        self.config = config
-        self.end_ids = end_ids  # a chat template's end-of-turn tokens, which also end a reply
-        self.prompt_logprobs = prompt_logprobs  # echo with logprobs: score the prompt too
-
-    def steps(self, lm) -> Steps:
-        on_delta = self.emit if self.events is not None else None
-        results = yield from session_steps(
-            replying(lm, self.end_ids), self.prompts, self.config, on_delta
-        )
-        scored = None
-        if self.prompt_logprobs is not None:
-            scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
-        return results, scored
-
-
-# -- stepwise decoding ------------------------------------------------------------------------
-
-
-def session_steps(
-    lm, prompts: list, config: GenerationConfig, on_delta: Callable[..., None] | None = None
-) -> Steps:
-    """A `Session` over `prompts`, one step per `next()`; returns its results.
-
-    `on_delta` gets ("delta", choice, text) as each choice's text is decided (the session's
-    hold-back rules: unfinished UTF-8, possible stop-string prefixes), then ("finish", choice,
-    reason). Closing the generator (a cancelled job) closes the session, which frees its
-    cache at once.
-    """
-    session = Session(lm, prompts, config, record=("text",) if on_delta else ())
-    yield  # admission and the first model step are separate turns
-    try:
-        while not session.done:
-            out = session.step()
-            if on_delta is not None:
-                for i, delta in enumerate(out.deltas):
-                    if delta:
-                        on_delta("delta", i, delta)
-                for i, reason in out.finished.items():
-                    on_delta("finish", i, reason)
-            if not session.done:
-                yield
-    finally:
-        session.close()
-    return session.results()
-
-
-def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list[dict | None]]:
-    """Raw log-probabilities of each prompt token given the ones before it (None for the
-    first), and the top-`top` alternatives at each position (None for the first), as OpenAI's
-    `echo` reports."""
-    ids = ids[-lm.config.n_positions :]
-    x = torch.tensor([ids], device=lm.device)
-    logp = torch.log_softmax(lm.model(x)[0].float(), dim=-1)  # (T, V)
-    lps: list[float | None] = [None]
-    tops: list[dict | None] = [None]
-    if len(ids) > 1:
-        lps += logp[:-1].gather(1, x[0, 1:, None])[:, 0].tolist()
-        if top:
-            v, i = logp[:-1].topk(top, dim=-1)
-            for vs, js in zip(v.tolist(), i.tolist(), strict=True):
-                tops.append({lm.tokenizer.token_to_str(j): s for j, s in zip(js, vs, strict=True)})
-        else:
-            tops += [{} for _ in ids[1:]]
-    return lps, tops
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -190,16 +50,6 @@ def score_prompt(lm, ids: list[int], top: int) -> tuple[list[float | None], list
 class _Running:
     jobs: list[Job]
     steps: Iterator
-
-
-@dataclass
-class Stats:
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    merged_jobs: int = 0  # requests completed in the running batch (batching mode)
-    steps: int = 0
-    max_active_seen: int = 0
 
 
 class ModelWorker:
@@ -335,10 +185,3 @@ class ModelWorker:
             close()
         for job in run.jobs:
             fail_job(job, error)
-
-
-def fail_job(job: Job, error: BaseException) -> None:
-    """Ends `job` with `error` (its handler raises it) and ends its event stream."""
-    if not job.future.done():
-        job.future.set_exception(error)
-    job.emit("end")
