@@ -350,6 +350,21 @@ void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
   }
 }
 
+// The residual stream (rows x C, float32) returned in x's dtype.
+at::Tensor residual_out(const std::vector<float>& xs, const at::Tensor& x) {
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t n = static_cast<int64_t>(xs.size());
+  switch (x.scalar_type()) {
+    case at::kFloat: std::copy(xs.begin(), xs.end(), out.data_ptr<float>()); break;
+    case at::kHalf:
+      for (int64_t i = 0; i < n; ++i) store(out.data_ptr<at::Half>() + i, xs[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) store(out.data_ptr<at::BFloat16>() + i, xs[i]);
+  }
+  return out;
+}
+
 // x (rows, C): the step's embeddings. params: 16 per layer, in order ln_1 weight, bias; c_attn
 // weight, scale (None unless int8), bias; attention c_proj (3); ln_2 (2); c_fc (3); mlp c_proj
 // (3). k_all, v_all: the KV cache (n_layer, rows, H, max_length, D); `pos` is the position this
@@ -425,16 +440,7 @@ at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Te
       break;
     default: TORCH_CHECK(false, "decode_step: the KV cache must be float32, float16 or bfloat16");
   }
-  at::Tensor out = at::empty({rows, C}, x.options());
-  switch (x.scalar_type()) {
-    case at::kFloat: std::copy(xs.begin(), xs.end(), out.data_ptr<float>()); break;
-    case at::kHalf:
-      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::Half>() + i, xs[i]);
-      break;
-    default:
-      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::BFloat16>() + i, xs[i]);
-  }
-  return out;
+  return residual_out(xs, x);
 }
 
 
@@ -633,16 +639,7 @@ at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<a
       break;
     default: TORCH_CHECK(false, "decode_step_rope: the KV cache must be float32, float16 or bfloat16");
   }
-  at::Tensor out = at::empty({rows, C}, x.options());
-  switch (x.scalar_type()) {
-    case at::kFloat: std::copy(xs.begin(), xs.end(), out.data_ptr<float>()); break;
-    case at::kHalf:
-      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::Half>() + i, xs[i]);
-      break;
-    default:
-      for (int64_t i = 0; i < rows * C; ++i) store(out.data_ptr<at::BFloat16>() + i, xs[i]);
-  }
-  return out;
+  return residual_out(xs, x);
 }
 
 }  // namespace
