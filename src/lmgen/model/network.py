@@ -136,6 +136,22 @@ class Block(nn.Module):
             getattr(self, "ln_post_attn", None), getattr(self, "ln_post_mlp", None),
         )  # fmt: skip
 
+    def plain_ops(self, linear: Callable) -> BlockOps:
+        """The block's operations as plain functions (no hooks, no dropout), each linear layer
+        wrapped by `linear` (the inference plan's DecodeLinear, the server's batch-invariant
+        RowLinear)."""
+        a, m = self.attn, self.mlp
+
+        def fn(module):
+            return None if module is None else module.forward
+
+        return BlockOps(
+            self.ln_1.forward, linear(a.c_attn), linear(a.c_proj), self.ln_2.forward,
+            linear(m.c_fc), m.act, linear(m.c_proj), None, None,
+            fn(getattr(a, "q_norm", None)), fn(getattr(a, "k_norm", None)),
+            fn(getattr(self, "ln_post_attn", None)), fn(getattr(self, "ln_post_mlp", None)),
+        )  # fmt: skip
+
     def forward(self, x: torch.Tensor, attend: Callable, rope) -> torch.Tensor:
         B, T, _ = x.shape
         return block_forward(x, self.ops(), self.shape, B, T, rope, attend)

@@ -17,7 +17,7 @@ from torch import nn
 from .. import decode_linear, kernels
 from ..decode_linear import DecodeLinear
 from . import network
-from .network import Attend, BlockOps, block_forward, layer_shape
+from .network import Attend, block_forward, layer_shape
 
 SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
 FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
@@ -88,27 +88,7 @@ class InferencePlan:
         return self
 
     def _look_up(self, model) -> None:
-        def fn(module, name):
-            return _decode_fn(getattr(module, name, None))
-
-        self.layers = [
-            BlockOps(
-                b.ln_1.forward,
-                _decode_fn(b.attn.c_attn),
-                _decode_fn(b.attn.c_proj),
-                b.ln_2.forward,
-                _decode_fn(b.mlp.c_fc),
-                b.mlp.act,
-                _decode_fn(b.mlp.c_proj),
-                None,
-                None,
-                fn(b.attn, "q_norm"),
-                fn(b.attn, "k_norm"),
-                fn(b, "ln_post_attn"),
-                fn(b, "ln_post_mlp"),
-            )  # fmt: skip
-            for b in model.h
-        ]
+        self.layers = [b.plain_ops(_decode_fn) for b in model.h]
         self.ln_f = model.ln_f.forward
         self.lm_head = _decode_fn(model.lm_head)
         self.modules = [m for m in model.modules() if m is not model]

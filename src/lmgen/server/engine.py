@@ -52,7 +52,7 @@ from lmgen.decoding.sampling import sample_from_logits
 from lmgen.decoding.session import Session
 from lmgen.decoding.steppers import Pick, SampleStepper
 from lmgen.model.kv_cache import KVCache
-from lmgen.model.network import BlockOps, block_forward, causal_mask, layer_shape, repeat_kv
+from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
 
 if TYPE_CHECKING:
     from .work import GenerateJob, Stats
@@ -156,27 +156,7 @@ class BatchForward:
         self.windows = [c.window(i) for i in range(c.n_layer)]
         self.scale = model.attn_scale
 
-        def fwd(m):
-            return None if m is None else m.forward
-
-        self.layers = [
-            BlockOps(
-                b.ln_1.forward,
-                RowLinear(b.attn.c_attn),
-                RowLinear(b.attn.c_proj),
-                b.ln_2.forward,
-                RowLinear(b.mlp.c_fc),
-                b.mlp.act,
-                RowLinear(b.mlp.c_proj),
-                None,
-                None,
-                fwd(getattr(b.attn, "q_norm", None)),
-                fwd(getattr(b.attn, "k_norm", None)),
-                fwd(getattr(b, "ln_post_attn", None)),
-                fwd(getattr(b, "ln_post_mlp", None)),
-            )  # fmt: skip
-            for b in model.h
-        ]
+        self.layers = [b.plain_ops(RowLinear) for b in model.h]
         self.ln_f = model.ln_f.forward
         self.head = RowLinear(model.lm_head)
 
