@@ -22,6 +22,8 @@ from .model import GPT, GPTConfig
 class LM:
     chat_template: str | None = None  # the model's Jinja chat template (lmgen.chat), if any
     generation_defaults: dict = {}  # generation_config.json's eos ids and sampling defaults
+    # a deployment's defaults for requests that do not set them (`lmgen serve --temperature`)
+    decoding_defaults: dict = {}
 
     def __init__(self, model: GPT, tokenizer, name: str = "lmgen", path: Path | None = None):
         self.model = model

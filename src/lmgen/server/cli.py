@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lmgen.cli_args import DTYPES, add_command
+from lmgen.cli_decoding import add_decoding_arguments
 from lmgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     /v1/models) and a playground page at /."""
     import uvicorn
 
+    from lmgen.cli_decoding import config_kwargs
+    from lmgen.generation_config import GenerationConfig
+
     from .app import create_app
 
     if not 0 <= args.port <= 65535:
@@ -138,8 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "port can use the models",
             file=sys.stderr,
         )
+    defaults = config_kwargs(args)  # the decoding flags given: defaults for every request
+    GenerationConfig.from_kwargs(**defaults)  # checked now: a bad value is an error: line
     _check_can_listen(args.host, args.port)
     models = load_models(args.model, args.device, args.dtype, args.quantize)
+    for lm in models.values():
+        lm.decoding_defaults = defaults
     app = create_app(
         models,
         api_key=args.api_key,
@@ -237,6 +245,12 @@ def add_parsers(sub) -> None:
         choices=["int8"],
         default=None,
         help="int8 weight-only linear layers, for decoding (default: none)",
+    )
+    # every decoding setting, as on `lmgen generate`: defaults for requests that leave it out
+    add_decoding_arguments(
+        p,
+        ("sampling", "samplers", "search"),
+        strategy_help="for requests that choose none; without it the API's rule applies",
     )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

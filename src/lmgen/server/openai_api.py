@@ -43,8 +43,9 @@ def warnings_field(results) -> dict:
 
 def sampling_kwargs(body: schemas.Decoding, lm) -> dict:
     """Sampling is the default, as in OpenAI's API; temperature 0 is greedy; num_beams > 1 is
-    beam search; penalty_alpha > 0 is contrastive search (with top_k candidates)."""
-    kw = config_kwargs(body, lm.config.vocab_size)
+    beam search; penalty_alpha > 0 is contrastive search (with top_k candidates). The settings
+    `lmgen serve` was given (lm.decoding_defaults) fill in what the request does not set."""
+    kw = {**lm.decoding_defaults, **config_kwargs(body, lm.config.vocab_size)}
     kw["strategy"] = infer_strategy(kw, default="sample")
     check_start(body, kw, lm)  # a constraint no token can start: a 400 before queueing
     return kw
