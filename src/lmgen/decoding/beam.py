@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .processor_base import NEG_INF
 from .results import BeamStep, TopLogprob
 from .state import DecodeState, Tokens
 from .steppers import Stepper, processed
@@ -172,7 +173,7 @@ class BeamStepper(BeamRows):
         lp = self.lp
         best_len = M if (self.early == "never" and lp > 0) else n_gen
         best_running = self.run_scores[:, :1] / (best_len**lp)
-        best_running = best_running.masked_fill(self.run_scores[:, :1] <= DEAD, float("-inf"))
+        best_running = best_running.masked_fill(self.run_scores[:, :1] <= DEAD, NEG_INF)
         worst_done = torch.where(
             self.fin_done,
             self.fin_scores.min(1, keepdim=True).values,

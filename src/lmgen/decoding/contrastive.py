@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .processor_base import NEG_INF
 from .state import DecodeState, Tokens
 from .steppers import FinishedRows, Pick, Stepper, processed, top_alternatives
 
@@ -73,14 +74,14 @@ class ContrastiveStepper(Stepper):
         h = h / h.norm(dim=-1, keepdim=True)
         L = self.n_context
         cosine = h @ self.context[:, :L].transpose(1, 2)  # (B, k, L)
-        cosine = cosine.masked_fill(~self.context_mask[:, None, :L], float("-inf"))
+        cosine = cosine.masked_fill(~self.context_mask[:, None, :L], NEG_INF)
         degeneration = cosine.max(dim=-1).values
         score = (1.0 - self.alpha) * top_p - self.alpha * degeneration
         # A candidate the chain ruled out (a grammar's mask, top-p, ...: -inf) is never chosen,
         # however unlike the context it is (transformers' search would take it when
         # penalty_alpha is high, breaking the constraint and running on to max_new_tokens).
         possible = torch.isfinite(scores.gather(1, top_i))
-        score = score.masked_fill(~possible, float("-inf"))
+        score = score.masked_fill(~possible, NEG_INF)
         best = score.argmax(dim=-1)  # (B,)
         rows = torch.arange(B, device=best.device)
         nxt = top_i[rows, best]

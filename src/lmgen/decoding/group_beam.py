@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .beam import DEAD, NEG, BeamRows
+from .processor_base import NEG_INF
 from .state import DecodeState, Tokens
 from .steppers import top_alternatives
 
@@ -158,7 +159,7 @@ class GroupBeamStepper(BeamRows):
                 for i in range(chosen, gs):  # fewer possible continuations than beams: dead
                     current[base + i] = self.pad
                     reorder[base + i] = base
-                    self.scores[base + i] = float("-inf")
+                    self.scores[base + i] = NEG_INF
                 best_sum = max(ts[b])
                 # a group with no live beam left has found all it can
                 hyps.done = hyps.done or chosen == 0 or hyps.is_done(best_sum, generated)
