@@ -146,7 +146,7 @@ class WeightsFile:
         src = str(self.path)
         family = families.family_of(config)
         own = families.own_tensors(family, self.header)
-        names = {families._strip_alias(family, n): n for n in own}
+        names = {families.strip_alias(family, n): n for n in own}
         prefix = re.escape(family.layers)
         layers = {int(m.group(1)) for n in names if (m := re.match(prefix + r"(\d+)\.", n))}
         held = max(layers) + 1 if layers else 0

@@ -216,7 +216,7 @@ def _neox_qkv(t: torch.Tensor, config: GPTConfig, to_ours: bool) -> torch.Tensor
 def to_ours(family: Family, config: GPTConfig, tensors: dict, source: str) -> dict:
     """Their named tensors -> our state dict (stacked, transposed, reordered), naming any
     missing, unexpected or mis-shaped tensor."""
-    tensors = {_strip_alias(family, k): v for k, v in own_tensors(family, tensors).items()}
+    tensors = {strip_alias(family, k): v for k, v in own_tensors(family, tensors).items()}
     expected = expected_shapes(family, config)
     found = {k for k in tensors if not k.endswith(family.ignored)}
     if config.tie_word_embeddings:
@@ -264,7 +264,7 @@ def own_tensors(family: Family, tensors: dict) -> dict:
     return {k: v for k, v in tensors.items() if not k.startswith(family.foreign)}
 
 
-def _strip_alias(family: Family, name: str) -> str:
+def strip_alias(family: Family, name: str) -> str:
     for alias, canonical in family.aliases.items():
         if name.startswith(alias):
             return canonical + name[len(alias) :]

@@ -409,8 +409,7 @@ class GPT(nn.Module):
                     position_ids = positions_from_mask(key_mask)[:, past : past + T]
                 else:
                     position_ids = torch.arange(past, past + T, device=device)[None]
-        masks = Masks(mask, mask is None and T > 1 and past == 0, past, T, device,
-                      self.config)  # fmt: skip
+        masks = Masks(mask, mask is None and T > 1 and past == 0, past, T, device)
         return masks, position_ids
 
     def _step_mask(self, attention_mask, cache):
@@ -492,11 +491,10 @@ class Masks:
     and, for sliding layers whose window the keys outgrow, that mask cut to the window
     (query at cache index i sees keys j with i - j < window, transformers' rule)."""
 
-    def __init__(self, mask, causal: bool, past: int, T: int, device, config: GPTConfig):
+    def __init__(self, mask, causal: bool, past: int, T: int, device):
         self.mask, self.causal = mask, causal
         self.past, self.T, self.device = past, T, device
         self._windowed: dict[int, torch.Tensor] = {}
-        self._windows = {config.window(i) for i in range(config.n_layer)} - {None}
 
     def for_layer(self, window: int | None) -> tuple[torch.Tensor | None, bool]:
         """(mask or None, whether the plain causal fast path applies)."""

@@ -17,7 +17,7 @@ from torch import nn
 from .. import decode_linear, kernels
 from ..decode_linear import DecodeLinear
 from . import network
-from .network import Attend, block_forward, layer_shape
+from .network import Attend, RMSNorm, block_forward, layer_shape
 
 SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
 FUSED_DECODE_STEP = True  # False: decode steps run block by block (the reference; tests compare)
@@ -183,7 +183,7 @@ def _rope_step_params(model) -> list | None:
     for b in model.h:
         a = b.attn
         parts = [_linear_params(m) for m in (a.c_attn, a.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
-        if None in parts or type(b.ln_1).__name__ != "RMSNorm":
+        if None in parts or not isinstance(b.ln_1, RMSNorm):
             return None
         qkv, o, fc, down = parts
         q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
