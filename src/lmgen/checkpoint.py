@@ -271,18 +271,18 @@ def read_gguf_model(path: str | Path):
     from .tokenizers import check_token_ids
 
     path = Path(path)
-    header = read_gguf(path, tensors=False)
-    config = config_from_hf(header.hf_config, str(path))
-    check_token_ids(header.tokenizer, config.vocab_size, str(path))
-    expected = families.expected_shapes(families.family_of(config), config)
-    contents = read_gguf(path)
+    checked = {}
+
+    def check(hf_config: dict, tokenizer) -> None:  # before anything is dequantized
+        checked["config"] = config_from_hf(hf_config, str(path))
+        check_token_ids(tokenizer, checked["config"].vocab_size, str(path))
+
+    contents = read_gguf(path, check=check)
+    config = checked["config"]
     model = empty_model(config)
-    if config.tie_word_embeddings:
-        contents.tensors.pop(families.family_of(config).top["lm_head"] + ".weight", None)
-    families.check_names(set(expected), set(contents.tensors), str(path))
-    load_weights(model, contents.tensors, str(path))
+    load_weights(model, contents.tensors, str(path))  # names and shapes checked there
     model.eval()
-    return config, model, header.tokenizer, contents
+    return config, model, contents.tokenizer, contents
 
 
 def read_generation_config(directory: Path, vocab_size: int) -> dict:

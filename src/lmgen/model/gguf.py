@@ -615,9 +615,10 @@ def _dequantize(t: TensorInfo, data: mmap.mmap) -> torch.Tensor:
 # --- the file ---------------------------------------------------------------------------------
 
 
-def read_gguf(path: str | os.PathLike, tensors: bool = True) -> GGUFModel:
+def read_gguf(path: str | os.PathLike, tensors: bool = True, check=None) -> GGUFModel:
     """Reads a GGUF file (see the module doc). `tensors=False` reads the metadata, tokenizer and
-    config only (and still checks every tensor's type and name)."""
+    config only (and still checks every tensor's type and name). `check(hf_config, tokenizer)`,
+    when given, runs before any tensor is dequantized (the loader's checks, one read)."""
     from ..tokenizers import tokenizer_from_gguf
 
     path = Path(path)
@@ -648,6 +649,8 @@ def read_gguf(path: str | os.PathLike, tensors: bool = True) -> GGUFModel:
     generation = {
         k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
     }
+    if check is not None:
+        check(config, tokenizer)
     out: dict[str, torch.Tensor] = {}
     if tensors:
         for t in infos:
