@@ -235,7 +235,7 @@ def test_generation_config_defaults_as_transformers_takes_them(tokenizer, tmp_pa
 def test_not_a_gguf_file_is_one_line(tmp_path):
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"not a gguf file at all" * 10)
-    with pytest.raises(ModelLoadError) as info:
+    with pytest.raises(ModelLoadError, match=r"x\.gguf: not a GGUF file") as info:
         lmgen.load(bad)
     assert "\n" not in str(info.value)
 
