@@ -1,12 +1,13 @@
 """The app: `create_app(models)` -> a FastAPI application, and `serve_in_thread` to run one.
 
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
-`POST /v1/chat/completions`, `POST /v1/lmgen/next`, `POST /v1/lmgen/beam`, vLLM's
+`POST /v1/chat/completions`, `POST /v1/lmgen/next`, `POST /v1/lmgen/pipeline`,
+`GET /v1/lmgen/settings`, `POST /v1/lmgen/beam`, vLLM's
 `POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`, `GET /health`, and the
 playground at `GET /`. This module only assembles: the HTTP plumbing is in errors.py,
 guard.py, responses.py and jobs.py, the OpenAI mapping in mapping.py and openai_api.py, the
-playground's endpoints in playground.py, the tokenizer's in tokenizer_endpoints.py; the model
-work runs in worker.py's threads.
+playground's endpoints in playground.py (with pipeline.py and controls.py), the tokenizer's in
+tokenizer_endpoints.py; the model work runs in worker.py's threads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import openai_api, playground, schemas, tokenizer_endpoints
+from . import controls, openai_api, pipeline, playground, schemas, tokenizer_endpoints
 from .budget import DEFAULT_TOTAL, DEFAULT_WAIT_S, MemoryBudget
 from .errors import add_error_handlers
 from .guard import Guard, HostCheck
@@ -80,7 +81,9 @@ def create_app(
     app.state.api_key_required = api_key is not None
     hosts = HostCheck(allowed_hosts) if allowed_hosts is not None else None
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, hosts=hosts)
-    add_error_handlers(app, schemas.known_params())
+    add_error_handlers(
+        app, sorted({*schemas.known_params(), *pipeline.PipelineRequest.model_fields})
+    )
     without_422(app)
 
     @app.get("/health", responses={421: COMMON_ERRORS[421]})
@@ -113,6 +116,14 @@ def create_app(
     @app.post("/v1/lmgen/next", responses=BODY_ERRORS)
     async def lmgen_next(body: schemas.NextRequest, request: Request):
         return await playground.next_route(served, body, request)
+
+    @app.post("/v1/lmgen/pipeline", responses=BODY_ERRORS)
+    async def lmgen_pipeline(body: pipeline.PipelineRequest, request: Request):
+        return await playground.pipeline_route(served, body, request)
+
+    @app.get("/v1/lmgen/settings", responses=COMMON_ERRORS)
+    async def lmgen_settings():
+        return controls.catalog()
 
     @app.post("/v1/lmgen/beam", responses=BODY_ERRORS)
     async def lmgen_beam(body: schemas.BeamRequest, request: Request):

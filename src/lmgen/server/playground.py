@@ -1,6 +1,7 @@
 """The playground's endpoints: the next-token distribution with what each processor removed
-(`/v1/lmgen/next`), and beam search with its whole tree (`/v1/lmgen/beam`). The payloads are
-built in the model's worker thread."""
+(`/v1/lmgen/next`), the same with the distribution after each processor and seeded draws
+(`/v1/lmgen/pipeline`, see pipeline.py), and beam search with its whole tree
+(`/v1/lmgen/beam`). The payloads are built in the model's worker thread."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .chat_prompt import render_messages
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs
 from .openai_api import FINISH, usage
+from .pipeline import PipelineRequest, draw_counts, shown_tokens, stage_scores, stage_view
 from .registry import Registry
 from .worker import CallJob, StepsJob
 
@@ -44,6 +46,13 @@ async def next_route(models: Registry, body: schemas.NextRequest, request: Reque
     name, s = models.pick(body.model)
     cost = (job_bytes(s.lm, 1, s.lm.config.n_positions), "one row of the whole context")
     out = await jobs.run(request, s, CallJob(lambda lm: next_payload(lm, body)), cost)
+    return {"model": name, **out}
+
+
+async def pipeline_route(models: Registry, body: PipelineRequest, request: Request) -> dict:
+    name, s = models.pick(body.model)
+    cost = (job_bytes(s.lm, 1, s.lm.config.n_positions), "one row of the whole context")
+    out = await jobs.run(request, s, CallJob(lambda lm: pipeline_payload(lm, body)), cost)
     return {"model": name, **out}
 
 
@@ -85,6 +94,43 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
     each candidate (`removed_by`), its probability before the filters (`pre_filter_prob`), a
     summary of the rules (`filters`) and, with `choose`, the token the generation loop would
     pick (greedy: the most likely processed token; sample: a draw with `seed`)."""
+    return _next_step(lm, body)[0]
+
+
+def pipeline_payload(lm, body: PipelineRequest) -> dict:
+    """`next_payload`, plus the pipeline view: `tokens` (the candidates every chart shows,
+    with the `text` each would append) and `stages`, the distribution before the chain
+    ("model") and after each processor in chain order; with `draws`, how often each token
+    came up in that many seeded draws from the last stage."""
+    out, stages, nt = _next_step(lm, body)
+    ids, tok = nt.prompt_token_ids, lm.tokenizer
+    shown = shown_tokens(stages[0], stages[-1], body.top or out["vocab_size"])
+    out["tokens"] = [
+        {"token_id": t, "token": tok.token_to_str(t), "text": token_text(tok, ids, t)}
+        for t in shown
+    ]
+    names = ["model"] + [f["name"] for f in out["filters"]]
+    about = ["the model's distribution"] + [f["description"] for f in out["filters"]]
+    out["stages"] = [
+        {"index": k - 1, "name": names[k], "description": about[k], **stage_view(s, shown)}
+        for k, s in enumerate(stages)
+    ]
+    if body.draws:
+        counts = draw_counts(nt.processed_logits, body.draws, body.seed)
+        out["draws"] = {"n": body.draws, "seed": body.seed, "counts": counts}
+    return out
+
+
+def token_text(tok, ids: list[int], token_id: int) -> str:
+    """What appending `token_id` to `ids` adds to the text (the token's own string where the
+    decoded text does not simply grow)."""
+    before, after = tok.decode(ids), tok.decode(ids + [token_id])
+    return after[len(before) :] if after.startswith(before) else tok.token_to_str(token_id)
+
+
+def _next_step(lm, body: schemas.NextRequest):
+    """(the /v1/lmgen/next payload, the scores before the chain and after each processor,
+    the `NextToken`)."""
     kw = {"strategy": "sample", **config_kwargs(body, lm.config.vocab_size)}
     nt = next_token(lm, body.prompt, top=body.top, **kw)
     if bool(torch.isnan(nt.processed_logits.float().softmax(-1)).any()):
@@ -99,16 +145,14 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
         config, prompt_length=len(ids), eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
     )
     x = torch.tensor([ids], device=nt.logits.device)
-    scores = nt.logits[None].float()
-    pre = scores
-    removed_by = torch.full(scores.shape[-1:], -1, dtype=torch.long)
+    stages = stage_scores(chain, x, nt.logits[None].float())
+    pre = stages[0]
+    removed_by = torch.full(pre.shape[-1:], -1, dtype=torch.long)
     for k, p in enumerate(chain):
-        new = p(x, scores.clone())
-        newly = (torch.isfinite(scores[0]) & ~torch.isfinite(new[0])).cpu()
+        newly = (torch.isfinite(stages[k][0]) & ~torch.isfinite(stages[k + 1][0])).cpu()
         removed_by[newly] = k
         if not isinstance(p, FILTERS):
             pre = p(x, pre.clone())
-        scores = new
     pre_prob = pre.softmax(-1)[0].tolist()
     names = [type(p).__name__ for p in chain]
     rb = removed_by.tolist()
@@ -127,7 +171,7 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
         for k, p in enumerate(chain)
     ]
     out["prompt"] = body.prompt
-    out["vocab_size"] = int(scores.shape[-1])
+    out["vocab_size"] = int(pre.shape[-1])
     out["kept_count"] = int(torch.isfinite(nt.processed_logits).sum())
     if body.choose:
         strategy = config.effective_strategy()
@@ -137,19 +181,17 @@ def next_payload(lm, body: schemas.NextRequest) -> dict:
         else:
             tid = nt.greedy_token_id
         tok = lm.tokenizer
-        before, after = tok.decode(ids), tok.decode(ids + [tid])
-        delta = after[len(before) :] if after.startswith(before) else tok.token_to_str(tid)
         probs = nt.processed_logits.float().softmax(-1)
         out["chosen"] = {
             "token_id": tid,
             "token": tok.token_to_str(tid),
-            "text": delta,
+            "text": token_text(tok, ids, tid),
             "strategy": strategy,
             "seed": body.seed,
             "processed_prob": float(probs[tid]),
             "prob": float(nt.logits.float().softmax(-1)[tid]),
         }
-    return out
+    return out, stages, nt
 
 
 def beam_payload(lm, body: schemas.BeamRequest):
