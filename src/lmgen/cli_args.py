@@ -57,6 +57,27 @@ def token_bias(value: str) -> tuple[int, float]:
         ) from None
 
 
+def sequence_bias_arg(value: str) -> tuple[list[int], float]:
+    """IDS=BIAS, the ids comma-separated: "464,3290=-5"."""
+    ids, sep, bias = value.rpartition("=")
+    try:
+        if not sep or not ids:
+            raise ValueError
+        return [int(t) for t in ids.split(",")], finite_float(bias)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected TOKEN_IDS=BIAS with the ids comma-separated, e.g. 464,3290=-5, got {value!r}"
+        ) from None
+
+
+def sampler_list(value: str) -> list[str]:
+    """llama.cpp's --samplers: names separated by ';' (or ',')."""
+    names = [n.strip() for n in value.replace(",", ";").split(";") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected sampler names separated by ';', got {value!r}")
+    return names
+
+
 def text_arg(value: str) -> str:
     try:
         return arg_text(value, "it")

@@ -18,6 +18,8 @@ from .cli_args import (
     escaped_text,
     finite_float,
     non_empty,
+    sampler_list,
+    sequence_bias_arg,
     text_file,
     token_bias,
 )
@@ -40,8 +42,10 @@ _TYPES = {
     "early_stopping": early_stopping_arg,
     "file": text_file,
     "escaped": escaped_text,
+    "bias_pairs": sequence_bias_arg,
+    "sampler_order": sampler_list,
 }
-_REPEATABLE = ("texts", "token_bias")  # given once per item
+_REPEATABLE = ("texts", "token_bias", "bias_pairs")  # given once per item
 
 
 def flag_help(s: Setting, default: Any = None) -> str:

@@ -42,6 +42,8 @@ _ANNOTATIONS = {
     "token_bias": "dict[int, float] | None",
     "token_lists": "list[list[int]] | None",
     "early_stopping": "bool | str",
+    "bias_pairs": "list | dict | None",
+    "sampler_order": "list[str] | None",
 }
 
 
@@ -120,6 +122,7 @@ class _Config:
         self._check_lists()
         self._check_logit_bias()
         self._check_bad_words()
+        self._check_new_samplers()
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ConfigError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",
@@ -128,6 +131,21 @@ class _Config:
         self._check_num_return_sequences()
         self._check_contrastive()
         self._check_beam_groups()
+
+    def _check_new_samplers(self) -> None:
+        """The shapes of the bias pairs and of the sampler order (whether the order names
+        every active sampler is build_chain's to say: it knows which are)."""
+        from lmgen.decoding.processor_base import check_bias_pairs
+        from lmgen.decoding.sampler_order import parse_samplers
+
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if value is None:
+                continue
+            if s.kind == "bias_pairs":
+                check_bias_pairs(s.name, value)
+            elif s.kind == "sampler_order":
+                parse_samplers(value)
 
     def _check_contrastive(self) -> None:
         if self.strategy != "contrastive":

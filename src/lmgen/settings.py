@@ -36,6 +36,12 @@ MAX_DIVERSITY_PENALTY = 100.0  # diverse beam search; log-probs are rarely more 
 REPETITION_PENALTY_RANGE = (1e-3, 1e3)  # logits are divided or multiplied by it: float32 bounds
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 MIROSTAT_VERSIONS = (0, 2)  # off, Mirostat v2 (llama.cpp's numbering; v1 is not implemented)
+# The names the `samplers` setting orders the chain by (decoding/sampler_order.py): llama.cpp's
+# (common/sampling.cpp), and the setting's own for the samplers llama.cpp does not have.
+SAMPLER_NAMES = (
+    "penalties", "dry", "top_n_sigma", "top_h", "top_k", "typ_p", "top_p", "min_p", "p_less",
+    "epsilon", "eta", "xtc", "temperature", "adaptive_p",
+)  # fmt: skip
 
 # What the HTTP server accepts at most, for its own sake (memory, time, JSON's exact integers);
 # the library and the command line have no such cap.
@@ -142,8 +148,9 @@ def from_(low: float, *, high: float | None = None) -> Range:
 class Setting:
     """One decoding knob. `kind` says its shape where a range cannot: "int", "float", "bool",
     "choice" (one of `choices`), "texts" (a list of non-empty strings), "token_bias"
-    ({token id: bias}), "token_lists" (lists of token ids), "json" (a JSON schema: an object
-    or its text), "text", "early_stopping" (True, False or "never")."""
+    ({token id: bias}), "bias_pairs" ([[token ids, bias], ...]), "sampler_order" (sampler
+    names), "token_lists" (lists of token ids), "json" (a JSON schema: an object or its
+    text), "text", "early_stopping" (True, False or "never")."""
 
     name: str
     kind: str
@@ -325,6 +332,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mirostat_eta", "float", 0.1, "Mirostat's learning rate",
             above(0, high=MAX_SAMPLER_VALUE), group="samplers", processor="MirostatV2",
             sampling_only=True, chain=True, metavar="ETA", llama_cpp="mirostat_eta"),
+    Setting("top_h", "float", 0.0, "Top-H: keep the most likely tokens (of the top 100) "
+            "while their entropy sum stays within H x the entropy of those 100",
+            between(0, 1), off=_OFF, group="samplers", processor="TopH", sampling_only=True,
+            chain=True, metavar="H", transformers="top_h"),
+    Setting("p_less", "bool", False, "p-less: keep the tokens whose probability is at least "
+            "the sum of squared probabilities (hyperparameter-free)", group="samplers",
+            processor="PLess", sampling_only=True, chain=True),
+    Setting("p_less_norm", "bool", False, "p-less-norm: p-less with the threshold "
+            "normalised against the uniform distribution, (V sum p^2 - 1) / (V - 1); keeps "
+            "more", group="samplers", processor="PLess", sampling_only=True, chain=True),
+    Setting("adaptive_target", "float", -1.0, "adaptive-p: steer the chosen tokens' "
+            "probability (its moving average) towards P; runs last in the chain",
+            Range(0, 1, also=(-1,), also_note="-1 (off)"), group="samplers",
+            processor="AdaptiveP", sampling_only=True, chain=True, metavar="P",
+            llama_cpp="adaptive_target"),
+    Setting("adaptive_decay", "float", 0.9, "adaptive-p's moving-average decay (history of "
+            "about 1 / (1 - D) tokens)", between(0, 0.99), group="samplers",
+            processor="AdaptiveP", sampling_only=True, chain=True, metavar="D",
+            llama_cpp="adaptive_decay"),
+    Setting("samplers", "sampler_order", None, "the order of the samplers, llama.cpp's names "
+            "separated by ';' (" + ";".join(SAMPLER_NAMES) + "); every active sampler must "
+            "be named; adaptive_p always runs last (none: the default order)",
+            group="samplers", chain=True, api="samplers", wire="texts", metavar="LIST",
+            llama_cpp="samplers"),
     Setting("regex", "text", None, "the generated text matches RE (Rust regex syntax, whole "
             "text)", group="structured", processor="StructuredOutput", chain=True,
             api="guided_regex", metavar="RE", vllm="guided_regex"),
@@ -361,6 +392,10 @@ SETTINGS: tuple[Setting, ...] = (
             "logit; repeatable; -100 bans a token (ids: lmgen tokenize)", processor="LogitBias",
             chain=True, metavar="ID=BIAS", openai="logit_bias", vllm="logit_bias",
             llama_cpp="logit_bias"),
+    Setting("sequence_bias", "bias_pairs", None, "add BIAS to a token that would complete "
+            "the token sequence IDS (comma-separated); repeatable; one id biases that token "
+            "always", processor="SequenceBias", chain=True,
+            metavar="IDS=BIAS", transformers="sequence_bias"),
     Setting("bad_words_ids", "token_lists", None, "token sequences never to generate",
             processor="BadWords", api=None, flag=None, transformers="bad_words_ids"),
     Setting("num_beams", "int", 1, "beams of beam search; > 1 implies --strategy beam",
@@ -387,6 +422,14 @@ SETTINGS: tuple[Setting, ...] = (
             integer=True), group="search", sampling_only=True, implies_sampling=True,
             serve_max=SERVE_MAX_SEED,
             metavar="SEED", openai="seed", vllm="seed", llama_cpp="seed"),
+    Setting("prompt_lookup_num_tokens", "int", 0, "prompt-lookup decoding: propose up to N "
+            "tokens copied from where the text's last n-gram occurred before, checked by the "
+            "model in one pass (the same tokens as without it)", at_least(0), off=_OFF,
+            group="search", serve_max=64, metavar="N", vllm="num_speculative_tokens (ngram)",
+            transformers="prompt_lookup_num_tokens"),
+    Setting("prompt_lookup_max_ngram", "int", 2, "prompt-lookup decoding: match the last N "
+            "tokens first, then fewer", at_least(1), group="search", serve_max=64,
+            metavar="N", vllm="prompt_lookup_max", transformers="max_matching_ngram_size"),
     Setting("min_tokens_to_keep", "int", 1, "the filters keep at least N tokens",
             at_least(1), processor="TopK", sampling_only=True, chain=True, api=None,
             metavar="N", llama_cpp="min_keep", transformers="min_tokens_to_keep"),

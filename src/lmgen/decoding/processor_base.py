@@ -45,6 +45,29 @@ def check_token_ids(name: str, ids: Iterable[object]) -> list[int]:
     return out
 
 
+def check_bias_pairs(name: str, value: object) -> list[tuple[tuple[int, ...], float]]:
+    """`value` as (token ids, bias) pairs, from transformers' two forms of a sequence bias,
+    `{(ids...): bias}` and `[[ids, bias], ...]`; a ConfigError naming `name` otherwise."""
+    if not isinstance(value, dict | list | tuple) or not value:
+        raise ConfigError(
+            f"{name} must be a non-empty list of [token ids, bias] pairs, or a dict "
+            f"{{(token ids...): bias}}, got {value!r}",
+            param=name,
+        )
+    pairs = []
+    for item in value.items() if isinstance(value, dict) else value:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise ConfigError(f"{name} entries must be [token ids, bias] pairs, got {item!r}",
+                              param=name)  # fmt: skip
+        ids, bias = item
+        if isinstance(ids, str | bytes) or not isinstance(ids, list | tuple) or not ids:
+            raise ConfigError(
+                f"{name} token ids must be a non-empty list of ints, got {ids!r}", param=name
+            )
+        pairs.append((tuple(check_token_ids(name, ids)), check_number(name, bias)))
+    return pairs
+
+
 def check_in_vocab(name: str, ids: Iterable[int], vocab_size: int) -> None:
     too_big = sorted({t for t in ids if t >= vocab_size})
     if too_big:

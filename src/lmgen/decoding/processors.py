@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmgen.errors import ConfigError
-from lmgen.settings import above, between
+from lmgen.settings import SAMPLER_NAMES, above, between
 
 from .adaptive import XTC, DynamicTemperature, TopNSigma
+from .adaptive_p import AdaptiveP
 from .dry import DRY, DRY_DEFAULT_BREAKERS
 from .grammar import StructuredOutput, constraint_of
 from .mirostat import MirostatV2
+from .p_less import PLess
 from .processor_base import (
     NEG_INF,
     LogitsProcessor,
@@ -36,12 +38,19 @@ from .processor_base import (
     keep_top,
     seen_mask,
 )
+from .sampler_order import missing_samplers, parse_samplers
+from .sequence_biases import SequenceBias
+from .top_h_filter import TopH
 
 if TYPE_CHECKING:
     from lmgen.generation_config import GenerationConfig
 
 __all__ = [
     "DRY",
+    "AdaptiveP",
+    "PLess",
+    "SequenceBias",
+    "TopH",
     "XTC",
     "BadWords",
     "DynamicTemperature",
@@ -426,37 +435,30 @@ def build_chain(
     """The processors a config asks for, in order; only the active ones.
 
     The order is transformers' for the rules it has and llama.cpp's for the ones it added:
-    repetition penalty -> presence/frequency -> no-repeat n-gram -> DRY (llama.cpp: penalties
-    -> DRY) -> logit bias -> bad words -> min-new-tokens -> the structured-output mask (as
-    transformers runs a user's processors before its warpers), then, for sampling only:
-    temperature (or dynamic temperature) -> top-nσ (llama.cpp: before top-k) -> top-k ->
-    top-p -> min-p -> typical-p -> epsilon -> eta (transformers) -> XTC (llama.cpp: after
-    the truncations) -> Mirostat v2 (llama.cpp: last, after temperature).
-    `temperature_last` moves the temperature after XTC, llama.cpp's place for it.
+    sequence bias (transformers: first) -> repetition penalty -> presence/frequency ->
+    no-repeat n-gram -> DRY (llama.cpp: penalties -> DRY) -> logit bias -> bad words ->
+    min-new-tokens -> the structured-output mask (as transformers runs a user's processors
+    before its warpers), then, for sampling only: temperature (or dynamic temperature) ->
+    top-nσ (llama.cpp: before top-k) -> Top-H (transformers: after temperature) -> top-k ->
+    top-p -> min-p -> typical-p -> p-less -> epsilon -> eta (transformers) -> XTC (llama.cpp:
+    after the truncations) -> Mirostat v2 or adaptive-p (llama.cpp: last, in place of the
+    draw). `temperature_last` moves the temperature after XTC, llama.cpp's place for it;
+    `samplers` orders penalties, DRY and the warpers as listed (sampler_order.py).
 
     Greedy and beam search get no warpers, as in transformers. `ignore_eos` is the session's
     business, not a processor. `tokenizer` is needed by DRY's sequence breakers and by a
     structured-output constraint. `config` must be validated (a `Session` validates it once).
     """
-    chain = ProcessorChain()
-    if config.repetition_penalty != 1.0:
-        chain.append(RepetitionPenalty(config.repetition_penalty))
-    if config.presence_penalty != 0.0 or config.frequency_penalty != 0.0:
-        chain.append(
-            PresenceFrequencyPenalty(
-                config.presence_penalty, config.frequency_penalty, prompt_length=prompt_length
-            )
-        )
-    if config.no_repeat_ngram_size > 0:
-        chain.append(NoRepeatNGram(config.no_repeat_ngram_size))
-    if config.dry_multiplier > 0 and config.dry_penalty_last_n != 0:
-        chain.append(_dry(config, tokenizer))
+    stages = _stages(config, prompt_length, tokenizer)
+    first = [SequenceBias(config.sequence_bias)] if config.sequence_bias else []
+    no_repeat = [NoRepeatNGram(config.no_repeat_ngram_size)] if config.no_repeat_ngram_size else []
+    masks: list[LogitsProcessor] = []
     if config.logit_bias:
-        chain.append(LogitBias(config.logit_bias))
+        masks.append(LogitBias(config.logit_bias))
     if config.bad_words_ids:
-        chain.append(BadWords(config.bad_words_ids, eos_token_ids))
+        masks.append(BadWords(config.bad_words_ids, eos_token_ids))
     if config.min_new_tokens > 0 and eos_token_ids:
-        chain.append(
+        masks.append(
             MinNewTokens(config.min_new_tokens, eos_token_ids, prompt_length=prompt_length)
         )
     constraint = constraint_of(config)
@@ -464,45 +466,96 @@ def build_chain(
         kind, value = constraint
         if tokenizer is None:
             raise ConfigError(f"{kind} needs the tokenizer: pass tokenizer= to build_chain", kind)
-        chain.append(
+        masks.append(
             StructuredOutput(kind, value, tokenizer, eos_token_ids, prompt_length=prompt_length)
         )
-    if config.effective_strategy() != "sample":
-        return chain
-
-    keep = config.min_tokens_to_keep
-    warpers: list[LogitsProcessor] = []
-    if config.top_n_sigma > 0:
-        warpers.append(TopNSigma(config.top_n_sigma))
-    if config.top_k > 0:
-        warpers.append(TopK(config.top_k, keep))
-    if config.top_p < 1.0:
-        warpers.append(TopP(config.top_p, keep))
-    if config.min_p > 0.0:
-        warpers.append(MinP(config.min_p, keep))
-    if config.typical_p < 1.0:
-        warpers.append(TypicalP(config.typical_p, keep))
-    if config.epsilon_cutoff > 0.0:
-        warpers.append(EpsilonCutoff(config.epsilon_cutoff, keep))
-    if config.eta_cutoff > 0.0:
-        warpers.append(EtaCutoff(config.eta_cutoff, keep))
-    if config.xtc_probability > 0.0:
-        warpers.append(XTC(config.xtc_probability, config.xtc_threshold, keep, config.seed))
-    temperature: LogitsProcessor | None = None
-    if config.dynatemp_range > 0.0:
-        temperature = DynamicTemperature(
-            config.temperature, config.dynatemp_range, config.dynatemp_exponent
+    if config.mirostat == 2 and stages["adaptive_p"]:
+        raise ConfigError(
+            "give mirostat or adaptive_target, not both: each chooses the token itself",
+            "adaptive_target",
         )
-    elif config.temperature != 1.0:
-        temperature = Temperature(config.temperature)
-    if temperature is not None:
-        warpers.insert(len(warpers) if config.temperature_last else 0, temperature)
-    if config.mirostat == 2:
-        warpers.append(
+    if config.samplers is not None:
+        if config.mirostat or config.temperature_last:
+            what = "mirostat" if config.mirostat else "temperature_last"
+            raise ConfigError(
+                f"samplers cannot be combined with {what}: Mirostat replaces the list (as in "
+                "llama.cpp), and the list places the temperature",
+                "samplers",
+            )
+        names = parse_samplers(config.samplers)
+        missing_samplers(names, [n for n, ps in stages.items() if ps])
+        order = [n for n in names if n != "adaptive_p"]
+        order.append("adaptive_p")  # llama.cpp: always last, wherever it is named
+        ordered = [p for name in order for p in stages[name]]
+        return ProcessorChain(first + no_repeat + masks + ordered)
+    chain = ProcessorChain(first + stages["penalties"] + no_repeat + stages["dry"] + masks)
+    warpers = [p for name in DEFAULT_WARPER_ORDER for p in stages[name]]
+    temperature = stages["temperature"]
+    warpers[len(warpers) if config.temperature_last else 0 : 0] = temperature
+    chain.extend(warpers)
+    if config.mirostat == 2 and config.effective_strategy() == "sample":
+        chain.append(
             MirostatV2(config.mirostat_tau, config.mirostat_eta, prompt_length=prompt_length)
         )
-    chain.extend(warpers)
+    chain.extend(stages["adaptive_p"])
     return chain
+
+
+# the default order of the warpers after the temperature (which goes first, or last under
+# temperature_last)
+DEFAULT_WARPER_ORDER = ("top_n_sigma", "top_h", "top_k", "top_p", "min_p", "typ_p", "p_less",
+                        "epsilon", "eta", "xtc")  # fmt: skip
+
+
+def _stages(config: GenerationConfig, prompt_length: int, tokenizer) -> dict[str, list]:
+    """The processors of each sampler name `samplers` can order (empty when off)."""
+    stages: dict[str, list] = {name: [] for name in SAMPLER_NAMES}
+    if config.repetition_penalty != 1.0:
+        stages["penalties"].append(RepetitionPenalty(config.repetition_penalty))
+    if config.presence_penalty != 0.0 or config.frequency_penalty != 0.0:
+        stages["penalties"].append(
+            PresenceFrequencyPenalty(
+                config.presence_penalty, config.frequency_penalty, prompt_length=prompt_length
+            )
+        )
+    if config.dry_multiplier > 0 and config.dry_penalty_last_n != 0:
+        stages["dry"].append(_dry(config, tokenizer))
+    if config.effective_strategy() != "sample":
+        return stages
+    keep = config.min_tokens_to_keep
+    if config.top_n_sigma > 0:
+        stages["top_n_sigma"].append(TopNSigma(config.top_n_sigma))
+    if config.top_h > 0:
+        stages["top_h"].append(TopH(config.top_h))
+    if config.top_k > 0:
+        stages["top_k"].append(TopK(config.top_k, keep))
+    if config.top_p < 1.0:
+        stages["top_p"].append(TopP(config.top_p, keep))
+    if config.min_p > 0.0:
+        stages["min_p"].append(MinP(config.min_p, keep))
+    if config.typical_p < 1.0:
+        stages["typ_p"].append(TypicalP(config.typical_p, keep))
+    if config.p_less:
+        stages["p_less"].append(PLess())
+    if config.p_less_norm:
+        stages["p_less"].append(PLess(normalised=True))
+    if config.epsilon_cutoff > 0.0:
+        stages["epsilon"].append(EpsilonCutoff(config.epsilon_cutoff, keep))
+    if config.eta_cutoff > 0.0:
+        stages["eta"].append(EtaCutoff(config.eta_cutoff, keep))
+    if config.xtc_probability > 0.0:
+        stages["xtc"].append(XTC(config.xtc_probability, config.xtc_threshold, keep, config.seed))
+    if config.dynatemp_range > 0.0:
+        stages["temperature"].append(
+            DynamicTemperature(config.temperature, config.dynatemp_range, config.dynatemp_exponent)
+        )
+    elif config.temperature != 1.0:
+        stages["temperature"].append(Temperature(config.temperature))
+    if config.adaptive_target >= 0:
+        stages["adaptive_p"].append(
+            AdaptiveP(config.adaptive_target, config.adaptive_decay, prompt_length=prompt_length)
+        )
+    return stages
 
 
 def _dry(config: GenerationConfig, tokenizer) -> DRY:

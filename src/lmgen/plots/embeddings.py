@@ -100,10 +100,10 @@ def draw_embeddings(data: EmbeddingData) -> Figure:
     if n == 0:
         raise ConfigError("nothing to draw: the prompt has no tokens", "prompt")
     row_h = 0.3 if n <= 24 else 0.18
-    top_h = max(2.6, row_h * n + 1.3)
+    top_height = max(2.6, row_h * n + 1.3)
     side = min(7.0, max(4.0, 0.3 * n + 1.8))
-    fig = style.new_figure(17.0, top_h + side + 0.8)
-    grid = fig.add_gridspec(2, 3, height_ratios=[top_h, side])
+    fig = style.new_figure(17.0, top_height + side + 0.8)
+    grid = fig.add_gridspec(2, 3, height_ratios=[top_height, side])
     labels = [f"{t}  @{p}" for t, p in zip(data.tokens, data.positions, strict=True)]
     label_size = 10 if n <= 24 else 7
     panels = [

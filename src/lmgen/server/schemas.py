@@ -137,6 +137,12 @@ LogitBias = Annotated[
     ),
 ]
 
+# transformers' list form of a sequence bias: [[token ids, bias], ...]
+SequenceBiasPairs = Annotated[
+    list[tuple[Annotated[list[Int(0)], Field(min_length=1, max_length=MAX_STOP)], Float()]],
+    Field(min_length=1, max_length=MAX_LOGIT_BIAS_ENTRIES),
+]
+
 Stop = Text(1, MAX_STRING) | Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
 ModelName = Text(max_length=1024)
 Texts = Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
@@ -192,6 +198,7 @@ _WIRE_TYPES = {  # a setting's shape on the wire, where a range or choices do no
     "one_or_more_texts": Stop,
     "json": dict[str, Any] | Text(1, MAX_STRING),
     "token_bias": LogitBias,
+    "bias_pairs": SequenceBiasPairs,
 }
 
 
