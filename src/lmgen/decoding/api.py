@@ -17,18 +17,22 @@ def generate(lm, prompt, config: GenerationConfig | None = None, *, draft=None,
              speculative_k: int = 4, spec_stats=None, compile=False, **kwargs):  # fmt: skip
     """Generates continuations; a list of prompts returns a list of results.
 
-    `draft=` a smaller `LM` sharing the tokenizer: speculative decoding with `speculative_k`
-    proposals per target pass; the output follows the target's distribution (greedy: the same
-    tokens). `spec_stats=` a `SpeculativeStats` to count acceptances. `compile=True` runs the
+    `draft=` a smaller `LM`: speculative decoding with `speculative_k` proposals per target
+    pass; the output follows the target's distribution (greedy: the same tokens). A draft with
+    a tokenizer of its own is universal assisted decoding (the same tokens as without it,
+    greedy or seeded). `prompt_lookup_num_tokens=N` proposes from the text itself.
+    `spec_stats=` a `SpeculativeStats` to count acceptances. `compile=True` runs the
     one-token steps through a torch.compile'd step (lmgen.compile; the first call compiles).
     """
     options = dict(draft=draft, speculative_k=speculative_k, spec_stats=spec_stats,
                    compile=compile, record=())  # fmt: skip
-    if draft is None:
+    lookup = kwargs.get("prompt_lookup_num_tokens", getattr(config, "prompt_lookup_num_tokens", 0))
+    if draft is None and not lookup:
         session = Session(lm, prompt, config, **options, **kwargs)
         results = session.results()
         return results[0] if session.single else results
-    # Speculative decoding runs one sequence at a time: a session per prompt.
+    # Speculative decoding (a draft, prompt lookup) runs one sequence at a time: a session
+    # per prompt.
     config, _ = make_config(config, kwargs)
     single, prompts = split_prompts(prompt)
     if not prompts:

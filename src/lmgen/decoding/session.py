@@ -30,7 +30,7 @@ from .group_beam import GroupBeamStepper
 from .processors import ProcessorChain, build_chain
 from .results import BeamStep, Choice, GenerationResult, TopLogprob
 from .sampling import make_generator
-from .speculative import SpeculativeStats, SpeculativeStepper, check_draft
+from .speculative import SpeculativeStats, SpeculativeStepper, check_draft, same_tokenizer
 from .state import Tokens
 from .steppers import SampleStepper, Stepper
 from .text import TextTracker
@@ -197,7 +197,9 @@ class Session:
         self.chain: ProcessorChain = build_chain(
             config, prompt_length=width, eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
         )
-        self.strategy = "speculative" if draft is not None else config.effective_strategy()
+        self.strategy = config.effective_strategy()
+        if draft is not None or self._prompt_lookup(len(prompts)):
+            self.strategy = "speculative"
         self.n = n = config.num_return_sequences
         track = bool(config.stop) or "text" in self.record
         self._rows = [
@@ -213,6 +215,18 @@ class Session:
         self._steps = 0
         self._closed = False
         self._running = len(self._rows)  # choices without a finish reason
+
+    def _prompt_lookup(self, n_prompts: int) -> bool:
+        """Prompt lookup runs on one sequence; for more, plain decoding makes the same
+        tokens."""
+        config = self.config
+        if config.prompt_lookup_num_tokens == 0:
+            return False
+        one = n_prompts == 1 and config.num_return_sequences == 1
+        if not one or config.effective_strategy() not in ("greedy", "sample"):
+            log.info("prompt lookup works on one greedy or sampled sequence: decoding plainly")
+            return False
+        return True
 
     # -- stepping -------------------------------------------------------------------------
 
@@ -397,15 +411,22 @@ def _contrastive_stepper(s: Session, **_) -> Stepper:
 
 
 def _speculative_stepper(s: Session, *, draft, speculative_k, spec_stats, **_) -> Stepper:
+    """A draft model (its own tokenizer: universal assisted decoding), or prompt lookup."""
     config = s.config
-    check_draft(s.lm, draft, config, speculative_k)
+    if draft is None:
+        k, proposer = config.prompt_lookup_num_tokens, "prompt_lookup"
+    else:
+        k = speculative_k
+        shared = same_tokenizer(s.lm.tokenizer, draft.tokenizer)
+        proposer = "draft" if shared else "cross_tokenizer"
+    check_draft(s.lm, draft, config, k)
     if len(s.prompt_token_ids) != 1:
         raise ConfigError("speculative decoding (draft) takes one prompt per session", "prompt")
     sample = config.effective_strategy() == "sample"
     gens = [make_generator(config.seed, s.lm.device) if sample else None]
     tokens = _tokens(s, s.prompt_token_ids)
-    return SpeculativeStepper(s.lm, draft, tokens, config, s.chain, gens, speculative_k,
-                              spec_stats)  # fmt: skip
+    return SpeculativeStepper(s.lm, tokens, config, s.chain, gens, k, spec_stats, draft=draft,
+                              proposer=proposer)  # fmt: skip
 
 
 # The stepper of each strategy ("speculative": a draft model was given).

@@ -1,13 +1,20 @@
-"""Speculative decoding: a small draft model proposes k tokens, the target checks them in one
-forward pass, and the output follows the target's distribution exactly.
+"""Speculative decoding: a proposer offers k tokens, the target checks them in one forward
+pass, and the output follows the target's distribution exactly.
+
+The proposer (proposers.py) is a small draft model sharing the tokenizer, the text itself
+(prompt lookup), or a draft model with a tokenizer of its own (universal assisted decoding).
 
 - Greedy: a proposal is kept while it equals the target's argmax; at the first mismatch the
   target's token is taken. The tokens are identical to plain greedy decoding.
-- Sampling (Leviathan et al. 2023; Chen et al. 2023): proposal x drawn from the draft's
-  processed distribution q is kept with probability min(1, p(x) / q(x)) under the target's
-  processed distribution p; at the first rejection a token is drawn from norm(max(0, p - q));
-  when all k are kept, one more is drawn from the target. Every emitted token is distributed
-  exactly as p, for any draft.
+- Sampling with a draft distribution q (a draft model sharing the tokenizer; Leviathan et al.
+  2023; Chen et al. 2023): proposal x ~ q is kept with probability min(1, p(x) / q(x)) under
+  the target's processed distribution p; at the first rejection a token is drawn from
+  norm(max(0, p - q)); when all k are kept, one more is drawn from the target. Every emitted
+  token is distributed exactly as p, for any draft.
+- Sampling without one (prompt lookup, a draft with its own tokenizer; transformers' rule for
+  candidates without logits): at each place the target draws its own token, with one uniform
+  from the request's generator as plain sampling draws it, and the proposals are kept up to
+  the first that differs. The tokens are those of plain sampling with the same seed.
 
 Both models see the same processor chain (penalties, temperature, top-k, ...), applied to each
 position with the sequence up to it. One prompt, one sequence; both caches roll back through
@@ -24,6 +31,7 @@ import torch
 
 from lmgen.errors import ConfigError
 
+from .proposers import CrossTokenizerDraft, DraftModel, PromptLookup
 from .sampling import draw
 from .state import DecodeState, Tokens
 from .steppers import Pick, Stepper, top_alternatives
@@ -49,13 +57,18 @@ class SpeculativeStats:
         self.proposed = self.accepted = self.rounds = 0
 
 
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers give every id the same piece (then a draft's distribution is
+    over the target's tokens)."""
+    if a is b:
+        return True
+    size = getattr(a, "vocab_size", None)
+    if size is None or size != getattr(b, "vocab_size", None):
+        return False
+    return all(a.token_to_str(i) == b.token_to_str(i) for i in range(size))
+
+
 def check_draft(lm, draft, config, k: int) -> None:
-    if draft.config.vocab_size != lm.config.vocab_size:
-        raise ConfigError(
-            f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the "
-            f"target's ({lm.config.vocab_size}); speculative decoding needs a shared tokenizer",
-            "draft",
-        )
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"speculative_k must be an int >= 1, got {k!r}", "speculative_k")
     if config.effective_strategy() == "beam":
@@ -95,13 +108,15 @@ def accept_or_resample(
 
 
 class SpeculativeStepper(Stepper):
-    """Speculative decoding: a draft model proposes k tokens, the model checks them in one
-    step; the output distribution is the model's own."""
+    """Speculative decoding: a proposer (proposers.py: a draft model, prompt lookup, a draft
+    with its own tokenizer) offers up to k tokens, the model checks them in one step; the
+    output distribution is the model's own."""
 
-    def __init__(self, lm, draft, tokens: Tokens, config, chain, generators, k: int,
-                 stats: SpeculativeStats | None = None):  # fmt: skip
+    def __init__(self, lm, tokens: Tokens, config, chain, generators, k: int,
+                 stats: SpeculativeStats | None = None, *, draft=None,
+                 proposer: str = "draft"):  # fmt: skip
         if tokens.rows != 1:
-            raise ConfigError("speculative decoding (draft) takes one prompt", "prompt")
+            raise ConfigError("speculative decoding takes one prompt", "prompt")
         self.tok = lm.tokenizer
         self.tokens = tokens
         self.config = config
@@ -113,8 +128,14 @@ class SpeculativeStepper(Stepper):
         capacity = tokens.prompt_width + config.max_new_tokens
         policy = config.context_overflow
         self.target = DecodeState(lm.model, tokens, capacity, policy)
-        self.draft = DecodeState(draft.model, tokens, capacity, policy)
-        self.capacity = min(self.target.capacity, self.draft.capacity)
+        if proposer == "draft":
+            self.proposer = DraftModel(draft, tokens, capacity, policy, self._process,
+                                       self.sample, self.gen)  # fmt: skip
+        elif proposer == "cross_tokenizer":
+            self.proposer = CrossTokenizerDraft(lm, draft, tokens, capacity)
+        else:
+            self.proposer = PromptLookup(tokens, config.prompt_lookup_max_ngram)
+        self.capacity = min(self.target.capacity, self.proposer.capacity or capacity)
         self.made = 0
         self.raw_logits = self.processed_logits = None
         self.done = False
@@ -123,34 +144,28 @@ class SpeculativeStepper(Stepper):
         return self.chain(self.tokens.seq[:, :upto], logits) if self.chain else logits
 
     def prefill(self) -> None:
-        # Both caches hold every token but the last, which each round feeds first.
+        # The caches hold every token but the last, which each round feeds first.
         n = self.tokens.length
         if n > 1 and n <= self.capacity:
             self.tokens.length = n - 1
             self.target.feed()
-            self.draft.feed()
+            self.proposer.prefill()
             self.tokens.length = n
+
+    def _choose(self, scores: torch.Tensor) -> int:
+        """The model's own token from processed scores: the draw (or argmax) plain decoding
+        makes, from the same generator."""
+        return _draw(_probs(scores), self.gen) if self.sample else int(scores.argmax())
 
     def select(self) -> list[list[Pick]]:
         n = self.tokens.length
         kk = min(self.k, self.config.max_new_tokens - self.made)
         if n + kk > self.capacity:
             return [self._plain_step()]
-        # 1. the draft proposes kk tokens
-        d_probs, d_tokens = [], []
-        for j in range(kk):
-            logits = self.draft.feed()[:, -1].float()
-            q_scores = self._process(n + j, logits)[0]
-            if self.sample:
-                q = _probs(q_scores)
-                t = _draw(q, self.gen)
-                d_probs.append(q)
-            else:
-                t = int(q_scores.argmax())
-            d_tokens.append(t)
-            self.tokens.write(n + j, [t])
-            self.tokens.length = n + j + 1
-        # 2. the target scores the pending token and all proposals in one pass
+        # 1. the proposer offers up to kk tokens (written from column n on)
+        d_tokens, d_probs = self.proposer.propose(n, kk)
+        kk = len(d_tokens)
+        # 2. the model scores the pending token and all proposals in one pass
         self.tokens.length = n + kk
         t_logits = self.target.feed(keep=kk + 1)[0].float()
         raw = t_logits.log_softmax(-1)
@@ -159,36 +174,30 @@ class SpeculativeStepper(Stepper):
         for j in range(kk + 1):
             p_scores = self._process(n + j, t_logits[j : j + 1])[0]
             p_lps.append(p_scores.log_softmax(-1))
-            if j == kk:  # all kept: one more from the target
-                t = _draw(_probs(p_scores), self.gen) if self.sample else int(p_scores.argmax())
-                out.append(t)
+            if j == kk:  # all kept: one more from the model
+                out.append(self._choose(p_scores))
                 break
             t = d_tokens[j]
-            if self.sample:
+            if d_probs is not None:  # a draft distribution: the rejection rule
                 t, kept = accept_or_resample(_probs(p_scores), d_probs[j], t, self.gen)
-                out.append(t)
-                if kept:
-                    accepted += 1
-                    continue
+            else:  # none: the model's own choice, kept while it equals the proposal
+                t = self._choose(p_scores)
+                kept = t == d_tokens[j]
+            out.append(t)
+            if not kept:
                 break
-            best = int(p_scores.argmax())
-            if t == best:
-                accepted += 1
-                out.append(t)
-                continue
-            out.append(best)
-            break
+            accepted += 1
         if self.stats is not None:
             self.stats.proposed += kk
             self.stats.accepted += accepted
             self.stats.rounds += 1
-        # 3. keep what was accepted; both caches roll back to all but the newest token
+        # 3. keep what was accepted; the caches roll back to all but the newest token
         out = out[: self.config.max_new_tokens - self.made]
         self.tokens.write(n, out)
         self.tokens.length = n + len(out)
         self.made += len(out)
         self.target.rewind(self.tokens.length - 1)
-        self.draft.rewind(self.tokens.length - 1)
+        self.proposer.rewind(self.tokens.length - 1)
         top = None
         if self.config.logprobs:
             top = top_alternatives(self.tok, raw[: len(out)], self.config.logprobs)
@@ -204,7 +213,7 @@ class SpeculativeStepper(Stepper):
         logits = self.target.feed()[:, -1].float()
         raw = logits.log_softmax(-1)
         scores = self._process(self.tokens.length, logits)[0]
-        t = _draw(_probs(scores), self.gen) if self.sample else int(scores.argmax())
+        t = self._choose(scores)
         self.tokens.write(self.tokens.length, [t])
         self.tokens.length += 1
         self.made += 1
