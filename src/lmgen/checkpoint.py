@@ -264,9 +264,11 @@ def read_model_dir(directory: str | Path):
     return config, model, tokenizer
 
 
-def read_gguf_model(path: str | Path):
-    """(GPTConfig, GPT in eval mode with fp32 weights, tokenizer, GGUFModel) from a .gguf
-    file: its metadata read and checked first (model/gguf.py), then the tensors dequantized."""
+def read_gguf_model(path: str | Path, keep: tuple[str, ...] = ()):
+    """(GPTConfig, GPT in eval mode, tokenizer, GGUFModel) from a .gguf file: its metadata read
+    and checked first (model/gguf.py), then the tensors dequantized to float, except the
+    linear layers' weights of the block types in `keep` (lmgen.ggml_blocks.KEPT), which become
+    QuantLinear layers holding the file's bytes (`load_blocks`)."""
     from .model.gguf import read_gguf
     from .tokenizers import check_token_ids
 
@@ -277,12 +279,70 @@ def read_gguf_model(path: str | Path):
         checked["config"] = config_from_hf(hf_config, str(path))
         check_token_ids(tokenizer, checked["config"].vocab_size, str(path))
 
-    contents = read_gguf(path, check=check)
+    contents = read_gguf(path, check=check, keep=keep)
     config = checked["config"]
     model = empty_model(config)
-    load_weights(model, contents.tensors, str(path))  # names and shapes checked there
+    load_blocks(model, contents.tensors, str(path))  # names and shapes checked there
     model.eval()
     return config, model, contents.tokenizer, contents
+
+
+def load_blocks(model: GPT, tensors: dict, source: str) -> None:
+    """`load_weights` for tensors of which some are QuantTensors (ggml blocks): every linear
+    layer whose weight holds one becomes a QuantLinear of those blocks (its parts in the order
+    our fused weight stacks them), float tensors are copied in as usual. A quantized token
+    embedding is dequantized into `wte` (a step reads one row of it) and its blocks kept as
+    `model.ggml_embedding` (a tied head multiplies by them; export writes them back)."""
+    from .ggml_blocks import QuantTensor
+    from .quantize import QuantLinear
+
+    quant = {k for k, v in tensors.items() if isinstance(v, QuantTensor)}
+    family = families.family_of(model.config)
+    if not quant or family.transposed or family.per_head_qkv:  # (read_gguf keeps none there)
+        tensors = {k: v.dequantize() if k in quant else v for k, v in tensors.items()}
+        load_weights(model, tensors, source)
+        return
+    shapes = {k: torch.empty(v.shape, device="meta") for k, v in tensors.items()}
+    state_dict_from_hf(shapes, model.config, source)  # names and shapes checked, on meta
+    params = model.state_dict(keep_vars=True)
+    canonical = {families.strip_alias(family, k): v for k, v in tensors.items()}
+    groups = {
+        name: [canonical[t] for t, _ in theirs]
+        for name, theirs in families.tensor_map(family, model.config).items()
+    }
+    blocked = [n for n, parts in groups.items() if any(isinstance(p, QuantTensor) for p in parts)]
+    with torch.no_grad():
+        for name, parts in groups.items():  # floats first: the biases the layers keep
+            if name not in blocked:
+                params[name].copy_(torch.cat(parts) if len(parts) > 1 else parts[0])
+        for name in blocked:
+            parts = groups[name]
+            if name == "wte.weight":
+                (embedding,) = parts
+                params[name].copy_(embedding.dequantize())
+                model.ggml_embedding = embedding
+                if model.config.tie_word_embeddings:
+                    model.lm_head = QuantLinear([embedding], None)
+            else:
+                module_name = name.removesuffix(".weight")
+                module = model.get_submodule(module_name)
+                bias = module.bias.detach() if module.bias is not None else None
+                model.set_submodule(module_name, QuantLinear(_merged(parts), bias))
+    model.reset_plan()
+
+
+def _merged(parts: list) -> list:
+    """Adjacent parts of one block type as one (their rows stacked): one kernel call."""
+    from .ggml_blocks import QuantTensor
+
+    out = []
+    for p in parts:
+        last = out[-1] if out else None
+        if isinstance(p, QuantTensor) and isinstance(last, QuantTensor) and last.kind == p.kind:
+            out[-1] = QuantTensor(p.kind, torch.cat([last.blocks, p.blocks]), p.in_features)
+        else:
+            out.append(p if isinstance(p, QuantTensor) else p.float())
+    return out
 
 
 def read_generation_config(directory: Path, vocab_size: int) -> dict:

@@ -78,6 +78,18 @@ def sampler_list(value: str) -> list[str]:
     return names
 
 
+def dola_layers_arg(value: str) -> str | list[int]:
+    """low, high, or layer numbers separated by commas."""
+    if value in ("low", "high"):
+        return value
+    try:
+        return [int(i) for i in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected low, high or layer numbers separated by ',', got {value!r}"
+        ) from None
+
+
 def text_arg(value: str) -> str:
     try:
         return arg_text(value, "it")
@@ -194,6 +206,13 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+# lmgen.load(quantize=...): declared here, where the command lines read it without torch
+QUANTIZE_METHODS = ("int8", "int4", "none")
+QUANTIZE_HELP = (
+    "int8: int8 weight-only linear layers; int4: Q4_0 blocks (llama.cpp's format); none: float "
+    "weights, also from a .gguf, which otherwise keeps its Q8_0/Q4_0/Q4_1/Q4_K weights "
+    "(default: none, or the .gguf's own)"
+)
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -207,12 +226,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="weights in this type (default: float32); CPU decode steps keep activations in "
         "float32 where lmgen's kernel builds",
     )
-    g.add_argument(
-        "--quantize",
-        choices=["int8"],
-        default=None,
-        help="int8 weight-only linear layers, for decoding (default: none)",
-    )
+    g.add_argument("--quantize", choices=QUANTIZE_METHODS, default=None, help=QUANTIZE_HELP)
 
 
 def load_lm(args, name: str | None = None):

@@ -125,15 +125,21 @@ def write_gguf(
     if not any(dtype is d for d in GGUF_DTYPES.values()):
         raise ConfigError(f"GGUF export supports float32, float16 and q8_0, got {dtype}", "dtype")
     cfg = model.config
+    from .quantize import QuantLinear
+
+    blocks = any(isinstance(m, QuantLinear) for m in model.modules())
     if getattr(cfg, "model_type", "gpt2") != "gpt2":
-        from .checkpoint import config_to_hf, state_dict_to_hf
+        from .checkpoint import config_to_hf
 
         if any(getattr(m, "qweight", None) is not None for m in model.modules()):
             raise ConfigError(
                 "cannot export an int8-quantized model: load it unquantized", "quantize"
             )
-        return write_gguf_hf(
-            config_to_hf(cfg), state_dict_to_hf(model), tokenizer, path, dtype, name
+        return write_gguf_hf(config_to_hf(cfg), hf_tensors(model), tokenizer, path, dtype, name)
+    if blocks:
+        raise ConfigError(
+            "cannot export a GPT-2 model holding int4 (Q4_0) blocks: load it unquantized",
+            "quantize",
         )
     if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ConfigError(
@@ -207,6 +213,58 @@ def write_gguf(
 
 
 # --- any family, from its Hugging Face form -----------------------------------------------------
+
+
+def hf_tensors(model) -> dict:
+    """`checkpoint.state_dict_to_hf(model)`, except that the weights of QuantLinear layers come
+    out as QuantTensors (their ggml blocks, cut at the checkpoint tensors' rows), and so does
+    a GGUF's quantized token embedding (`model.ggml_embedding`) while `wte` still holds exactly
+    its values: written back, the blocks are the file's bytes."""
+    from .checkpoint import state_dict_to_hf
+    from .model import families
+    from .quantize import QuantLinear
+
+    layers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    if not layers and getattr(model, "ggml_embedding", None) is None:
+        return state_dict_to_hf(model)
+    cfg = model.config
+    family = families.family_of(cfg)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    for key, m in layers.items():
+        prefix = key.removesuffix("weight")
+        state = {k: v for k, v in state.items() if not k.startswith(prefix) or k.endswith("bias")}
+        state[key] = torch.empty(m.out_features, m.in_features, device="meta")
+    out = families.to_theirs(family, cfg, state)
+    theirs = families.tensor_map(family, cfg)
+    for key, m in layers.items():
+        if key in theirs:  # (a tied head is the embedding's)
+            rows = [n for _, n in theirs[key]]
+            for (name, _), piece in zip(theirs[key], _cut(m.parts(), rows), strict=True):
+                out[name] = piece
+    embedding = getattr(model, "ggml_embedding", None)
+    if embedding is not None and torch.equal(embedding.dequantize(), model.wte.weight.float()):
+        out[theirs["wte.weight"][0][0]] = embedding
+    return {k: v if hasattr(v, "kind") else v.contiguous() for k, v in out.items()}
+
+
+def _cut(parts: list, rows: list[int]) -> list:
+    """The parts (QuantTensors or float weights, stacked by rows) cut into pieces of `rows`."""
+    from .ggml_blocks import QuantTensor
+
+    out, i, start = [], 0, 0
+    for n in rows:
+        p = parts[i]
+        if start + n > p.shape[0]:
+            raise ConfigError("a quantized layer's parts do not match its tensors", "tensors")
+        if isinstance(p, QuantTensor):
+            out.append(QuantTensor(p.kind, p.blocks[start : start + n].contiguous(), p.shape[1]))
+        else:
+            out.append(p[start : start + n])
+        start += n
+        if start == p.shape[0]:
+            i, start = i + 1, 0
+    return out
+
 
 # transformers' model_type -> llama.cpp's architecture
 HF_ARCHITECTURES = {
@@ -463,7 +521,8 @@ def write_gguf_hf(
     """Writes a model given as a transformers-style config dict and HF-named tensors as GGUF,
     as llama.cpp's converter writes it (see the module doc). 2-d weights go in `dtype`
     (float32, float16 or q8_0; a weight whose rows are not whole q8_0 blocks goes in float16,
-    as the converter does), norms and biases in float32."""
+    as the converter does), norms and biases in float32; a QuantTensor (ggml blocks, from
+    `hf_tensors`) goes as its own bytes."""
     from .model.gguf import from_hf, gguf_name
 
     gguf = _gguf()
@@ -485,6 +544,7 @@ def write_gguf_hf(
                 continue  # buffers computed from the config
             raise ConfigError(f"tensor {hf} has no GGUF name in llama.cpp's {arch}", "tensors")
         names[theirs] = hf
+    kinds = [t.kind for t in hf_tensors.values() if hasattr(t, "kind")]  # QuantTensors
     tied = "output.weight" not in names or bool(hf_config.get("tie_word_embeddings"))
     if tied:
         names.pop("output.weight", None)
@@ -498,10 +558,18 @@ def write_gguf_hf(
         torch.float16: gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }
-    w.add_file_type(file_types[dtype])
+    file_types.update({k: getattr(gguf.LlamaFileType, f"MOSTLY_{k}") for k in ("Q4_0", "Q4_1")})
+    file_types.update({"Q8_0": file_types["q8_0"], "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_M})
+    w.add_file_type(file_types[max(set(kinds), key=kinds.count) if kinds else dtype])
     _add_tokenizer(w, tokenizer, vocab)
     q8 = gguf.GGMLQuantizationType.Q8_0
     for theirs, hf in names.items():
+        if hasattr(hf_tensors[hf], "kind"):  # ggml blocks: written as they are
+            q = hf_tensors[hf]
+            raw = from_hf(arch, theirs, q.blocks.cpu(), hf_config).contiguous().numpy()
+            kind = gguf.GGMLQuantizationType[q.kind]
+            w.add_tensor(theirs, raw, raw_shape=raw.shape, raw_dtype=kind)
+            continue
         t = from_hf(arch, theirs, hf_tensors[hf].detach().cpu().float(), hf_config).contiguous()
         if t.dim() != 2 or theirs == "position_embd.weight" or dtype is torch.float32:
             w.add_tensor(theirs, t.numpy())

@@ -129,11 +129,16 @@ def load(
     """Loads a model directory (GPT-2, Llama, Mistral, Qwen2/3, Gemma 3, GPT-NeoX), a `.gguf`
     file, a bundled model by name (default `shakespeare`), or `hf:NAME`.
 
-    `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize)."""
+    `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize); "int4":
+    Q4_0 blocks. A `.gguf` keeps its Q8_0/Q4_0/Q4_1/Q4_K weights as they are unless `dtype`
+    or `quantize="none"` asks for float weights (docs/PERFORMANCE.md)."""
     path = resolve_model(name_or_dir)
     chat_template, generation = None, {}
     if path.is_file():
-        _, model, tokenizer, gguf = read_gguf_model(path)
+        from .ggml_blocks import KEPT
+
+        keep = () if dtype is not None or quantize in ("none", "int8") else KEPT
+        _, model, tokenizer, gguf = read_gguf_model(path, keep=keep)
         chat_template, generation = gguf.chat_template, {"eos_token_id": []}
     else:
         config, model, tokenizer = read_model_dir(path)

@@ -10,6 +10,13 @@ devices without either dequantize the weight and use `F.linear`. The token embed
 its dtype (a step reads one row of it); a tied head gets its own int8 copy.
 
 The quantized model is for inference: training and saving use the float weights.
+
+`QuantLinear` holds weights in ggml's block formats instead (lmgen.ggml_blocks: Q8_0, Q4_0,
+Q4_1, Q4_K, as a GGUF file stores them): a `.gguf` loads into it without dequantizing, and
+`quantize="int4"` makes Q4_0 blocks from float weights. Up to `GEMV_ROWS` rows go to
+lmgen.kernels.quant (int8 activations, integer block products, as llama.cpp); more rows (a
+prompt) dequantize the weight and use torch's GEMM, which is faster there (docs/PERFORMANCE.md);
+without the kernel the weight is dequantized once by the gguf package (float fallback).
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .cli_args import QUANTIZE_METHODS
 from .errors import ConfigError
+from .ggml_blocks import QuantTensor, quantize_q4_0, quantize_q8_0
+from .kernels import quant
 
-METHODS = ("int8",)
+METHODS = QUANTIZE_METHODS  # "int8", "int4", "none"
 DECODE_ROWS = 8  # at most this many rows use the int8 kernel; more dequantize (prefill)
+GEMV_ROWS = 16  # at most this many rows use the block kernel; more dequantize (prefill)
 
 
 class Int8Linear(nn.Module):
@@ -84,11 +95,87 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.to(w.dtype)
 
 
+class QuantLinear(nn.Module):
+    """`y = x @ W.T + bias` with W held as ggml blocks (module doc). W's output rows may come
+    in parts of different types (a fused q/k/v whose v is Q6_K in a Q4_K_M file): each part is
+    a QuantTensor, or a float weight where its type is not kept, and the outputs are
+    concatenated. `parts[i]` is `self.blocks{i}` (uint8) or `self.weight{i}` (float)."""
+
+    def __init__(self, parts: list, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features = parts[0].shape[1]
+        self.out_features = sum(p.shape[0] for p in parts)
+        self.kinds: list[str | None] = []
+        for i, p in enumerate(parts):
+            if isinstance(p, QuantTensor):
+                self.register_buffer(f"blocks{i}", p.blocks)
+                self.kinds.append(p.kind)
+            else:
+                self.register_buffer(f"weight{i}", p)
+                self.kinds.append(None)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> QuantLinear:
+        """Q4_0 blocks of a float linear layer (`quantize="int4"`)."""
+        bias = linear.bias.detach().clone() if linear.bias is not None else None
+        return cls([quantize_q4_0(linear.weight)], bias)
+
+    def parts(self) -> list:
+        """Each part as a QuantTensor or a float weight, in output order."""
+        return [
+            QuantTensor(k, getattr(self, f"blocks{i}"), self.in_features)
+            if k
+            else getattr(self, f"weight{i}")
+            for i, k in enumerate(self.kinds)
+        ]
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        ws = [p.dequantize() if isinstance(p, QuantTensor) else p for p in self.parts()]
+        return torch.cat([w.to(dtype) for w in ws]) if len(ws) > 1 else ws[0].to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if x.device.type != "cpu" or not quant.available():
+            w = self.__dict__.get("_float_weight")  # the fallback: dequantized once
+            if w is None or w.device != x.device or w.dtype != x.dtype:
+                w = self.__dict__["_float_weight"] = self.dequantized(x.dtype).to(x.device)
+            return F.linear(x, w, self.bias)
+        if rows > GEMV_ROWS:  # a prompt: torch's GEMM on the dequantized weight
+            return F.linear(x, self.dequantized(x.dtype), self.bias)
+        x2 = x.reshape(rows, self.in_features)
+        ys = []
+        for i, k in enumerate(self.kinds):
+            if k:
+                ys.append(quant.gemv(x2, getattr(self, f"blocks{i}"), k))
+            else:
+                ys.append(F.linear(x2.float(), getattr(self, f"weight{i}").float()))
+        y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        kinds = ",".join(k or "float" for k in self.kinds)
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kinds}"
+
+
 def quantize_model(model, method: str = "int8"):
-    """Replaces every nn.Linear of a GPT (attention, MLP, head) by its int8 version, in place;
-    returns the model."""
+    """Replaces every nn.Linear of a GPT (attention, MLP, head) by its int8 version (or, for
+    "int4", Q4_0 blocks, and a tied embedding and head Q8_0; a layer whose inputs are not
+    whole blocks of 32 stays float), in place; returns the model. "none" leaves it as is."""
     if method not in METHODS:
         raise ConfigError(f"quantize must be one of {METHODS}, got {method!r}", "quantize")
+    if method == "none":
+        return model
+
+    def convert(linear):
+        if not isinstance(linear, nn.Linear):
+            return linear  # already quantized (a GGUF's blocks)
+        if method == "int8":
+            return Int8Linear.from_linear(linear)
+        return QuantLinear.from_linear(linear) if linear.in_features % 32 == 0 else linear
+
     with torch.no_grad():
         for block in model.h:
             for parent, name in (
@@ -97,11 +184,19 @@ def quantize_model(model, method: str = "int8"):
                 (block.mlp, "c_fc"),
                 (block.mlp, "c_proj"),
             ):
-                setattr(parent, name, Int8Linear.from_linear(getattr(parent, name)))
-        model.lm_head = Int8Linear.from_linear(model.lm_head)
+                setattr(parent, name, convert(getattr(parent, name)))
+        tied = model.lm_head.weight is model.wte.weight if hasattr(model.lm_head, "weight") else 0
+        if method == "int4" and tied and model.config.n_embd % 32 == 0:
+            # the embedding in Q8_0 (as llama-quantize keeps it), read by the head as blocks
+            q = quantize_q8_0(model.wte.weight)
+            model.wte.weight.copy_(q.dequantize().to(model.wte.weight.dtype))
+            model.ggml_embedding = q
+            model.lm_head = QuantLinear([q], None)
+        else:
+            model.lm_head = convert(model.lm_head)
     model.reset_plan()
     return model
 
 
 def is_quantized(model) -> bool:
-    return any(isinstance(m, Int8Linear) for m in model.modules())
+    return any(isinstance(m, (Int8Linear, QuantLinear)) for m in model.modules())

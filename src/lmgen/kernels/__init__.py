@@ -49,17 +49,23 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build_name() -> str:
-    h = hashlib.sha256(_SOURCE.read_bytes())
+def _build_name(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -> str:
+    h = hashlib.sha256(source.read_bytes())
     # sys.prefix: each virtual environment its own build (their include paths differ)
-    h.update(" ".join([torch.__version__, sys.version, sys.prefix, *_FLAGS]).encode())
-    return f"lmgen_kernels_{h.hexdigest()[:12]}"
+    h.update(" ".join([torch.__version__, sys.version, sys.prefix, *flags]).encode())
+    return f"{prefix}_{h.hexdigest()[:12]}"
 
 
-def _load() -> None:
+def build_extension(source: Path, flags: list[str], prefix: str) -> None:
+    """Compiles and loads another kernel source (e.g. quant.cpp) the way decode.cpp is built:
+    cached under `cache_dir()`, keyed by its source, flags, torch and the environment."""
+    _load(source, flags, prefix)
+
+
+def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -> None:
     from torch.utils import cpp_extension
 
-    name = _build_name()
+    name = _build_name(source, flags, prefix)
     build = cache_dir() / name
     build.mkdir(parents=True, exist_ok=True)
     try:  # the ninja wheel's binary, which may not be on PATH outside an activated venv
@@ -85,8 +91,8 @@ def _load() -> None:
         )
     cpp_extension.load(
         name=name,
-        sources=[str(_SOURCE)],
-        extra_cflags=_FLAGS,
+        sources=[str(source)],
+        extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),
         is_python_module=False,

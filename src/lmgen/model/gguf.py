@@ -16,8 +16,12 @@ transformers' own GGUF loader produces them (`modeling_gguf_pytorch_utils`,
 The header is parsed here (gguf's GGUFReader builds a numpy view per vocabulary entry: 12 s
 for Gemma 3's 262,144 tokens); tensors are read from the memory-mapped file and dequantized by
 `gguf.quants.dequantize` (llama.cpp's own reference code). F16 and BF16 tensors keep their
-dtype; quantized ones become float32. Every check (magic, architecture, tensor types, tensor
-names, data within the file) runs before any tensor is read.
+dtype; quantized ones become float32, except that `read_gguf(keep=...)` leaves the 2-d weights
+of the named block types (lmgen.ggml_blocks.KEPT) as they are, as `QuantTensor`s whose rows
+are reordered like the float ones (the llama q/k permutation moves whole rows of blocks). Only
+the rotary families (`KEEP_ARCHITECTURES`) keep them: GPT-2's and GPT-NeoX's converters
+transpose or regroup what our modules hold differently. Every check (magic, architecture,
+tensor types, tensor names, data within the file) runs before any tensor is read.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ TENSOR_TYPES = (
     "Q6_K",
 )
 GGUF_MAGIC = b"GGUF"
+KEEP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")  # quantized blocks kept as they are
 
 
 @dataclass
@@ -62,7 +67,7 @@ class GGUFModel:
     """A GGUF file as a Hugging Face directory would hold it."""
 
     hf_config: dict
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # QuantTensor values where read_gguf(keep=...) kept them
     tokenizer: object  # lmgen.tokenizers.PretrainedTokenizer
     chat_template: str | None = None
     generation: dict = field(default_factory=dict)  # generation_config.json's ids
@@ -612,13 +617,24 @@ def _dequantize(t: TensorInfo, data: mmap.mmap) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(t.shape))
 
 
+def _blocks(t: TensorInfo, data: mmap.mmap):
+    """A quantized 2-d tensor of the file as a QuantTensor: its bytes, one row per output."""
+    from ..ggml_blocks import QuantTensor
+
+    raw = np.frombuffer(data, np.uint8, t.n_bytes, t.offset).reshape(t.shape[0], -1)
+    return QuantTensor(t.kind, torch.from_numpy(raw.copy()), t.shape[1])
+
+
 # --- the file ---------------------------------------------------------------------------------
 
 
-def read_gguf(path: str | os.PathLike, tensors: bool = True, check=None) -> GGUFModel:
+def read_gguf(
+    path: str | os.PathLike, tensors: bool = True, check=None, keep: tuple[str, ...] = ()
+) -> GGUFModel:
     """Reads a GGUF file (see the module doc). `tensors=False` reads the metadata, tokenizer and
     config only (and still checks every tensor's type and name). `check(hf_config, tokenizer)`,
-    when given, runs before any tensor is dequantized (the loader's checks, one read)."""
+    when given, runs before any tensor is dequantized (the loader's checks, one read). `keep`:
+    the block types whose 2-d weights stay quantized (QuantTensor), on KEEP_ARCHITECTURES."""
     from ..tokenizers import tokenizer_from_gguf
 
     path = Path(path)
@@ -655,6 +671,11 @@ def read_gguf(path: str | os.PathLike, tensors: bool = True, check=None) -> GGUF
     if tensors:
         for t in infos:
             if t.name in _DERIVED:
+                continue
+            if t.kind in keep and len(t.shape) == 2 and arch in KEEP_ARCHITECTURES:
+                q = _blocks(t, data)
+                q.blocks = _to_hf(arch, t.name, q.blocks, config)  # whole rows reordered
+                out[hf_name(arch, t.name)] = q
                 continue
             out[hf_name(arch, t.name)] = _to_hf(arch, t.name, _dequantize(t, data), config)
     scalars = {k: v for k, v in meta.items() if not isinstance(v, list)}

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmgen.cli_args import DTYPES, add_command
+from lmgen.cli_args import DTYPES, QUANTIZE_HELP, QUANTIZE_METHODS, add_command
 from lmgen.cli_decoding import add_decoding_arguments
 from lmgen.errors import ConfigError
 
@@ -240,12 +240,7 @@ def add_parsers(sub) -> None:
         help="weights of every model in this type (default: float32); CPU decode steps keep "
         "activations in float32 where lmgen's kernel builds",
     )
-    p.add_argument(
-        "--quantize",
-        choices=["int8"],
-        default=None,
-        help="int8 weight-only linear layers, for decoding (default: none)",
-    )
+    p.add_argument("--quantize", choices=QUANTIZE_METHODS, default=None, help=QUANTIZE_HELP)
     # every decoding setting, as on `lmgen generate`: defaults for requests that leave it out
     add_decoding_arguments(
         p,

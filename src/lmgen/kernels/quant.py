@@ -1,0 +1,100 @@
+"""lmgen's CPU kernel for weights in ggml's block formats (quant.cpp), compiled on first use.
+
+`gemv(x, blocks, kind, bias)` multiplies rows of x by a weight held as Q8_0, Q4_0, Q4_1 or Q4_K
+blocks (the GGUF bytes, one row of blocks per output), the activations quantized to int8 blocks
+and the block products done in integers, as llama.cpp does; `dequantize(blocks, kind, in)`
+gives the float32 weight (for a prompt's many rows, where torch's GEMM is faster). Built like
+decode.cpp (lmgen.kernels.build_extension) with AVX2/FMA/F16C, plus AVX512-VNNI or AVX-VNNI
+where /proc/cpuinfo lists them (their integer sums equal AVX2's, so results do not change).
+Where it cannot be built, or `LMGEN_KERNELS=0`, `available()` is False and lmgen.quantize
+dequantizes the weights with the gguf package instead (the float fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from . import build_extension
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("quant.cpp")
+_BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]  # no fused
+# multiply-adds but the written ones: a row's arithmetic the same in every instantiation
+KINDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12}  # ggml type numbers
+_state: dict = {"ok": None, "why": ""}
+_lock = threading.Lock()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def build_flags(flags: set[str] | None = None) -> list[str]:
+    """Compiler flags for this CPU: the AVX2 base, plus the VNNI dot product where present."""
+    flags = cpu_flags() if flags is None else flags
+    if {"avx512_vnni", "avx512vl"} <= flags:
+        return [*_BASE_FLAGS, "-mavx512vnni", "-mavx512vl", "-DLMGEN_VNNI512"]
+    if "avx_vnni" in flags:
+        return [*_BASE_FLAGS, "-mavxvnni", "-DLMGEN_AVXVNNI"]
+    return list(_BASE_FLAGS)
+
+
+def integer_dot() -> str:
+    """Which integer dot product the kernel uses here (for reports)."""
+    flags = build_flags()
+    if "-DLMGEN_VNNI512" in flags:
+        return "AVX512-VNNI"
+    return "AVX-VNNI" if "-DLMGEN_AVXVNNI" in flags else "AVX2"
+
+
+def available() -> bool:
+    """Whether the kernel runs here (builds and loads it on the first call)."""
+    if _state["ok"] is not None:
+        return _state["ok"]
+    with _lock:
+        if _state["ok"] is None:
+            why = ""
+            if os.environ.get("LMGEN_KERNELS") == "0":
+                why = "LMGEN_KERNELS=0"
+            elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+                why = "it needs an x86-64 CPU with AVX2, FMA and F16C"
+            if not why:
+                try:
+                    build_extension(_SOURCE, build_flags(), "lmgen_quant")
+                except Exception as e:  # no compiler, a failed build: the float fallback
+                    why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
+            if why:
+                log.warning("lmgen's quantized-weight kernel is not used: %s", why)
+            _state["ok"], _state["why"] = not why, why
+    return _state["ok"]
+
+
+def why_not() -> str:
+    return _state["why"]
+
+
+def gemv(
+    x: torch.Tensor, blocks: torch.Tensor, kind: str, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(rows, out) float32 = x (rows, in) @ W.T + bias, W the weight `blocks` (out, row_bytes)
+    of ggml type `kind` hold."""
+    return torch.ops.lmgen_quant.quant_gemv(x, blocks, KINDS[kind], bias)
+
+
+def dequantize(blocks: torch.Tensor, kind: str, in_features: int) -> torch.Tensor:
+    """The weight `blocks` hold, (out, in_features) float32."""
+    return torch.ops.lmgen_quant.quant_dequantize(blocks, KINDS[kind], in_features)

@@ -1,0 +1,114 @@
+"""lmgen.kernels.quant (ggml blocks x int8-quantized activations) against closed forms: the
+gguf package's reference dequantizer, and the product of the dequantized weight with the
+activation as the kernel quantizes it (blocks of 32, scale max|x| / 127, round half to even),
+computed in float64; each row's result the same bits alone or among others."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmgen.ggml_blocks import BLOCKS, QuantTensor, quantize_q4_0, reference_dequantize
+from lmgen.kernels import quant
+from lmgen.quantize import QuantLinear
+
+gguf = pytest.importorskip("gguf")
+needs_kernel = pytest.mark.skipif(not quant.available(), reason="the quant kernel does not build")
+KINDS = ["Q8_0", "Q4_0", "Q4_1", "Q4_K"]
+
+
+def random_blocks(kind: str, out: int, inp: int, seed: int = 0) -> torch.Tensor:
+    """Blocks of `kind` for an (out, inp) weight: random bytes, with finite, moderate fp16
+    scales (Q8_0 / Q4_0 / Q4_1 through gguf's quantizer of a random weight)."""
+    rng = np.random.default_rng(seed)
+    qtype = gguf.GGMLQuantizationType[kind]
+    if kind != "Q4_K":
+        w = rng.standard_normal((out, inp)).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(gguf.quants.quantize(w, qtype)))
+    per, size = BLOCKS[kind]
+    raw = rng.integers(0, 256, (out, inp // per, size), dtype=np.uint8)
+    scales = rng.uniform(0.001, 0.02, (out, inp // per, 2)).astype(np.float16)
+    raw[:, :, :4] = scales.view(np.uint8)  # d, dmin
+    return torch.from_numpy(raw.reshape(out, -1).copy())
+
+
+def quantized_activation(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernel sees it: int8 blocks of 32 times their scale, in float64."""
+    b = x.double().reshape(x.shape[0], -1, 32)
+    amax = b.abs().amax(dim=2, keepdim=True).float().double()
+    d = (amax.float() / 127).double()
+    inv = torch.where(amax > 0, (127 / amax.float()).double(), torch.zeros_like(amax))
+    q = torch.round((b.float() * inv.float()).double())  # round half to even, as the kernel
+    return (q * d).reshape(x.shape)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_dequantize_equals_ggmls_reference(kind):
+    blocks = random_blocks(kind, 48, 512)
+    ours = quant.dequantize(blocks, kind, 512)
+    assert torch.equal(ours, reference_dequantize(blocks, kind, 512))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+def test_product_equals_closed_form(kind, rows):
+    out, inp = 40, 768
+    blocks = random_blocks(kind, out, inp, seed=rows)
+    w = reference_dequantize(blocks, kind, inp).double()
+    torch.manual_seed(rows)
+    x = torch.randn(rows, inp) * torch.rand(rows, 1) * 3
+    bias = torch.randn(out)
+    want = quantized_activation(x) @ w.T + bias.double()
+    got = quant.gemv(x, blocks, kind, bias)
+    scale = want.abs().max().item()
+    assert (got.double() - want).abs().max().item() <= 1e-5 * scale
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_rows_result_does_not_depend_on_the_other_rows(kind):
+    blocks = random_blocks(kind, 24, 256)
+    torch.manual_seed(0)
+    x = torch.randn(9, 256)
+    alone = torch.cat([quant.gemv(x[i : i + 1], blocks, kind) for i in range(9)])
+    for n in range(1, 10):
+        assert torch.equal(quant.gemv(x[:n], blocks, kind), alone[:n]), n
+    assert torch.equal(quant.gemv(x.flip(0), blocks, kind), alone.flip(0))
+
+
+def test_q4_0_quantizer_writes_ggmls_bytes():
+    torch.manual_seed(0)
+    w = torch.randn(16, 256)
+    w[0, :32] = 0  # an all-zero block: scale 0
+    w[1, 5] = 40.0  # a large negative and positive extreme
+    w[2, 7] = -40.0
+    ours = quantize_q4_0(w)
+    want = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0)
+    assert ours.blocks.numpy().tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_quant_linear_paths_agree(monkeypatch, rows):
+    """QuantLinear by the kernel (few rows), by torch's GEMM on the dequantized weight (many
+    rows) and by the gguf package's dequantizer (no kernel): all the dequantized product, to
+    the activation's 8-bit rounding where the kernel quantizes it."""
+    torch.manual_seed(0)
+    parts = [
+        QuantTensor("Q4_1", random_blocks("Q4_1", 32, 256), 256),
+        torch.randn(8, 256) * 0.05,  # a float part (a Q6_K tensor of a Q4_K_M file)
+        QuantTensor("Q4_K", random_blocks("Q4_K", 16, 256), 256),
+    ]
+    layer = QuantLinear(parts, torch.randn(56))
+    x = torch.randn(rows, 256)
+    w = torch.cat([reference_dequantize(p.blocks, p.kind, 256) if hasattr(p, "kind") else p
+                   for p in parts])  # fmt: skip
+    want = x.double() @ w.double().T + layer.bias.double()
+    got = layer(x)
+    tol = 3e-2 if rows <= 16 and quant.available() else 1e-5
+    assert (got.double() - want).abs().max() <= tol * want.abs().max()
+    monkeypatch.setattr(quant, "available", lambda: False)
+    fallback = QuantLinear(parts, layer.bias)(x)
+    assert (fallback.double() - want).abs().max() <= 1e-5 * want.abs().max()
