@@ -114,10 +114,10 @@ def test_playground_step_slider_generate_beam(browser_page, base_url):
     before = _bars(page)
     assert page.locator("#chart li.bar.removed").count() == 0  # no filter yet
 
-    # move the top-k slider with the keyboard: 0 -> 3
+    # raise top-k with the keyboard: 0 -> 3
     page.focus("#top_k")
     for _ in range(3):
-        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowUp")
     assert page.inner_text("#top_k-out") == "3"
     page.wait_for_selector("#chart li.cutoff")
     assert page.locator("#chart li.bar.kept").count() == 3

@@ -11,9 +11,11 @@ from tests.test_playground_browser import ARTIFACTS, browser_page, expect  # noq
 
 import lmgen
 from lmgen.server import create_app, serve_in_thread
+from lmgen.settings import BY_NAME
 
 pytestmark = pytest.mark.browser
 QUESTION = "What is the capital of France?"
+MAX_TOKENS = BY_NAME["max_new_tokens"].default  # the page starts at the declared default
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_playground_chat_mode(browser_page, chat_url):  # noqa: F811
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
     api = httpx.post(
         chat_url + "/v1/chat/completions",
-        json={"messages": messages, "temperature": 0, "max_tokens": 40},
+        json={"messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS},
         timeout=60,
     ).json()
     reply = api["choices"][0]["message"]["content"]

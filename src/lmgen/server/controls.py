@@ -38,6 +38,7 @@ def setting_json(s: Setting) -> dict[str, Any]:
     return {
         "name": s.name,
         "kind": s.kind,
+        "wire": s.wire or s.kind,  # its JSON shape in a request (texts: a list of strings)
         "default": s.default,
         "off": s.off,
         "help": s.help,

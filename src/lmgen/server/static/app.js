@@ -1,16 +1,14 @@
 // The lmgen playground: the next-token distribution, one step at a time, streaming, beam trees.
 // Plain JavaScript, no build step, nothing from the network but this server's own API.
+// controls.js (the settings' controls), pipeline.js (the strip and the draws), branches.js
+// (force and branch) and compare.js (side by side) load before this file, which starts it all.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SLIDERS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "num_beams",
-  "max_tokens"];
 const TOP = 15; // candidates shown
 const RULE_NAMES = { TopK: "top-k", TopP: "top-p", MinP: "min-p", TypicalP: "typical-p" };
 
 const state = {
-  history: [], // texts before each step, for undo
-  stepCount: 0,
   baseSeed: Math.floor(Math.random() * 1e9),
   abort: null, // AbortController of a running generation
   refreshTimer: null,
@@ -31,11 +29,7 @@ function mode() {
 // -- helpers ------------------------------------------------------------------------------------
 
 function strategy() {
-  return document.querySelector("input[name=strategy]:checked").value;
-}
-
-function num(id) {
-  return Number($(id).value);
+  return currentStrategy();
 }
 
 function showToken(s) {
@@ -94,50 +88,31 @@ async function api(path, body, signal) {
   return res;
 }
 
-// The processor settings the sliders ask for, by strategy.
-function processorParams() {
-  const p = { repetition_penalty: num("repetition_penalty") };
-  if (strategy() === "sample") {
-    p.temperature = num("temperature");
-    if (num("top_k") > 0) p.top_k = num("top_k");
-    if (num("top_p") < 1) p.top_p = num("top_p");
-    if (num("min_p") > 0) p.min_p = num("min_p");
-  }
-  return p;
+// The seed the settings give (or the page's random one), and the one of step `step`.
+function baseSeed() {
+  const s = $("seed") ? $("seed").value.trim() : "";
+  return s === "" ? state.baseSeed : Number(s);
 }
 
 function seedFor(step) {
-  const s = $("seed").value.trim();
-  const base = s === "" ? state.baseSeed : Number(s);
-  return base + step;
+  return baseSeed() + step;
 }
 
-// -- sliders --------------------------------------------------------------------------------------
-
-function sliderText(id) {
-  const v = num(id);
-  if (id === "top_k") return v === 0 ? "off" : String(v);
-  if (id === "top_p") return v >= 1 ? "off" : v.toFixed(2);
-  if (id === "min_p") return v === 0 ? "off" : v.toFixed(2);
-  if (id === "repetition_penalty") return v === 1 ? "off" : v.toFixed(2);
-  if (id === "temperature") return v.toFixed(2);
-  return String(v);
+function maxTokens() {
+  return snapshot().values.max_new_tokens;
 }
 
 function syncControls() {
-  for (const id of SLIDERS) $(id + "-out").textContent = sliderText(id);
+  syncSettingControls();
   const s = strategy();
-  for (const el of document.querySelectorAll(".slider[data-for]")) {
-    const on = el.dataset.for === s;
-    el.classList.toggle("off", !on);
-    for (const input of el.querySelectorAll("input")) input.disabled = !on;
-  }
-  $("step").disabled = s === "beam" || state.abort !== null;
-  $("step").title = s === "beam" ? "beam search keeps several sequences: press Generate"
+  const search = s === "beam" || s === "contrastive";
+  $("step").disabled = search || state.abort !== null;
+  $("step").title = search ? `${s} search does not go one sampled token at a time: press Generate`
     : "append one token (Ctrl+Enter)";
   $("generate").textContent = state.abort ? "Stop" : (s === "beam" ? "Run beam search" : "Generate");
   $("generate").classList.toggle("stop", state.abort !== null);
-  $("undo").disabled = state.history.length === 0 || state.abort !== null;
+  $("undo").disabled = currentNode().parent === null || state.abort !== null;
+  $("draw").disabled = search || state.abort !== null;
 }
 
 // -- the distribution chart -----------------------------------------------------------------------
@@ -194,6 +169,8 @@ function renderDistribution(data, chosen) {
     sr.textContent = (c.kept ? "" : ` removed by ${RULE_NAMES[c.removed_by] || c.removed_by}`) +
       (c.token_id === chosenId ? " (chosen)" : "");
     li.append(tok, track, pct, sr);
+    const shown = (data.tokens || []).find((t) => t.token_id === c.token_id);
+    if (shown && forceEnabled()) addForce(li, shown, data.prompt);
     chart.append(li);
   }
   for (const f of filters) {
@@ -231,31 +208,47 @@ function renderDistribution(data, chosen) {
   $("chain").textContent = "Processor chain: " + (data.chain.length ? data.chain.join(" → ") : "none (the model's own distribution)");
 }
 
+// A /v1/lmgen/pipeline body: the chain's settings as the controls hold them.
 function nextBody(extra) {
-  const s = strategy();
+  const snap = snapshot();
   return {
     model: $("model").value || undefined,
     prompt: mode() === "chat" ? chat.prefix : $("text").value,
     top: TOP,
-    strategy: s === "sample" ? "sample" : "greedy",
-    ...processorParams(),
+    ...requestFields(snap, "next"),
+    strategy: snap.strategy === "sample" ? "sample" : "greedy",
     ...extra,
   };
+}
+
+// The chart, the strip and the draws' reset for one /v1/lmgen/pipeline answer.
+function renderStep(data, chosen) {
+  renderDistribution(data, chosen);
+  renderPipeline(data);
+  $("draws").hidden = true;
+  $("draws-caption").textContent = "";
+}
+
+function clearDistribution() {
+  $("chart").replaceChildren();
+  $("chain").textContent = "";
+  $("pipeline").replaceChildren();
+  $("draws").hidden = true;
+  $("draws-caption").textContent = "";
 }
 
 async function refreshDistribution() {
   const seq = ++state.refreshSeq;
   if (mode() === "chat" && chat.prefix === "") {
-    $("chart").replaceChildren();
+    clearDistribution();
     $("dist-caption").textContent = "Send a message: the chart shows what the model could say.";
-    $("chain").textContent = "";
     return;
   }
   try {
-    const res = await api("/v1/lmgen/next", nextBody({}));
+    const res = await api("/v1/lmgen/pipeline", nextBody({}));
     const data = await res.json();
     if (seq !== state.refreshSeq) return; // a newer request is on its way
-    renderDistribution(data, null);
+    renderStep(data, null);
     if (mode() === "chat") chatCaption(data);
     // a fresh chart answers an earlier error; it leaves "done" or "step 2" in place
     if ($("status").classList.contains("error")) setStatus("");
@@ -264,29 +257,27 @@ async function refreshDistribution() {
   }
 }
 
-function scheduleRefresh() {
+function scheduleRefresh(delay = 250) {
   clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(refreshDistribution, 250);
+  state.refreshTimer = setTimeout(refreshDistribution, delay);
 }
 
 // -- step ------------------------------------------------------------------------------------------
 
 async function step() {
-  if (strategy() === "beam" || state.abort) return;
+  if ($("step").disabled || state.abort) return;
   clearTimeout(state.refreshTimer);
   const seq = ++state.refreshSeq;
   const before = $("text").value;
-  const seed = seedFor(state.stepCount);
+  const seed = seedFor(stepDepth());
   $("step").disabled = true;
   try {
-    const res = await api("/v1/lmgen/next", nextBody({ choose: true, seed }));
+    const res = await api("/v1/lmgen/pipeline", nextBody({ choose: true, seed }));
     const data = await res.json();
     if (seq !== state.refreshSeq && $("text").value !== before) return;
-    renderDistribution(data, data.chosen);
-    state.history.push(before);
-    state.stepCount += 1;
-    $("text").value = before + data.chosen.text;
-    setStatus(`step ${state.stepCount}: appended “${showToken(data.chosen.token)}” ` +
+    renderStep(data, data.chosen);
+    branchAdvance(before + data.chosen.text, data.chosen.token, "step");
+    setStatus(`step ${stepDepth()}: appended “${showToken(data.chosen.token)}” ` +
       `(p = ${fmtPct(data.chosen.processed_prob)})`);
   } catch (e) {
     setStatus(e.message, true);
@@ -296,11 +287,7 @@ async function step() {
 }
 
 function undo() {
-  if (!state.history.length) return;
-  $("text").value = state.history.pop();
-  state.stepCount = Math.max(0, state.stepCount - 1);
-  syncControls();
-  scheduleRefresh();
+  branchUp();
 }
 
 // -- generate (streaming) and beam search -----------------------------------------------------------
@@ -315,17 +302,21 @@ async function generate() {
   state.abort = controller;
   syncControls();
   const before = $("text").value;
-  state.history.push(before);
-  const body = {
-    model: $("model").value || undefined,
-    prompt: before,
-    max_tokens: num("max_tokens"),
-    stream: true,
-    ...processorParams(),
-  };
-  if (strategy() === "greedy") body.temperature = 0;
-  const seed = $("seed").value.trim();
-  if (strategy() === "sample" && seed !== "") body.seed = Number(seed);
+  let body;
+  try {
+    body = {
+      model: $("model").value || undefined,
+      prompt: before,
+      max_tokens: maxTokens(),
+      stream: true,
+      ...requestFields(snapshot(), "completions"),
+    };
+  } catch (e) {
+    state.abort = null;
+    syncControls();
+    setStatus(e.message, true);
+    return;
+  }
   setStatus("generating…");
   let finish = null;
   try {
@@ -357,6 +348,8 @@ async function generate() {
     if (e.name === "AbortError") setStatus("stopped");
     else setStatus(e.message, true);
   } finally {
+    const after = $("text").value;
+    if (after !== before) branchAdvance(after, after.slice(before.length), "generated");
     state.abort = null;
     syncControls();
     scheduleRefresh();
@@ -373,14 +366,12 @@ async function beamSearch() {
     const res = await api("/v1/lmgen/beam", {
       model: $("model").value || undefined,
       prompt: before,
-      num_beams: num("num_beams"),
-      max_tokens: Math.min(num("max_tokens"), 40),
-      repetition_penalty: num("repetition_penalty"),
+      ...requestFields(snapshot(), "beam"),
+      max_tokens: Math.min(maxTokens(), 40), // a tree wider than that is unreadable
     }, controller.signal);
     const data = await res.json();
     renderTree(data);
-    state.history.push(before);
-    $("text").value = before + data.choices[0].text;
+    branchAdvance(before + data.choices[0].text, data.choices[0].text, "beam");
     setStatus(`beam search with ${data.num_beams} beams: best score ${data.choices[0].score.toFixed(3)}`);
   } catch (e) {
     setStatus(e.name === "AbortError" ? "stopped" : e.message, e.name !== "AbortError");
@@ -588,19 +579,15 @@ async function send() {
   $("message").value = "";
   syncChat();
   await refreshChat();
-  const body = {
-    model: $("model").value || undefined,
-    messages: chatMessages(),
-    max_tokens: num("max_tokens"),
-    ...processorParams(),
-  };
-  if (strategy() === "greedy") body.temperature = 0;
-  if (strategy() === "beam") body.num_beams = num("num_beams");
-  else Object.assign(body, { logprobs: true, top_logprobs: 1 });
-  const seed = $("seed").value.trim();
-  if (strategy() === "sample" && seed !== "") body.seed = Number(seed);
   setStatus("the model is replying…");
   try {
+    const body = {
+      model: $("model").value || undefined,
+      messages: chatMessages(),
+      max_tokens: maxTokens(),
+      ...requestFields(snapshot(), "chat"),
+    };
+    if (strategy() !== "beam") Object.assign(body, { logprobs: true, top_logprobs: 1 });
     const res = await api("/v1/chat/completions", body, controller.signal);
     const data = await res.json();
     const c = data.choices[0];
@@ -639,6 +626,10 @@ function setMode() {
 
 async function loadModels() {
   try {
+    if (!controls.settings.length) {
+      await loadControls();
+      syncControls();
+    }
     const res = await api("/v1/models");
     const data = await res.json();
     const select = $("model");
@@ -676,22 +667,12 @@ function init() {
     sessionStorage.setItem("lmgen-api-key", $("apikey").value.trim());
     loadModels();
   });
-  for (const id of SLIDERS) {
-    $(id).addEventListener("input", () => {
-      syncControls();
-      scheduleRefresh();
-    });
-  }
-  $("seed").addEventListener("change", scheduleRefresh);
-  for (const radio of document.querySelectorAll("input[name=strategy]")) {
-    radio.addEventListener("change", () => {
-      syncControls();
-      scheduleRefresh();
-    });
-  }
+  onControlsChange(() => {
+    syncControls();
+    scheduleRefresh();
+  });
   $("text").addEventListener("input", () => {
-    state.history = [];
-    state.stepCount = 0;
+    branchReset($("text").value);
     syncControls();
     scheduleRefresh();
   });
@@ -722,6 +703,10 @@ function init() {
   $("step").addEventListener("click", step);
   $("generate").addEventListener("click", generate);
   $("undo").addEventListener("click", undo);
+  $("draw").addEventListener("click", drawMany);
+  $("pin-a").addEventListener("click", pinA);
+  $("run-compare").addEventListener("click", runCompare);
+  branchReset($("text").value);
   syncControls();
   loadModels();
 }
