@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from .cli_args import (
+    dola_layers_arg,
     early_stopping_arg,
     escaped_text,
     finite_float,
@@ -44,6 +45,7 @@ _TYPES = {
     "escaped": escaped_text,
     "bias_pairs": sequence_bias_arg,
     "sampler_order": sampler_list,
+    "dola": dola_layers_arg,
 }
 _REPEATABLE = ("texts", "token_bias", "bias_pairs")  # given once per item
 

@@ -44,6 +44,7 @@ _ANNOTATIONS = {
     "early_stopping": "bool | str",
     "bias_pairs": "list | dict | None",
     "sampler_order": "list[str] | None",
+    "dola": "str | list[int] | None",
 }
 
 
@@ -146,6 +147,8 @@ class _Config:
                 check_bias_pairs(s.name, value)
             elif s.kind == "sampler_order":
                 parse_samplers(value)
+            elif s.kind == "dola":
+                _check_layers(s.name, value, self.strategy)
 
     def _check_contrastive(self) -> None:
         if self.strategy != "contrastive":
@@ -376,6 +379,22 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_layers(name: str, value: Any, strategy: str) -> None:
+    """DoLa's layers: "low", "high" or a non-empty list of layer numbers; greedy or sample."""
+    ok = value in ("low", "high") or (
+        isinstance(value, list | tuple) and value and all(_is_int(i) and i >= 0 for i in value)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{name} must be 'low', 'high' or a list of layer numbers (ints >= 0), got {value!r}",
+            param=name,
+        )
+    if strategy not in ("greedy", "sample"):
+        raise ConfigError(
+            f"{name} (DoLa) works with strategy greedy or sample, got {strategy!r}", param=name
+        )
 
 
 def _bool(name: str, value: Any) -> None:

@@ -149,8 +149,9 @@ class Setting:
     """One decoding knob. `kind` says its shape where a range cannot: "int", "float", "bool",
     "choice" (one of `choices`), "texts" (a list of non-empty strings), "token_bias"
     ({token id: bias}), "bias_pairs" ([[token ids, bias], ...]), "sampler_order" (sampler
-    names), "token_lists" (lists of token ids), "json" (a JSON schema: an object or its
-    text), "text", "early_stopping" (True, False or "never")."""
+    names), "dola" ("low", "high" or layer numbers), "token_lists" (lists of token ids), "json"
+    (a JSON schema: an object or its text), "text", "early_stopping" (True, False or
+    "never")."""
 
     name: str
     kind: str
@@ -398,6 +399,10 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="IDS=BIAS", transformers="sequence_bias"),
     Setting("bad_words_ids", "token_lists", None, "token sequences never to generate",
             processor="BadWords", api=None, flag=None, transformers="bad_words_ids"),
+    Setting("dola_layers", "dola", None, "DoLa: contrast the final layer with the most "
+            "different of these early layers: low, high, or layer numbers (0 = the "
+            "embeddings); greedy or sampling", group="search", metavar="low|high|N,N,...",
+            transformers="dola_layers"),
     Setting("num_beams", "int", 1, "beams of beam search; > 1 implies --strategy beam",
             at_least(1), group="search", serve_max=SERVE_MAX_BEAMS, metavar="N",
             transformers="num_beams"),

@@ -26,6 +26,7 @@ from lmgen.generation_config import GenerationConfig
 
 from .beam import BeamStepper
 from .contrastive import ContrastiveStepper
+from .dola import DolaStepper
 from .group_beam import GroupBeamStepper
 from .processors import ProcessorChain, build_chain
 from .results import BeamStep, Choice, GenerationResult, TopLogprob
@@ -198,7 +199,15 @@ class Session:
             config, prompt_length=width, eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
         )
         self.strategy = config.effective_strategy()
-        if draft is not None or self._prompt_lookup(len(prompts)):
+        if config.dola_layers is not None:
+            if draft is not None or config.prompt_lookup_num_tokens:
+                raise ConfigError(
+                    "dola_layers cannot be combined with speculative decoding (a draft or "
+                    "prompt_lookup_num_tokens)",
+                    "dola_layers",
+                )
+            self.strategy = "dola"
+        elif draft is not None or self._prompt_lookup(len(prompts)):
             self.strategy = "speculative"
         self.n = n = config.num_return_sequences
         track = bool(config.stop) or "text" in self.record
@@ -429,11 +438,23 @@ def _speculative_stepper(s: Session, *, draft, speculative_k, spec_stats, **_) -
                               proposer=proposer)  # fmt: skip
 
 
-# The stepper of each strategy ("speculative": a draft model was given).
+def _dola_stepper(s: Session, **_) -> Stepper:
+    """DoLa: greedy or sampling over the contrast of the final and an early layer."""
+    config, n = s.config, s.n
+    sample = config.effective_strategy() == "sample"
+    gens = []
+    for _prompt in s.prompt_token_ids:
+        gens.extend([make_generator(config.seed, s.lm.device) if sample else None] * n)
+    rows = [ids for ids in s.prompt_token_ids for _ in range(n)]
+    return DolaStepper(s.lm, _tokens(s, rows), config, s.chain, gens)
+
+
+# The stepper of each strategy ("speculative": a draft model or prompt lookup; "dola": DoLa).
 STEPPERS: dict[str, Callable[..., Stepper]] = {
     "greedy": _sample_stepper,
     "sample": _sample_stepper,
     "beam": _beam_stepper,
     "contrastive": _contrastive_stepper,
     "speculative": _speculative_stepper,
+    "dola": _dola_stepper,
 }

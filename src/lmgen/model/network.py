@@ -261,6 +261,7 @@ class GPT(nn.Module):
         logits_to_keep: int = 0,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        early_exit: tuple[int, ...] = (),
     ):
         """Logits (batch, seq, vocab) for `input_ids` (batch, seq).
 
@@ -269,7 +270,10 @@ class GPT(nn.Module):
         `logits_to_keep=n` computes the head for the last n positions only (1 when generating).
         With `output_attentions`, returns (logits, [weights per layer (batch, head, q, k)]);
         with `output_hidden_states`, (logits, the final hidden states (batch, seq, n_embd)
-        after ln_f, every position) — what contrastive search compares.
+        after ln_f, every position) — what contrastive search compares. With `early_exit`
+        (layer numbers: 0 the embeddings, i the output of block i), (logits, {layer: that
+        layer's residual stream put through the LM head, the kept positions}) — DoLa's
+        early layers, taken as transformers takes them (the head alone, no final norm).
         """
         B, T = input_ids.shape
         past = self._check_room(T, cache)
@@ -277,20 +281,25 @@ class GPT(nn.Module):
             input_ids, attention_mask, position_ids, cache, past
         )
         plan = None
-        if not (self.training or output_attentions):
+        if not (self.training or output_attentions or early_exit):
             plan = self.inference_plan()
             if plan.hooked():  # forward hooks must fire: the module path
                 plan = None
         attentions = []
+        early: dict | None = {} if early_exit else None  # layer -> its output (B, T, C)
         if plan is not None:
             x = plan.run(input_ids, position_ids, cache, past, masks)  # (B, T, C)
         else:
             x = self._run_modules(input_ids, position_ids, cache, past, masks, attentions,
-                                  output_attentions)  # fmt: skip
+                                  output_attentions, early)  # fmt: skip
         if cache is not None:
             cache.advance(T)
-        return self._logits(x, plan, logits_to_keep, output_hidden_states, output_attentions,
-                            attentions)  # fmt: skip
+        out = self._logits(x, plan, logits_to_keep, output_hidden_states, output_attentions,
+                           attentions)  # fmt: skip
+        if early_exit:
+            keep = logits_to_keep or T
+            return out, {i: self.lm_head(early[i][:, -keep:]) for i in early_exit}  # (B, keep, V)
+        return out
 
     # --- the forward pass's steps ---
 
@@ -353,17 +362,23 @@ class GPT(nn.Module):
             out.append(done[id(rope)])
         return out
 
-    def _run_modules(self, input_ids, position_ids, cache, past, masks, attentions, explicit):
-        """Every block as a module call: training (dropout), hooks, attention weights."""
+    def _run_modules(self, input_ids, position_ids, cache, past, masks, attentions, explicit,
+                     layers: dict | None = None):  # fmt: skip
+        """Every block as a module call: training (dropout), hooks, attention weights; each
+        layer's output into `layers` when given (0: the embeddings)."""
         x = self.drop(self.embed(input_ids, position_ids, modules=True))
         dropout = self.config.dropout if self.training else 0.0
         cos_sin = self.rope_cos_sin(position_ids, x.dtype)
+        if layers is not None:
+            layers[0] = x
         for i, block in enumerate(self.h):
             attend = Attend(i, cache, past, masks.for_layer(self.config.window(i)), dropout,
                             False, explicit, self.attn_scale)  # fmt: skip
             x = block(x, attend, cos_sin[i])
             if explicit:
                 attentions.append(attend.weights)
+            if layers is not None:
+                layers[i + 1] = x  # (B, T, C)
         return x
 
     def _logits(self, x, plan, logits_to_keep, output_hidden_states, output_attentions,

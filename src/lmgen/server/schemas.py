@@ -199,6 +199,7 @@ _WIRE_TYPES = {  # a setting's shape on the wire, where a range or choices do no
     "json": dict[str, Any] | Text(1, MAX_STRING),
     "token_bias": LogitBias,
     "bias_pairs": SequenceBiasPairs,
+    "dola": Literal["low", "high"] | Annotated[list[Int(0)], Field(min_length=1, max_length=256)],
 }
 
 
