@@ -249,7 +249,7 @@ def test_real_gguf_equals_transformers(which):
     import real_models
 
     path = real_models.smollm2_gguf() if which == "smollm2" else real_models.gemma3_gguf()
-    lm = lmgen.load(path)
+    lm = lmgen.load(path, quantize="none")  # float weights: transformers dequantizes them
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
