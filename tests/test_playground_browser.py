@@ -149,7 +149,7 @@ def test_playground_step_slider_generate_beam(browser_page, base_url):
 
     # generate streams a continuation
     page.click("#generate")
-    expect(page.locator("#status")).to_have_text(re.compile("^done"))
+    expect(page.locator("#status")).to_have_text(re.compile("^done"), timeout=60_000)
     assert len(page.input_value("#text")) > len(text1)
 
     # beam search draws its tree

@@ -9,6 +9,7 @@ no such field), read from the request bodies themselves (schemas.py), not writte
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from lmgen.settings import GROUPS, SETTINGS, Range, Setting
@@ -51,6 +52,7 @@ def setting_json(s: Setting) -> dict[str, Any]:
         "processor": s.processor,
         "references": {r: getattr(s, r) for r in REFERENCES if getattr(s, r)},
         "requests": {name: field_name(model, s) for name, model in REQUESTS.items()},
+        "json_schema": field_schema(s),
     }
 
 
@@ -69,3 +71,33 @@ def field_name(model, s: Setting) -> str | None:
     """The field of request `model` that carries setting `s`, or None."""
     name = s.name if getattr(model, "setting_names", "api") == "own" else s.api_name
     return name if name is not None and name in model.model_fields else None
+
+
+def field_schema(s: Setting) -> Any:
+    """The JSON Schema of the setting's value in the first request that takes it (the page
+    shows it for a value typed as JSON): no help texts, defaults or null."""
+    for model in REQUESTS.values():
+        name = field_name(model, s)
+        if name is not None:
+            return bare(_properties(model)[name])
+    return None
+
+
+def bare(schema: Any) -> Any:
+    """`schema` without descriptions, titles, defaults and its `null` alternative."""
+    if isinstance(schema, list):
+        return [bare(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bare(v) for k, v in schema.items() if k not in ("description", "title", "default")}
+    if "anyOf" in out:
+        options = [x for x in out["anyOf"] if x != {"type": "null"}]
+        if len(options) == 1 and len(out) == 1:
+            return options[0]
+        out["anyOf"] = options
+    return out
+
+
+@cache
+def _properties(model) -> dict[str, Any]:
+    return model.model_json_schema()["properties"]

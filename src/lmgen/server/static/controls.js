@@ -45,6 +45,7 @@ function tooltip(s) {
     s.allowed ? "allowed: " + s.allowed : "",
     refs ? "elsewhere — " + refs : "",
     s.processor ? "processor: " + s.processor : "",
+    typedAsJson(s) && s.json_schema ? "typed as JSON: " + JSON.stringify(s.json_schema) : "",
     served ? "" : "no request field of the server takes it (Python API and command line only)",
   ].filter(Boolean).join("\n");
 }
@@ -130,12 +131,19 @@ function controlFor(s) {
   return row;
 }
 
+// Kinds the page has no widget of its own for (added after it was written) take JSON; text
+// that is not JSON is sent as a string.
+function typedAsJson(s) {
+  return !s.range && !LINES.has(s.wire) &&
+    !["bool", "choice", "early_stopping", "text", "json", "token_bias", "token_lists"].includes(s.kind);
+}
+
 function placeholder(s) {
   if (LINES.has(s.wire)) return "one a line";
   if (s.kind === "token_bias") return "ID=BIAS, one a line";
   if (s.kind === "token_lists") return "ids separated by commas, one list a line";
   if (s.kind === "json") return "a JSON schema";
-  return "JSON";
+  return "JSON (its shape is in the tooltip)";
 }
 
 // The value a control holds, or undefined where it is left at the default (not sent).
