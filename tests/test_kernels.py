@@ -52,8 +52,8 @@ def test_products_equal_a_float64_product(in_f, out_f, wtype, threads):
 
 def test_bad_arguments_are_refused_with_a_message():
     w = torch.randn(4, 8)
-    with pytest.raises(RuntimeError, match="1 to 4 rows"):
-        kernels.decode_gemv(torch.randn(5, 8), w)
+    with pytest.raises(RuntimeError, match="at least one row"):
+        kernels.decode_gemv(torch.randn(0, 8), w)
     with pytest.raises(RuntimeError, match="disagree on in_features"):
         kernels.decode_gemv(torch.randn(1, 7), w)
     with pytest.raises(RuntimeError, match="float32, float16, bfloat16 or int8"):

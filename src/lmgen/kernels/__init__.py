@@ -183,3 +183,45 @@ def decode_step_rope(
     H, KV, D = shape
     return op(x, params, k_all, v_all, pos, H, KV, D, eps, activation, cos, sin, windows, scale,
               unit_offset)  # fmt: skip
+
+
+def decode_step_rows(
+    x: torch.Tensor,
+    params: list,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
+    positions: list[int],
+    n_head: int,
+    eps: float,
+    activation: int,
+) -> torch.Tensor:
+    """`decode_step` for rows that each have a KV cache of their own (the server's running
+    batch): row b's `k[b]`, `v[b]` are (n_layer, 1, n_head, max_length, head_dim), written at
+    `positions[b]`, and the row attends to its keys up to there. Any number of rows: every
+    weight streams once for all of them, and a row's result has the same bits whatever the
+    other rows are and wherever it sits (its sums and its attention are its own)."""
+    op = torch.ops.lmgen_kernels.decode_step_rows
+    return op(x, params, k, v, positions, n_head, eps, activation)
+
+
+def decode_step_rope_rows(
+    x: torch.Tensor,
+    params: list,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
+    positions: list[int],
+    shape: tuple[int, int, int],
+    eps: float,
+    activation: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    windows: list[int],
+    scale: float,
+    unit_offset: bool,
+) -> torch.Tensor:
+    """`decode_step_rope` for rows with a KV cache each (`decode_step_rows`); `cos`, `sin`
+    (rows, n_layer, rot) float32 at each row's own position."""
+    op = torch.ops.lmgen_kernels.decode_step_rope_rows
+    H, KV, D = shape
+    return op(x, params, k, v, positions, H, KV, D, eps, activation, cos, sin, windows, scale,
+              unit_offset)  # fmt: skip

@@ -8,8 +8,8 @@
 // thread takes a contiguous block of output rows, converts W's elements to float32 as they
 // stream (AVX2 + F16C: every x86-64-v3 CPU) and accumulates in float32 with FMA.
 //
-// x (rows, in) is read as float32 and the result (rows, out) is returned in x's dtype; up to
-// MAX_ROWS rows share each load of W (beams, small batches).
+// x (rows, in) is read as float32 and the result (rows, out) is returned in x's dtype; any
+// number of rows, MAX_ROWS at a time sharing each load of W, so W streams once per call.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -87,30 +87,82 @@ inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in soft
 }
 inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
 
-template <typename W, typename Y, int R>
-void gemv(const W* w, const float* x, const float* scale, const float* bias, Y* y, int64_t out,
-          int64_t in) {
-  // blocks of at least 16 rows (a few KiB of W) per task, so a thread streams long runs
-  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    float acc[R];
-    for (int64_t o = begin; o < end; ++o) {
-      dot_rows<W, R>(w + o * in, x, in, acc);
-      float s = scale ? scale[o] : 1.0f;
-      float b = bias ? bias[o] : 0.0f;
-      for (int r = 0; r < R; ++r) store(y + r * out + o, acc[r] * s + b);
+// A tile of the product: O rows of W times R rows of x, O x R dot products of length `in`, each
+// in one 8-lane accumulator of its own, summed in a fixed order (lanes, then the tail). The
+// tile only decides which products share a load of W or of x: a product's bits are the same in
+// any tile, so a row's result depends neither on how many rows the call has nor on where it
+// sits (the server's batch invariance; tested). R = 1 (a single stream) takes 4 rows of W at
+// a time, so four independent chains hide the FMA latency; more rows of x take fewer rows of W
+// so that the accumulators, W's vectors and one of x fit the 16 AVX2 registers.
+template <typename W, int O, int R>
+inline void dot_tile(const W* w, int64_t in, const float* x, float acc[][MAX_ROWS]) {
+  __m256 a[O][R];
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) a[o][r] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8) {
+    __m256 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = load8(w + o * in + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x + r * in + i);
+      for (int o = 0; o < O; ++o) a[o][r] = _mm256_fmadd_ps(wv[o], xv, a[o][r]);
     }
-  });
+  }
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) {
+      float s = hsum(a[o][r]);
+      for (int64_t j = i; j < in; ++j) s += to_float(w[o * in + j]) * x[r * in + j];
+      acc[o][r] = s;
+    }
 }
 
-template <typename W, typename Y>
-void dispatch_rows(int64_t rows, const W* w, const float* x, const float* scale, const float* bias,
-                   Y* y, int64_t out, int64_t in) {
-  switch (rows) {
-    case 1: return gemv<W, Y, 1>(w, x, scale, bias, y, out, in);
-    case 2: return gemv<W, Y, 2>(w, x, scale, bias, y, out, in);
-    case 3: return gemv<W, Y, 3>(w, x, scale, bias, y, out, in);
-    default: return gemv<W, Y, 4>(w, x, scale, bias, y, out, in);
+constexpr int tile_rows_of_w(int R) { return R <= 2 ? 4 : R == 3 ? 3 : 2; }
+
+// Output rows [begin, end) for rows r0 .. r0 + R of x.
+template <typename W, typename Y, int R>
+void gemv_rows(const W* w, const float* x, int64_t r0, const float* scale, const float* bias,
+               Y* y, int64_t out, int64_t in, int64_t begin, int64_t end) {
+  constexpr int O = tile_rows_of_w(R);
+  float acc[O][MAX_ROWS];
+  const float* xr = x + r0 * in;
+  int64_t o = begin;
+  auto put = [&](int64_t o0, int n) {
+    for (int t = 0; t < n; ++t) {
+      const float s = scale ? scale[o0 + t] : 1.0f;
+      const float b = bias ? bias[o0 + t] : 0.0f;
+      for (int r = 0; r < R; ++r) store(y + (r0 + r) * out + o0 + t, acc[t][r] * s + b);
+    }
+  };
+  for (; o + O <= end; o += O) {
+    dot_tile<W, O, R>(w + o * in, in, xr, acc);
+    put(o, O);
   }
+  for (; o < end; ++o) {
+    dot_tile<W, 1, R>(w + o * in, in, xr, acc);
+    put(o, 1);
+  }
+}
+
+// y = x W^T (times a scale per output row, plus a bias) for any number of rows of x. Each
+// task takes a block of W's rows; within it, each tile of W meets every row of x in turn (from
+// memory once, then from L1), so W streams once per call however many rows there are.
+template <typename W, typename Y>
+void gemv(int64_t rows, const W* w, const float* x, const float* scale, const float* bias, Y* y,
+          int64_t out, int64_t in) {
+  // blocks of at least 16 rows of W (a few KiB) per task, so a thread streams long runs
+  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t o0 = begin; o0 < end; o0 += 16) {
+      const int64_t o1 = std::min(end, o0 + 16);
+      for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+        switch (std::min<int64_t>(MAX_ROWS, rows - r0)) {
+          case 1: gemv_rows<W, Y, 1>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
+          case 2: gemv_rows<W, Y, 2>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
+          case 3: gemv_rows<W, Y, 3>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
+          default: gemv_rows<W, Y, 4>(w, x, r0, scale, bias, y, out, in, o0, o1);
+        }
+      }
+    }
+  });
 }
 
 template <typename Y>
@@ -118,11 +170,11 @@ void dispatch_weight(const at::Tensor& w, int64_t rows, const float* x, const fl
                      const float* bias, Y* y) {
   const int64_t out = w.size(0), in = w.size(1);
   switch (w.scalar_type()) {
-    case at::kFloat: return dispatch_rows(rows, w.data_ptr<float>(), x, scale, bias, y, out, in);
-    case at::kHalf: return dispatch_rows(rows, w.data_ptr<at::Half>(), x, scale, bias, y, out, in);
+    case at::kFloat: return gemv(rows, w.data_ptr<float>(), x, scale, bias, y, out, in);
+    case at::kHalf: return gemv(rows, w.data_ptr<at::Half>(), x, scale, bias, y, out, in);
     case at::kBFloat16:
-      return dispatch_rows(rows, w.data_ptr<at::BFloat16>(), x, scale, bias, y, out, in);
-    case at::kChar: return dispatch_rows(rows, w.data_ptr<int8_t>(), x, scale, bias, y, out, in);
+      return gemv(rows, w.data_ptr<at::BFloat16>(), x, scale, bias, y, out, in);
+    case at::kChar: return gemv(rows, w.data_ptr<int8_t>(), x, scale, bias, y, out, in);
     default: TORCH_CHECK(false, "decode_gemv: w must be float32, float16, bfloat16 or int8");
   }
 }
@@ -151,7 +203,7 @@ at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& w, const c10::opti
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "decode_gemv: CPU tensors only");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "decode_gemv: x (rows, in) and w (out, in)");
   TORCH_CHECK(x.size(1) == w.size(1), "decode_gemv: x and w disagree on in_features");
-  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= MAX_ROWS, "decode_gemv: 1 to 4 rows");
+  TORCH_CHECK(x.size(0) >= 1, "decode_gemv: at least one row");
   TORCH_CHECK(w.is_contiguous(), "decode_gemv: w must be contiguous");
   const int64_t rows = x.size(0), out = w.size(0);
   TORCH_CHECK(!scale.has_value() || scale->numel() == out, "decode_gemv: one scale per output row");
@@ -291,33 +343,110 @@ struct Linear {
   const float* bias;
 };
 
+// Where one row's keys and values are: layer l, head h, position p at k (or v) + l * layer +
+// h * head + p * step; `pos` is the position this step writes, so the row attends to pos + 1
+// keys. generate's batch shares one cache and one position (`shared_cache`); the server's rows
+// each have a cache of their own, filled to their own length (`row_caches`).
 template <typename T>
-void write_kv(const float* qkv, int64_t rows, int64_t C, int64_t H, int64_t D, T* kl, T* vl,
-              const at::IntArrayRef ks, const at::IntArrayRef vs, int64_t pos) {
-  for (int64_t b = 0; b < rows; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* k = qkv + b * 3 * C + C + h * D;
-      const float* v = k + C;
-      T* kd = kl + b * ks[0] + h * ks[1] + pos * ks[2];
-      T* vd = vl + b * vs[0] + h * vs[1] + pos * vs[2];
+struct RowKV {
+  T* k;
+  T* v;
+  int64_t layer, head, step, pos;
+};
+
+// The checks both kinds of cache share: (n_layer, rows, heads, max_length, head_dim), k and v of
+// one shape, strides and dtype, head_dim contiguous.
+void check_cache(const char* op, const at::Tensor& k, const at::Tensor& v, int64_t n_layer,
+                 int64_t rows, int64_t heads, int64_t D) {
+  TORCH_CHECK(k.dim() == 5 && k.sizes() == v.sizes() && k.strides() == v.strides() &&
+                  k.size(0) == n_layer && k.size(1) == rows && k.size(2) == heads &&
+                  k.size(4) == D && k.stride(4) == 1 && k.device().is_cpu(),
+              op, ": the KV cache must be (n_layer, rows, heads, max_length, head_dim) with k and v "
+              "alike");
+  TORCH_CHECK(k.scalar_type() == v.scalar_type(), op, ": k and v of one dtype");
+}
+
+template <typename T>
+std::vector<RowKV<T>> shared_cache(const at::Tensor& k, const at::Tensor& v, int64_t pos) {
+  std::vector<RowKV<T>> out;
+  for (int64_t b = 0; b < k.size(1); ++b)
+    out.push_back({k.data_ptr<T>() + b * k.stride(1), v.data_ptr<T>() + b * v.stride(1),
+                   k.stride(0), k.stride(2), k.stride(3), pos});
+  return out;
+}
+
+template <typename T>
+std::vector<RowKV<T>> row_caches(const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
+                                 at::IntArrayRef pos) {
+  std::vector<RowKV<T>> out;
+  for (size_t b = 0; b < k.size(); ++b)
+    out.push_back({k[b].data_ptr<T>(), v[b].data_ptr<T>(), k[b].stride(0), k[b].stride(2),
+                   k[b].stride(3), pos[b]});
+  return out;
+}
+
+// Checks a cache per row (each (n_layer, 1, heads, max_length, head_dim), all of one dtype) and
+// each row's position; returns their dtype.
+at::ScalarType check_row_caches(const char* op, const std::vector<at::Tensor>& k,
+                                const std::vector<at::Tensor>& v, at::IntArrayRef pos,
+                                int64_t rows, int64_t n_layer, int64_t heads, int64_t D) {
+  TORCH_CHECK(static_cast<int64_t>(k.size()) == rows && static_cast<int64_t>(v.size()) == rows &&
+                  static_cast<int64_t>(pos.size()) == rows,
+              op, ": one k cache, one v cache and one position per row");
+  for (int64_t b = 0; b < rows; ++b) {
+    check_cache(op, k[b], v[b], n_layer, 1, heads, D);
+    TORCH_CHECK(k[b].scalar_type() == k[0].scalar_type(), op, ": every row's cache of one dtype");
+    TORCH_CHECK(pos[b] >= 0 && pos[b] < k[b].size(3), op, ": row ", b,
+                "'s position is outside its KV cache");
+  }
+  return k[0].scalar_type();
+}
+
+// Calls f(T{}) with T the KV cache's element type.
+template <typename F>
+void with_cache_type(const char* op, at::ScalarType t, F f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kHalf: return f(at::Half{});
+    case at::kBFloat16: return f(at::BFloat16{});
+    default: TORCH_CHECK(false, op, ": the KV cache must be float32, float16 or bfloat16");
+  }
+}
+
+// Each row's keys and values at its position (qkv: rows x (q, k, v), heads of D).
+template <typename T>
+void write_kv(const float* k0, int64_t row_width, int64_t v_off, int64_t rows, int64_t heads,
+              int64_t D, int64_t l, const std::vector<RowKV<T>>& kv) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const RowKV<T>& c = kv[b];
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* k = k0 + b * row_width + h * D;
+      const float* v = k + v_off;
+      T* kd = c.k + l * c.layer + h * c.head + c.pos * c.step;
+      T* vd = c.v + l * c.layer + h * c.head + c.pos * c.step;
       for (int64_t d = 0; d < D; ++d) {
         store(kd + d, k[d]);
         store(vd + d, v[d]);
       }
     }
+  }
 }
 
-template <typename T>
-void attend_step(const float* qkv, int64_t rows, int64_t C, int64_t H, int64_t D, const T* kl,
-                 const T* vl, const at::IntArrayRef ks, const at::IntArrayRef vs, int64_t L,
-                 float* out) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+// Each row's query heads (q: rows x row_width, head h at h * D) against its own keys of layer l
+// from `first(row)` to its position; out: rows x (H * D). One task per (row, head).
+template <typename T, typename First>
+void attend_rows(const float* q, int64_t row_width, int64_t rows, int64_t H, int64_t group,
+                 int64_t D, int64_t l, const std::vector<RowKV<T>>& kv, float scale, float* out,
+                 First first) {
   at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      attend_ptr<T>(qkv + b * 3 * C + h * D, kl + b * ks[0] + h * ks[1], ks[2],
-                    vl + b * vs[0] + h * vs[1], vs[2], L, D, scale, out + b * C + h * D, p);
+      const RowKV<T>& c = kv[b];
+      const int64_t start = first(c.pos);
+      const int64_t off = l * c.layer + (h / group) * c.head + start * c.step;
+      attend_ptr<T>(q + b * row_width + h * D, c.k + off, c.step, c.v + off, c.step,
+                    c.pos + 1 - start, D, scale, out + b * H * D + h * D, p);
     }
   });
 }
@@ -325,21 +454,19 @@ void attend_step(const float* qkv, int64_t rows, int64_t C, int64_t H, int64_t D
 template <typename T>
 void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
                 const std::vector<const float*>& norms, const std::vector<Linear>& lin,
-                const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos, float eps,
-                int64_t act) {
+                const std::vector<RowKV<T>>& kv, float eps, int64_t act) {
   const int64_t D = C / H, inner = lin[2].w.size(0);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> h(rows * C), qkv(rows * 3 * C), att(rows * C), u(rows * inner),
       y(rows * std::max<int64_t>(C, 1));
   for (int64_t l = 0; l < n_layer; ++l) {
     const float* const* nrm = norms.data() + 4 * l;
     const Linear* ln = lin.data() + 4 * l;
-    at::Tensor kl = k_all[l], vl = v_all[l];
     layer_norm(x, h.data(), rows, C, nrm[0], nrm[1], eps);
     dispatch_weight(ln[0].w, rows, h.data(), ln[0].scale, ln[0].bias, qkv.data());
-    write_kv<T>(qkv.data(), rows, C, H, D, kl.data_ptr<T>(), vl.data_ptr<T>(), kl.strides(),
-                vl.strides(), pos);
-    attend_step<T>(qkv.data(), rows, C, H, D, kl.data_ptr<T>(), vl.data_ptr<T>(), kl.strides(),
-                   vl.strides(), pos + 1, att.data());
+    write_kv<T>(qkv.data() + C, 3 * C, C, rows, H, D, l, kv);
+    attend_rows<T>(qkv.data(), 3 * C, rows, H, 1, D, l, kv, scale, att.data(),
+                   [](int64_t) -> int64_t { return 0; });
     dispatch_weight(ln[1].w, rows, att.data(), ln[1].scale, ln[1].bias, y.data());
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
     layer_norm(x, h.data(), rows, C, nrm[2], nrm[3], eps);
@@ -365,6 +492,65 @@ at::Tensor residual_out(const std::vector<float>& xs, const at::Tensor& x) {
   return out;
 }
 
+// x (rows, C) as float32 activations.
+std::vector<float> residual_in(const at::Tensor& x) {
+  std::vector<float> xbuf;
+  at::Tensor xc = x.contiguous();
+  const float* xin = as_float(xc, xbuf);
+  return std::vector<float>(xin, xin + x.numel());
+}
+
+// GPT-2 blocks' tensors, checked and viewed as float32 where small (norms, scales, biases);
+// `keep` holds the contiguous copies alive for the call.
+struct Gpt2Params {
+  std::vector<at::Tensor> keep;
+  std::vector<std::vector<float>> bufs;
+  std::vector<const float*> norms;
+  std::vector<Linear> lin;
+};
+
+void gather_gpt2(const char* op, const c10::List<c10::optional<at::Tensor>>& params,
+                 int64_t n_layer, int64_t C, Gpt2Params& P) {
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == 16 * n_layer, op,
+              ": 16 parameters per layer");
+  P.bufs.resize(16 * n_layer);
+  auto as_f = [&](int64_t i) -> const float* {
+    c10::optional<at::Tensor> t = params.get(i);
+    if (!t.has_value()) return nullptr;
+    P.keep.push_back(t->contiguous());
+    return as_float(P.keep.back(), P.bufs[i]);
+  };
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const int64_t b = 16 * l;
+    for (int64_t j : {0, 1, 8, 9}) {
+      c10::optional<at::Tensor> t = params.get(b + j);
+      TORCH_CHECK(t.has_value() && t->numel() == C, op,
+                  ": the layer norms need a weight and a bias of n_embd values");
+    }
+    P.norms.push_back(as_f(b + 0));
+    P.norms.push_back(as_f(b + 1));
+    P.norms.push_back(as_f(b + 8));
+    P.norms.push_back(as_f(b + 9));
+    const int64_t inner = params.get(b + 10).has_value() ? params.get(b + 10)->size(0) : 0;
+    const int64_t shapes[4][2] = {{3 * C, C}, {C, C}, {inner, C}, {C, inner}};
+    int k = 0;
+    for (int64_t j : {2, 5, 10, 13}) {
+      c10::optional<at::Tensor> w = params.get(b + j);
+      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() &&
+                      w->size(0) == shapes[k][0] && w->size(1) == shapes[k][1],
+                  op, ": layer ", l, " weight ", k,
+                  " must be a contiguous (3C, C), (C, C), (inner, C) or (C, inner) matrix");
+      for (int64_t extra : {j + 1, j + 2}) {
+        c10::optional<at::Tensor> t = params.get(b + extra);
+        TORCH_CHECK(!t.has_value() || t->numel() == shapes[k][0], op,
+                    ": a scale or bias per output row of each weight");
+      }
+      P.lin.push_back({*w, as_f(b + j + 1), as_f(b + j + 2)});
+      ++k;
+    }
+  }
+}
+
 // x (rows, C): the step's embeddings. params: 16 per layer, in order ln_1 weight, bias; c_attn
 // weight, scale (None unless int8), bias; attention c_proj (3); ln_2 (2); c_fc (3); mlp c_proj
 // (3). k_all, v_all: the KV cache (n_layer, rows, H, max_length, D); `pos` is the position this
@@ -373,73 +559,45 @@ at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Te
                        const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
                        int64_t n_head, double eps, int64_t act) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "decode_step: x (rows, n_embd) on CPU");
-  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "decode_step: 1 to 4 rows");
-  TORCH_CHECK(static_cast<int64_t>(params.size()) == 16 * n_layer,
-              "decode_step: 16 parameters per layer");
-  TORCH_CHECK(k_all.dim() == 5 && k_all.sizes() == v_all.sizes() && k_all.size(1) == rows &&
-                  k_all.size(2) == n_head && k_all.size(4) * n_head == C &&
-                  k_all.stride(4) == 1 && v_all.stride(4) == 1,
-              "decode_step: the KV cache must be (n_layer, rows, n_head, max_length, head_dim)");
+  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.dim() == 5 ? k_all.size(0) : 0;
+  TORCH_CHECK(rows >= 1, "decode_step: at least one row");
+  TORCH_CHECK(n_head >= 1 && C % n_head == 0, "decode_step: n_head must divide n_embd");
+  Gpt2Params P;
+  gather_gpt2("decode_step", params, n_layer, C, P);
+  check_cache("decode_step", k_all, v_all, n_layer, rows, n_head, C / n_head);
   TORCH_CHECK(pos >= 0 && pos < k_all.size(3), "decode_step: position outside the KV cache");
-  TORCH_CHECK(k_all.scalar_type() == v_all.scalar_type(), "decode_step: k and v of one dtype");
-  std::vector<at::Tensor> keep;  // contiguous / converted parameters, alive for the call
-  std::vector<std::vector<float>> bufs(16 * n_layer);
-  std::vector<const float*> norms;
-  std::vector<Linear> lin;
-  auto as_f = [&](int64_t i) -> const float* {
-    c10::optional<at::Tensor> t = params.get(i);
-    if (!t.has_value()) return nullptr;
-    keep.push_back(t->contiguous());
-    return as_float(keep.back(), bufs[i]);
-  };
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const int64_t b = 16 * l;
-    norms.push_back(as_f(b + 0));
-    norms.push_back(as_f(b + 1));
-    norms.push_back(as_f(b + 8));
-    norms.push_back(as_f(b + 9));
-    const int64_t inner = params.get(b + 10).has_value() ? params.get(b + 10)->size(0) : 0;
-    const int64_t shapes[4][2] = {{3 * C, C}, {C, C}, {inner, C}, {C, inner}};
-    int k = 0;
-    for (int64_t j : {2, 5, 10, 13}) {
-      c10::optional<at::Tensor> w = params.get(b + j);
-      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() &&
-                      w->size(0) == shapes[k][0] && w->size(1) == shapes[k][1],
-                  "decode_step: layer ", l, " weight ", k,
-                  " must be a contiguous (3C, C), (C, C), (inner, C) or (C, inner) matrix");
-      for (int64_t extra : {j + 1, j + 2}) {
-        c10::optional<at::Tensor> t = params.get(b + extra);
-        TORCH_CHECK(!t.has_value() || t->numel() == shapes[k][0],
-                    "decode_step: a scale or bias per output row of each weight");
-      }
-      lin.push_back({*w, as_f(b + j + 1), as_f(b + j + 2)});
-      ++k;
-    }
-    for (int64_t j : {0, 1, 8, 9}) {
-      c10::optional<at::Tensor> t = params.get(b + j);
-      TORCH_CHECK(t.has_value() && t->numel() == C,
-                  "decode_step: the layer norms need a weight and a bias of n_embd values");
-    }
-  }
-  std::vector<float> xbuf;
-  at::Tensor xc = x.contiguous();
-  const float* xin = as_float(xc, xbuf);
-  std::vector<float> xs(xin, xin + rows * C);
-  const float fe = static_cast<float>(eps);
-  switch (k_all.scalar_type()) {
-    case at::kFloat:
-      run_blocks<float>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe, act);
-      break;
-    case at::kHalf:
-      run_blocks<at::Half>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe, act);
-      break;
-    case at::kBFloat16:
-      run_blocks<at::BFloat16>(xs.data(), rows, C, n_head, n_layer, norms, lin, k_all, v_all, pos, fe,
-                               act);
-      break;
-    default: TORCH_CHECK(false, "decode_step: the KV cache must be float32, float16 or bfloat16");
-  }
+  std::vector<float> xs = residual_in(x);
+  with_cache_type("decode_step", k_all.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    run_blocks<T>(xs.data(), rows, C, n_head, n_layer, P.norms, P.lin,
+                  shared_cache<T>(k_all, v_all, pos), static_cast<float>(eps), act);
+  });
+  return residual_out(xs, x);
+}
+
+// decode_step for rows that each have a KV cache of their own, (n_layer, 1, H, max_length, D),
+// filled to their own length: row b writes positions[b] and attends to the keys before it.
+// The server's running batch: every weight streams once for all rows, and each row's
+// arithmetic is the same whatever the other rows are (its products' sums are its own, its
+// attention reads its own cache).
+at::Tensor decode_step_rows(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
+                            const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
+                            at::IntArrayRef positions, int64_t n_head, double eps, int64_t act) {
+  const char* op = "decode_step_rows";
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
+  const int64_t rows = x.size(0), C = x.size(1);
+  TORCH_CHECK(rows >= 1 && !k.empty() && k[0].dim() == 5, op, ": at least one row and its cache");
+  TORCH_CHECK(n_head >= 1 && C % n_head == 0, op, ": n_head must divide n_embd");
+  const int64_t n_layer = k[0].size(0);
+  Gpt2Params P;
+  gather_gpt2(op, params, n_layer, C, P);
+  const at::ScalarType t = check_row_caches(op, k, v, positions, rows, n_layer, n_head, C / n_head);
+  std::vector<float> xs = residual_in(x);
+  with_cache_type(op, t, [&](auto tag) {
+    using T = decltype(tag);
+    run_blocks<T>(xs.data(), rows, C, n_head, n_layer, P.norms, P.lin,
+                  row_caches<T>(k, v, positions), static_cast<float>(eps), act);
+  });
   return residual_out(xs, x);
 }
 
@@ -482,11 +640,19 @@ struct RopeLayer {
   int64_t window;  // 0: every earlier key
 };
 
+// The rotary step's shape: heads, key/value heads, head size, rotated dims, and where row b's
+// cos/sin of layer l are: cos + b * row_stride + l * rot (row_stride 0: one position for all).
+struct RopeShape {
+  int64_t H, KV, D, rot, row_stride;
+  const float* cos;
+  const float* sin;
+};
+
 template <typename T>
-void run_rope_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t KV, int64_t D,
-                     int64_t rot, const std::vector<RopeLayer>& layers, const float* cos,
-                     const float* sin, const at::Tensor& k_all, const at::Tensor& v_all,
-                     int64_t pos, float eps, int64_t act, bool unit_offset, float scale) {
+void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
+                     const std::vector<RopeLayer>& layers, const std::vector<RowKV<T>>& kv,
+                     float eps, int64_t act, bool unit_offset, float scale) {
+  const int64_t H = S.H, KV = S.KV, D = S.D, rot = S.rot;
   const int64_t n_layer = static_cast<int64_t>(layers.size());
   const int64_t Q = H * D, Kd = KV * D, W = Q + 2 * Kd;
   const int64_t inner = layers[0].fc.w.size(0) / 2;
@@ -494,18 +660,13 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t KV, i
       g(rows * inner), y(rows * C);
   for (int64_t l = 0; l < n_layer; ++l) {
     const RopeLayer& L = layers[l];
-    at::Tensor kl = k_all[l], vl = v_all[l];
-    T* kp = kl.data_ptr<T>();
-    T* vp = vl.data_ptr<T>();
-    const auto ks = kl.strides(), vs = vl.strides();
     rms_norm(x, h.data(), rows, C, L.ln_1, eps, unit_offset);
     dispatch_weight(L.qkv.w, rows, h.data(), L.qkv.scale, L.qkv.bias, qkv.data());
-    const float* c = cos + l * rot;
-    const float* s = sin + l * rot;
     for (int64_t b = 0; b < rows; ++b) {
+      const float* c = S.cos + b * S.row_stride + l * rot;
+      const float* s = S.sin + b * S.row_stride + l * rot;
       float* q = qkv.data() + b * W;
       float* k = q + Q;
-      const float* v = k + Kd;
       for (int64_t hh = 0; hh < H; ++hh) {
         if (L.q_norm) rms_norm(q + hh * D, q + hh * D, 1, D, L.q_norm, eps, unit_offset);
         rope_head(q + hh * D, c, s, rot);
@@ -513,25 +674,14 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t KV, i
       for (int64_t hh = 0; hh < KV; ++hh) {
         if (L.k_norm) rms_norm(k + hh * D, k + hh * D, 1, D, L.k_norm, eps, unit_offset);
         rope_head(k + hh * D, c, s, rot);
-        T* kd = kp + b * ks[0] + hh * ks[1] + pos * ks[2];
-        T* vd = vp + b * vs[0] + hh * vs[1] + pos * vs[2];
-        for (int64_t d = 0; d < D; ++d) {
-          store(kd + d, k[hh * D + d]);
-          store(vd + d, v[hh * D + d]);
-        }
       }
     }
-    const int64_t start = L.window > 0 ? std::max<int64_t>(0, pos + 1 - L.window) : 0;
-    const int64_t n_keys = pos + 1 - start, group = H / KV;
-    at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> p;
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, hh = bh % H, kv = hh / group;
-        attend_ptr<T>(qkv.data() + b * W + hh * D, kp + b * ks[0] + kv * ks[1] + start * ks[2],
-                      ks[2], vp + b * vs[0] + kv * vs[1] + start * vs[2], vs[2], n_keys, D,
-                      scale, att.data() + b * Q + hh * D, p);
-      }
-    });
+    write_kv<T>(qkv.data() + Q, W, Kd, rows, KV, D, l, kv);
+    const int64_t window = L.window;
+    attend_rows<T>(qkv.data(), W, rows, H, H / KV, D, l, kv, scale, att.data(),
+                   [window](int64_t pos) -> int64_t {
+                     return window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
+                   });
     dispatch_weight(L.o.w, rows, att.data(), L.o.scale, L.o.bias, y.data());
     if (L.post_attn) rms_norm(y.data(), y.data(), rows, C, L.post_attn, eps, unit_offset);
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
@@ -548,61 +698,41 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t KV, i
   }
 }
 
-// x (rows, C): the step's embeddings. params: 18 per layer, in order ln_1 weight; qkv weight,
-// scale, bias; o weight, scale, bias; q_norm, k_norm weights (or None); ln_2 weight; fc (gate
-// and up stacked: 2 inner rows) weight, scale, bias; down weight, scale, bias; the norms after
-// attention and after the MLP (or None). cos, sin (n_layer, rot) float32 for this position;
-// windows: one per layer, 0 for none. The KV cache is (n_layer, rows, KV, max_length, D).
-at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
-                            const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
-                            int64_t n_head, int64_t n_kv_head, int64_t head_dim, double eps,
-                            int64_t act, const at::Tensor& cos, const at::Tensor& sin,
-                            at::IntArrayRef windows, double scale, bool unit_offset) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "decode_step_rope: x (rows, n_embd) on CPU");
-  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.size(0);
-  const int64_t H = n_head, KV = n_kv_head, D = head_dim;
-  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "decode_step_rope: 1 to 4 rows");
-  TORCH_CHECK(H >= 1 && KV >= 1 && H % KV == 0 && D >= 1, "decode_step_rope: head counts");
+struct RopeParams {
+  std::vector<at::Tensor> keep;
+  std::vector<std::vector<float>> bufs;
+  std::vector<RopeLayer> layers;
+};
+
+void gather_rope(const char* op, const c10::List<c10::optional<at::Tensor>>& params,
+                 int64_t n_layer, int64_t C, int64_t H, int64_t KV, int64_t D,
+                 at::IntArrayRef windows, RopeParams& P) {
   TORCH_CHECK(static_cast<int64_t>(params.size()) == 18 * n_layer &&
                   static_cast<int64_t>(windows.size()) == n_layer,
-              "decode_step_rope: 18 parameters and one window per layer");
-  TORCH_CHECK(k_all.dim() == 5 && k_all.sizes() == v_all.sizes() && k_all.size(1) == rows &&
-                  k_all.size(2) == KV && k_all.size(4) == D && k_all.stride(4) == 1 &&
-                  v_all.stride(4) == 1,
-              "decode_step_rope: the KV cache must be (n_layer, rows, n_kv_head, max_length, "
-              "head_dim)");
-  TORCH_CHECK(pos >= 0 && pos < k_all.size(3), "decode_step_rope: position outside the cache");
-  TORCH_CHECK(k_all.scalar_type() == v_all.scalar_type(), "decode_step_rope: k, v of one dtype");
-  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
-                  cos.is_contiguous() && sin.is_contiguous() && cos.dim() == 2 &&
-                  cos.sizes() == sin.sizes() && cos.size(0) == n_layer && cos.size(1) % 2 == 0 &&
-                  cos.size(1) <= D,
-              "decode_step_rope: cos, sin (n_layer, rot) float32, rot even and <= head_dim");
-  std::vector<at::Tensor> keep;
-  std::vector<std::vector<float>> bufs(18 * n_layer);
+              op, ": 18 parameters and one window per layer");
+  P.bufs.resize(18 * n_layer);
   auto as_f = [&](int64_t i, int64_t n) -> const float* {
     c10::optional<at::Tensor> t = params.get(i);
     if (!t.has_value()) return nullptr;
-    TORCH_CHECK(t->numel() == n, "decode_step_rope: parameter ", i % 18, " of layer ", i / 18,
+    TORCH_CHECK(t->numel() == n, op, ": parameter ", i % 18, " of layer ", i / 18,
                 " must hold ", n, " values");
-    keep.push_back(t->contiguous());
-    return as_float(keep.back(), bufs[i]);
+    P.keep.push_back(t->contiguous());
+    return as_float(P.keep.back(), P.bufs[i]);
   };
   auto linear = [&](int64_t i, int64_t out, int64_t in) -> Linear {
     c10::optional<at::Tensor> w = params.get(i);
     TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() && w->size(0) == out &&
                     w->size(1) == in,
-                "decode_step_rope: layer ", i / 18, " weight ", i % 18, " must be a contiguous (",
-                out, ", ", in, ") matrix");
+                op, ": layer ", i / 18, " weight ", i % 18, " must be a contiguous (", out, ", ",
+                in, ") matrix");
     return {*w, as_f(i + 1, out), as_f(i + 2, out)};
   };
   const int64_t inner = params.get(10).has_value() ? params.get(10)->size(0) / 2 : 0;
-  std::vector<RopeLayer> layers;
   for (int64_t l = 0; l < n_layer; ++l) {
     const int64_t b = 18 * l;
-    TORCH_CHECK(params.get(b).has_value() && params.get(b + 9).has_value(),
-                "decode_step_rope: each layer needs its two norms");
-    TORCH_CHECK(windows[l] >= 0, "decode_step_rope: windows must be >= 0");
+    TORCH_CHECK(params.get(b).has_value() && params.get(b + 9).has_value(), op,
+                ": each layer needs its two norms");
+    TORCH_CHECK(windows[l] >= 0, op, ": windows must be >= 0");
     RopeLayer L{as_f(b, C),
                 as_f(b + 7, D),
                 as_f(b + 8, D),
@@ -614,31 +744,87 @@ at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<a
                 linear(b + 10, 2 * inner, C),
                 linear(b + 13, C, inner),
                 windows[l]};
-    layers.push_back(L);
+    P.layers.push_back(L);
   }
-  std::vector<float> xbuf;
-  at::Tensor xc = x.contiguous();
-  const float* xin = as_float(xc, xbuf);
-  std::vector<float> xs(xin, xin + rows * C);
-  const float fe = static_cast<float>(eps), fs = static_cast<float>(scale);
-  const float* cp = cos.data_ptr<float>();
-  const float* sp = sin.data_ptr<float>();
-  const int64_t rot = cos.size(1);
-  switch (k_all.scalar_type()) {
-    case at::kFloat:
-      run_rope_blocks<float>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all, v_all, pos,
-                             fe, act, unit_offset, fs);
-      break;
-    case at::kHalf:
-      run_rope_blocks<at::Half>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all, v_all,
-                                pos, fe, act, unit_offset, fs);
-      break;
-    case at::kBFloat16:
-      run_rope_blocks<at::BFloat16>(xs.data(), rows, C, H, KV, D, rot, layers, cp, sp, k_all,
-                                    v_all, pos, fe, act, unit_offset, fs);
-      break;
-    default: TORCH_CHECK(false, "decode_step_rope: the KV cache must be float32, float16 or bfloat16");
-  }
+}
+
+void check_rope_heads(const char* op, int64_t H, int64_t KV, int64_t D) {
+  TORCH_CHECK(H >= 1 && KV >= 1 && H % KV == 0 && D >= 1, op, ": head counts");
+}
+
+// cos, sin: float32, contiguous, (n_layer, rot) for one position or (rows, n_layer, rot) for
+// each row's own; rot even and <= head_dim.
+void check_cos_sin(const char* op, const at::Tensor& cos, const at::Tensor& sin, int64_t lead,
+                   int64_t n_layer, int64_t D) {
+  const int64_t d = cos.dim();
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                  cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes() &&
+                  d == (lead ? 3 : 2) && (!lead || cos.size(0) == lead) &&
+                  cos.size(d - 2) == n_layer && cos.size(d - 1) % 2 == 0 &&
+                  cos.size(d - 1) <= D,
+              op, ": cos, sin (", lead ? "rows, " : "",
+              "n_layer, rot) float32, rot even and <= head_dim");
+}
+
+// x (rows, C): the step's embeddings. params: 18 per layer, in order ln_1 weight; qkv weight,
+// scale, bias; o weight, scale, bias; q_norm, k_norm weights (or None); ln_2 weight; fc (gate
+// and up stacked: 2 inner rows) weight, scale, bias; down weight, scale, bias; the norms after
+// attention and after the MLP (or None). cos, sin (n_layer, rot) float32 for this position;
+// windows: one per layer, 0 for none. The KV cache is (n_layer, rows, KV, max_length, D).
+at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
+                            const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
+                            int64_t n_head, int64_t n_kv_head, int64_t head_dim, double eps,
+                            int64_t act, const at::Tensor& cos, const at::Tensor& sin,
+                            at::IntArrayRef windows, double scale, bool unit_offset) {
+  const char* op = "decode_step_rope";
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
+  const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.dim() == 5 ? k_all.size(0) : 0;
+  const int64_t H = n_head, KV = n_kv_head, D = head_dim;
+  TORCH_CHECK(rows >= 1, op, ": at least one row");
+  check_rope_heads(op, H, KV, D);
+  RopeParams P;
+  gather_rope(op, params, n_layer, C, H, KV, D, windows, P);
+  check_cache(op, k_all, v_all, n_layer, rows, KV, D);
+  TORCH_CHECK(pos >= 0 && pos < k_all.size(3), op, ": position outside the cache");
+  check_cos_sin(op, cos, sin, 0, n_layer, D);
+  const RopeShape S{H, KV, D, cos.size(1), 0, cos.data_ptr<float>(), sin.data_ptr<float>()};
+  std::vector<float> xs = residual_in(x);
+  with_cache_type(op, k_all.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    run_rope_blocks<T>(xs.data(), rows, C, S, P.layers, shared_cache<T>(k_all, v_all, pos),
+                       static_cast<float>(eps), act, unit_offset, static_cast<float>(scale));
+  });
+  return residual_out(xs, x);
+}
+
+// decode_step_rope for rows with a KV cache each, (n_layer, 1, KV, max_length, D), at their own
+// positions; cos, sin (rows, n_layer, rot) for each row's position.
+at::Tensor decode_step_rope_rows(const at::Tensor& x,
+                                 const c10::List<c10::optional<at::Tensor>>& params,
+                                 const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
+                                 at::IntArrayRef positions, int64_t n_head, int64_t n_kv_head,
+                                 int64_t head_dim, double eps, int64_t act, const at::Tensor& cos,
+                                 const at::Tensor& sin, at::IntArrayRef windows, double scale,
+                                 bool unit_offset) {
+  const char* op = "decode_step_rope_rows";
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
+  const int64_t rows = x.size(0), C = x.size(1);
+  const int64_t H = n_head, KV = n_kv_head, D = head_dim;
+  TORCH_CHECK(rows >= 1 && !k.empty() && k[0].dim() == 5, op, ": at least one row and its cache");
+  check_rope_heads(op, H, KV, D);
+  const int64_t n_layer = k[0].size(0);
+  RopeParams P;
+  gather_rope(op, params, n_layer, C, H, KV, D, windows, P);
+  const at::ScalarType t = check_row_caches(op, k, v, positions, rows, n_layer, KV, D);
+  check_cos_sin(op, cos, sin, rows, n_layer, D);
+  const int64_t rot = cos.size(2);
+  const RopeShape S{H, KV, D, rot, n_layer * rot, cos.data_ptr<float>(), sin.data_ptr<float>()};
+  std::vector<float> xs = residual_in(x);
+  with_cache_type(op, t, [&](auto tag) {
+    using T = decltype(tag);
+    run_rope_blocks<T>(xs.data(), rows, C, S, P.layers, row_caches<T>(k, v, positions),
+                       static_cast<float>(eps), act, unit_offset, static_cast<float>(scale));
+  });
   return residual_out(xs, x);
 }
 
@@ -651,14 +837,23 @@ TORCH_LIBRARY(lmgen_kernels, m) {
       "decode_step(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
       "int n_head, float eps, int act) -> Tensor");
   m.def(
+      "decode_step_rows(Tensor x, Tensor?[] params, Tensor(a!)[] k, Tensor(b!)[] v, "
+      "int[] positions, int n_head, float eps, int act) -> Tensor");
+  m.def(
       "decode_step_rope(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
       "int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, Tensor sin, "
       "int[] windows, float scale, bool unit_offset) -> Tensor");
+  m.def(
+      "decode_step_rope_rows(Tensor x, Tensor?[] params, Tensor(a!)[] k, Tensor(b!)[] v, "
+      "int[] positions, int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, "
+      "Tensor sin, int[] windows, float scale, bool unit_offset) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
   m.impl("decode_gemv", decode_gemv);
   m.impl("decode_attention", decode_attention);
   m.impl("decode_step", decode_step);
+  m.impl("decode_step_rows", decode_step_rows);
   m.impl("decode_step_rope", decode_step_rope);
+  m.impl("decode_step_rope_rows", decode_step_rope_rows);
 }

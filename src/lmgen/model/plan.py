@@ -3,8 +3,10 @@
 A small model's decode step is mostly the dispatch of ~30 small operations per block; the plan
 looks the submodules' functions up once (linear layers through `DecodeLinear`), runs the same
 `block_forward` the modules run, and hands an unpadded CPU decode step of GPT-2 blocks to
-`lmgen.kernels.decode_step`, every block in one call. The network (network.py) stays free of
-all this; `GPT.forward` takes the plan whenever no hook has to fire and nothing trains.
+`lmgen.kernels.decode_step` (rotary blocks to `decode_step_rope`), every block in one call;
+`rows_step` does the same for the server's rows, each with a cache of its own. The network
+(network.py) stays free of all this; `GPT.forward` takes the plan whenever no hook has to fire
+and nothing trains.
 """
 
 from __future__ import annotations
@@ -145,12 +147,35 @@ class InferencePlan:
             self.scale if self.scale is not None else c.head_dim**-0.5, c.norm_unit_offset,
         )  # fmt: skip
 
-    def _fused(self, x, B: int, cache, past: int) -> bool:
+    def rows_step(self, x: torch.Tensor, caches: list, positions: list[int]) -> torch.Tensor:
+        """Every block of one decode step for rows that each have a cache of their own (the
+        server's running batch; `caches[b]` a 1-row `KVCache` written at `positions[b]`):
+        `x` (rows, C) the step's embeddings, returned as the residual stream after the last
+        block. Only where `fuses_rows(x)`; the caches are written but not advanced."""
+        model = self._model()
+        k = [c.k for c in caches]
+        v = [c.v for c in caches]
+        if self.step_params is not None:
+            return kernels.decode_step_rows(
+                x, self.step_params, k, v, positions, self.n_head, self.eps, self.activation
+            )
+        c = model.config
+        pos = torch.tensor([positions], device=x.device)  # (1, rows)
+        cos, sin = zip(*model.rope_cos_sin(pos, torch.float32), strict=True)
+        rows = x.shape[0]
+        return kernels.decode_step_rope_rows(
+            x, self.rope_params, k, v, positions, (c.n_head, c.kv_heads, c.head_dim), self.eps,
+            self.activation, torch.stack([t.reshape(rows, -1) for t in cos], 1).contiguous(),
+            torch.stack([t.reshape(rows, -1) for t in sin], 1).contiguous(),
+            [w or 0 for w in self.windows],
+            self.scale if self.scale is not None else c.head_dim**-0.5, c.norm_unit_offset,
+        )  # fmt: skip
+
+    def fuses_rows(self, x: torch.Tensor) -> bool:
+        """Whether `rows_step` runs for activations like `x`: the fused step's conditions,
+        for any number of rows."""
         return (
-            cache is not None
-            and past > 0
-            and B <= kernels.MAX_ROWS
-            and FUSED_DECODE_STEP
+            FUSED_DECODE_STEP
             and decode_linear.ENABLED
             and (self.step_params is not None or self.rope_params is not None)
             and x.device.type == "cpu"
@@ -158,6 +183,9 @@ class InferencePlan:
             and not (torch.is_grad_enabled() and x.requires_grad)
             and kernels.available()
         )
+
+    def _fused(self, x, B: int, cache, past: int) -> bool:
+        return cache is not None and past > 0 and B <= kernels.MAX_ROWS and self.fuses_rows(x)
 
 
 def _linear_params(m) -> list | None:

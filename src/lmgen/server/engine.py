@@ -19,11 +19,16 @@ its own text tracker), whose n rows each hold a KV cache of their own. Each `ste
 Batch invariance, on the CPU: a request's tokens and log-probabilities are bitwise the same
 whoever else shares its steps, because no reduction in the forward pass depends on the batch:
 
+- the decoding rows (one token each) run the fused decode step, all rows in one call
+  (`lmgen.kernels.decode_step_rows` / `decode_step_rope_rows`): every weight streams once for
+  the whole batch, and each row's sums and attention are its own, so its bits do not depend on
+  the other rows or its place (tested in tests/test_kernels_rows.py);
 - torch's CPU matrix product gives a row different bits with 1, 2-3 and 4+ rows (MKL/oneDNN
-  pick kernels by shape), so `RowLinear` never lets the batch choose: it multiplies in groups of
-  at most 4 rows through `lmgen.kernels.decode_gemv`, whose result for a row is the same for
-  1-4 rows at any place (tested); without that kernel, in blocks of exactly `BLOCK` rows
-  (zero-padded), where a row's result depends neither on its place nor on the other rows;
+  pick kernels by shape), so `RowLinear` (the prompt chunks' products and the head) never lets
+  the batch choose: it multiplies through `lmgen.kernels.decode_gemv`, whose result for a row
+  is the same for any number of rows at any place; without that kernel, in blocks of exactly
+  `BLOCK` rows (zero-padded), where a row's result depends neither on its place nor on the
+  other rows;
 - attention is computed row by row, over that row's own cache (its own length, no padding);
 - a prompt is cut into chunks at fixed offsets (`prefill_chunk`), so the budget decides only
   *when* a chunk runs, never how the prompt is cut;
@@ -60,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 8  # rows per product when lmgen.kernels is not available
-KERNEL_ROWS = 4  # rows per decode_gemv call (its maximum)
 
 
 # -- the forward pass ---------------------------------------------------------------------------
@@ -86,11 +90,7 @@ class RowLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel and x.dtype in kernels.DTYPES:
-            w, b = self.weight, self.bias
-            x = x.contiguous()
-            if x.shape[0] <= KERNEL_ROWS:
-                return kernels.decode_gemv(x, w, None, b)
-            return torch.cat([kernels.decode_gemv(c, w, None, b) for c in x.split(KERNEL_ROWS)])
+            return kernels.decode_gemv(x.contiguous(), self.weight, None, self.bias)
         n = x.shape[0]
         pad = (-n) % BLOCK
         if pad:
@@ -164,7 +164,12 @@ class BatchForward:
         """Logits (segments asking for them, vocab) of each such segment's last token; every
         cache advances by the tokens written into it. The model's own forward hooks and
         pre-hooks fire once a step, with the step's tokens (1, N) as input and these logits as
-        output: a step is one forward pass."""
+        output: a step is one forward pass.
+
+        One-token segments (the decoding rows) go through the fused decode step, all rows in
+        one call (`InferencePlan.rows_step`: each weight streams once for all of them), the
+        prompt chunks through the blocks op by op; which way a segment goes depends only on
+        its own length, so a row's arithmetic never depends on the others."""
         model = self.model
         ids, pos, last = [], [], []
         for s in segments:
@@ -179,10 +184,18 @@ class BatchForward:
         N = len(ids)
         self._fire(self.model._forward_pre_hooks, (input_ids,))
         x = model.embed(input_ids, position_ids).view(N, -1)  # (N, C)
-        cos_sin = model.rope_cos_sin(position_ids, x.dtype)
-        for i, ops in enumerate(self.layers):
-            attend = SegmentAttend(i, segments, self.windows[i], self.scale)
-            x = block_forward(x, ops, self.shape, 1, N, cos_sin[i], attend)  # (N, C)
+        plan = model.inference_plan()
+        single = [s for s in segments if len(s.tokens) == 1] if plan.fuses_rows(x) else []
+        if len(single) == len(segments):
+            x = plan.rows_step(x, [s.cache for s in single], [s.start for s in single])
+        else:
+            if single:
+                rows = [s.offset for s in single]
+                y = plan.rows_step(x[rows], [s.cache for s in single], [s.start for s in single])
+            chunks = [s for s in segments if len(s.tokens) > 1] if single else segments
+            x = self._blocks(x, position_ids, chunks)
+            if single:
+                x[rows] = y
         for s in segments:
             s.cache.advance(len(s.tokens))
         if last:
@@ -191,6 +204,29 @@ class BatchForward:
             logits = x.new_empty(0, model.config.vocab_size)
         self._fire(self.model._forward_hooks, (input_ids,), logits)
         return logits
+
+    def _blocks(self, x: torch.Tensor, position_ids: torch.Tensor, segments: list[Segment]):
+        """x (N, C) after the blocks, for the tokens of `segments` (op by op, attention row by
+        row); the other rows of x are left as they are."""
+        index = [i for s in segments for i in range(s.offset, s.offset + len(s.tokens))]
+        whole = len(index) == x.shape[0]
+        xs = x if whole else x[index]
+        offsets = [s.offset for s in segments]
+        a = 0
+        for s in segments:  # offsets into xs while the blocks run
+            s.offset, a = a, a + len(s.tokens)
+        n = xs.shape[0]
+        cos_sin = self.model.rope_cos_sin(position_ids[:, index], xs.dtype)
+        for i, ops in enumerate(self.layers):
+            attend = SegmentAttend(i, segments, self.windows[i], self.scale)
+            xs = block_forward(xs, ops, self.shape, 1, n, cos_sin[i], attend)  # (n, C)
+        for s, o in zip(segments, offsets, strict=True):
+            s.offset = o
+        if whole:
+            return xs
+        x = x.clone()
+        x[index] = xs
+        return x
 
     def _fire(self, hooks: dict, args: tuple, *output) -> None:
         kwargs_ids = (
