@@ -94,7 +94,8 @@ function renderDraws(data) {
     restP -= p;
     restC -= c;
   });
-  rows.push({ label: "every other token", p: Math.max(0, restP), c: restC, id: "" });
+  restP = restP < 1e-6 ? 0 : restP; // what float rounding leaves of 1 - the sum
+  if (restP > 0 || restC > 0) rows.push({ label: "every other token", p: restP, c: restC, id: "" });
   const body = $("draws").querySelector("tbody");
   body.replaceChildren();
   let chi = 0, bins = 0, poolP = 0, poolC = 0;
