@@ -102,6 +102,13 @@ def test_draws_match_the_probabilities_and_the_seeded_sampler(url, lm):
     assert pipeline(url, temperature=1.2, top_k=8, seed=7, draws=4000)["draws"] == out["draws"]
 
 
+def test_greedy_draws_are_the_greedy_token(url, lm):
+    out = pipeline(url, strategy="greedy", repetition_penalty=1.5, draws=50)
+    ref = next_token(lm, "To be", strategy="greedy", repetition_penalty=1.5)
+    assert out["draws"]["counts"] == {str(ref.greedy_token_id): 50}
+    assert out["draws"]["strategy"] == "greedy"
+
+
 def chi2_critical(dof: int, alpha: float = 0.001) -> float:
     """The chi-square critical value: scipy's, or the Wilson-Hilferty closed form."""
     try:

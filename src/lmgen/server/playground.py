@@ -101,8 +101,9 @@ def pipeline_payload(lm, body: PipelineRequest) -> dict:
     """`next_payload`, plus the pipeline view: `tokens` (the candidates every chart shows,
     with the `text` each would append) and `stages`, the distribution before the chain
     ("model") and after each processor in chain order; with `draws`, how often each token
-    came up in that many seeded draws from the last stage."""
-    out, stages, nt = _next_step(lm, body)
+    came up in that many seeded draws from the last stage (greedy: the one token the greedy
+    rule picks every time)."""
+    out, stages, nt, strategy = _next_step(lm, body)
     ids, tok = nt.prompt_token_ids, lm.tokenizer
     shown = shown_tokens(stages[0], stages[-1], body.top or out["vocab_size"])
     out["tokens"] = [
@@ -116,8 +117,12 @@ def pipeline_payload(lm, body: PipelineRequest) -> dict:
         for k, s in enumerate(stages)
     ]
     if body.draws:
-        counts = draw_counts(nt.processed_logits, body.draws, body.seed)
+        if strategy == "sample":
+            counts = draw_counts(nt.processed_logits, body.draws, body.seed)
+        else:
+            counts = {nt.greedy_token_id: body.draws}
         out["draws"] = {"n": body.draws, "seed": body.seed, "counts": counts}
+        out["draws"]["strategy"] = strategy
     return out
 
 
@@ -130,7 +135,7 @@ def token_text(tok, ids: list[int], token_id: int) -> str:
 
 def _next_step(lm, body: schemas.NextRequest):
     """(the /v1/lmgen/next payload, the scores before the chain and after each processor,
-    the `NextToken`)."""
+    the `NextToken`, the strategy)."""
     kw = {"strategy": "sample", **config_kwargs(body, lm.config.vocab_size)}
     nt = next_token(lm, body.prompt, top=body.top, **kw)
     if bool(torch.isnan(nt.processed_logits.float().softmax(-1)).any()):
@@ -173,8 +178,8 @@ def _next_step(lm, body: schemas.NextRequest):
     out["prompt"] = body.prompt
     out["vocab_size"] = int(pre.shape[-1])
     out["kept_count"] = int(torch.isfinite(nt.processed_logits).sum())
+    strategy = config.effective_strategy()
     if body.choose:
-        strategy = config.effective_strategy()
         if strategy == "sample":
             g = make_generator(body.seed, nt.processed_logits.device)
             tid = int(sample_from_logits(nt.processed_logits[None].float(), [g])[0])
@@ -191,7 +196,7 @@ def _next_step(lm, body: schemas.NextRequest):
             "processed_prob": float(probs[tid]),
             "prob": float(nt.logits.float().softmax(-1)[tid]),
         }
-    return out, stages, nt
+    return out, stages, nt, strategy
 
 
 def beam_payload(lm, body: schemas.BeamRequest):

@@ -123,6 +123,11 @@ function renderDraws(data) {
     bins += 1;
   }
   $("draws").hidden = false;
+  if (data.draws.strategy !== "sample") {
+    $("draws-caption").textContent = `${n} draws with the ${data.draws.strategy} rule: it ` +
+      "picks the most likely token every time, whatever the probabilities beside it say.";
+    return;
+  }
   $("draws-caption").textContent = `${n} draws with seed ${data.draws.seed} from the ` +
     `distribution after the chain: chi-square ${chi.toFixed(2)} on ${Math.max(0, bins - 1)} ` +
     "degrees of freedom (about as large as the degrees of freedom when theory and practice agree).";
