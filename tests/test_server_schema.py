@@ -65,6 +65,10 @@ RUN_TIME_REFUSALS = {
     ("invalid_value", "diversity_penalty"),  # needs num_beam_groups > 1
     ("invalid_value", "penalty_alpha"),  # contrastive search
     ("invalid_value", "top_k"),  # contrastive search needs top_k >= 1
+    ("invalid_value", "sequence_bias"),  # a token id beyond the model's vocabulary
+    ("invalid_value", "samplers"),  # leaves out an active sampler; with mirostat
+    ("invalid_value", "adaptive_target"),  # with mirostat (each chooses the token)
+    ("invalid_value", "dola_layers"),  # no layer below the model's depth; beams; speculation
     # structured output: a regex, schema or grammar that does not compile, or that no token
     # can start; two constraints at once; ignore_eos with one
     *(("invalid_value", p) for p in STRUCTURED_FIELDS),

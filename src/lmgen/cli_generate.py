@@ -69,6 +69,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts_file(args.prompts_file) if args.prompts_file else None
     prompt = read_prompt(args.prompt) if prompts is None else None
     lm = load_lm(args)
+    if args.show_chain:
+        print_chain(lm, config, prompts[0] if prompts else prompt)
     if args.stream:
         if not args.no_echo:
             sys.stdout.write(prompt)
@@ -96,6 +98,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if config.logprobs:
                 print_logprobs(lm, c)
     return 0
+
+
+def print_chain(lm, config, prompt: str) -> None:
+    """`chain: A -> B -> ...` on stderr: the processors in the order they run (a Session's
+    own chain, so the order the user's `--samplers` gave, adaptive-p last)."""
+    from .decoding.session import Session
+
+    session = Session(lm, prompt, config, record=())
+    chain = session.chain
+    session.close()
+    print(f"chain: {chain!r}", file=sys.stderr)
 
 
 def result_json(res, config) -> dict:
@@ -178,6 +191,11 @@ def add_parsers(sub) -> None:
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
     add_json_option(g, "one JSON object (with --prompts-file: one line per prompt)")
     g.add_argument("--no-echo", action="store_true", help="print only the continuation")
+    g.add_argument(
+        "--show-chain",
+        action="store_true",
+        help="first print the processor chain in the order it runs (to stderr)",
+    )
     add_decoding_arguments(p, ("output",), argument_groups={"output": g})  # --logprobs
     g = p.add_argument_group("batches and speed")
     g.add_argument(
@@ -189,8 +207,9 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--draft",
         metavar="DIR",
-        help="a small model with the same tokenizer for speculative decoding (same output "
-        "distribution; greedy gives the same tokens)",
+        help="a small model for speculative decoding (same output distribution; greedy gives "
+        "the same tokens); one with a tokenizer of its own is universal assisted decoding (the "
+        "same tokens, greedy or seeded)",
     )
     g.add_argument(
         "--speculative-k",

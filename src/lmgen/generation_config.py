@@ -24,6 +24,7 @@ from lmgen.settings import (
     SAMPLING_SIGNALS,
     SETTINGS,
     STRATEGIES,
+    between,
 )
 
 __all__ = ["MAX_LOGPROBS", "MIN_TEMPERATURE", "GenerationConfig", "infer_strategy"]
@@ -143,8 +144,8 @@ class _Config:
             value = getattr(self, s.name)
             if value is None:
                 continue
-            if s.kind == "bias_pairs":
-                check_bias_pairs(s.name, value)
+            if s.kind == "bias_pairs":  # as logit_bias: +-100 bans or forces, short of inf
+                check_bias_pairs(s.name, value, between(-MAX_LOGIT_BIAS, MAX_LOGIT_BIAS))
             elif s.kind == "sampler_order":
                 parse_samplers(value)
             elif s.kind == "dola":

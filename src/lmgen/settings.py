@@ -355,7 +355,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("samplers", "sampler_order", None, "the order of the samplers, llama.cpp's names "
             "separated by ';' (" + ";".join(SAMPLER_NAMES) + "); every active sampler must "
             "be named; adaptive_p always runs last (none: the default order)",
-            group="samplers", chain=True, api="samplers", wire="texts", metavar="LIST",
+            group="samplers", chain=True, metavar="LIST",
             llama_cpp="samplers"),
     Setting("regex", "text", None, "the generated text matches RE (Rust regex syntax, whole "
             "text)", group="structured", processor="StructuredOutput", chain=True,
@@ -393,9 +393,9 @@ SETTINGS: tuple[Setting, ...] = (
             "logit; repeatable; -100 bans a token (ids: lmgen tokenize)", processor="LogitBias",
             chain=True, metavar="ID=BIAS", openai="logit_bias", vllm="logit_bias",
             llama_cpp="logit_bias"),
-    Setting("sequence_bias", "bias_pairs", None, "add BIAS to a token that would complete "
-            "the token sequence IDS (comma-separated); repeatable; one id biases that token "
-            "always", processor="SequenceBias", chain=True,
+    Setting("sequence_bias", "bias_pairs", None, "add BIAS, in [-100, 100], to a token that "
+            "would complete the token sequence IDS (comma-separated); repeatable; one id biases "
+            "that token always", processor="SequenceBias", chain=True,
             metavar="IDS=BIAS", transformers="sequence_bias"),
     Setting("bad_words_ids", "token_lists", None, "token sequences never to generate",
             processor="BadWords", api=None, flag=None, transformers="bad_words_ids"),

@@ -45,7 +45,9 @@ def check_token_ids(name: str, ids: Iterable[object]) -> list[int]:
     return out
 
 
-def check_bias_pairs(name: str, value: object) -> list[tuple[tuple[int, ...], float]]:
+def check_bias_pairs(
+    name: str, value: object, allowed: Range = FINITE
+) -> list[tuple[tuple[int, ...], float]]:
     """`value` as (token ids, bias) pairs, from transformers' two forms of a sequence bias,
     `{(ids...): bias}` and `[[ids, bias], ...]`; a ConfigError naming `name` otherwise."""
     if not isinstance(value, dict | list | tuple) or not value:
@@ -64,7 +66,7 @@ def check_bias_pairs(name: str, value: object) -> list[tuple[tuple[int, ...], fl
             raise ConfigError(
                 f"{name} token ids must be a non-empty list of ints, got {ids!r}", param=name
             )
-        pairs.append((tuple(check_token_ids(name, ids)), check_number(name, bias)))
+        pairs.append((tuple(check_token_ids(name, ids)), check_number(name, bias, allowed)))
     return pairs
 
 

@@ -39,6 +39,7 @@ from lmgen.settings import (
     BY_NAME,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
+    SAMPLER_NAMES,
     SERVE_MAX_BEAMS,
     SERVE_MAX_N,
     SERVE_MAX_PROMPT_TOKENS,
@@ -137,10 +138,57 @@ LogitBias = Annotated[
     ),
 ]
 
+
+def _integral_ids(pairs: Any) -> Any:
+    """[[ids, bias], ...] with integral floats among the ids as ints (JSON Schema's integers);
+    everything else is GenerationConfig's to check, its message naming the setting."""
+    if not isinstance(pairs, list):
+        return pairs
+    return [
+        [[_integral(i) for i in p[0]], *p[1:]]
+        if isinstance(p, list) and p and isinstance(p[0], list)
+        else p
+        for p in pairs
+    ]
+
+
 # transformers' list form of a sequence bias: [[token ids, bias], ...]
 SequenceBiasPairs = Annotated[
-    list[tuple[Annotated[list[Int(0)], Field(min_length=1, max_length=MAX_STOP)], Float()]],
+    list[Annotated[list[Any], Field(min_length=2, max_length=2)]],
     Field(min_length=1, max_length=MAX_LOGIT_BIAS_ENTRIES),
+    BeforeValidator(_integral_ids),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "[[token ids, bias], ...]: the bias goes to the last id when the "
+            "text ends with the others; the ids must be in the model's vocabulary",
+            "items": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                    {"type": "number", "minimum": -MAX_LOGIT_BIAS, "maximum": MAX_LOGIT_BIAS},
+                ],
+                "items": False,
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            "minItems": 1,
+            "maxItems": MAX_LOGIT_BIAS_ENTRIES,
+        }
+    ),
+]
+SamplerNames = Annotated[
+    list[Literal[SAMPLER_NAMES]],
+    Field(min_length=1, max_length=len(SAMPLER_NAMES)),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "llama.cpp's sampler order; each name at most once",
+            "items": {"enum": list(SAMPLER_NAMES)},
+            "uniqueItems": True,
+            "minItems": 1,
+        }
+    ),
 ]
 
 Stop = Text(1, MAX_STRING) | Annotated[list[Text(1, MAX_STRING)], Field(max_length=MAX_STOP)]
@@ -199,6 +247,7 @@ _WIRE_TYPES = {  # a setting's shape on the wire, where a range or choices do no
     "json": dict[str, Any] | Text(1, MAX_STRING),
     "token_bias": LogitBias,
     "bias_pairs": SequenceBiasPairs,
+    "sampler_order": SamplerNames,
     "dola": Literal["low", "high"] | Annotated[list[Int(0)], Field(min_length=1, max_length=256)],
 }
 
