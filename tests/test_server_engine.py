@@ -260,3 +260,36 @@ def test_rotary_gqa_family_in_the_batch_equals_generate(family, tmp_path):
         (result,), _ = j.future.result()
         ref = generate(small, p, cfg)
         assert result.choices[0].token_ids == ref.choices[0].token_ids
+
+
+def test_preemption_under_a_tiny_kv_budget_gives_the_same_outputs(lm):
+    """A KV cache for about two requests at a time, growing 8 positions at a block: the newest
+    request is preempted when a row cannot grow, recomputed later (its prompt prefilled again,
+    its tokens replayed one a step as first computed) and returns the same tokens and
+    log-probabilities as alone; the cache in use never exceeds the bound."""
+    configs = [c for c in mixed_configs()[:10] if c.num_return_sequences == 1][:6]
+    configs.append(GenerationConfig(strategy="sample", seed=21, num_return_sequences=2,
+                                    max_new_tokens=16))  # fmt: skip
+    refs = [alone(lm, c, i) for i, c in enumerate(configs)]
+    per_position = Engine(lm, Stats()).kv_position_bytes
+    bound = 2 * 40 * per_position  # two rows of 40 positions
+    stats = Stats()
+    engine = Engine(lm, stats, kv_cache_bytes=bound, kv_block=8)
+    jobs = [job(c, i) for i, c in enumerate(configs)]
+    for j in jobs:
+        engine.add(engine.prepare(j))
+    for _ in range(3000):
+        if all(j.future.done() for j in jobs):
+            break
+        engine.step()
+        assert engine.kv_bytes_in_use() <= bound
+    assert stats.preempted > 0
+    for i, (j, ref) in enumerate(zip(jobs, refs, strict=True)):
+        assert outputs(j.future.result(0)) == ref, f"request {i} changed by preemption"
+
+
+def test_a_request_larger_than_the_kv_cache_is_refused_with_a_message(lm):
+    engine = Engine(lm, Stats(), kv_cache_bytes=1000)
+    cfg = GenerationConfig(strategy="greedy", max_new_tokens=20)
+    with pytest.raises(lmgen.ConfigError, match="KV cache needs .* --kv-cache-mb"):
+        engine.prepare(job(cfg, 0))

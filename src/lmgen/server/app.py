@@ -3,7 +3,8 @@
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
 `POST /v1/chat/completions`, `POST /v1/lmgen/next`, `POST /v1/lmgen/pipeline`,
 `GET /v1/lmgen/settings`, `POST /v1/lmgen/beam`, vLLM's
-`POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`, `GET /health`, and the
+`POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`, `GET /health`, Prometheus'
+`GET /metrics` (metrics.py), and the
 playground at `GET /`. This module only assembles: the HTTP plumbing is in errors.py,
 guard.py, responses.py and jobs.py, the OpenAI mapping in mapping.py and openai_api.py, the
 playground's endpoints in playground.py (with pipeline.py and controls.py), the tokenizer's in
@@ -19,13 +20,14 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import controls, openai_api, pipeline, playground, schemas, tokenizer_endpoints
 from .budget import DEFAULT_TOTAL, DEFAULT_WAIT_S, MemoryBudget
 from .errors import add_error_handlers
 from .guard import Guard, HostCheck
+from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .openapi import BODY_ERRORS, COMMON_ERRORS, STREAMED, without_422
 from .registry import Registry
 from .responses import SafeJSONResponse
@@ -51,18 +53,27 @@ def create_app(
     max_request_memory: int | None = None,
     memory_wait_s: float = DEFAULT_WAIT_S,
     allowed_hosts: list[str] | None = None,
+    kv_cache_bytes: int | None = None,
+    max_batch: int = 64,
 ) -> FastAPI:
     """The app serving `models` ({name: LM}); the first is the default when a request names
     none. With `api_key`, every /v1 route needs `Authorization: Bearer <api_key>`.
 
     Requests reserve the memory they need from `memory_budget` bytes (at most
-    `max_request_memory` each; see budget.py). With `allowed_hosts` (a list, possibly
-    empty), only requests whose Host header is a loopback name or one of those hosts are
-    served (`lmgen serve` passes it when bound to loopback); None serves any Host."""
+    `max_request_memory` each; see budget.py); each model's running batch holds at most
+    `kv_cache_bytes` of KV cache (engine.py; None: unbounded). With `allowed_hosts` (a list,
+    possibly empty), only requests whose Host header is a loopback name or one of those hosts
+    are served (`lmgen serve` passes it when bound to loopback); None serves any Host."""
     budget = MemoryBudget(memory_budget, max_request_memory, memory_wait_s)
     served = Registry(
-        models, budget, max_active=max_active, max_waiting=max_waiting, batching=batching
-    )
+        models, budget, max_active=max_active, max_waiting=max_waiting, batching=batching,
+        kv_cache_bytes=kv_cache_bytes, max_batch=max_batch,
+    )  # fmt: skip
+    metrics = ServerMetrics()
+    for name, s in served.items():
+        watcher = metrics.watch(name, s.worker)
+        if s.worker.engine is not None:
+            s.worker.engine.metrics = watcher
 
     @asynccontextmanager
     async def lifespan(app):
@@ -95,6 +106,10 @@ def create_app(
             },
             "memory": budget.stats(),
         }
+
+    @app.get("/metrics", responses={421: COMMON_ERRORS[421]})
+    async def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", responses=COMMON_ERRORS)
     async def list_models():

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import concurrent.futures
 
+from .engine import kv_bytes_per_position
 from .errors import APIError
 
 GiB = 1 << 30
@@ -29,10 +30,8 @@ ACTIVATION_VALUES_PER_EMBD = 16
 def bytes_per_position(lm) -> int:
     """Estimated bytes one row needs per position: its KV cache plus the prefill's working
     set."""
-    cfg = lm.config
-    element = next(lm.model.parameters()).element_size()
-    kv = 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim  # grouped-query models store KV heads
-    return (kv + ACTIVATION_VALUES_PER_EMBD * cfg.n_embd) * element
+    element = lm.model.wte.weight.element_size()
+    return kv_bytes_per_position(lm) + ACTIVATION_VALUES_PER_EMBD * lm.config.n_embd * element
 
 
 def job_bytes(lm, rows: int, positions: int) -> int:

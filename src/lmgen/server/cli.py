@@ -82,6 +82,18 @@ def memory_size(text: str | None, param: str) -> int | None:
     return int(value * _UNITS[unit])
 
 
+KV_CACHE_SHARE = 4  # the default KV cache: a quarter of the machine's memory
+
+
+def default_kv_cache_mb() -> int:
+    """A quarter of the machine's physical memory, in MiB (1024 where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1024
+    return max(1, total // KV_CACHE_SHARE >> 20)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -119,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}", "port")
-    for name in ("max_active", "max_waiting"):
+    for name in ("max_active", "max_waiting", "kv_cache_mb", "max_batch"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1", name)
     if args.api_key is not None and not args.api_key:
@@ -156,6 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         memory_budget=budget,
         max_request_memory=per_request,
+        kv_cache_bytes=args.kv_cache_mb << 20,
+        max_batch=args.max_batch,
         # DNS rebinding: on loopback, only loopback Host headers and the --allowed-host ones
         allowed_hosts=hosts if is_loopback(args.host) or hosts else None,
     )
@@ -195,6 +209,23 @@ def add_parsers(sub) -> None:
         default=DEFAULT_BATCHING,
         help="continuous batching: greedy and sampling requests share one running batch, "
         f"each with its own settings and seed (default: {DEFAULT_BATCHING}; see docs/SERVER.md)",
+    )
+    p.add_argument(
+        "--kv-cache-mb",
+        type=int,
+        default=default_kv_cache_mb(),
+        metavar="MIB",
+        help="KV cache each model's running batch may hold, in MiB: rows grow into it as they "
+        "decode; a request waits until its first blocks fit, and when it is full the newest "
+        "request is preempted and recomputed later (default: a quarter of this machine's "
+        "memory). --memory-budget bounds what requests may reserve when they arrive; this "
+        "bounds what the batch holds",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="rows (prompts x choices) in each model's running batch (default: 64)",
     )
     p.add_argument(
         "--max-active",

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ from lmgen.decoding.processors import Temperature
 from lmgen.decoding.sampling import sample_from_logits
 from lmgen.decoding.session import Session
 from lmgen.decoding.steppers import Pick, SampleStepper
+from lmgen.errors import ConfigError
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
 
@@ -65,6 +67,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 8  # rows per product when lmgen.kernels is not available
+
+
+def kv_bytes_per_position(lm) -> int:
+    """Bytes of KV cache one row holds per position: keys and values of every layer (a
+    grouped-query model stores its key/value heads only), in the model's dtype."""
+    cfg = lm.config
+    element = lm.model.wte.weight.element_size()  # the cache's dtype (GPT.new_cache)
+    return 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * element
 
 
 # -- the forward pass ---------------------------------------------------------------------------
@@ -338,6 +348,11 @@ class Group:
     prompt: list[int]
     caches: list[KVCache] = field(default_factory=list)
     fed: int = 0  # prompt tokens prefilled so far
+    # After a preemption: positions prompt..replay_to of each row are fed again, one a step
+    # (as they were first computed, so the cache gets the same bits); `replayed` so far.
+    replay_to: int = 0
+    replayed: int = 0
+    last_token_at: float | None = None  # for the inter-token latency (metrics.py)
 
     @property
     def rows(self) -> int:
@@ -347,6 +362,28 @@ class Group:
     def prefilling(self) -> bool:
         return self.fed < len(self.prompt)
 
+    @property
+    def replaying(self) -> bool:
+        return not self.prefilling and self.replayed < self.replay_to
+
+    def spread_prompt(self) -> None:
+        """Copies the prompt, prefilled once into the first row's cache, to the other rows."""
+        first, L = self.caches[0], len(self.prompt)
+        for c in self.caches[1:]:
+            c.k[:, :, :, :L] = first.k[:, :, :, :L]
+            c.v[:, :, :, :L] = first.v[:, :, :, :L]
+            c.truncate(0)
+            c.advance(L)
+
+    @property
+    def positions(self) -> int:
+        """Positions each row's cache needs by the end: the prompt and every new token."""
+        return len(self.prompt) + self.job.config.max_new_tokens
+
+    def positions_now(self) -> int:
+        """Positions each row's cache must hold for the next step."""
+        return max(len(self.prompt), self.replay_to, self.session.tokens.length) + 1
+
 
 class EngineJob:
     """A request in the engine: its groups, in prompt order."""
@@ -355,6 +392,7 @@ class EngineJob:
         self.job = job
         self.groups = groups
         self.rows = sum(g.rows for g in groups)
+        self.admitted_at: float | None = None  # when it first ran (time-to-first-token)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -362,17 +400,32 @@ class EngineJob:
 
 class Engine:
     """The running batch of one model (see the module's docstring). Only the worker thread
-    calls it."""
+    calls it.
+
+    `kv_cache_bytes` bounds the KV cache its rows hold together (None: no bound). A row's
+    cache grows `kv_block` positions at a time as it decodes, so the bound is on what is in
+    use, not on what requests might need. A request is admitted when its rows' first blocks fit;
+    when a growing row finds the cache full, the newest running request is preempted: its
+    caches are freed and it waits at the head of the queue, to be prefilled again (recompute,
+    as vLLM does) and replayed to where it was, then it goes on with the same tokens.
+    `metrics` (metrics.py's `ServerMetrics`, or None) hears of tokens and latencies."""
 
     def __init__(self, lm, stats: Stats, max_rows: int = 64, step_tokens: int = 256,
-                 prefill_chunk: int = 64):  # fmt: skip
-        if prefill_chunk < 1 or step_tokens < 1 or max_rows < 1:
-            raise ValueError("max_rows, step_tokens and prefill_chunk must be positive")
+                 prefill_chunk: int = 64, kv_cache_bytes: int | None = None,
+                 kv_block: int = 64, metrics=None):  # fmt: skip
+        if prefill_chunk < 1 or step_tokens < 1 or max_rows < 1 or kv_block < 1:
+            raise ValueError("max_rows, step_tokens, prefill_chunk, kv_block must be positive")
+        if kv_cache_bytes is not None and kv_cache_bytes <= 0:
+            raise ValueError("kv_cache_bytes must be positive")
         self.lm = lm
         self.stats = stats
         self.max_rows = max_rows
         self.step_tokens = step_tokens
         self.prefill_chunk = prefill_chunk
+        self.kv_cache_bytes = kv_cache_bytes
+        self.kv_block = kv_block
+        self.kv_position_bytes = kv_bytes_per_position(lm)
+        self.metrics = metrics
         self.forward = BatchForward(lm.model)
         self.waiting: collections.deque[EngineJob] = collections.deque()
         self.running: list[EngineJob] = []
@@ -385,7 +438,8 @@ class Engine:
         """The job as groups, or None when it is not for the engine: strategies other than
         greedy and sampling (beam search, contrastive search) and a prompt that with its new
         tokens outgrows the context (the session's sliding window) run as jobs of their own.
-        Invalid settings raise here, as `Session` raises them."""
+        Invalid settings raise here, as `Session` raises them; so does a request whose rows
+        could never fit the KV cache."""
         if job.config.effective_strategy() not in ("greedy", "sample"):
             return None
         lm = replying(self.lm, job.end_ids)
@@ -401,7 +455,19 @@ class Engine:
                     g.session.close()
                 return None
             groups.append(Group(job, k, session, ids))
-        return EngineJob(job, groups)
+        ejob = EngineJob(job, groups)
+        from .budget import human
+
+        need = sum(g.rows * g.positions for g in groups) * self.kv_position_bytes
+        if self.kv_cache_bytes is not None and need > self.kv_cache_bytes:
+            self._close(ejob)
+            raise ConfigError(
+                f"this request's KV cache needs {human(need)}, more than the server's "
+                f"{human(self.kv_cache_bytes)} (`lmgen serve --kv-cache-mb`); ask for fewer "
+                "tokens, prompts or choices",
+                "max_tokens",
+            )
+        return ejob
 
     def add(self, ejob: EngineJob) -> None:
         self.waiting.append(ejob)
@@ -417,15 +483,75 @@ class Engine:
     def rows_in_use(self) -> int:
         return sum(j.rows for j in self.running)
 
+    def kv_bytes_in_use(self) -> int:
+        """Bytes of KV cache the running rows hold (their allocated positions)."""
+        positions = sum(c.max_length for j in self.running for g in j.groups for c in g.caches)
+        return positions * self.kv_position_bytes
+
+    def _kv_free(self) -> float:
+        if self.kv_cache_bytes is None:
+            return float("inf")
+        return self.kv_cache_bytes - self.kv_bytes_in_use()
+
+    def _capacity(self, g: Group) -> int:
+        """Positions to allocate for a row of `g` now: what the next step needs, in whole
+        blocks, never more than it needs by the end."""
+        need = g.positions_now()
+        return min(g.positions, -(-need // self.kv_block) * self.kv_block)
+
     def _admit(self) -> None:
-        free = self.max_rows - self.rows_in_use()
-        while self.waiting and (self.waiting[0].rows <= free or not self.running):
-            ejob = self.waiting.popleft()
+        free_rows = self.max_rows - self.rows_in_use()
+        while self.waiting and (self.waiting[0].rows <= free_rows or not self.running):
+            ejob = self.waiting[0]
+            first = sum(g.rows * self._capacity(g) for g in ejob.groups) * self.kv_position_bytes
+            if first > self._kv_free() and self.running:
+                break  # first come, first served: the head waits for memory, the rest too
+            self.waiting.popleft()
             for g in ejob.groups:
-                capacity = len(g.prompt) + g.job.config.max_new_tokens
-                g.caches = [self.lm.model.new_cache(1, capacity) for _ in range(g.rows)]
+                cap = self._capacity(g)
+                g.caches = [self.lm.model.new_cache(1, cap) for _ in range(g.rows)]
+            if ejob.admitted_at is None:
+                ejob.admitted_at = time.monotonic()
             self.running.append(ejob)
-            free -= ejob.rows
+            free_rows -= ejob.rows
+
+    def _grow(self) -> None:
+        """Gives every row whose cache is full for the next step another block, preempting
+        the newest requests while the KV budget has no room."""
+        for ejob in list(self.running):
+            for g in ejob.groups:
+                if g.session.done or g.prefilling or not g.caches:
+                    continue
+                need = g.positions_now() - 1  # positions written once the next step is done
+                for r, c in enumerate(g.caches):
+                    if c.max_length >= need:
+                        continue
+                    cap = self._capacity(g)
+                    extra = (cap - c.max_length) * self.kv_position_bytes
+                    while extra > self._kv_free() and ejob in self.running:
+                        self._preempt(self.running[-1])
+                    if ejob not in self.running:
+                        break  # it was the newest: it waits for its turn again
+                    g.caches[r] = c.repeat_rows(1, cap)
+                if ejob not in self.running:
+                    break
+
+    def _preempt(self, ejob: EngineJob) -> None:
+        """Frees the request's caches and puts it at the head of the queue; when admitted
+        again its prompts are prefilled anew and its rows replayed to where they were."""
+        self.running.remove(ejob)
+        for g in ejob.groups:
+            g.caches = []
+            if g.session.done:
+                continue
+            if g.session.started:
+                g.replay_to = g.session.tokens.length - 1  # positions the cache held
+            g.fed, g.replayed = 0, len(g.prompt)
+        self.waiting.appendleft(ejob)
+        self.stats.preempted += 1
+        if self.metrics is not None:
+            self.metrics.preempted()
+        log.debug("preempted a request (KV cache full); it will be recomputed")
 
     def _drop_cancelled(self) -> None:
         from .work import Cancelled, fail_job
@@ -461,9 +587,10 @@ class Engine:
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
+        self._grow()
         if not self.running:
             return
-        segments, owners = self._schedule()
+        segments, owners, spread = self._schedule()
         self.max_rows_seen = max(self.max_rows_seen, len(segments))
         try:
             logits = self.forward(segments)  # (segments asking for logits, V)
@@ -474,6 +601,8 @@ class Engine:
             return
         self.steps += 1
         self.stats.steps += 1
+        for g in spread:  # the prompt was prefilled once, into the first row's cache
+            g.spread_prompt()
         k = 0
         ready = []
         for g, n_logits in owners:
@@ -538,12 +667,14 @@ class Engine:
                 return ejob
         return None
 
-    def _schedule(self) -> tuple[list[Segment], list[tuple[Group, int]]]:
-        """This step's segments: every decoding row's next token, then prompt chunks in
-        arrival order while the token budget lasts (at least one chunk a step)."""
+    def _schedule(self) -> tuple[list[Segment], list[tuple[Group, int]], list[Group]]:
+        """This step's segments: every decoding row's next token (and the next position of
+        rows being replayed after a preemption), then prompt chunks in arrival order while the
+        token budget lasts (at least one chunk a step); who owns them and how many logits each
+        gets; the groups whose prompt this step completes."""
         segments: list[Segment] = []
         owners: list[tuple[Group, int]] = []
-        prefilling = []
+        prefilling, spread = [], []
         for ejob in self.running:
             for g in ejob.groups:
                 if g.session.done:
@@ -551,10 +682,17 @@ class Engine:
                 if g.prefilling:
                     prefilling.append(g)
                     continue
-                tokens = g.session.tokens
-                col = tokens.length - 1
+                seq = g.session.tokens.seq
+                if g.replaying:  # as first computed: one position a step, no logits
+                    p = g.replayed
+                    for cache, row in zip(g.caches, seq, strict=True):
+                        segments.append(Segment(cache, [int(row[p])], p, False))
+                    g.replayed += 1
+                    owners.append((g, 0))
+                    continue
+                col = g.session.tokens.length - 1
                 for r, cache in enumerate(g.caches):
-                    segments.append(Segment(cache, [int(tokens.seq[r, col])], col, True))
+                    segments.append(Segment(cache, [int(seq[r, col])], col, True))
                 owners.append((g, g.rows))
         budget = self.step_tokens - len(segments)
         chunks = 0
@@ -565,26 +703,24 @@ class Engine:
                 if n > budget and (chunks or segments):
                     break
                 last = end == len(g.prompt)
-                segments.append(Segment(g.caches[0], g.prompt[g.fed : end], g.fed, last))
+                logits = last and not g.session.started  # a recomputed prompt needs none
+                segments.append(Segment(g.caches[0], g.prompt[g.fed : end], g.fed, logits))
                 budget -= n
                 chunks += 1
                 g.fed = end
-                owners.append((g, 1 if last else 0))
+                owners.append((g, 1 if logits else 0))
+                if last and g.rows > 1:
+                    spread.append(g)
             if budget <= 0:
                 break
-        return segments, owners
+        return segments, owners, spread
 
     def _advance(self, g: Group) -> None:
         """The group's session step: its processors, draws, stop rules and text."""
-        if len(g.caches) > 1 and not g.session.started:
-            # the prompt was prefilled once, into the first row's cache: the others copy it
-            first, L = g.caches[0], len(g.prompt)
-            for c in g.caches[1:]:
-                c.k[:, :, :, :L] = first.k[:, :, :, :L]
-                c.v[:, :, :, :L] = first.v[:, :, :, :L]
-                c.advance(L)
         job = g.job
         out = g.session.step()
+        if self.metrics is not None:
+            self.metrics.tokens(g, out)
         if job.events is not None:
             base = g.index * g.rows
             for i, delta in enumerate(out.deltas):

@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,8 @@ class Job:
         self.cancelled = threading.Event()
         self.loop = loop
         self.events: asyncio.Queue | None = asyncio.Queue() if stream else None
+        self.created = time.monotonic()  # time-to-first-token counts from here
+        self.first_token_at: float | None = None  # set by the server's metrics
 
     def emit(self, *item: Any) -> None:
         if self.events is None or self.loop is None:
@@ -176,6 +179,7 @@ class Stats:
     cancelled: int = 0
     failed: int = 0
     merged_jobs: int = 0  # requests completed in the running batch (batching mode)
+    preempted: int = 0  # times a request left the batch for lack of KV cache (recomputed later)
     steps: int = 0
     max_active_seen: int = 0
 

@@ -54,7 +54,8 @@ class _Running:
 
 class ModelWorker:
     """A thread that owns one model: only it runs the model, one step at a time (of the
-    running batch, or of a job that runs on its own). `max_batch`: rows in the running batch."""
+    running batch, or of a job that runs on its own). `max_batch`: rows in the running batch;
+    `kv_cache_bytes`: the KV cache they may hold together (engine.py)."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class ModelWorker:
         max_waiting: int = 256,
         batching: bool = False,
         max_batch: int = 64,
+        kv_cache_bytes: int | None = None,
     ):
         self.lm = lm
         self.max_active = max_active
@@ -70,7 +72,11 @@ class ModelWorker:
         self.batching = batching
         self.max_batch = max_batch
         self.stats = Stats()
-        self.engine = Engine(lm, self.stats, max_rows=max_batch) if batching else None
+        self.engine = (
+            Engine(lm, self.stats, max_rows=max_batch, kv_cache_bytes=kv_cache_bytes)
+            if batching
+            else None
+        )
         self._inbox: collections.deque[Job] = collections.deque()
         self._active: list[_Running] = []
         self._cv = threading.Condition()
