@@ -45,7 +45,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 # would make a default run long
 DEFAULT_DTYPES = ("fp32", "bf16")
 CASES = ("greedy", "sample", "beam", "batch8", "prefill", "ttft")
-EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp", "smollm2")
+EXTRAS = ("sampling", "int8", "compile", "speculative", "llamacpp", "smollm2", "smollm2q", "pp512")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
 
@@ -591,6 +591,10 @@ def run(args) -> Report:
         from .smollm2 import run_smollm2
 
         run_smollm2(args, report)
+    if "smollm2q" in args.extras:
+        from .smollm2 import run_smollm2_quant
+
+        run_smollm2_quant(args, report)
     return report
 
 
@@ -682,6 +686,8 @@ def run_extras(args, shape, dtype, label, directory, lm, tok, w, limit) -> list[
         print(f"   extra {row}", file=sys.stderr, flush=True)
     if "speculative" in args.extras and shape == "bundled" and dtype == "fp32":
         out.extend(run_speculative(args, lm, tok, w))
+    if "pp512" in args.extras and shape == "124m" and dtype == "fp32":
+        out.append(run_prefill(args, label, lm))
     if "llamacpp" in args.extras and shape in ("14m", "124m"):
         row = run_llamacpp(args, shape, label, lm, w, greedy, dtype)
         if dtype != "fp32" and shape in fp32_tokens:
@@ -773,6 +779,20 @@ def run_llamacpp(args, shape, label, lm, w, greedy, precision: str, source=None)
         )
     except Exception as e:  # a reference point: report, never fail the run
         row["note"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
+    print(f"   extra {row}", file=sys.stderr, flush=True)
+    return row
+
+
+def run_prefill(args, label, lm) -> dict:
+    """pp512: lmgen's forward over a 512-token prompt against llama-bench's on the same fp32
+    weights as an f32 GGUF (bench/prefill.py)."""
+    from lmgen.gguf_export import write_gguf
+
+    from .llamacpp import find_llama_bench
+    from .prefill import prefill_row
+
+    path = write_gguf(lm.model, Path(tempfile.mkdtemp(prefix="lmgen-gguf-")) / "m.gguf")
+    row = prefill_row(label, "fp32", "f32", lm.model, path, args, find_llama_bench())
     print(f"   extra {row}", file=sys.stderr, flush=True)
     return row
 
@@ -940,8 +960,9 @@ def to_markdown(report: Report) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + format_row(r) + " |" for r in report.rows]
-    options = [e for e in report.extras if e.get("kind") != "reference"]
+    options = [e for e in report.extras if e.get("kind") not in ("reference", "prefill")]
     references = [e for e in report.extras if e.get("kind") == "reference"]
+    prefills = [e for e in report.extras if e.get("kind") == "prefill"]
     if options:
         lines += _table(
             "Optimisations measured against plain lmgen (same run)",
@@ -992,6 +1013,14 @@ def to_markdown(report: Report) -> str:
                 for e in references
             ],
         )
+    if prefills:
+        lines += _table(
+            "Prompt processing (pp512) against llama.cpp (same weights as GGUF, same run)",
+            ["model", "lmgen precision", "llama.cpp weights", "lmgen tok/s", "llama.cpp tok/s",
+             "lmgen / llama.cpp", "notes"],
+            [[e["model"], e["dtype"], e["gguf"], f"{e['plain']:.1f}", f"{e['optimised']:.1f}",
+              f"{_ratio(e['plain'], e['optimised']):.2f}×", e["note"]] for e in prefills],
+        )  # fmt: skip
     goals = goal_rows(report)
     if goals:
         lines += _table(

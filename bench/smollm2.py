@@ -1,7 +1,7 @@
 """The benchmark's SmolLM2-135M rows: one real Llama-family GGUF, three implementations.
 
-The same file, `SmolLM2-135M-Instruct.Q4_1.gguf`, is decoded by lmgen (`lmgen.load(path)`,
-dequantised to fp32, and that model cast to bf16), by transformers
+The same file, `SmolLM2-135M-Instruct.Q4_1.gguf`, is decoded by lmgen (`lmgen.load(path,
+dtype=torch.float32)`, dequantised to fp32, and that model cast to bf16), by transformers
 (`AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)`, dequantised the same way) and by
 llama.cpp (`llama-bench` on the Q4_1 file as it is). All three time decode steps only, batch 1,
 greedy, the same prompt ids and the same number of new tokens: lmgen and transformers as
@@ -10,6 +10,12 @@ steps between them; llama-bench as its tg test (`-p 0 -n N`, no prompt). The thr
 the order rotating every round, and the memory bandwidth is sampled after every run of any
 side, so each figure comes with its fraction of the bandwidth limit (bytes read per token:
 lmgen's and transformers' float weights, llama.cpp's Q4_1 tensors; each side's KV cache).
+
+`run_smollm2_quant` (extra `smollm2q`) adds lmgen against llama.cpp on quantized files, each
+side decoding the file's own blocks: q4_1 (the file), q8_0 and q4_0 (written by lmgen's
+exporter from the dequantised weights: `export-gguf --dtype q8_0`, `--quantize int4`) and
+q4_k (llama.cpp's `llama-quantize ... Q4_K_S` of an f32 export, where that binary is at hand).
+With the extra `pp512`, each precision also gets a 512-token prompt row (bench/prefill.py).
 
 Nothing here downloads anything: the file comes from `--smollm2-gguf`, `$LMGEN_TEST_MODELS` or
 `~/.cache/lmgen/test-models` (where the slow tests put it; `tests/real_models.py` fetches it
@@ -137,7 +143,7 @@ def load_sides(path: Path):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoModelForCausalLM
 
-    lm = lmgen.load(path)
+    lm = lmgen.load(path, dtype=torch.float32)  # dequantised (by default lmgen keeps Q4_1)
     hf = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
@@ -250,3 +256,135 @@ def run_smollm2(args, report) -> None:
         "llama.cpp table's notes). Their `BW` is against "
         "the bandwidth sampled after every run of any of the three sides."
     )
+
+
+QUANT_KINDS = ("q8_0", "q4_0", "q4_1", "q4_k")
+
+
+def find_llama_quantize() -> str | None:
+    """llama-quantize: $LLAMA_QUANTIZE, else beside llama-bench, else on PATH."""
+    import shutil
+
+    from .llamacpp import find_llama_bench
+
+    explicit = os.environ.get("LLAMA_QUANTIZE")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    bench = find_llama_bench()
+    if bench and (Path(bench).parent / "llama-quantize").is_file():
+        return str(Path(bench).parent / "llama-quantize")
+    return shutil.which("llama-quantize")
+
+
+def quant_files(path: Path, folder: Path) -> dict[str, tuple[Path | None, str]]:
+    """kind -> (a GGUF of SmolLM2 in that kind, or None; how it was made)."""
+    import subprocess
+
+    import lmgen
+    from lmgen.gguf_export import write_gguf
+    from lmgen.quantize import quantize_model
+
+    floats = lmgen.load(path, quantize="none")
+    out: dict[str, tuple[Path | None, str]] = {"q4_1": (path, "the file itself")}
+    out["q8_0"] = (
+        write_gguf(floats.model, folder / "q8_0.gguf", "q8_0", tokenizer=floats.tokenizer),
+        "lmgen export-gguf --dtype q8_0 of the dequantised Q4_1 weights",
+    )
+    f32 = write_gguf(floats.model, folder / "f32.gguf", torch.float32, tokenizer=floats.tokenizer)
+    quantize = find_llama_quantize()
+    if quantize is None:
+        out["q4_k"] = (None, "no llama-quantize ($LLAMA_QUANTIZE or beside llama-bench)")
+    else:
+        dst = folder / "q4_k.gguf"
+        p = subprocess.run([quantize, str(f32), str(dst), "Q4_K_S"], capture_output=True,
+                           text=True, timeout=900)  # fmt: skip
+        out["q4_k"] = (
+            (dst, "llama-quantize Q4_K_S of an f32 export (rows not in whole 256-blocks: Q5_0, "
+             "which lmgen dequantises)")
+            if p.returncode == 0
+            else (None, f"llama-quantize failed: {p.stderr[-200:]}")
+        )  # fmt: skip
+    quantize_model(floats.model, "int4")
+    out["q4_0"] = (
+        write_gguf(floats.model, folder / "q4_0.gguf", tokenizer=floats.tokenizer),
+        "lmgen --quantize int4 (Q4_0, tied embedding Q8_0) of the dequantised weights",
+    )
+    out["f32"] = (f32, "lmgen export-gguf of the dequantised weights")
+    return out
+
+
+def run_smollm2_quant(args, report) -> None:
+    """lmgen against llama.cpp on quantized SmolLM2 files (module doc): decode rows in the
+    llama.cpp table, and pp512 rows with the extra `pp512`."""
+    import tempfile
+
+    import lmgen
+
+    from . import benchmark as B
+    from .llamacpp import find_llama_bench, llama_bench
+    from .prefill import prefill_row
+
+    path = find_gguf(getattr(args, "smollm2_gguf", None))
+    if path is None:
+        report.notes.append(f"SmolLM2-135M quantized rows skipped: no {GGUF_NAME}.")
+        return
+    binary = find_llama_bench()
+    print("== SmolLM2-135M quantized files", file=sys.stderr, flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="lmgen-smollm2-"))
+    files = quant_files(path, folder)
+    n = args.tokens
+    for kind in (*QUANT_KINDS, "f32") if "pp512" in args.extras else QUANT_KINDS:
+        file, how = files[kind]
+        label = f"SmolLM2-135M-Instruct ({kind})"
+        if file is None:
+            report.notes.append(f"SmolLM2-135M {kind} row skipped: {how}.")
+            continue
+        lm = lmgen.load(file, dtype=torch.float32 if kind == "f32" else None)
+        held = sorted({k or "float" for m in lm.model.modules() for k in getattr(m, "kinds", [])})
+        if "pp512" in args.extras:
+            row = prefill_row(label, "fp32" if kind == "f32" else kind, kind, lm.model, file,
+                              args, binary)  # fmt: skip
+            row["note"] += f"; {how}"
+            report.extras.append(row)
+            print(f"   extra {row}", file=sys.stderr, flush=True)
+        if kind == "f32":
+            continue
+        w, w1 = B.Workload(lm.tokenizer.encode(PROMPT), [], [], n), None
+        w1 = B.Workload(w.prompt, [], [], 1)
+        ours = lmgen.LM(lm.model, B.IdTokenizer(lm.model.config.vocab_size, lm.tokenizer),
+                        name=label)  # fmt: skip
+        a_n, a_1 = B.lmgen_runner(ours, "greedy", w), B.lmgen_runner(ours, "greedy", w1)
+        sides = {"lmgen": lambda a_n=a_n, a_1=a_1: decode_rate(a_n, a_1, n)}
+        if binary is not None:
+            sides["llama.cpp"] = lambda file=file: llama_bench(binary, file, n, args.threads)
+        for fn in sides.values():
+            fn()  # warm-up
+        bws: list[float] = []
+        rates = rotate(
+            sides,
+            args.repeats,
+            between=lambda out=bws: out.append(B.measure_bandwidth(mib=128, repeats=2)),
+        )
+        rates.setdefault("llama.cpp", [])
+        rates["transformers"] = []
+        ctx = len(w.prompt) + n / 2
+        per_token = {"lmgen": B.bytes_per_token(lm.model, ctx),
+                     "transformers": B.bytes_per_token(lm.model, ctx),
+                     "llama.cpp": B.gguf_bytes_per_token(file, lm.model.config, ctx)}  # fmt: skip
+        note = (
+            f"{how}; lmgen holds {', '.join(held)} blocks (lmgen.kernels.quant, "
+            f"{_integer_dot()}), step {decode_path(lm.model)}; llama-bench -p 0 -n {n} -t "
+            f"{args.threads}; rotated, {args.repeats} rounds; decode steps only"
+        )
+        _, ref = rows_from_runs(label, kind, rates, bws, per_token, "", note)
+        ref["gguf"] = kind
+        report.extras.append(ref)
+        print(f"   extra {ref}", file=sys.stderr, flush=True)
+        del lm, ours
+        gc.collect()
+
+
+def _integer_dot() -> str:
+    from lmgen.kernels import quant
+
+    return f"{quant.integer_dot()} integer dots" if quant.available() else "float fallback"
