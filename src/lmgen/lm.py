@@ -74,10 +74,17 @@ class LM:
     def generate(self, prompt: str | list[str], config=None, **kwargs):
         """Continuations of `prompt` (a list of prompts gives a list of results); keyword
         arguments are `GenerationConfig` fields, e.g. strategy="sample", top_p=0.9, seed=1,
-        over the model's own defaults (generation_config.json; `with_model_defaults`)."""
+        over the model's own defaults (generation_config.json; `with_model_defaults`).
+        Several prompts, greedy or sampling, go through the server's running batch, each
+        prompt leaving as it finishes and the next taking its place (`generate_many`)."""
         from .decoding.api import generate
+        from .server.engine import generate_many
 
-        return generate(self, prompt, config, **self.with_model_defaults(config, kwargs))
+        kwargs = self.with_model_defaults(config, kwargs)
+        results = generate_many(self, prompt, config, kwargs)
+        if results is not None:
+            return results
+        return generate(self, prompt, config, **kwargs)
 
     def stream(self, prompt: str, config=None, **kwargs):
         """Yields text deltas of one continuation as they are decided."""

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 8  # rows per product when lmgen.kernels is not available
+MiB = 1 << 20
 
 
 def kv_bytes_per_position(lm) -> int:
@@ -456,14 +457,12 @@ class Engine:
                 return None
             groups.append(Group(job, k, session, ids))
         ejob = EngineJob(job, groups)
-        from .budget import human
-
         need = sum(g.rows * g.positions for g in groups) * self.kv_position_bytes
         if self.kv_cache_bytes is not None and need > self.kv_cache_bytes:
             self._close(ejob)
             raise ConfigError(
-                f"this request's KV cache needs {human(need)}, more than the server's "
-                f"{human(self.kv_cache_bytes)} (`lmgen serve --kv-cache-mb`); ask for fewer "
+                f"this request's KV cache needs {need / MiB:.1f} MiB, more than the server's "
+                f"{self.kv_cache_bytes / MiB:.1f} MiB (`lmgen serve --kv-cache-mb`); ask for fewer "
                 "tokens, prompts or choices",
                 "max_tokens",
             )
@@ -757,3 +756,55 @@ class Engine:
         self._close(ejob)
         self.stats.failed += 1
         fail_job(ejob.job, error)
+
+
+# -- offline batches ----------------------------------------------------------------------------
+
+
+SPECULATIVE_OPTIONS = ("draft", "speculative_k", "spec_stats", "compile")
+
+
+def generate_many(lm, prompt, config, kwargs: dict) -> list | None:
+    """`LM.generate` of several prompts, greedy or sampling, through the running batch
+    (`generate_offline`); None where that does not apply (one prompt, another strategy,
+    speculative decoding, a compiled step, a prompt the engine does not take): the caller then
+    decodes them as one batch `Session`."""
+    from lmgen.decoding.session import make_config, split_prompts
+
+    if any(kwargs.get(k) for k in SPECULATIVE_OPTIONS):
+        return None
+    single, prompts = split_prompts(prompt)
+    if single or len(prompts) < 2:
+        return None
+    config, _ = make_config(
+        config, {k: v for k, v in kwargs.items() if k not in SPECULATIVE_OPTIONS}
+    )
+    if config.effective_strategy() not in ("greedy", "sample") or config.prompt_lookup_num_tokens:
+        return None
+    return generate_offline(lm, prompts, config)
+
+
+def generate_offline(lm, prompts: list, config, max_rows: int = 64) -> list | None:
+    """`lm.generate([...many prompts...])` through the running batch: one request per prompt,
+    at most `max_rows` rows at once, so a prompt that finishes early makes room for the next
+    (first come, first served). Each prompt's result is the one it gets alone (its own
+    session and generator, as in a batch `Session`). None when some prompt is not for the
+    engine (see `Engine.prepare`): the caller decodes them as one batch instead."""
+    from .work import GenerateJob, Stats
+
+    engine = Engine(lm, Stats(), max_rows=max_rows)
+    jobs, prepared = [], []
+    for p in prompts:
+        job = GenerateJob([p], config)
+        ejob = engine.prepare(job)
+        if ejob is None:
+            for e in prepared:
+                engine._close(e)
+            return None
+        jobs.append(job)
+        prepared.append(ejob)
+    for ejob in prepared:
+        engine.add(ejob)
+    while not all(j.future.done() for j in jobs):
+        engine.step()
+    return [j.future.result()[0][0] for j in jobs]
