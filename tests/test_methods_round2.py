@@ -273,3 +273,47 @@ def test_samplers_refuses_what_it_cannot_honour():
         chain_of(strategy="sample", top_k=5, min_p=0.1, samplers=["top_k"])
     with pytest.raises(ConfigError, match="temperature_last"):
         chain_of(strategy="sample", temperature_last=True, samplers=["top_k"])
+
+
+# -- lmgen compare's rows and checks for these samplers ----------------------------------------
+
+
+def test_compare_checks_the_new_samplers_claims():
+    from lmgen.compare.report import checks
+    from lmgen.compare.strategies import DEFAULT_STRATEGIES
+
+    names = {s.name for s in DEFAULT_STRATEGIES}
+    assert {"top-H=0.4", "p-less", "p-less-norm", "adaptive-p=0.3"} <= names
+    for s in DEFAULT_STRATEGIES:
+        s.config(16)  # every row is a valid config
+
+    def m(**values):
+        return {k: {"value": v} for k, v in values.items()}
+
+    rows = {
+        "min-p=0.1": m(perplexity=10.0),
+        "min-p=0.1, t=2": m(perplexity=70.0, distinct_4=0.9),
+        "top-H=0.4, t=2": m(perplexity=35.0, distinct_4=0.9),
+        "p-less": m(perplexity=7.0, distinct_4=0.6),
+        "p-less, t=2": m(perplexity=52.0),
+        "p-less-norm": m(perplexity=7.0, distinct_4=0.7),
+        "adaptive-p=0.3": m(chosen_prob=0.27),
+        "pure sampling": m(chosen_prob=0.16),
+    }
+    got = {c["claim"].split(" (")[0]: c["holds"] for c in checks(rows)}
+    assert got["Top-H keeps high-temperature text more coherent than min-p"] is True
+    assert got["p-less degrades less than min-p as the temperature rises"] is False  # 7.4 > 7
+    assert got["p-less-norm is the more diverse of the two"] is True
+    assert got["adaptive-p steers the chosen tokens' probability to its target"] is True
+    del rows["adaptive-p=0.3"]
+    got = {c["claim"].split(" (")[0]: c["holds"] for c in checks(rows)}
+    assert got["adaptive-p steers the chosen tokens' probability to its target"] is None
+
+
+def test_adaptive_p_history_is_what_it_was_given():
+    proc = AdaptiveP(0.5, 0.9, prompt_length=1)
+    steps = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]]
+    chosen = [0, 2, 1]
+    for k, probs in enumerate(steps):
+        proc(torch.tensor([[9, *chosen[:k]]]), torch.tensor([probs]).log())
+    assert proc.history(0, chosen) == pytest.approx([0.6, 0.3, 0.1], abs=1e-6)

@@ -127,6 +127,64 @@ def checks(rows: dict[str, dict]) -> list[dict[str, Any]]:
             f"perplexity: nucleus {_f(pp)}, top-k=40 {_f(pk)}, human {_f(ph)}",
         )
     )
+    return out + newer_checks(rows, ppl)
+
+
+def newer_checks(rows: dict[str, dict], ppl) -> list[dict[str, Any]]:
+    """The headline claims of issue 29's samplers, as far as these measures reach them:
+    Top-H (arXiv 2509.02510) and p-less (arXiv 2509.23234) on coherence at a high
+    temperature against min-p, p-less-norm against p-less on diversity, adaptive-p
+    (llama.cpp #17927) on the probability of the tokens it chooses."""
+
+    def get(name, metric):
+        return value(rows[name], metric) if name in rows else None
+
+    out = []
+    th2, mp2, mp1 = ppl("top-H=0.4, t=2"), ppl("min-p=0.1, t=2"), ppl("min-p=0.1")
+    out.append(
+        _check(
+            "Top-H keeps high-temperature text more coherent than min-p (Top-H paper)",
+            "at t=2, top-H=0.4's perplexity below min-p=0.1's",
+            None if None in (th2, mp2) else th2 < mp2,
+            f"perplexity at t=2: top-H=0.4 {_f(th2)}, min-p=0.1 {_f(mp2)}; "
+            f"distinct-4 {_f(get('top-H=0.4, t=2', 'distinct_4'), 3)} and "
+            f"{_f(get('min-p=0.1, t=2', 'distinct_4'), 3)}",
+        )
+    )
+    pl1, pl2 = ppl("p-less"), ppl("p-less, t=2")
+    ok = None if None in (pl1, pl2, mp1, mp2) else pl2 / pl1 < mp2 / mp1
+    out.append(
+        _check(
+            "p-less degrades less than min-p as the temperature rises (p-less paper)",
+            "perplexity at t=2 over t=1: p-less's ratio below min-p=0.1's",
+            ok,
+            f"perplexity t=1 -> t=2: p-less {_f(pl1)} -> {_f(pl2)}, "
+            f"min-p=0.1 {_f(mp1)} -> {_f(mp2)}",
+        )
+    )
+    d_plain, d_norm = get("p-less", "distinct_4"), get("p-less-norm", "distinct_4")
+    out.append(
+        _check(
+            "p-less-norm is the more diverse of the two (p-less paper)",
+            "p-less-norm's distinct-4 above p-less's",
+            None if None in (d_plain, d_norm) else d_norm > d_plain,
+            f"distinct-4: p-less-norm {_f(d_norm, 3)}, p-less {_f(d_plain, 3)}; perplexity "
+            f"{_f(ppl('p-less-norm'))} and {_f(pl1)}",
+        )
+    )
+    ap, ps = get("adaptive-p=0.3", "chosen_prob"), get("pure sampling", "chosen_prob")
+    am = get("adaptive-p=0.3, min-p=0.05", "chosen_prob")
+    out.append(
+        _check(
+            "adaptive-p steers the chosen tokens' probability to its target (llama.cpp #17927)",
+            "alone (so it is given the model's own distribution), the mean probability of "
+            "adaptive-p=0.3's tokens within 0.05 of 0.3",
+            None if ap is None else abs(ap - 0.3) <= 0.05,
+            f"mean model probability of the chosen token: adaptive-p=0.3 {_f(ap, 3)}, after "
+            f"min-p=0.05 {_f(am, 3)} (min-p renormalises: what adaptive-p sees is higher), "
+            f"pure sampling {_f(ps, 3)}",
+        )
+    )
     return out
 
 

@@ -368,8 +368,10 @@ def _measure(row: Row, n_passages: int, vocab: int, resamples: int, seed: int) -
     def ratio(num, den):
         return lambda sel: _safe_div(num[sel].sum(), den[sel].sum())
 
+    chosen_p = np.array([float(np.exp(-s.nll).sum()) for s in smp])
     stats: dict[str, Any] = {
         "perplexity": lambda sel: _exp(ratio(nll, ntok)(sel)),
+        "chosen_prob": ratio(chosen_p, ntok),  # the model's mean probability of its tokens
         "self_bleu4": lambda sel: float(bleu[sel].mean()),
         "repetition_pct": lambda sel: 100.0 * float(loops[sel].mean()),
         "entropy": ratio(ent, ntok),

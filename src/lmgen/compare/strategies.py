@@ -54,7 +54,8 @@ def _show(value: Any) -> str:
 
 
 # The paper's rows lmgen can run (stochastic beam search it cannot), with the paper's
-# parameters; min-p and typical-p are not in the paper.
+# parameters; min-p, typical-p and the rows after them are not in the paper. Top-H's 0.4 is
+# the value of transformers' example; adaptive-p's decay is llama.cpp's default (0.9).
 DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     Strategy("greedy", {"strategy": "greedy"}),
     Strategy("beam, b=16", {"strategy": "beam", "num_beams": 16}),
@@ -66,6 +67,17 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     Strategy("nucleus, p=0.95", {"strategy": "sample", "top_p": 0.95}),
     Strategy("min-p=0.1", {"strategy": "sample", "min_p": 0.1}),
     Strategy("typical, p=0.95", {"strategy": "sample", "typical_p": 0.95}),
+    # issue 29's samplers, each with a row at t=2, where their papers make their claims
+    Strategy("top-H=0.4", {"strategy": "sample", "top_h": 0.4}),
+    Strategy("top-H=0.4, t=2", {"strategy": "sample", "top_h": 0.4, "temperature": 2.0}),
+    Strategy("min-p=0.1, t=2", {"strategy": "sample", "min_p": 0.1, "temperature": 2.0}),
+    Strategy("p-less", {"strategy": "sample", "p_less": True}),
+    Strategy("p-less, t=2", {"strategy": "sample", "p_less": True, "temperature": 2.0}),
+    Strategy("p-less-norm", {"strategy": "sample", "p_less_norm": True}),
+    Strategy("adaptive-p=0.3", {"strategy": "sample", "adaptive_target": 0.3}),
+    Strategy(
+        "adaptive-p=0.3, min-p=0.05", {"strategy": "sample", "adaptive_target": 0.3, "min_p": 0.05}
+    ),
 )
 
 HUMAN = "human"

@@ -70,6 +70,17 @@ class AdaptiveP(LogitsProcessor):
             return weighted, total
         return float(probs[chosen]) + self.decay * weighted, 1.0 + self.decay * total
 
+    def history(self, row: int, generated: list[int]) -> list[float]:
+        """The probability each token of `generated` had in the distribution this sampler was
+        given at its step (the quantity whose moving average it steers), as far as the states
+        kept reach back (the newest 256 prefixes, or 8 per row)."""
+        out = []
+        for j, token in enumerate(generated):
+            state = self._states.get((row, tuple(generated[:j])))
+            if state is not None:
+                out.append(float(state[1][token]))
+        return out
+
     def adapted_target(self, weighted: float, total: float) -> float:
         return min(max(2.0 * self.target - weighted / total, 0.0), 1.0)
 
