@@ -459,7 +459,7 @@ class Engine:
         ejob = EngineJob(job, groups)
         need = sum(g.rows * g.positions for g in groups) * self.kv_position_bytes
         if self.kv_cache_bytes is not None and need > self.kv_cache_bytes:
-            self._close(ejob)
+            self.discard(ejob)
             raise ConfigError(
                 f"this request's KV cache needs {need / MiB:.1f} MiB, more than the server's "
                 f"{self.kv_cache_bytes / MiB:.1f} MiB (`lmgen serve --kv-cache-mb`); ask for fewer "
@@ -558,11 +558,12 @@ class Engine:
         for queue in (self.waiting, self.running):
             for ejob in [j for j in queue if j.job.cancelled.is_set()]:
                 queue.remove(ejob)
-                self._close(ejob)
+                self.discard(ejob)
                 self.stats.cancelled += 1
                 fail_job(ejob.job, Cancelled("the client went away"))
 
-    def _close(self, ejob: EngineJob) -> None:
+    def discard(self, ejob: EngineJob) -> None:
+        """Closes the request's sessions and frees its caches (it is in no queue any more)."""
         for g in ejob.groups:
             g.session.close()
             g.caches = []
@@ -571,7 +572,7 @@ class Engine:
         from .work import fail_job
 
         for ejob in [*self.running, *self.waiting]:
-            self._close(ejob)
+            self.discard(ejob)
             fail_job(ejob.job, error)
         self.running, self.waiting = [], collections.deque()
 
@@ -753,7 +754,7 @@ class Engine:
 
         if ejob in self.running:
             self.running.remove(ejob)
-        self._close(ejob)
+        self.discard(ejob)
         self.stats.failed += 1
         fail_job(ejob.job, error)
 
@@ -799,7 +800,7 @@ def generate_offline(lm, prompts: list, config, max_rows: int = 64) -> list | No
         ejob = engine.prepare(job)
         if ejob is None:
             for e in prepared:
-                engine._close(e)
+                engine.discard(e)
             return None
         jobs.append(job)
         prepared.append(ejob)
