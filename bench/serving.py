@@ -12,7 +12,8 @@ in this process (the issue's goal: one client at >= 0.95x of it).
 Models: `gpt2-124m`, GPT-2's 124M shape with random weights and the bundled model's BPE
 vocabulary, written as a float32 GGUF by `lmgen.gguf_export.write_gguf` (what `lmgen
 export-gguf` writes); `smollm2`, the SmolLM2-135M-Instruct Q4_1 GGUF of the test-model cache
-(bench/smollm2.py finds it), as each server loads it. Nothing is downloaded.
+(bench/smollm2.py finds it): llama-server decodes its blocks as they are, lmgen dequantized
+to float32 (`--quantize none`, as bench/smollm2.py does). Nothing is downloaded.
 
 llama-server comes from $LLAMA_SERVER, a llama.cpp tree's build (`--llama-src` or
 $LLAMACPP_SRC; `--build-llama-server` builds it there first), or PATH; without one its rows
@@ -38,6 +39,9 @@ from bench.llamacpp import build_llama_server, find_llama_server
 
 BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
 SAMPLING = {"temperature": 0.8}
+# lmgen decodes float weights (a quantized GGUF dequantized, as bench/smollm2.py does): its
+# running batch's fused step takes float and int8 linears; llama-server decodes the file as is
+QUANTIZE = "none"
 PROMPT_LEN = 16
 
 
@@ -131,7 +135,8 @@ class Server:
 
 def lmgen_cmd(gguf: Path, threads: int) -> tuple[list[str], dict]:
     cmd = [sys.executable, "-m", "lmgen", "serve", "--model", f"m={gguf}", "--port", "{port}",
-           "--max-batch", "64", "--max-active", "64", "--log-level", "warning"]  # fmt: skip
+           "--max-batch", "64", "--max-active", "64", "--quantize", QUANTIZE,
+           "--log-level", "warning"]  # fmt: skip
     return cmd, {"OMP_NUM_THREADS": str(threads)}
 
 
@@ -223,7 +228,7 @@ def generate_rate(gguf: Path, prompt: list[int], tokens: int, threads: int) -> f
     import lmgen
 
     torch.set_num_threads(threads)
-    lm = lmgen.load(str(gguf))
+    lm = lmgen.load(str(gguf), quantize=QUANTIZE)
     text = lm.tokenizer.decode(prompt)
     kw = dict(strategy="sample", max_new_tokens=tokens, ignore_eos=True, seed=1, **SAMPLING)
     lm.generate(text, **{**kw, "max_new_tokens": 8})
@@ -247,7 +252,8 @@ def to_markdown(report: dict) -> str:
         f"`{report['command']}` on {m['cpu']} ({m['cores']} cores, {report['threads']} "
         f"threads each), {m['date']}. Each client streams {report['requests']} requests of "
         f"{report['tokens']} new tokens (temperature 0.8, a seed each, ignore_eos) after a "
-        f"{PROMPT_LEN}-token prompt; llama-server runs with `-np` = clients. Raw results: "
+        f"{PROMPT_LEN}-token prompt; llama-server runs with `-np` = clients and the file's "
+        "weights as they are, lmgen with float32 weights (`--quantize none`). Raw results: "
         f"`{report['json']}`.",
         "",
         "| model | clients | lmgen tok/s | llama-server tok/s | ratio | TTFT p50 / p99 ms "
