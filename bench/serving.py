@@ -282,6 +282,8 @@ def to_markdown(report: dict) -> str:
             )
         if model.get("note"):
             lines += ["", f"{model['name']}: {model['note']}", ""]
+    if report.get("note"):
+        lines += ["", report["note"]]
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
@@ -321,7 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="docs/benchmarks-serving.json")
     p.add_argument("--markdown", default=None, help="e.g. docs/benchmarks.md")
     p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "lmgen-bench-serving"))
+    p.add_argument("--note", default=None, help="a line under the table (e.g. the machine's load)")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="no run: the table of an earlier run's JSON (to --markdown)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        if args.note:
+            report["note"] = args.note
+        section = to_markdown(report)
+        print(section)
+        if args.markdown:
+            write_markdown(Path(args.markdown), section)
+        return 0
     counts = [int(c) for c in args.clients.split(",")]
     if min(counts) < 1 or args.requests < 1 or args.tokens < 1:
         p.error("--clients, --requests and --tokens must be >= 1")
@@ -345,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": args.tokens,
         "json": args.json,
         "llama_server": binary,
+        "note": args.note,
         "models": [],
     }
     for name in args.models.split(","):
