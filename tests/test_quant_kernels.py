@@ -15,7 +15,7 @@ from lmgen.quantize import QuantLinear
 
 gguf = pytest.importorskip("gguf")
 needs_kernel = pytest.mark.skipif(not quant.available(), reason="the quant kernel does not build")
-KINDS = ["Q8_0", "Q4_0", "Q4_1", "Q4_K"]
+KINDS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K"]
 
 
 def random_blocks(kind: str, out: int, inp: int, seed: int = 0) -> torch.Tensor:

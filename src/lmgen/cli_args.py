@@ -210,7 +210,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZE_METHODS = ("int8", "int4", "none")
 QUANTIZE_HELP = (
     "int8: int8 weight-only linear layers; int4: Q4_0 blocks (llama.cpp's format); none: float "
-    "weights, also from a .gguf, which otherwise keeps its Q8_0/Q4_0/Q4_1/Q4_K weights "
+    "weights, also from a .gguf, which otherwise keeps its Q8_0/Q4_0/Q4_1/Q5_0/Q4_K weights "
     "(default: none, or the .gguf's own)"
 )
 

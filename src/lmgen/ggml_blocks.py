@@ -2,11 +2,12 @@
 
 A `QuantTensor` is a 2-d weight (out, in) as one row of blocks per output: Q8_0 (32 weights,
 an fp16 scale and 32 int8), Q4_0 (32 weights, an fp16 scale and 16 bytes of nibbles, value
-(q - 8) d), Q4_1 (as Q4_0 plus an fp16 min, value q d + m) or Q4_K (256 weights in 8
-sub-blocks with 6-bit scales and mins). These are the `KEPT` formats: read from a GGUF they
-stay as they are (lmgen.quantize.QuantLinear multiplies by them, lmgen.kernels.quant), and
-written back the bytes are the same. Layouts as ggml defines them (ggml-common.h); the `gguf`
-package (llama.cpp's Python reference) dequantizes them where the kernel does not run.
+(q - 8) d), Q4_1 (as Q4_0 plus an fp16 min, value q d + m), Q5_0 (as Q4_0 plus 32 high bits,
+value (q - 16) d) or Q4_K (256 weights in 8 sub-blocks with 6-bit scales and mins). These are
+the `KEPT` formats: read from a GGUF they stay as they are (lmgen.quantize.QuantLinear
+multiplies by them, lmgen.kernels.quant), and written back the bytes are the same. Layouts as
+ggml defines them (ggml-common.h); the `gguf` package (llama.cpp's Python reference)
+dequantizes them where the kernel does not run.
 
 `quantize_q4_0` makes Q4_0 blocks from float weights (`--quantize int4`), the same bytes as
 ggml's reference quantizer (`quantize_row_q4_0_ref`): d = the value of largest magnitude / -8,
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
+KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K")
 # ggml type: (weights per block, bytes per block)
-BLOCKS = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144)}
+BLOCKS = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22),
+          "Q4_K": (256, 144)}  # fmt: skip
 
 
 @dataclass

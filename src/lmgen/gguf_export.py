@@ -558,7 +558,8 @@ def write_gguf_hf(
         torch.float16: gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }
-    file_types.update({k: getattr(gguf.LlamaFileType, f"MOSTLY_{k}") for k in ("Q4_0", "Q4_1")})
+    for k in ("Q4_0", "Q4_1", "Q5_0"):
+        file_types[k] = getattr(gguf.LlamaFileType, f"MOSTLY_{k}")
     file_types.update({"Q8_0": file_types["q8_0"], "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_M})
     w.add_file_type(file_types[max(set(kinds), key=kinds.count) if kinds else dtype])
     _add_tokenizer(w, tokenizer, vocab)

@@ -137,7 +137,7 @@ def load(
     file, a bundled model by name (default `shakespeare`), or `hf:NAME`.
 
     `quantize="int8"`: int8 weight-only linear layers for decoding (lmgen.quantize); "int4":
-    Q4_0 blocks. A `.gguf` keeps its Q8_0/Q4_0/Q4_1/Q4_K weights as they are unless `dtype`
+    Q4_0 blocks. A `.gguf` keeps its Q8_0/Q4_0/Q4_1/Q5_0/Q4_K weights as they are unless `dtype`
     or `quantize="none"` asks for float weights (docs/PERFORMANCE.md)."""
     path = resolve_model(name_or_dir)
     chat_template, generation = None, {}

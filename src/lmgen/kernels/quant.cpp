@@ -1,5 +1,5 @@
 // Matrix products with weights that stay in llama.cpp's (ggml's) block formats: Q8_0, Q4_0,
-// Q4_1 and Q4_K, the bytes exactly as a GGUF file stores them.
+// Q4_1, Q5_0 and Q4_K, the bytes exactly as a GGUF file stores them.
 //
 // Why: a decode step streams every weight once, so 4.5-bit weights are read 7x faster than
 // float32 ones. Dequantizing them to float at load time throws that away. As in llama.cpp, the
@@ -13,7 +13,7 @@
 //
 // quant_gemv(x (rows, in) float32, blocks (out, row_bytes) uint8, kind, bias?) -> (rows, out)
 // quant_dequantize(blocks (out, row_bytes) uint8, kind, in) -> (out, in) float32
-// `kind` is the ggml type number: 2 Q4_0, 3 Q4_1, 8 Q8_0, 12 Q4_K.
+// `kind` is the ggml type number: 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,13 +28,14 @@
 
 namespace {
 
-enum Kind : int64_t { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12 };
+enum Kind : int64_t { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q8_0 = 8, Q4_K = 12 };
 
 int64_t block_elems(int64_t kind) { return kind == Q4_K ? 256 : 32; }
 int64_t block_bytes(int64_t kind) {
   switch (kind) {
     case Q4_0: return 18;
     case Q4_1: return 20;
+    case Q5_0: return 22;
     case Q8_0: return 34;
     case Q4_K: return 144;
   }
@@ -74,6 +75,18 @@ inline __m256i nibbles16(const uint8_t* p) {
   __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
   return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// Q5_0's 32 high bits (bit j: element j) -> 0x10 in byte j where set, else 0.
+inline __m256i high_bits32(const uint8_t* p) {
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+  __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), spread);
+  __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
 inline float hsum(__m256 v) {
@@ -148,13 +161,21 @@ void dot_rows(const uint8_t* w, const Act& a, int64_t r0, int64_t in, float* out
   // one 32-weight block b of Q8_0 / Q4_0 / Q4_1 into accumulator k (k a constant: the
   // accumulators stay in registers)
   auto block = [&](int64_t b, auto k) {
-    const uint8_t* wb = w + b * (kind == Q8_0 ? 34 : kind == Q4_0 ? 18 : 20);
+    const uint8_t* wb = w + b * (kind == Q8_0 ? 34 : kind == Q4_0 ? 18 : kind == Q5_0 ? 22 : 20);
     const float d = half_at(wb);
     if constexpr (kind == Q8_0) {
       __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
       __m256i u = _mm256_abs_epi8(wq);
       for (int r = 0; r < R; ++r)
         add(r, k, d * xd[r][b], dot_u8s8(u, _mm256_sign_epi8(load_x(r, b), wq)));
+      return;
+    }
+    if constexpr (kind == Q5_0) {  // (nibble | high bit << 4) - 16
+      __m256i u = _mm256_or_si256(nibbles16(wb + 6), high_bits32(wb + 2));
+      for (int r = 0; r < R; ++r) {
+        add(r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
+        off[r][k] += -16.f * d * xs[r][b];
+      }
       return;
     }
     const float m = kind == Q4_0 ? -8.f * d : half_at(wb + 2);
@@ -214,6 +235,7 @@ inline void rows_of_kind(int64_t n, int64_t kind, const uint8_t* w, const Act& a
     case Q8_0: rows_n<Q8_0>(n, w, a, r0, in, res); break;
     case Q4_0: rows_n<Q4_0>(n, w, a, r0, in, res); break;
     case Q4_1: rows_n<Q4_1>(n, w, a, r0, in, res); break;
+    case Q5_0: rows_n<Q5_0>(n, w, a, r0, in, res); break;
     default: rows_n<Q4_K>(n, w, a, r0, in, res); break;
   }
 }
@@ -264,6 +286,19 @@ void dequantize_row(const uint8_t* w, int64_t kind, int64_t in, float* y) {
       const float d = half_at(w);
       const int8_t* q = reinterpret_cast<const int8_t*>(w + 2);
       for (int i = 0; i < 32; ++i) y[i] = q[i] * d;
+    }
+  } else if (kind == Q5_0) {
+    for (int64_t b = 0; b < in / 32; ++b, w += 22, y += 32) {
+      const float d = half_at(w);
+      uint32_t qh;
+      std::memcpy(&qh, w + 2, 4);
+      const uint8_t* q = w + 6;
+      for (int i = 0; i < 16; ++i) {
+        const int lo = static_cast<int>((q[i] & 0xF) | (((qh >> i) & 1) << 4));
+        const int hi = static_cast<int>((q[i] >> 4) | (((qh >> (i + 16)) & 1) << 4));
+        y[i] = static_cast<float>(lo - 16) * d;
+        y[i + 16] = static_cast<float>(hi - 16) * d;
+      }
     }
   } else if (kind == Q4_0 || kind == Q4_1) {
     const int64_t step = kind == Q4_0 ? 18 : 20;

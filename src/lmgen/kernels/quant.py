@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("quant.cpp")
 _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]  # no fused
 # multiply-adds but the written ones: a row's arithmetic the same in every instantiation
-KINDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12}  # ggml type numbers
+KINDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12}  # ggml type numbers
 _state: dict = {"ok": None, "why": ""}
 _lock = threading.Lock()
 
