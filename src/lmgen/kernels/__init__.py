@@ -1,11 +1,12 @@
 """lmgen's own CPU kernel for decode-step products (decode.cpp), compiled on first use.
 
 `decode_gemv(x, w, scale, bias)` is `x @ (w * scale[:, None]).T + bias`, accumulated in float32
-and returned in x's dtype, for 1-4 rows of x, with w float32, float16, bfloat16 or int8;
-decode.cpp says why it exists. `decode_attention(q, k, v)` is a decode step's attention (one
-query, no mask), which torch's CPU kernel runs at 20-100 us a layer, 3x slower in half
-precision. Both are built once per machine and torch version with the C++ compiler torch's
-extensions use (g++), through `torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE`
+and returned in x's dtype, for any number of rows of x (each row's bits the same in any batch),
+with w float32, float16, bfloat16 or int8; decode.cpp says why it exists.
+`decode_attention(q, k, v)` is a decode step's attention (one query, no mask), which torch's
+CPU kernel runs at 20-100 us a layer, 3x slower in half precision. Both are built once per
+machine and torch version with the C++ compiler torch's extensions use (g++), through
+`torch.utils.cpp_extension` and ninja, into `$LMGEN_CACHE`
 (default `~/.cache/lmgen`)/kernels; the first build takes 20-60 s and says so on stderr. Where
 it cannot be built (no compiler, not an x86 CPU with AVX2, FMA and F16C) or `LMGEN_KERNELS=0` is
 set, `available()` is False and the callers keep torch's own products: results differ only by
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("decode.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
-MAX_ROWS = 4
+MAX_ROWS = 4  # rows up to which callers take the kernel for a batch (decode_linear, the plan)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}
 STALE_LOCK_S = 600  # seconds: a build lock older than this is a killed build's
@@ -130,7 +131,8 @@ def decode_gemv(
     scale: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(rows, out) = x (rows, in) @ (w * scale[:, None]).T + bias, in x's dtype; 1 <= rows <= 4."""
+    """(rows, out) = x (rows, in) @ (w * scale[:, None]).T + bias, in x's dtype; any rows >= 1,
+    each row's result the same bits whatever the other rows."""
     return torch.ops.lmgen_kernels.decode_gemv(x, w, scale, bias)
 
 
