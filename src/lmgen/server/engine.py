@@ -53,13 +53,13 @@ from torch import nn
 
 from lmgen import kernels
 from lmgen.chat import replying
-from lmgen.decoding.processors import Temperature
-from lmgen.decoding.sampling import sample_from_logits
 from lmgen.decoding.session import Session
 from lmgen.decoding.steppers import Pick, SampleStepper
 from lmgen.errors import ConfigError
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
+
+from .row_sampler import RowPart, RowRule, RowSampler
 
 if TYPE_CHECKING:
     from .work import GenerateJob, Stats
@@ -322,21 +322,19 @@ class BatchSession(Session):
         """The next `step()`'s tokens, raw and processed log-probabilities, one per row."""
         self._stepper.picked = (nxt, raw, proc)
 
-    def vector_rule(self) -> float | None:
-        """The temperature when this session's choice is one the engine makes for many rows
-        in one pass (0.0: greedy): greedy with no processor, or sampling whose only processor
-        is a temperature; None for any other chain, top alternatives or recorded logits."""
+    def row_part(self) -> RowPart | None:
+        """This session's rows for the engine's vectorised pass (row_sampler.py), or None when
+        it chooses in its own `step()`: a chain the pass does not make, a chain the fused
+        candidate sampler takes, top alternatives or recorded logits."""
         st = self._stepper
         if not isinstance(st, EngineStepper) or st.record_logits or self.config.logprobs:
             return None
-        chain = list(self.chain)
-        if not st.sample:
-            return 0.0 if not chain else None
-        if not chain:
-            return 1.0
-        if len(chain) == 1 and type(chain[0]) is Temperature:
-            return chain[0].temperature
-        return None
+        if st.fused is not None:
+            return None
+        rule = RowRule.of(st.chain, st.sample, st.logits.shape[-1])
+        if rule is None:
+            return None
+        return RowPart(rule, st.tokens.seq[:, : st.tokens.length], st.generators)
 
 
 @dataclass
@@ -413,7 +411,7 @@ class Engine:
 
     def __init__(self, lm, stats: Stats, max_rows: int = 64, step_tokens: int = 256,
                  prefill_chunk: int = 64, kv_cache_bytes: int | None = None,
-                 kv_block: int = 64, metrics=None):  # fmt: skip
+                 kv_block: int = 64, metrics=None, vector_pass: bool = True):  # fmt: skip
         if prefill_chunk < 1 or step_tokens < 1 or max_rows < 1 or kv_block < 1:
             raise ValueError("max_rows, step_tokens, prefill_chunk, kv_block must be positive")
         if kv_cache_bytes is not None and kv_cache_bytes <= 0:
@@ -432,6 +430,10 @@ class Engine:
         self.running: list[EngineJob] = []
         self.steps = 0
         self.max_rows_seen = 0
+        # the vectorised choice (row_sampler.py): off, every group runs its own chain (the
+        # oracle tests compare against); rows it has chosen so far
+        self.vector_pass = vector_pass
+        self.vector_rows = 0
 
     # -- requests in and out --
 
@@ -625,41 +627,32 @@ class Engine:
         self._finish()
 
     def _vector_pass(self, groups: list[Group]) -> None:
-        """One pass for the rows of every group whose choice is greedy or a plain temperature
-        (`BatchSession.vector_rule`): the same operations as the stepper's, on all those rows
-        at once, each row's arithmetic its own (softmax, argmax and the draw work row by row;
-        each row draws from its own request's generator, in row order). Other groups choose in
-        their own `step()`: their processors run only on their rows."""
-        for greedy in (True, False):
-            chosen, temps = [], []
-            for g in groups:
-                t = g.session.vector_rule()
-                if t is not None and (t == 0.0) == greedy:
-                    chosen.append(g)
-                    temps += [t] * g.rows
-            if not chosen:
-                continue
-            logits = torch.cat([g.session.logits for g in chosen]).float()  # (R, V)
-            raw_logp = logits.log_softmax(dim=-1)
-            try:
-                if greedy:
-                    nxt = logits.argmax(dim=-1)
-                    proc = raw_logp.gather(1, nxt[:, None])[:, 0]
-                else:
-                    # x / T with T in float32: the Temperature processor's bits (tested)
-                    t = torch.tensor(temps, dtype=torch.float32, device=logits.device)
-                    scores = logits / t[:, None]
-                    gens = [gen for g in chosen for gen in g.session.generators]
-                    nxt = sample_from_logits(scores, gens)
-                    proc = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
-            except Exception:  # e.g. nothing to sample in a row: each group finds out alone
-                log.debug("vectorised choice failed; the groups choose alone", exc_info=True)
-                continue
-            raw = raw_logp.gather(1, nxt[:, None])[:, 0]
-            a = 0
-            for g in chosen:
-                g.session.set_picked(nxt[a : a + g.rows], raw[a : a + g.rows], proc[a : a + g.rows])
-                a += g.rows
+        """One pass (row_sampler.py) for the rows of every group whose chain uses only
+        penalties, logit bias, temperature, top-k, top-p and min-p, each row with its own
+        settings and its own request's generator; its picks are handed to the groups, whose
+        `step()` then only applies stop rules and text. Other groups choose in their own
+        `step()`: their processors run only on their rows."""
+        if not self.vector_pass:
+            return
+        chosen, parts = [], []
+        for g in groups:
+            part = g.session.row_part()
+            if part is not None:
+                chosen.append(g)
+                parts.append(part)
+        if not chosen:
+            return
+        logits = torch.cat([g.session.logits for g in chosen])  # (R, V)
+        try:
+            nxt, raw, proc = RowSampler(parts).choose(logits)
+        except Exception:  # e.g. nothing to sample in a row: each group finds out alone
+            log.debug("vectorised choice failed; the groups choose alone", exc_info=True)
+            return
+        self.vector_rows += len(nxt)
+        a = 0
+        for g in chosen:
+            g.session.set_picked(nxt[a : a + g.rows], raw[a : a + g.rows], proc[a : a + g.rows])
+            a += g.rows
 
     def _owner(self, g: Group) -> EngineJob | None:
         for ejob in self.running:
