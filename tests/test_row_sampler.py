@@ -121,10 +121,16 @@ def test_vectorised_pass_equals_each_chain_alone(batch):
         a += n
 
 
-def test_a_gpt2_sized_vocabulary_gives_the_same_bits():
+@pytest.mark.parametrize("one_block", [False, True])
+def test_a_gpt2_sized_vocabulary_gives_the_same_bits(one_block, monkeypatch):
     """Torch's row reductions take other code paths over 50257 columns than over 48: 16 rows
-    of different settings, built by `build_chain` from configs, against each chain alone."""
+    of different settings, built by `build_chain` from configs, against each chain alone; in
+    the CPU's blocks of rows and all in one block."""
     from lmgen.decoding.processors import build_chain
+    from lmgen.server import row_sampler
+
+    if one_block:
+        monkeypatch.setattr(row_sampler, "CPU_BLOCK_ELEMENTS", 1 << 30)
 
     vocab, S = 50257, GenerationConfig
     g = torch.Generator().manual_seed(0)
