@@ -102,3 +102,17 @@ def test_bad_quantize_is_one_line():
     with pytest.raises(lmgen.errors.ConfigError) as info:
         lmgen.load("shakespeare", quantize="int3")
     assert "quantize" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flag", [None, "none", "int4"])
+def test_cli_quantize_flag_loads_as_the_api_does(flag, q8_file, capsys):
+    import json
+
+    from test_cli_generate import run
+
+    flags = ["--quantize", flag] if flag else []
+    code, out, err = run(capsys, "generate", "The quick", "--model", str(q8_file), "--json",
+                         "--max-new-tokens", "4", *flags)  # fmt: skip
+    assert code == 0, err
+    want = lmgen.load(q8_file, quantize=flag).generate("The quick", max_new_tokens=4)
+    assert json.loads(out)["choices"][0]["token_ids"] == want.token_ids
