@@ -11,9 +11,12 @@ its own text tracker), whose n rows each hold a KV cache of their own. Each `ste
    of the groups still prefilling, while the step's token budget (`step_tokens`) allows — a
    long prompt is prefilled a chunk per step, so it never freezes the streaming rows;
 3. runs one forward pass over all the segments' tokens (`BatchForward`);
-4. hands each group whose logits are ready its rows' logits: its `Session.step()` applies that
-   request's own processor chain, draws each row's token from that request's own
-   `torch.Generator`, and decides EOS, stop strings, `max_tokens` and the text to stream;
+4. chooses the next token of every row whose chain uses only penalties, logit bias,
+   temperature, top-k, top-p and min-p in one vectorised pass (row_sampler.py: per-row
+   settings as tensors, each row drawing from its own request's `torch.Generator`), then hands
+   each group whose logits are ready its rows' logits: its `Session.step()` applies that
+   request's own processor chain where the pass did not choose for it, and decides EOS, stop
+   strings, `max_tokens` and the text to stream;
 5. finished groups leave the batch; their rows are free for the next step.
 
 Batch invariance, on the CPU: a request's tokens and log-probabilities are bitwise the same
