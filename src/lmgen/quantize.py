@@ -106,13 +106,12 @@ class QuantLinear(nn.Module):
         self.in_features = parts[0].shape[1]
         self.out_features = sum(p.shape[0] for p in parts)
         self.kinds: list[str | None] = []
+        self.names: list[str] = []  # each part's buffer name
         for i, p in enumerate(parts):
-            if isinstance(p, QuantTensor):
-                self.register_buffer(f"blocks{i}", p.blocks)
-                self.kinds.append(p.kind)
-            else:
-                self.register_buffer(f"weight{i}", p)
-                self.kinds.append(None)
+            quantized = isinstance(p, QuantTensor)
+            self.names.append(f"blocks{i}" if quantized else f"weight{i}")
+            self.register_buffer(self.names[-1], p.blocks if quantized else p)
+            self.kinds.append(p.kind if quantized else None)
         self.register_buffer("bias", bias)
 
     @classmethod
@@ -124,10 +123,8 @@ class QuantLinear(nn.Module):
     def parts(self) -> list:
         """Each part as a QuantTensor or a float weight, in output order."""
         return [
-            QuantTensor(k, getattr(self, f"blocks{i}"), self.in_features)
-            if k
-            else getattr(self, f"weight{i}")
-            for i, k in enumerate(self.kinds)
+            QuantTensor(k, self._buffers[n], self.in_features) if k else self._buffers[n]
+            for k, n in zip(self.kinds, self.names, strict=True)
         ]
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -144,15 +141,14 @@ class QuantLinear(nn.Module):
         if rows > GEMV_ROWS:  # a prompt: torch's GEMM on the dequantized weight
             return F.linear(x, self.dequantized(x.dtype), self.bias)
         x2 = x.reshape(rows, self.in_features)
-        ys = []
-        for i, k in enumerate(self.kinds):
-            if k:
-                ys.append(quant.gemv(x2, getattr(self, f"blocks{i}"), k))
-            else:
-                ys.append(F.linear(x2.float(), getattr(self, f"weight{i}").float()))
+        buffers, ys = self._buffers, []  # (not nn.Module's attribute lookup: once per layer)
+        for k, name in zip(self.kinds, self.names, strict=True):
+            t = buffers[name]
+            ys.append(quant.gemv(x2, t, k) if k else F.linear(x2.float(), t.float()))
         y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
-        if self.bias is not None:
-            y = y + self.bias
+        bias = buffers["bias"]
+        if bias is not None:
+            y = y + bias
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
