@@ -62,7 +62,7 @@ from lmgen.errors import ConfigError
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
 
-from .row_sampler import RowPart, RowRule, RowSampler
+from .row_sampler import RowPart, RowRule, RowSampler, row_blocks
 
 if TYPE_CHECKING:
     from .work import GenerateJob, Stats
@@ -645,17 +645,20 @@ class Engine:
                 parts.append(part)
         if not chosen:
             return
-        logits = torch.cat([g.session.logits for g in chosen])  # (R, V)
-        try:
-            nxt, raw, proc = RowSampler(parts).choose(logits)
-        except Exception:  # e.g. nothing to sample in a row: each group finds out alone
-            log.debug("vectorised choice failed; the groups choose alone", exc_info=True)
-            return
-        self.vector_rows += len(nxt)
-        a = 0
-        for g in chosen:
-            g.session.set_picked(nxt[a : a + g.rows], raw[a : a + g.rows], proc[a : a + g.rows])
-            a += g.rows
+        V = chosen[0].session.logits.shape[-1]
+        for a, b in row_blocks(parts, V, chosen[0].session.logits.device):
+            logits = torch.cat([g.session.logits for g in chosen[a:b]])  # (rows, V)
+            try:
+                nxt, raw, proc = RowSampler(parts[a:b]).choose(logits)
+            except Exception:  # e.g. nothing to sample in a row: each group finds out alone
+                # (no row of the block has drawn: its generators are as they were)
+                log.debug("vectorised choice failed; the groups choose alone", exc_info=True)
+                continue
+            self.vector_rows += len(nxt)
+            r = 0
+            for g in chosen[a:b]:
+                g.session.set_picked(nxt[r : r + g.rows], raw[r : r + g.rows], proc[r : r + g.rows])
+                r += g.rows
 
     def _owner(self, g: Group) -> EngineJob | None:
         for ejob in self.running:

@@ -39,8 +39,7 @@ from lmgen.decoding.processors import (
 from lmgen.decoding.sampling import sample_from_logits
 
 # the chain's default order of the rules taken here (processors.build_chain)
-# logits (rows x vocabulary) per block on the CPU (`RowSampler.choose`): a block's float32
-# logits and its float64 probabilities fit a core's 1 MiB L2 cache
+# logits (rows x vocabulary) per block on the CPU (`row_blocks`)
 CPU_BLOCK_ELEMENTS = 1 << 16
 
 ORDER = (RepetitionPenalty, PresenceFrequencyPenalty, LogitBias, Temperature, TopK, TopP, MinP)
@@ -86,6 +85,27 @@ def _float32(values: list[float], like: torch.Tensor) -> torch.Tensor:
     """Per-row parameters (rows, 1), rounded to float32 as a Python number is against a
     float32 tensor."""
     return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None]
+
+
+def row_blocks(parts: list[RowPart], vocab_size: int, device) -> list[tuple[int, int]]:
+    """The parts in blocks (`parts[a:b]`) for one `RowSampler` each. On the CPU a block holds
+    at most `CPU_BLOCK_ELEMENTS` logits (a request's rows stay together): torch's CPU softmax
+    over several long rows is several times slower per row than over one (16 x 50257: 3.8 ms
+    against 16 x 0.04 ms for log_softmax), as each pass goes over all the rows before the
+    next, so with GPT-2's vocabulary each row is its own block, and with 4096 tokens 16 rows
+    share one (`python -m bench.row_sampler_ab`). A row's bits are the same in any block:
+    every operation works along a row."""
+    if torch.device(device).type != "cpu":
+        return [(0, len(parts))]
+    out, a, n = [], 0, 0  # n: rows in parts[a:b]
+    for b, part in enumerate(parts):
+        rows = part.input_ids.shape[0]
+        if b > a and (n + rows) * vocab_size > CPU_BLOCK_ELEMENTS:
+            out.append((a, b))
+            a, n = b, 0
+        n += rows
+    out.append((a, len(parts)))
+    return out
 
 
 class RowSampler:
@@ -201,31 +221,8 @@ class RowSampler:
     def choose(self, logits: torch.Tensor):
         """(tokens, raw log-probabilities, processed log-probabilities), one per row: the
         stepper's own choice (`steppers.SampleStepper.select`) for every row. Raises what
-        sampling raises (a row with nothing left to draw).
-
-        On the CPU the rows go in blocks of at most `CPU_BLOCK_ELEMENTS` logits (a request's
-        rows stay together): torch's CPU softmax over several long rows is several times
-        slower per row than over one (16 x 50257: 3.8 ms against 16 x 0.04 ms for
-        log_softmax), as each pass goes over all the rows before the next, so with GPT-2's
-        vocabulary each row is its own block, and with 4096 tokens 16 rows share one
-        (`python -m bench.row_sampler_ab`). A row's bits are the same in any block: every
-        operation works along a row."""
+        sampling raises (a row with nothing left to draw) before any row draws."""
         logits = logits.float()
-        V = logits.shape[-1]
-        if logits.device.type != "cpu" or len(self.rows) * V <= CPU_BLOCK_ELEMENTS:
-            return self._choose(logits)
-        outs, block, a, n = [], [], 0, 0  # n: rows in `block`
-        for part in self.parts:
-            rows = part.input_ids.shape[0]
-            if block and (n + rows) * V > CPU_BLOCK_ELEMENTS:
-                outs.append(RowSampler(block)._choose(logits[a : a + n]))
-                block, a, n = [], a + n, 0
-            block.append(part)
-            n += rows
-        outs.append(RowSampler(block)._choose(logits[a:]))
-        return tuple(torch.cat(t) for t in zip(*outs, strict=True))
-
-    def _choose(self, logits: torch.Tensor):
         raw_logp = logits.log_softmax(dim=-1)
         scores = self.process(logits)
         sample = [i for i, (p, _) in enumerate(self.rows) if p.rule.sample]
