@@ -157,6 +157,22 @@ def test_a_gpt2_sized_vocabulary_gives_the_same_bits(one_block):
         assert torch.equal(bits(proc[k : k + 1]), bits(proc_ref))
 
 
+def test_a_row_with_nothing_to_draw_fails_its_block_before_any_row_draws():
+    """The engine then lets each group of the block choose alone (and fail alone): no
+    generator may have moved."""
+    from lmgen.errors import GenerationError
+
+    gens = seeded(5, 2)
+    parts = [RowPart(RowRule.of([MinP(0.1)], True, V), torch.zeros(1, 4, dtype=torch.long), [g])
+             for g in gens]  # fmt: skip
+    logits = torch.randn(2, V)
+    logits[1] = float("-inf")
+    with pytest.raises(GenerationError):
+        RowSampler(parts).choose(logits)
+    for g, fresh in zip(gens, seeded(5, 2), strict=True):
+        assert torch.equal(g.get_state(), fresh.get_state())
+
+
 def test_other_chains_are_not_taken():
     """Another processor, another order, or a bias outside the vocabulary: the chain runs."""
     assert RowRule.of([Temperature(0.5), MinP(0.1)], True, V) is not None
