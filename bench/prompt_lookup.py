@@ -46,7 +46,9 @@ def timed(lm, prompt: str, tokens: int, **kw) -> tuple[float, list[int]]:
 
 
 def run(model: str, tokens: int, rounds: int, k: int, ngram: int) -> dict:
-    lm = lmgen.load(model)
+    # float weights: a GGUF's quantized blocks take another kernel for one token than for
+    # several, and their roundings can settle a near-tie differently (docs/decoding.md)
+    lm = lmgen.load(model, quantize="none")
     rows = {}
     for name, prompt in prompts(lm, tokens).items():
         timed(lm, prompt, 8)  # warm-up

@@ -53,6 +53,25 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def parse_value(text: str) -> Any:
+    """`40` -> 40, `0.9` -> 0.9, `true` -> True, `["\\n"]` -> a list, `never` -> "never"."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_options(body: str, spec: str | None = None) -> dict[str, Any]:
+    """`key=value key=value` as GenerationConfig keywords (`top-k` read as `top_k`)."""
+    options: dict[str, Any] = {}
+    for word in body.split():
+        key, eq, value = word.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--strategy {spec or body!r}: expected key=value, got {word!r}")
+        options[key.replace("-", "_")] = parse_value(value)
+    return options
+
+
 # The paper's rows lmgen can run (stochastic beam search it cannot), with the paper's
 # parameters; min-p, typical-p and the rows after them are not in the paper. Top-H's 0.4 is
 # the value of transformers' example; adaptive-p's decay is llama.cpp's default (0.9).
@@ -67,28 +86,24 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     Strategy("nucleus, p=0.95", {"strategy": "sample", "top_p": 0.95}),
     Strategy("min-p=0.1", {"strategy": "sample", "min_p": 0.1}),
     Strategy("typical, p=0.95", {"strategy": "sample", "typical_p": 0.95}),
-    # issue 29's samplers, each with a row at t=2, where their papers make their claims
-    Strategy("top-H=0.4", {"strategy": "sample", "top_h": 0.4}),
-    Strategy("top-H=0.4, t=2", {"strategy": "sample", "top_h": 0.4, "temperature": 2.0}),
-    Strategy("min-p=0.1, t=2", {"strategy": "sample", "min_p": 0.1, "temperature": 2.0}),
-    Strategy("p-less", {"strategy": "sample", "p_less": True}),
-    Strategy("p-less, t=2", {"strategy": "sample", "p_less": True, "temperature": 2.0}),
-    Strategy("p-less-norm", {"strategy": "sample", "p_less_norm": True}),
-    Strategy("adaptive-p=0.3", {"strategy": "sample", "adaptive_target": 0.3}),
-    Strategy(
-        "adaptive-p=0.3, min-p=0.05", {"strategy": "sample", "adaptive_target": 0.3, "min_p": 0.05}
+    # issue 29's samplers, written as on the command line (`lmgen compare -s`), each with a
+    # row at t=2 where its paper makes its claim
+    *(
+        Strategy(name, parse_options(options))
+        for name, options in (
+            ("top-H=0.4", "strategy=sample top-h=0.4"),
+            ("top-H=0.4, t=2", "strategy=sample top-h=0.4 temperature=2.0"),
+            ("min-p=0.1, t=2", "strategy=sample min-p=0.1 temperature=2.0"),
+            ("p-less", "strategy=sample p-less=true"),
+            ("p-less, t=2", "strategy=sample p-less=true temperature=2.0"),
+            ("p-less-norm", "strategy=sample p-less-norm=true"),
+            ("adaptive-p=0.3", "strategy=sample adaptive-target=0.3"),
+            ("adaptive-p=0.3, min-p=0.05", "strategy=sample adaptive-target=0.3 min-p=0.05"),
+        )
     ),
 )
 
 HUMAN = "human"
-
-
-def parse_value(text: str) -> Any:
-    """`40` -> 40, `0.9` -> 0.9, `true` -> True, `["\\n"]` -> a list, `never` -> "never"."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def parse_strategy(spec: str) -> Strategy:
@@ -104,12 +119,7 @@ def parse_strategy(spec: str) -> Strategy:
     if not sep:
         name, body = spec.strip(), spec
     name = name.strip()
-    options: dict[str, Any] = {}
-    for word in body.split():
-        key, eq, value = word.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--strategy {spec!r}: expected key=value, got {word!r}")
-        options[key.replace("-", "_")] = parse_value(value)
+    options = parse_options(body, spec)
     if not name:
         raise ConfigError(f"--strategy {spec!r}: the name before ':' is empty")
     return Strategy(name, options)

@@ -21,8 +21,8 @@ from lmgen.errors import ConfigError
 from lmgen.settings import SAMPLER_NAMES
 
 # llama.cpp's aliases (common_sampler_types_from_names): kebab-case, no underscore, and these
-ALIASES = {"nucleus": "top_p", "temp": "temperature", "typ": "typ_p",
-           "typical": "typ_p", "p_less_norm": "p_less"}  # fmt: skip
+# (p-less-norm is ordered under the name of p-less, as one stage)
+ALIASES = {"nucleus": "top_p", "temp": "temperature", "typ": "typ_p", "typical": "typ_p"}
 
 
 def canonical(name: str) -> str | None:
