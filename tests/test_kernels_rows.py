@@ -112,22 +112,53 @@ def test_rotary_rows_with_caches_of_their_own(rope_models, name, monkeypatch):
     _check(rope_models[name], monkeypatch)
 
 
-@pytest.mark.parametrize("wtype", [torch.float32, torch.bfloat16, torch.int8])
-def test_a_rows_product_is_the_same_in_any_batch(wtype):
-    """decode_gemv for 1 to 13 rows: each row's result is bitwise its result alone."""
-    g = torch.Generator().manual_seed(3)
-    w = torch.randn(37, 75, generator=g)
+def _weight(wtype, out, inp, g):
+    """A weight of `wtype` (int8 with a scale per output row) and a bias."""
+    w = torch.randn(out, inp, generator=g)
     scale = None
     if wtype == torch.int8:
-        w, scale = (w * 40).clamp(-127, 127).to(torch.int8), torch.rand(37, generator=g)
+        w, scale = (w * 40).clamp(-127, 127).to(torch.int8), torch.rand(out, generator=g)
     else:
         w = w.to(wtype)
-    x = torch.randn(13, 75, generator=g)
-    alone = torch.cat([kernels.decode_gemv(x[i : i + 1], w, scale, None) for i in range(13)])
-    for n in (2, 4, 5, 9, 13):
-        assert torch.equal(kernels.decode_gemv(x[:n], w, scale, None), alone[:n])
-    perm = torch.randperm(13, generator=g)
-    assert torch.equal(kernels.decode_gemv(x[perm], w, scale, None), alone[perm])
+    return w, scale, torch.randn(out, generator=g)
+
+
+WTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int8]
+
+
+@pytest.mark.parametrize("wtype", WTYPES)
+def test_a_rows_product_is_the_same_in_any_batch(wtype):
+    """decode_gemv for 1 to 17 rows: each row's result is bitwise its result alone, at every
+    place in the batch. The shapes reach every path of the tiling: `in` not a multiple of 8
+    (the tail), output rows not a multiple of a tile, more than one tile of x (16 and 17 rows)
+    and several blocks of W (so the prefetching tiles run too)."""
+    g = torch.Generator().manual_seed(3)
+    w, scale, bias = _weight(wtype, 70, 1003, g)
+    x = torch.randn(17, 1003, generator=g)
+    alone = torch.cat([kernels.decode_gemv(x[i : i + 1], w, scale, bias) for i in range(17)])
+    for n in range(1, 18):
+        for shift in range(n):  # every row of the first n at every place
+            order = torch.arange(n).roll(shift)
+            got = kernels.decode_gemv(x[order], w, scale, bias)
+            assert torch.equal(got, alone[order]), f"{n} rows, shift {shift}"
+
+
+@pytest.mark.parametrize("wtype", WTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 7, 16])
+def test_a_rows_product_is_torchs_matmul(wtype, rows):
+    """Against torch's matmul in float64 on the same (converted) weights, to float rounding."""
+    g = torch.Generator().manual_seed(rows)
+    w, scale, bias = _weight(wtype, 45, 771, g)
+    x = torch.randn(rows, 771, generator=g)
+    wf = w.double() * (scale.double()[:, None] if scale is not None else 1.0)
+    ref = x.double() @ wf.T + bias.double()
+    got = kernels.decode_gemv(x, w, scale, bias)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-3 * ref.abs().max().item())
+    if wtype != torch.int8:  # half-precision activations in, the same dtype out
+        got = kernels.decode_gemv(x.to(wtype), w, scale, bias)
+        ref = x.to(wtype).double() @ wf.T + bias.double()
+        assert got.dtype == wtype
+        torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
 
 
 def test_rows_step_refuses_mismatched_caches():

@@ -28,7 +28,12 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("decode.cpp")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+# -ffp-contract=off: no multiply-add fused but the written ones, so a product's arithmetic is
+# the same in every tile (batch invariance). With torch's AVX512 level (AVX512F/BW/VL/DQ),
+# AVX512VL gives the same 256-bit code 32 registers: bigger tiles, the same bits.
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
+if torch.backends.cpu.get_cpu_capability() == "AVX512":
+    _FLAGS += ["-mavx512f", "-mavx512vl"]
 MAX_ROWS = 4  # rows up to which callers take the kernel for a batch (decode_linear, the plan)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}

@@ -9,7 +9,7 @@
 // stream (AVX2 + F16C: every x86-64-v3 CPU) and accumulates in float32 with FMA.
 //
 // x (rows, in) is read as float32 and the result (rows, out) is returned in x's dtype; any
-// number of rows, MAX_ROWS at a time sharing each load of W, so W streams once per call.
+// number of rows, each weight read from memory once per call for all of them (below).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,8 +22,6 @@
 #include <vector>
 
 namespace {
-
-constexpr int MAX_ROWS = 4;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const at::Half* p) {
@@ -87,83 +85,124 @@ inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in soft
 }
 inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
 
-// A tile of the product: O rows of W times R rows of x, O x R dot products of length `in`, each
-// in one 8-lane accumulator of its own, summed in a fixed order (lanes, then the tail). The
-// tile only decides which products share a load of W or of x: a product's bits are the same in
-// any tile, so a row's result depends neither on how many rows the call has nor on where it
-// sits (the server's batch invariance; tested). R = 1 (a single stream) takes 4 rows of W at
-// a time, so four independent chains hide the FMA latency; more rows of x take fewer rows of W
-// so that the accumulators, W's vectors and one of x fit the 16 AVX2 registers.
-template <typename W, int O, int R>
-inline void dot_tile(const W* w, int64_t in, const float* x, float acc[][MAX_ROWS]) {
+// ---- y = x W^T for any number of rows of x: register tiles over blocks of W ---------------
+// Each dot product (row r of x with row o of W) has one 8-lane accumulator of its own: lane j
+// sums x[r, i] W[o, i] over i = j mod 8 in increasing i, one FMA at a time; then the lanes are
+// summed in a fixed order (hsum) and the elements past the last multiple of 8 are added one by
+// one (the build has -ffp-contract=off, so no instantiation fuses them differently). Nothing
+// else touches a product, so its bits are the same whatever tile computed it, how many rows
+// the call has and where the row sits (the server's batch invariance; tested). The tiles only
+// decide which products share a load of W or of x:
+//
+// - a register tile is O rows of W by R rows of x: per 8 elements, R vectors of x, then one
+//   vector of W at a time for R FMAs, all O x R accumulators in registers. A step of 16 rows
+//   is 16x the FLOPs of one row, so this is what makes it cost FLOPs at near the FMA rate
+//   rather than 16 passes over W;
+// - a block is BLOCK_BYTES of W's rows, which every tile of x passes over while it sits in L2,
+//   so W streams from memory once per call;
+// - with more than one tile of x, each tile prefetches one line of the next block into L2 per
+//   8 elements, so its DRAM reads overlap this block's FMAs instead of waiting after them.
+//   One tile of x (up to X_TILE_ROWS rows) is bound by memory, where the hardware's own
+//   prefetcher does better on its own (measured).
+//
+// With AVX512VL the same 256-bit code has 32 registers, not 16: bigger tiles, the same bits.
+#ifdef __AVX512VL__
+constexpr int VREGS = 32;
+#else
+constexpr int VREGS = 16;
+#endif
+constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
+constexpr int64_t BLOCK_BYTES = 128 << 10;  // two blocks (this one, the next) well inside L2
+
+// Rows of W in a register tile with R rows of x: the accumulators, R vectors of x and one of
+// W within the registers, at most 4; one row of x takes 4 (four independent FMA chains cover
+// the FMA latency, and a single row is bound by memory anyway).
+constexpr int w_tile_rows(int R) { return R == 1 ? 4 : std::min(4, (VREGS - 1 - R) / R); }
+
+// O x R products of rows of W at w (stride in) and of x at x (stride in), written to y (stride
+// out) as acc * scale + bias. With `PF`, one line of the next block (from pf, up to pf_end) is
+// prefetched into L2 per 8 elements, while this block sits in cache.
+template <typename W, typename Y, int O, int R, bool PF>
+inline void tile(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
+                 Y* y, int64_t out, const char*& pf, const char* pf_end) {
   __m256 a[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) a[o][r] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= in; i += 8) {
-    __m256 wv[O];
-    for (int o = 0; o < O; ++o) wv[o] = load8(w + o * in + i);
-    for (int r = 0; r < R; ++r) {
-      const __m256 xv = _mm256_loadu_ps(x + r * in + i);
-      for (int o = 0; o < O; ++o) a[o][r] = _mm256_fmadd_ps(wv[o], xv, a[o][r]);
+  const int64_t n8 = in / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8) {
+    if constexpr (PF) {
+      _mm_prefetch(pf, _MM_HINT_T1);
+      pf = std::min(pf + 64, pf_end);
+    }
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * in + i);
+    for (int o = 0; o < O; ++o) {
+      const __m256 wv = load8(w + o * in + i);
+      for (int r = 0; r < R; ++r) a[o][r] = _mm256_fmadd_ps(wv, xv[r], a[o][r]);
     }
   }
-  for (int o = 0; o < O; ++o)
+  for (int o = 0; o < O; ++o) {
+    const float s = scale ? scale[o] : 1.0f;
+    const float b = bias ? bias[o] : 0.0f;
     for (int r = 0; r < R; ++r) {
-      float s = hsum(a[o][r]);
-      for (int64_t j = i; j < in; ++j) s += to_float(w[o * in + j]) * x[r * in + j];
-      acc[o][r] = s;
+      float d = hsum(a[o][r]);
+      for (int64_t j = n8; j < in; ++j) d += to_float(w[o * in + j]) * x[r * in + j];
+      store(y + r * out + o, d * s + b);
     }
+  }
 }
 
-constexpr int64_t TILE_X_ROWS = 2;  // measured: 2 rows of x by 4 of W beat 3 x 3 and 4 x 2
-constexpr int tile_rows_of_w(int R) { return R <= 2 ? 4 : R == 3 ? 3 : 2; }
-
-// Output rows [begin, end) for rows r0 .. r0 + R of x.
-template <typename W, typename Y, int R>
-void gemv_rows(const W* w, const float* x, int64_t r0, const float* scale, const float* bias,
-               Y* y, int64_t out, int64_t in, int64_t begin, int64_t end) {
-  constexpr int O = tile_rows_of_w(R);
-  float acc[O][MAX_ROWS];
+// Rows [o0, o1) of W times R rows of x from row r0.
+template <typename W, typename Y, int R, bool PF>
+void tile_rows(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
+               Y* y, int64_t out, int64_t r0, int64_t o0, int64_t o1, const char*& pf,
+               const char* pf_end) {
+  constexpr int O = w_tile_rows(R);
   const float* xr = x + r0 * in;
-  int64_t o = begin;
-  auto put = [&](int64_t o0, int n) {
-    for (int t = 0; t < n; ++t) {
-      const float s = scale ? scale[o0 + t] : 1.0f;
-      const float b = bias ? bias[o0 + t] : 0.0f;
-      for (int r = 0; r < R; ++r) store(y + (r0 + r) * out + o0 + t, acc[t][r] * s + b);
+  Y* yr = y + r0 * out;
+  auto sc = [&](int64_t o) { return scale ? scale + o : nullptr; };
+  auto bi = [&](int64_t o) { return bias ? bias + o : nullptr; };
+  int64_t o = o0;
+  for (; o + O <= o1; o += O)
+    tile<W, Y, O, R, PF>(w + o * in, xr, in, sc(o), bi(o), yr + o, out, pf, pf_end);
+  for (; o < o1; ++o)
+    tile<W, Y, 1, R, PF>(w + o * in, xr, in, sc(o), bi(o), yr + o, out, pf, pf_end);
+}
+
+template <typename W, typename Y, bool PF>
+void tiles(const W* w, const float* x, int64_t in, const float* scale, const float* bias, Y* y,
+           int64_t out, int64_t rows, int64_t o0, int64_t o1, const char* pf, const char* pf_end) {
+  for (int64_t r0 = 0; r0 < rows; r0 += X_TILE_ROWS) {
+#define LMGEN_TILE_ROWS(R) \
+  tile_rows<W, Y, R, PF>(w, x, in, scale, bias, y, out, r0, o0, o1, pf, pf_end); break;
+    switch (std::min<int64_t>(X_TILE_ROWS, rows - r0)) {
+      case 1: LMGEN_TILE_ROWS(1)
+      case 2: LMGEN_TILE_ROWS(2)
+      case 3: LMGEN_TILE_ROWS(3)
+      case 4: LMGEN_TILE_ROWS(4)
+      case 5: LMGEN_TILE_ROWS(5)
+      default: LMGEN_TILE_ROWS(6)
     }
-  };
-  for (; o + O <= end; o += O) {
-    dot_tile<W, O, R>(w + o * in, in, xr, acc);
-    put(o, O);
-  }
-  for (; o < end; ++o) {
-    dot_tile<W, 1, R>(w + o * in, in, xr, acc);
-    put(o, 1);
+#undef LMGEN_TILE_ROWS
   }
 }
 
 // y = x W^T (times a scale per output row, plus a bias) for any number of rows of x. Each
-// task takes a block of W's rows; within it, each tile of W meets every row of x in turn (from
-// memory once, then from L1), so W streams once per call however many rows there are.
+// task takes a range of W's rows, block by block; with more than one tile of x, the next block
+// is prefetched while every tile of x passes over this one.
 template <typename W, typename Y>
 void gemv(int64_t rows, const W* w, const float* x, const float* scale, const float* bias, Y* y,
           int64_t out, int64_t in) {
-  // Blocks of W's rows small enough to stay in L1 (16 KiB) while every tile of x passes over
-  // them; at least 16 rows per task, so a thread streams long runs.
-  const int64_t block = std::max<int64_t>(4, (16 << 10) / std::max<int64_t>(1, in * sizeof(W)));
+  const int64_t row_bytes = in * sizeof(W);
+  const int64_t block = std::max<int64_t>(8, BLOCK_BYTES / std::max<int64_t>(1, row_bytes));
+  const bool prefetch = rows > X_TILE_ROWS;
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
     for (int64_t o0 = begin; o0 < end; o0 += block) {
-      const int64_t o1 = std::min(end, o0 + block);
-      for (int64_t r0 = 0; r0 < rows; r0 += TILE_X_ROWS) {
-        switch (std::min<int64_t>(TILE_X_ROWS, rows - r0)) {
-          case 1: gemv_rows<W, Y, 1>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
-          case 2: gemv_rows<W, Y, 2>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
-          case 3: gemv_rows<W, Y, 3>(w, x, r0, scale, bias, y, out, in, o0, o1); break;
-          default: gemv_rows<W, Y, 4>(w, x, r0, scale, bias, y, out, in, o0, o1);
-        }
-      }
+      const int64_t o1 = std::min(end, o0 + block), o2 = std::min(end, o1 + block);
+      const char* pf = reinterpret_cast<const char*>(w + o1 * in);
+      const char* pf_end = reinterpret_cast<const char*>(w + o2 * in);
+      if (prefetch) tiles<W, Y, true>(w, x, in, scale, bias, y, out, rows, o0, o1, pf, pf_end);
+      else tiles<W, Y, false>(w, x, in, scale, bias, y, out, rows, o0, o1, pf, pf_end);
     }
   });
 }
