@@ -84,13 +84,13 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     Strategy("top-k=640", {"strategy": "sample", "top_k": 640}),
     Strategy("top-k=40, t=0.7", {"strategy": "sample", "top_k": 40, "temperature": 0.7}),
     Strategy("nucleus, p=0.95", {"strategy": "sample", "top_p": 0.95}),
-    Strategy("min-p=0.1", {"strategy": "sample", "min_p": 0.1}),
-    Strategy("typical, p=0.95", {"strategy": "sample", "typical_p": 0.95}),
-    # issue 29's samplers, written as on the command line (`lmgen compare -s`), each with a
-    # row at t=2 where its paper makes its claim
+    # min-p, typical-p and issue 29's samplers, written as on the command line (`lmgen compare -s`);
+    # a row at t=2 for each where its paper makes its claim
     *(
         Strategy(name, parse_options(options))
         for name, options in (
+            ("min-p=0.1", "strategy=sample min-p=0.1"),
+            ("typical, p=0.95", "strategy=sample typical-p=0.95"),
             ("top-H=0.4", "strategy=sample top-h=0.4"),
             ("top-H=0.4, t=2", "strategy=sample top-h=0.4 temperature=2.0"),
             ("min-p=0.1, t=2", "strategy=sample min-p=0.1 temperature=2.0"),

@@ -37,10 +37,10 @@ from .processors import Temperature, TopK, TopP
 
 class FusedSampler:
     def __init__(
-        self, temperature: float, temperature_last: bool, top_k: int, top_p: float, min_keep: int
+        self, temperature: float, temperature_after: bool, top_k: int, top_p: float, min_keep: int
     ):
         self.temperature = temperature
-        self.temperature_last = temperature_last
+        self.temperature_after = temperature_after
         self.top_k = top_k  # 0: off
         self.top_p = top_p  # 1.0: off
         self.min_keep = min_keep
@@ -56,10 +56,10 @@ class FusedSampler:
         warpers = [k for k in kinds if k is not Temperature]
         if warpers not in ([TopK], [TopP], [TopK, TopP]):
             return None
-        temperature, temperature_last = 1.0, False
+        temperature, temperature_after = 1.0, False
         if Temperature in kinds:
             temperature = chain[kinds.index(Temperature)].temperature
-            temperature_last = kinds.index(Temperature) == len(kinds) - 1 and len(kinds) > 1
+            temperature_after = kinds.index(Temperature) == len(kinds) - 1 and len(kinds) > 1
             if kinds.index(Temperature) not in (0, len(kinds) - 1):
                 return None
         top_k = chain[kinds.index(TopK)].k if TopK in kinds else 0
@@ -67,7 +67,7 @@ class FusedSampler:
         keeps = {p.min_tokens_to_keep for p in chain if isinstance(p, TopK | TopP)}
         if len(keeps) != 1:
             return None
-        return cls(temperature, temperature_last, top_k, top_p, keeps.pop())
+        return cls(temperature, temperature_after, top_k, top_p, keeps.pop())
 
     def __call__(
         self, logits: torch.Tensor, generators: Sequence[torch.Generator | None]
@@ -89,7 +89,7 @@ class FusedSampler:
         token outside `ids` has probability zero. None: this step needs the chain."""
         V = logits.shape[-1]
         x = logits
-        scale = self.temperature != 1.0 and not self.temperature_last
+        scale = self.temperature != 1.0 and not self.temperature_after
         if scale and not self.top_k:
             x = x / self.temperature  # the same operation as the Temperature processor
         if self.top_k:
@@ -142,7 +142,7 @@ class FusedSampler:
             keep = above < self.top_p
             keep[:, : self.min_keep] = True
         scores = vals.masked_fill(~keep, NEG_INF)
-        if self.temperature != 1.0 and self.temperature_last:
+        if self.temperature != 1.0 and self.temperature_after:
             scores = scores / self.temperature
         ids, order = ids.sort(dim=-1)
         return ids, scores.gather(1, order)
