@@ -295,7 +295,7 @@ class TopP(LogitsProcessor):
         vocab_size = logits.shape[-1]
         n_finite = int((logits > NEG_INF).sum(dim=-1).max())
         if 0 < n_finite <= self.FEW_FINITE_FRACTION * vocab_size:
-            values, ids = _sorted_largest(logits, n_finite)
+            values, ids = sorted_largest(logits, n_finite)
             # -inf padding in front makes the row equal to the full ascending sort, so softmax
             # and cumsum see the same numbers in the same places.
             padded = logits.new_full((logits.shape[0], vocab_size), NEG_INF)
@@ -314,7 +314,7 @@ class TopP(LogitsProcessor):
         return remove
 
 
-def _sorted_largest(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_largest(logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The n largest logits per row in the order a stable ascending sort of the whole row
     would give them (ties by token id)."""
     values, ids = torch.topk(logits, n, dim=-1, sorted=False)

@@ -34,7 +34,7 @@ from lmgen.decoding.processors import (
     Temperature,
     TopK,
     TopP,
-    _sorted_largest,
+    sorted_largest,
 )
 from lmgen.decoding.sampling import sample_from_logits
 
@@ -254,7 +254,7 @@ def _top_p(x: torch.Tensor, procs: list[TopP]) -> torch.Tensor:
     rows, V = x.shape
     n_finite = int((x > NEG_INF).sum(dim=-1).max())
     if 0 < n_finite <= TopP.FEW_FINITE_FRACTION * V:
-        values, ids = _sorted_largest(x, n_finite)
+        values, ids = sorted_largest(x, n_finite)
         ascending = x.new_full((rows, V), NEG_INF)
         ascending[:, V - n_finite :] = values
     else:
