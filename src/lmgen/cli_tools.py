@@ -38,18 +38,21 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_export_gguf(args: argparse.Namespace) -> int:
     """Write MODEL as a GGUF file for llama.cpp, as its converter writes the model's family (gpt2,
     llama, qwen2, qwen3, gemma3, gptneox). A byte-level BPE or SentencePiece tokenizer goes
-    into the file too, so llama.cpp tokenizes text as lmgen does."""
+    into the file too, so llama.cpp tokenizes text as lmgen does.
+
+    Without --dtype a GGUF's kept blocks (Q8_0, Q4_1, ...) are written back as they are and the
+    other weights in float32; an explicit --dtype loads float weights (quantize="none") so
+    that every weight matrix is written in that type, as asked."""
     import lmgen
 
     from .gguf_export import HF_ARCHITECTURES, tokenizer_metadata, write_gguf
 
-    out = Path(args.out).expanduser()
-    if out.is_dir():
-        raise ConfigError(f"cannot write {out}: it is a folder; give a file name", "out")
-    if not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist", "out")
-    lm = lmgen.load(args.model)
-    write_gguf(lm.model, out, dtype=args.dtype, tokenizer=lm.tokenizer, name=lm.name)
+    out = check_gguf_out(args.out, args.force)
+    if args.dtype is None:
+        lm = lmgen.load(args.model)
+    else:
+        lm = lmgen.load(args.model, quantize="none")
+    write_gguf(lm.model, out, dtype=args.dtype or "float32", tokenizer=lm.tokenizer, name=lm.name)
     meta = tokenizer_metadata(lm.tokenizer, lm.config.vocab_size)
     vocab = (
         f"with its {'SentencePiece' if meta['model'] == 'llama' else 'BPE'} vocabulary"
@@ -58,8 +61,44 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     )
     arch = HF_ARCHITECTURES.get(getattr(lm.config, "model_type", "gpt2"), "gpt2")
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MiB, llama.cpp {arch}, {args.dtype} weights, {vocab})")
+    weights = written_weight_types(out, args.dtype)
+    print(f"wrote {out} ({size:.1f} MiB, llama.cpp {arch}, {weights}, {vocab})")
     return 0
+
+
+def check_gguf_out(out: str, force: bool) -> Path:
+    """Refuses, before loading anything, an OUT that lmgen could not load back (not .gguf), a
+    folder, a missing folder, or an existing file (replaced only with --force, as `data` and
+    `compare` replace their outputs)."""
+    path = Path(out).expanduser()
+    if path.suffix.lower() != ".gguf":
+        raise ConfigError(f"cannot write {path}: OUT must end in .gguf", "out")
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file name", "out")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist", "out")
+    if path.exists() and not force:
+        raise ConfigError(f"{path}: already exists; pass --force to replace it", "out")
+    return path
+
+
+def written_weight_types(path: Path, dtype: str | None) -> str:
+    """The summary of the weight matrices' types as the written file holds them (read back by
+    the gguf package's reader, so the line cannot claim a type that was not written)."""
+    from gguf import GGUFReader
+
+    kinds: dict[str, int] = {}
+    for t in GGUFReader(str(path)).tensors:
+        if len(t.shape) == 2:
+            kinds[t.tensor_type.name] = kinds.get(t.tensor_type.name, 0) + 1
+    blocks = sorted(k for k in kinds if k not in ("F32", "F16", "BF16"))
+    if dtype is not None:
+        others = [k for k in blocks if k != dtype.upper()]
+        return f"{dtype} weights" + (f" ({', '.join(others)} blocks too)" if others else "")
+    floats = sorted(k.lower().replace("f", "float") for k in kinds if k not in blocks)
+    kept = f"{', '.join(blocks)} blocks kept" if blocks else ""
+    rest = f"{', '.join(floats)} weights" if floats else ""
+    return ", other weights ".join(filter(None, [kept, rest])) if kept else rest
 
 
 def add_parsers(sub) -> None:
@@ -74,7 +113,9 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--dtype",
         choices=["float32", "float16", "q8_0"],
-        default="float32",
+        default=None,
         help="type of the weight matrices (q8_0: llama.cpp's 8-bit blocks); norms, biases "
-        "and the position table stay float32 (default float32)",
+        "and the position table stay float32 (default: a GGUF's quantized blocks are kept as "
+        "they are, other weights float32)",
     )
+    p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
