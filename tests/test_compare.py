@@ -409,3 +409,20 @@ def test_bad_strategy_files(capsys, tmp_path, model_dir, name, content, match):
     path.write_text(content)
     code, _, err = _run(capsys, "compare", "--model", str(model_dir), "--strategies", str(path))
     assert code == 2 and err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+def test_a_strategy_whose_settings_do_nothing_says_so(capsys, tmp_path, model_dir, text_file):
+    """A strategy naming only a sampler setting runs greedy, as `lmgen generate --top-h 0.5`
+    does: the row carries GenerationConfig's own warning, printed and in compare.json."""
+    from lmgen.generation_config import GenerationConfig
+
+    want = GenerationConfig.from_kwargs(top_h=0.5).validate()
+    assert want and "has no effect" in want[0]
+    out = tmp_path / "out"
+    args = [*_small_args(model_dir, text_file), "-s", "top-h: top_h=0.5", "-s", "greedy"]
+    code, stdout, err = _run(capsys, *args, "--out", str(out), "--json")
+    assert code == 0, err
+    assert f"warning: strategy 'top-h': {want[0]}" in err
+    rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert rows["top-h"]["warnings"] == [f"strategy 'top-h': {w}" for w in want]
+    assert rows["greedy"]["warnings"] == []

@@ -108,6 +108,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     strategies = [parse_strategy(s) for s in args.strategy]
     if args.strategies:
         strategies += load_strategies_file(args.strategies)
+    for s in strategies:  # as `lmgen generate` prints them, before the long run
+        try:
+            said = s.warnings(args.max_new_tokens, args.samples)
+        except ConfigError:
+            continue  # compare() checks every argument first and says what is wrong
+        for w in said:
+            print(f"warning: {w}", file=sys.stderr)
     prompts = read_prompts_file(args.prompts) if args.prompts else None
     text = None
     if args.text:

@@ -44,6 +44,7 @@ def result_dict(result) -> dict[str, Any]:
                 "kind": r.kind,
                 "options": r.options,
                 "chain": r.chain,
+                "warnings": r.warnings,
                 "texts": len(r.samples),
                 "generation_s": r.seconds,
                 "metrics": r.metrics,

@@ -70,6 +70,7 @@ class Row:
     metrics: dict[str, Any] = field(default_factory=dict)
     per_position_prob: list[float] = field(default_factory=list)
     entropy_histogram: dict[str, list[float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the strategy's settings without effect
 
 
 @dataclass
@@ -337,7 +338,9 @@ def _generate(lm, passages, strategy: Strategy, max_new_tokens, samples, seed, b
                     )
                 )  # fmt: skip
     seconds = time.perf_counter() - t0
-    return Row(strategy.name, "strategy", dict(strategy.options), chain, out, seconds)
+    row = Row(strategy.name, "strategy", dict(strategy.options), chain, out, seconds)
+    row.warnings = strategy.warnings(max_new_tokens, samples)
+    return row
 
 
 # -- measuring ---------------------------------------------------------------------------------

@@ -45,6 +45,13 @@ class Strategy:
             raise ConfigError(f"strategy {self.name!r}: {e}") from None
         return base
 
+    def warnings(self, max_new_tokens: int, samples: int = 1) -> list[str]:
+        """GenerationConfig's warnings for this strategy's settings (a sampler setting on a
+        strategy that does not sample, ...), the ones `lmgen generate` prints for the same
+        flags: a row that silently ran as something else would read as that setting's numbers."""
+        config = self.config(max_new_tokens, samples)
+        return [f"strategy {self.name!r}: {w}" for w in config.validate()]
+
     def describe(self) -> str:
         return " ".join(f"{k}={_show(v)}" for k, v in self.options.items())
 
