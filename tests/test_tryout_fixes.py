@@ -36,3 +36,36 @@ def test_export_gguf_refuses_other_suffix_and_existing_file(q8_file, tmp_path, c
     code, out, err = run(capsys, "export-gguf", str(q8_file), str(target), "--force")
     assert code == 0, err
     assert target.stat().st_size > 100
+
+
+@pytest.mark.parametrize(
+    "kwargs, strategy",
+    [({"num_beams": 2}, "beam"), ({"strategy": "contrastive", "top_k": 4}, "contrastive")],
+)
+def test_prompt_lookup_dropped_for_beam_and_contrastive_says_so(kwargs, strategy):
+    """Session decodes these plainly (prompt lookup is for one greedy or sampled sequence):
+    a warning, as every other setting without effect gets."""
+    import lmgen
+    from lmgen.generation_config import GenerationConfig
+
+    said = GenerationConfig.from_kwargs(prompt_lookup_num_tokens=3, **kwargs).validate()
+    assert any("prompt_lookup_num_tokens=3 has no effect" in w and strategy in w for w in said)
+    assert not GenerationConfig.from_kwargs(prompt_lookup_num_tokens=3).validate()
+    # and it has none: the same tokens as without it
+    lm = lmgen.load("shakespeare")
+    args = dict(max_new_tokens=6, **kwargs)
+    got = lm.generate("ROMEO:", prompt_lookup_num_tokens=3, **args).choices[0].token_ids
+    assert got == lm.generate("ROMEO:", **args).choices[0].token_ids
+
+
+def test_p_less_and_p_less_norm_together_is_one_clear_error(capsys):
+    from lmgen.errors import ConfigError
+    from lmgen.generation_config import GenerationConfig
+
+    with pytest.raises(ConfigError) as info:
+        GenerationConfig.from_kwargs(p_less=True, p_less_norm=True)
+    message = str(info.value)
+    assert "p_less " in message and "p_less_norm" in message and "\n" not in message
+    code, out, err = run(capsys, "generate", "ROMEO:", "--p-less", "--p-less-norm",
+                         "--max-new-tokens", "2")  # fmt: skip
+    assert code == 2 and "p_less_norm" in err and "Traceback" not in err

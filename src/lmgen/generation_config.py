@@ -30,6 +30,8 @@ from lmgen.settings import (
 __all__ = ["MAX_LOGPROBS", "MIN_TEMPERATURE", "GenerationConfig", "infer_strategy"]
 
 EARLY_STOPPING_VALUES = (True, False, "never")
+# The strategies prompt lookup speeds up (decoding.session runs the others plainly).
+PROMPT_LOOKUP_STRATEGIES = ("greedy", "sample")
 # The knobs-without-effect warnings are logged here; the CLI prints them itself and silences it.
 log = logging.getLogger(__name__)
 _ANNOTATIONS = {
@@ -125,6 +127,7 @@ class _Config:
         self._check_logit_bias()
         self._check_bad_words()
         self._check_new_samplers()
+        self._check_p_less()
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ConfigError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",
@@ -150,6 +153,15 @@ class _Config:
                 parse_samplers(value)
             elif s.kind == "dola":
                 _check_layers(s.name, value, self.strategy)
+
+    def _check_p_less(self) -> None:
+        """p-less and p-less-norm are two versions of one truncation: with both, the chain
+        would cut by one and then cut again by the other, a sampler neither paper defines."""
+        if self.p_less and self.p_less_norm:
+            raise ConfigError(
+                "give at most one of p_less and p_less_norm; got p_less and p_less_norm",
+                param="p_less_norm",
+            )
 
     def _check_contrastive(self) -> None:
         if self.strategy != "contrastive":
@@ -324,6 +336,18 @@ class _Config:
             warnings.append(
                 f"diversity_penalty={self.diversity_penalty!r} has no effect without "
                 "num_beam_groups > 1"
+            )
+        if self.prompt_lookup_num_tokens and (
+            strategy not in PROMPT_LOOKUP_STRATEGIES or self.num_return_sequences > 1
+        ):
+            instead = (
+                f"strategy {strategy!r}"
+                if strategy not in PROMPT_LOOKUP_STRATEGIES
+                else f"num_return_sequences={self.num_return_sequences}"
+            )
+            warnings.append(
+                f"prompt_lookup_num_tokens={self.prompt_lookup_num_tokens} has no effect: "
+                f"prompt lookup runs on one greedy or sampled sequence, not {instead}"
             )
         if self.ignore_eos and self.min_new_tokens > 0:
             warnings.append(
