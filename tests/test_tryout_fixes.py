@@ -69,3 +69,24 @@ def test_p_less_and_p_less_norm_together_is_one_clear_error(capsys):
     code, out, err = run(capsys, "generate", "ROMEO:", "--p-less", "--p-less-norm",
                          "--max-new-tokens", "2")  # fmt: skip
     assert code == 2 and "p_less_norm" in err and "Traceback" not in err
+
+
+def test_plot_generation_refuses_dola_whose_logits_it_cannot_reread(capsys, tmp_path):
+    import lmgen
+    from lmgen.errors import ConfigError
+    from lmgen.plots.generation import generation_data
+
+    lm = lmgen.load("shakespeare")
+    with pytest.raises(ConfigError) as info:
+        generation_data(lm, "ROMEO:", strategy="sample", seed=2, dola_layers="low")
+    assert info.value.param == "dola_layers"
+    png = tmp_path / "g.png"
+    code, out, err = run(capsys, "plot", "generation", "ROMEO:", "--strategy", "sample",
+                         "--seed", "2", "--max-new-tokens", "4", "--dola-layers", "low",
+                         "--out", str(png))  # fmt: skip
+    assert code == 2 and "--dola-layers" in err and len(err.strip().splitlines()) == 1
+    assert not png.exists()
+    # prompt lookup changes how tokens are found, not their distributions: still plotted
+    data = generation_data(lm, "ROMEO:", strategy="sample", seed=2, max_new_tokens=4,
+                           prompt_lookup_num_tokens=2)  # fmt: skip
+    assert len(data.entropy) == len(data.token_ids) > 0

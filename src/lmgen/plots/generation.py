@@ -74,6 +74,14 @@ def generation_data(lm, prompt: str, config=None, *, choice: int = 0, **kwargs) 
     else:
         cfg = config.replace(**kwargs) if kwargs else config
         cfg.validate()
+    if cfg.dola_layers is not None:
+        # the plot re-reads the final layer's logits; DoLa samples from a contrast of layers,
+        # so every probability and entropy drawn would be of a distribution not sampled from
+        raise ConfigError(
+            "plot generation shows the model's own logits, which dola_layers (--dola-layers) "
+            "replaces by a contrast of layers: leave it out",
+            "dola_layers",
+        )
     if not isinstance(choice, int) or not 0 <= choice < cfg.num_return_sequences:
         raise ConfigError(
             f"choice must be an int in [0, {cfg.num_return_sequences - 1}], got {choice!r}",
