@@ -90,3 +90,34 @@ def test_plot_generation_refuses_dola_whose_logits_it_cannot_reread(capsys, tmp_
     data = generation_data(lm, "ROMEO:", strategy="sample", seed=2, max_new_tokens=4,
                            prompt_lookup_num_tokens=2)  # fmt: skip
     assert len(data.entropy) == len(data.token_ids) > 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import lmgen
+    from conftest import save_peaky_model
+    from lmgen.server import create_app, serve_in_thread
+
+    texts = ["To be, or not to be: that is the question."] * 12
+    lm = lmgen.load(save_peaky_model(tmp_path_factory.mktemp("serve") / "tiny", texts))
+    with serve_in_thread(create_app({"tiny": lm})) as url:
+        yield url, lm
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json", None]
+)
+def test_a_json_body_is_taken_whatever_its_content_type(served, content_type):
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded: the body is JSON all the
+    same, and the answer is the one `generate` gives for the same request."""
+    import httpx
+
+    url, lm = served
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = b'{"prompt": "To be", "max_tokens": 5, "temperature": 0}'
+    r = httpx.post(url + "/v1/completions", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    want = lm.generate("To be", max_new_tokens=5, temperature=0).choices[0].text
+    assert r.json()["choices"][0]["text"] == want
+    r = httpx.post(url + "/v1/completions", content=b"prompt=x", headers=headers, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"

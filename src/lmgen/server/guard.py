@@ -276,15 +276,24 @@ def decode_error(body: bytes) -> APIError | None:
 
 
 def is_json(headers: dict) -> bool:
-    """Whether FastAPI reads this body as JSON: no Content-Type, or application/json or
-    application/*+json (the check FastAPI makes)."""
+    """Whether FastAPI reads this body as JSON: application/json or application/*+json (the
+    check FastAPI makes; without a Content-Type it reads no JSON at all)."""
     kind = headers.get(b"content-type")
     if kind is None:
-        return True
+        return False
     main = kind.decode("latin-1").split(";")[0].strip().lower()
     return main == "application/json" or (
         main.startswith("application/") and main.endswith("+json")
     )
+
+
+def as_json(scope: dict) -> dict:
+    """`scope` with its Content-Type said to be application/json. Every body of this API is
+    JSON, and curl's `-d` sends JSON as application/x-www-form-urlencoded: a body that parses
+    as JSON is taken whatever its Content-Type says (as llama.cpp's server takes it), after
+    the same checks as any other (FastAPI would otherwise read it as no JSON at all)."""
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 class Guard:
@@ -339,12 +348,14 @@ class Guard:
                 code="invalid_json",
             )
             return await err.response()(scope, receive, send)
-        if body and is_json(headers):
+        if body:
             # RFC 8259 §8.1: a parser may ignore a byte order mark; the app never sees one
             body = body.removeprefix(b"\xef\xbb\xbf")
             err = decode_error(body)
             if err is not None:
                 return await err.response()(scope, receive, send)
+            if not is_json(headers):
+                scope = as_json(scope)
         replayed = False
 
         async def replay():
