@@ -121,3 +121,58 @@ def test_a_json_body_is_taken_whatever_its_content_type(served, content_type):
     assert r.json()["choices"][0]["text"] == want
     r = httpx.post(url + "/v1/completions", content=b"prompt=x", headers=headers, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_settings_doc_names_the_commands_whose_parsers_take_each_flag():
+    """The doc's commands column, against the parsers themselves: `next` has no --seed or
+    --dola-layers, and the doc no longer says every setting is a flag of it."""
+    from lmgen.cli import build_parser
+    from lmgen.settings import COMMAND_GROUPS, SETTINGS, markdown
+
+    parsers = {}
+    for name, sub in build_parser()._commands.choices.items():
+        parsers[name] = sub
+        for inner, p in sub._commands.choices.items() if sub._commands else ():
+            parsers[f"{name} {inner}"] = p
+    rows = {
+        line.split(" | ")[0].strip("| `"): line.split(" | ")
+        for line in markdown().splitlines()
+        if line.startswith("| `")
+    }
+    for s in SETTINGS:
+        if s.flag_name is None:
+            continue
+        takers = {  # the commands with an option of this flag that sets this setting
+            c
+            for c in COMMAND_GROUPS
+            for a in parsers[c]._actions
+            if s.flag_name in a.option_strings and a.dest == s.name
+        }
+        assert set(rows[s.name][4].split(", ")) == takers, s.name
+    assert "next" not in rows["seed"][4] and "next" not in rows["dola_layers"][4]
+    assert "next" in rows["top_p"][4]
+
+
+def test_a_flag_of_another_command_is_named_as_such(capsys):
+    from lmgen.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["next", "x", "--dola-layers", "low"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "did you mean" not in err
+    assert "--dola-layers is a flag of lmgen generate" in err and "not of this command" in err
+    with pytest.raises(SystemExit):
+        main(["next", "x", "--samplerz", "a"])
+    assert "did you mean --samplers?" in capsys.readouterr().err  # a typo: its lookalike
+
+
+def test_penalty_alpha_default_does_not_imply_contrastive():
+    """Its default (0.6) is what contrastive search uses; only giving it implies contrastive,
+    as the doc now says."""
+    from lmgen.generation_config import GenerationConfig, infer_strategy
+    from lmgen.settings import BY_NAME
+
+    assert GenerationConfig.from_kwargs().strategy == "greedy"
+    assert infer_strategy({"penalty_alpha": BY_NAME["penalty_alpha"].default}) == "contrastive"
+    assert GenerationConfig.from_kwargs(strategy="contrastive", top_k=4).penalty_alpha == 0.6
+    assert "giving it (> 0) implies --strategy contrastive" in BY_NAME["penalty_alpha"].help

@@ -16,6 +16,7 @@ from pathlib import Path
 from .cli_args import add_model_arg, add_runtime_args, load_lm, read_prompt
 from .cli_decoding import add_decoding_arguments, config_kwargs
 from .errors import ConfigError, LmgenError
+from .settings import COMMAND_GROUPS
 
 REPLY_TOKENS = 512  # a reply's length at most, unless --max-new-tokens says otherwise
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -50,7 +51,7 @@ def add_parsers(sub) -> None:
         help="continue a saved conversation: a JSON list of {role, content} messages, as "
         "/save writes it",
     )
-    add_decoding_arguments(p, ("sampling", "samplers", "search", "structured"))
+    add_decoding_arguments(p, COMMAND_GROUPS["chat"])
     p.set_defaults(func=cmd_chat)
 
 

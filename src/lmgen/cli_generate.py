@@ -18,6 +18,7 @@ from .cli_args import (
 )
 from .cli_decoding import add_decoding_arguments, decoding_config
 from .errors import ConfigError
+from .settings import COMMAND_GROUPS
 
 
 def _check_combinations(args, config) -> None:
@@ -186,7 +187,7 @@ def add_parsers(sub) -> None:
     )
     add_model_arg(p)
     add_runtime_args(p)
-    add_decoding_arguments(p, ("sampling", "samplers", "search", "structured"))
+    add_decoding_arguments(p, COMMAND_GROUPS["generate"][:-1])  # "output" goes in its own group
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true", help="print text as it is generated")
     add_json_option(g, "one JSON object (with --prompts-file: one line per prompt)")
@@ -196,7 +197,7 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="first print the processor chain in the order it runs (to stderr)",
     )
-    add_decoding_arguments(p, ("output",), argument_groups={"output": g})  # --logprobs
+    add_decoding_arguments(p, COMMAND_GROUPS["generate"][-1:], argument_groups={"output": g})
     g = p.add_argument_group("batches and speed")
     g.add_argument(
         "--prompts-file",
@@ -229,7 +230,7 @@ def add_parsers(sub) -> None:
     add_runtime_args(p)
     add_decoding_arguments(
         p,
-        ("sampling", "samplers", "structured"),
+        COMMAND_GROUPS["next"],
         strategy_help="default: sample, so the chain shown is the sampling one",
     )
     p.add_argument("--top", type=int, default=10, help="how many candidates (0 = all; default 10)")

@@ -33,8 +33,24 @@ class Parser(argparse.ArgumentParser):
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             parser = self._innermost(ns)
-            parser.error(unrecognized(extras, flags(parser)))
+            typed = extras[0].partition("=")[0]
+            takers = self.commands_with(typed) if typed.startswith("--") else []
+            parser.error(unrecognized(extras, flags(parser), takers))
         return ns
+
+    def commands_with(self, flag: str, prefix: str = "") -> list[str]:
+        """The commands whose parser takes `flag` ("generate", "plot generation"): a flag of
+        another command is named as such rather than answered with a lookalike of this one's."""
+        commands = self._commands
+        if commands is None:
+            return []
+        out = []
+        for name, sub in commands.choices.items():
+            if flag in flags(sub):
+                out.append(prefix + name)
+            if isinstance(sub, Parser):
+                out += sub.commands_with(flag, f"{prefix}{name} ")
+        return out
 
     def _innermost(self, ns: argparse.Namespace) -> Parser:
         """The (sub)command parser that read the arguments: the one whose flags to suggest."""
@@ -68,12 +84,15 @@ def flags(parser: argparse.ArgumentParser) -> list[str]:
     return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
 
 
-def unrecognized(extras: list[str], known_flags: list[str]) -> str:
-    """'unrecognized argument: --temprature; did you mean --temperature?'"""
+def unrecognized(extras: list[str], known_flags: list[str], takers: list[str] = ()) -> str:
+    """'unrecognized argument: --temprature; did you mean --temperature?', or, for a flag of
+    other commands (`takers`), 'unrecognized argument: --seed (a flag of lmgen generate, ...)'."""
     words = " ".join(extras)
     message = f"unrecognized argument{'s' if len(extras) > 1 else ''}: {words}"
     typed = [e.partition("=")[0] for e in extras if e.startswith("-") and len(e) > 1]
-    if typed:
+    if takers:
+        message += f" ({typed[0]} is a flag of lmgen {', '.join(takers)}, not of this command)"
+    elif typed:
         message += did_you_mean(typed[0], known_flags)
     return message
 

@@ -327,7 +327,7 @@ class _Config:
                 )
         elif self.num_beams == 1:
             warnings.append("num_beams=1 makes beam search the same as greedy search")
-        if self.strategy != "contrastive" and self.penalty_alpha != 0.6:
+        if self.strategy != "contrastive" and self.penalty_alpha != DEFAULTS["penalty_alpha"]:
             warnings.append(
                 f"penalty_alpha={self.penalty_alpha!r} has no effect: only strategy "
                 "'contrastive' uses it"

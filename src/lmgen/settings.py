@@ -235,6 +235,17 @@ GROUPS = {
     "output": "output",
 }
 
+# The commands that take every flag of a group: their parsers add them from here, and the docs
+# say from here which command takes which setting. (`lmgen generate` adds "output" to its own
+# argument group; `plot beam` and `plot tree` take a few search flags by name.)
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "generate": ("sampling", "samplers", "search", "structured", "output"),
+    "chat": ("sampling", "samplers", "search", "structured"),
+    "next": ("sampling", "samplers", "structured"),
+    "plot generation": ("sampling", "samplers", "search"),
+    "serve": ("sampling", "samplers", "search"),
+}
+
 _OFF = "off"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -449,7 +460,8 @@ SETTINGS: tuple[Setting, ...] = (
             "only the last tokens", choices=("error", "slide"), group="search", metavar="",
             llama_cpp="(context shift)"),
     Setting("penalty_alpha", "float", 0.6, "contrastive search: weight of the degeneration "
-            "penalty; > 0 implies --strategy contrastive, with --top-k candidates",
+            "penalty, with --top-k candidates; giving it (> 0) implies --strategy contrastive, "
+            "and --strategy contrastive without it uses the default",
             between(0, 1), metavar="A", transformers="penalty_alpha"),
     Setting("num_beam_groups", "int", 1, "diverse beam search: split the beams into G "
             "groups searched in turn", at_least(1), group="search", serve_max=SERVE_MAX_BEAMS,
@@ -503,11 +515,12 @@ def markdown() -> str:
         "# Decoding settings",
         "",
         "Generated from `src/lmgen/settings.py` by `python -m lmgen.settings > docs/settings.md`;"
-        " do not edit by hand. Each setting is a `GenerationConfig` field (Python), a flag"
-        " (`lmgen generate`, `lmgen next`, `lmgen chat`, `lmgen plot generation`) and a request"
-        " field of the server (completions and chat under the HTTP name; `/v1/lmgen/next` under"
-        " the Python name). Every one of them checks the range below with the same message;"
-        " the server caps some values lower for its own sake (the HTTP range).",
+        " do not edit by hand. Each setting is a `GenerationConfig` field (Python), a flag of"
+        " the `lmgen` commands its row names (`serve`: the default of requests that leave it"
+        " out) and a request field of the server (completions and chat under the HTTP name;"
+        " `/v1/lmgen/next` under the Python name). Every one of them checks the range below"
+        " with the same message; the server caps some values lower for its own sake (the HTTP"
+        " range).",
         "",
     ]
     for group, title in GROUPS.items():
@@ -515,17 +528,19 @@ def markdown() -> str:
         lines += [
             f"## {title[0].upper()}{title[1:]}",
             "",
-            "| setting | default | range | flag | HTTP name | HTTP range | OpenAI | vLLM"
-            " | llama.cpp | transformers | processor | what it does |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| setting | default | range | flag | commands | HTTP name | HTTP range | OpenAI"
+            " | vLLM | llama.cpp | transformers | processor | what it does |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        commands = ", ".join(c for c, groups in COMMAND_GROUPS.items() if group in groups)
         for s in rows:
             flag = s.flag_name + (f", {s.short}" if s.short else "") if s.flag_name else ""
             served = s.api_name is not None or s.chain  # completions and chat, or /v1/lmgen/next
             serve = s.allowed(serve=True) if served else ""
             cells = [f"`{s.name}`", s.default_text(), s.allowed(), flag and f"`{flag}`",
-                     s.api_name and f"`{s.api_name}`", serve, s.openai, s.vllm, s.llama_cpp,
-                     s.transformers, s.processor and f"`{s.processor}`", s.help]  # fmt: skip
+                     flag and commands, s.api_name and f"`{s.api_name}`", serve, s.openai,
+                     s.vllm, s.llama_cpp, s.transformers, s.processor and f"`{s.processor}`",
+                     s.help]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c or "") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import argparse
 
 from lmgen.cli_args import add_model_arg, finite_float, read_prompt
 from lmgen.cli_decoding import add_decoding_arguments, config_kwargs, decoding_config
+from lmgen.settings import COMMAND_GROUPS
 
 from . import DEFAULT_MAX_NEW_TOKENS, DPI, FORMATS, MAX_TREE_BEAMS, MAX_TREE_STEPS
 
@@ -153,7 +154,7 @@ def _beam_options(p) -> None:
 def _generation_options(p) -> None:
     add_decoding_arguments(
         p,
-        ("sampling", "samplers", "search"),
+        COMMAND_GROUPS["plot generation"],
         defaults={"--max-new-tokens": DEFAULT_MAX_NEW_TOKENS},
     )
     p.add_argument(

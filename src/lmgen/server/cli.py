@@ -12,6 +12,7 @@ from pathlib import Path
 from lmgen.cli_args import DTYPES, QUANTIZE_HELP, QUANTIZE_METHODS, add_command
 from lmgen.cli_decoding import add_decoding_arguments
 from lmgen.errors import ConfigError
+from lmgen.settings import COMMAND_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def add_parsers(sub) -> None:
     # every decoding setting, as on `lmgen generate`: defaults for requests that leave it out
     add_decoding_arguments(
         p,
-        ("sampling", "samplers", "search"),
+        COMMAND_GROUPS["serve"],
         strategy_help="for requests that choose none; without it the API's rule applies",
     )
     p.add_argument(
