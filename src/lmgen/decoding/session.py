@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmgen.errors import ConfigError, ContextLengthError, GenerationError
-from lmgen.generation_config import GenerationConfig
+from lmgen.generation_config import PROMPT_LOOKUP_STRATEGIES, GenerationConfig
 
 from .beam import BeamStepper
 from .contrastive import ContrastiveStepper
@@ -232,7 +232,7 @@ class Session:
         if config.prompt_lookup_num_tokens == 0:
             return False
         one = n_prompts == 1 and config.num_return_sequences == 1
-        if not one or config.effective_strategy() not in ("greedy", "sample"):
+        if not one or config.effective_strategy() not in PROMPT_LOOKUP_STRATEGIES:
             log.info("prompt lookup works on one greedy or sampled sequence: decoding plainly")
             return False
         return True
