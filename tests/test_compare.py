@@ -426,3 +426,17 @@ def test_a_strategy_whose_settings_do_nothing_says_so(capsys, tmp_path, model_di
     rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     assert rows["top-h"]["warnings"] == [f"strategy 'top-h': {w}" for w in want]
     assert rows["greedy"]["warnings"] == []
+
+
+def test_a_strategy_orders_its_samplers_as_the_command_line_does():
+    """`samplers=temperature;top_k` in a compare strategy is llama.cpp's --samplers list, as
+    `lmgen generate --samplers` reads it; the chain then runs in that order."""
+    from lmgen.cli_args import sampler_list
+    from lmgen.compare.strategies import parse_strategy
+
+    st = parse_strategy("ordered: strategy=sample top-k=5 samplers=temperature;top_k")
+    assert st.options["samplers"] == sampler_list("temperature;top_k") == ["temperature", "top_k"]
+    as_json = parse_strategy('ordered: strategy=sample top-k=5 samplers=["temperature","top_k"]')
+    assert as_json.options == st.options
+    with pytest.raises(ConfigError, match="samplers"):
+        parse_strategy("bad: strategy=sample samplers=;")

@@ -8,12 +8,14 @@ fails at once with its name in the message.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmgen.cli_args import sampler_list
 from lmgen.errors import ConfigError
 from lmgen.generation_config import GenerationConfig
 
@@ -75,7 +77,15 @@ def parse_options(body: str, spec: str | None = None) -> dict[str, Any]:
         key, eq, value = word.partition("=")
         if not eq or not key:
             raise ConfigError(f"--strategy {spec or body!r}: expected key=value, got {word!r}")
-        options[key.replace("-", "_")] = parse_value(value)
+        key = key.replace("-", "_")
+        options[key] = parse_value(value)
+        if key == "samplers" and isinstance(options[key], str):
+            # the order as on the command line, `samplers=top_k;temperature` (or a JSON list)
+            try:
+                options[key] = sampler_list(value)
+            except argparse.ArgumentTypeError as e:
+                where = f"--strategy {spec or body!r}"
+                raise ConfigError(f"{where}: samplers: {e}", "samplers") from None
     return options
 
 
