@@ -137,15 +137,11 @@ class InferencePlan:
         return x.view(B, T, -1)
 
     def _rope_step(self, model, x, position_ids, cache, past: int) -> torch.Tensor:
-        """The rotary families' fused step: each layer's cos/sin for this position, stacked."""
-        cos, sin = zip(*model.rope_cos_sin(position_ids[:1, :1], torch.float32), strict=True)
-        c = model.config
-        return kernels.decode_step_rope(
-            x, self.rope_params, cache.k, cache.v, past, (c.n_head, c.kv_heads, c.head_dim),
-            self.eps, self.activation, torch.cat([t.reshape(1, -1) for t in cos]),
-            torch.cat([t.reshape(1, -1) for t in sin]), [w or 0 for w in self.windows],
-            self.scale if self.scale is not None else c.head_dim**-0.5, c.norm_unit_offset,
-        )  # fmt: skip
+        """The rotary families' fused step at one position for every row."""
+        cos, sin = self._rope_tables(model, position_ids[:1, :1])
+        return kernels.decode_step_rope(x, self.rope_params, cache.k, cache.v, past,
+                                        *self._rope_shape(model), cos[0], sin[0],
+                                        *self._rope_tail(model))  # fmt: skip
 
     def rows_step(self, x: torch.Tensor, caches: list, positions: list[int]) -> torch.Tensor:
         """Every block of one decode step for rows that each have a cache of their own (the
@@ -159,17 +155,31 @@ class InferencePlan:
             return kernels.decode_step_rows(
                 x, self.step_params, k, v, positions, self.n_head, self.eps, self.activation
             )
+        cos, sin = self._rope_tables(model, torch.tensor([positions], device=x.device))
+        return kernels.decode_step_rope_rows(x, self.rope_params, k, v, positions,
+                                             *self._rope_shape(model), cos, sin,
+                                             *self._rope_tail(model))  # fmt: skip
+
+    @staticmethod
+    def _rope_tables(model, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (rows, n_layer, rot) float32 at each row's position (position_ids
+        (1, rows)), as the rotary fused steps take them."""
+        rows = position_ids.shape[1]
+        cos, sin = zip(*model.rope_cos_sin(position_ids, torch.float32), strict=True)
+        return (torch.stack([t.reshape(rows, -1) for t in cos], 1).contiguous(),
+                torch.stack([t.reshape(rows, -1) for t in sin], 1).contiguous())  # fmt: skip
+
+    def _rope_shape(self, model) -> tuple:
+        """The rotary steps' arguments before cos and sin: (heads, KV heads, head_dim), eps,
+        the activation."""
         c = model.config
-        pos = torch.tensor([positions], device=x.device)  # (1, rows)
-        cos, sin = zip(*model.rope_cos_sin(pos, torch.float32), strict=True)
-        rows = x.shape[0]
-        return kernels.decode_step_rope_rows(
-            x, self.rope_params, k, v, positions, (c.n_head, c.kv_heads, c.head_dim), self.eps,
-            self.activation, torch.stack([t.reshape(rows, -1) for t in cos], 1).contiguous(),
-            torch.stack([t.reshape(rows, -1) for t in sin], 1).contiguous(),
-            [w or 0 for w in self.windows],
-            self.scale if self.scale is not None else c.head_dim**-0.5, c.norm_unit_offset,
-        )  # fmt: skip
+        return (c.n_head, c.kv_heads, c.head_dim), self.eps, self.activation
+
+    def _rope_tail(self, model) -> tuple:
+        """The rotary steps' arguments after cos and sin: windows, scale, Gemma's unit offset."""
+        c = model.config
+        scale = self.scale if self.scale is not None else c.head_dim**-0.5
+        return [w or 0 for w in self.windows], scale, c.norm_unit_offset
 
     def fuses_rows(self, x: torch.Tensor) -> bool:
         """Whether `rows_step` runs for activations like `x`: the fused step's conditions,
