@@ -115,9 +115,11 @@ constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
 constexpr int64_t BLOCK_BYTES = 128 << 10;  // two blocks (this one, the next) well inside L2
 
 // Rows of W in a register tile with R rows of x: the accumulators, R vectors of x and one of
-// W within the registers, at most 4; one row of x takes 4 (four independent FMA chains cover
-// the FMA latency, and a single row is bound by memory anyway).
-constexpr int w_tile_rows(int R) { return R == 1 ? 4 : std::min(4, (VREGS - 1 - R) / R); }
+// W within the registers, at most 4. One row of x (batch-1 decode) takes one row of W at a
+// time: W then streams front to back as one run, where four rows of W read side by side ran
+// at 0.65-0.8x the bandwidth (SmolLM2-135M's matrices: 21 vs 28 GB/s, docs/PERFORMANCE.md).
+// Its single FMA chain waits on the FMA latency only where W sits in cache (the 14M shape).
+constexpr int w_tile_rows(int R) { return R == 1 ? 1 : std::min(4, (VREGS - 1 - R) / R); }
 
 // O x R products of rows of W at w (stride in) and of x at x (stride in), written to y (stride
 // out) as acc * scale + bias. With `PF`, one line of the next block (from pf, up to pf_end) is
