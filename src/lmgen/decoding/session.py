@@ -199,15 +199,17 @@ class Session:
             config, prompt_length=width, eos_token_ids=lm.eos_token_ids, tokenizer=lm.tokenizer
         )
         self.strategy = config.effective_strategy()
-        if config.dola_layers is not None:
-            if draft is not None or config.prompt_lookup_num_tokens:
+        if draft is not None:  # check_draft refuses what a draft cannot serve (DoLa, ...)
+            self.strategy = "speculative"
+        elif config.dola_layers is not None:
+            if config.prompt_lookup_num_tokens:
                 raise ConfigError(
-                    "dola_layers cannot be combined with speculative decoding (a draft or "
-                    "prompt_lookup_num_tokens)",
+                    "dola_layers cannot be combined with speculative decoding "
+                    "(prompt_lookup_num_tokens)",
                     "dola_layers",
                 )
             self.strategy = "dola"
-        elif draft is not None or self._prompt_lookup(len(prompts)):
+        elif self._prompt_lookup(len(prompts)):
             self.strategy = "speculative"
         self.n = n = config.num_return_sequences
         track = bool(config.stop) or "text" in self.record

@@ -68,19 +68,38 @@ def same_tokenizer(a, b) -> bool:
     return all(a.token_to_str(i) == b.token_to_str(i) for i in range(size))
 
 
-def check_draft(lm, draft, config, k: int) -> None:
+def check_draft(lm, draft, config, k: int, draft_param: str = "draft") -> None:
+    """Refuses what speculative decoding cannot serve, before any model work: a bad `k`, and
+    with a draft model (named `draft_param` in the messages: `draft` in Python, the server's
+    request field there) every setting it would otherwise drop or change silently (beam and
+    contrastive search, several sequences, DoLa, prompt lookup)."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"speculative_k must be an int >= 1, got {k!r}", "speculative_k")
-    if config.effective_strategy() == "beam":
+    strategy = config.effective_strategy()
+    if strategy not in ("greedy", "sample"):
         raise ConfigError(
-            "speculative decoding (draft) works with greedy and sampling, not strategy 'beam'",
-            "draft",
+            f"speculative decoding ({draft_param}) works with greedy and sampling, not "
+            f"strategy {strategy!r}",
+            draft_param,
         )
     if config.num_return_sequences != 1:
         raise ConfigError(
-            "speculative decoding (draft) makes one sequence: num_return_sequences must be 1, "
-            f"got {config.num_return_sequences}",
+            f"speculative decoding ({draft_param}) makes one sequence: num_return_sequences "
+            f"must be 1, got {config.num_return_sequences}",
             "num_return_sequences",
+        )
+    if draft is None:
+        return
+    if config.dola_layers is not None:
+        raise ConfigError(
+            f"dola_layers cannot be combined with speculative decoding ({draft_param})",
+            "dola_layers",
+        )
+    if config.prompt_lookup_num_tokens:
+        raise ConfigError(
+            f"prompt_lookup_num_tokens cannot be combined with {draft_param}: both propose the "
+            "tokens the model checks; choose one",
+            "prompt_lookup_num_tokens",
         )
 
 

@@ -14,14 +14,14 @@ from lmgen.decoding.session import check_context, encode_prompt
 from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation_config import infer_strategy
 
-from . import jobs, schemas
+from . import jobs, schemas, speculative
 from .budget import decode_cost, job_bytes
 from .chat_prompt import render_messages
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
 from .structured import check_start
-from .worker import CallJob, GenerateJob, score_prompt
+from .worker import CallJob, score_prompt
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
@@ -110,6 +110,7 @@ def prompt_list(prompt) -> list:
 async def completions(models: Registry, body: schemas.CompletionRequest, request: Request):
     name, s = models.pick(body.model)
     lm = s.lm
+    draft = speculative.request_draft(models, name, body)
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:
         raise APIError(
@@ -137,6 +138,8 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
             )
         kw["max_new_tokens"] = 1  # the other knobs are checked as for any request
     config = make_config(kw)
+    if draft is not None:
+        speculative.check_settings(lm, draft, config)
     lengths = await prompt_lengths(lm, prompts, "prompt")
     echo = bool(body.echo)
     want_lp = body.logprobs is not None
@@ -165,11 +168,12 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
 
     prompt_lp = (body.logprobs or 0) if (echo and want_lp) else None
     cost = decode_cost(lm, config, len(prompts), max(lengths), scored=prompt_lp is not None)
+    if draft is not None:
+        cost = speculative.with_draft_cost(cost, draft, max(lengths) + config.max_new_tokens)
     incremental = not want_lp and config.effective_strategy() != "beam"
     if not body.stream:
-        out = await jobs.run(
-            request, s, GenerateJob(prompts, config, prompt_logprobs=prompt_lp), cost
-        )
+        job = speculative.generate_job(draft, prompts, config, prompt_logprobs=prompt_lp)
+        out = await jobs.run(request, s, job, cost)
         return {
             **head,
             "choices": choices(out),
@@ -187,7 +191,9 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
         ]
 
     echoed = [chunk(k * n + j, p) for k, p in enumerate(prompts) for j in range(n)]
-    job = GenerateJob(prompts, config, stream=incremental, prompt_logprobs=prompt_lp)
+    job = speculative.generate_job(
+        draft, prompts, config, stream=incremental, prompt_logprobs=prompt_lp
+    )
     return await stream_choices(
         s, job, cost, body, head, chunk, lambda text: text or "",
         start=echoed if echo else [], whole=on_whole, incremental=incremental,
@@ -261,6 +267,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     name, s = models.pick(body.model)
     lm = s.lm
     refuse_unsupported(body)
+    draft = speculative.request_draft(models, name, body)
     n = body.n or 1
     fmt = chat_format(lm)  # the model's template, or lmgen's default transcript
     prompt = await render_messages(fmt, body)
@@ -288,6 +295,9 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     config = make_config(kw)
     fits_context(lm, length, config, "messages")
     cost = decode_cost(lm, config, 1, length)
+    if draft is not None:
+        speculative.check_settings(lm, draft, config)
+        cost = speculative.with_draft_cost(cost, draft, length + config.max_new_tokens)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {
         "id": rid,
@@ -311,7 +321,8 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         ]
 
     if not body.stream:
-        out = await jobs.run(request, s, GenerateJob([prompt], config, end_ids=fmt.end_ids), cost)
+        job = speculative.generate_job(draft, [prompt], config, end_ids=fmt.end_ids)
+        out = await jobs.run(request, s, job, cost)
         return {**head, "choices": choices(out), "usage": usage(out[0]), **warnings_field(out[0])}
 
     chead = {**head, "object": "chat.completion.chunk"}
@@ -337,7 +348,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         ]
 
     roles = [chunk(j, {"role": "assistant", "content": ""}) for j in range(n)]
-    job = GenerateJob([prompt], config, stream=incremental, end_ids=fmt.end_ids)
+    job = speculative.generate_job(draft, [prompt], config, stream=incremental, end_ids=fmt.end_ids)
     return await stream_choices(
         s, job, cost, body, chead, chunk, lambda text: {} if text is None else {"content": text},
         start=roles, whole=on_whole, incremental=incremental, prompt_param="messages",

@@ -62,6 +62,7 @@ MAX_TOP = 1000  # candidates in /v1/lmgen/next (0 = the whole vocabulary)
 MAX_STRING = 64 * 1024  # characters in a stop string, a name, ...
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_MESSAGES = 1024
+MAX_SPECULATIVE_K = 64  # draft proposals per pass of the model
 
 
 # -- field types ------------------------------------------------------------------------------
@@ -303,9 +304,30 @@ class _Streamed(_Request):
     user: Text(max_length=MAX_STRING) | None = None
 
 
+class _Speculative(_Streamed):
+    """The draft model of speculative decoding (server/speculative.py): not a decoding setting
+    (Python passes the model itself, `draft=`), so declared here, once for completions and
+    chat."""
+
+    draft_model: ModelName | None = Field(
+        None,
+        description="another model this server serves (GET /v1/models), as the draft of "
+        "speculative decoding: the same tokens as without it (greedy; seeded sampling too when "
+        "the draft has a tokenizer of its own: universal assisted decoding), one sequence, "
+        "run outside the shared batch (llama-server: --model-draft; transformers: "
+        "assistant_model)",
+    )
+    speculative_k: Int(1, MAX_SPECULATIVE_K) | None = Field(
+        None,
+        description="tokens the draft proposes per pass of the model; needs draft_model "
+        "(default: lmgen.generate's, 4; llama-server: speculative.n_max; vLLM: "
+        "num_speculative_tokens)",
+    )
+
+
 Decoding = create_model(
     "Decoding",
-    __base__=_Streamed,
+    __base__=_Speculative,
     __doc__="Knobs shared by completions and chat: OpenAI's and lmgen's extensions (sent by "
     "the `openai` client through `extra_body`), one per setting in lmgen.settings.",
     **setting_fields("api"),

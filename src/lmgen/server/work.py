@@ -126,16 +126,21 @@ class GenerateJob(Job):
 
 
 def session_steps(
-    lm, prompts: list, config: GenerationConfig, on_delta: Callable[..., None] | None = None
+    lm,
+    prompts: list,
+    config: GenerationConfig,
+    on_delta: Callable[..., None] | None = None,
+    **options: Any,
 ) -> Steps:
-    """A `Session` over `prompts`, one step per `next()`; returns its results.
+    """A `Session` over `prompts`, one step per `next()`; returns its results. `options`: the
+    session's own (a draft model: `draft=`, `speculative_k=`).
 
     `on_delta` gets ("delta", choice, text) as each choice's text is decided (the session's
     hold-back rules: unfinished UTF-8, possible stop-string prefixes), then ("finish", choice,
     reason). Closing the generator (a cancelled job) closes the session, which frees its
     cache at once.
     """
-    session = Session(lm, prompts, config, record=("text",) if on_delta else ())
+    session = Session(lm, prompts, config, record=("text",) if on_delta else (), **options)
     yield  # admission and the first model step are separate turns
     try:
         while not session.done:
