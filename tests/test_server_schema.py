@@ -69,6 +69,12 @@ RUN_TIME_REFUSALS = {
     ("invalid_value", "samplers"),  # leaves out an active sampler; with mirostat
     ("invalid_value", "adaptive_target"),  # with mirostat (each chooses the token)
     ("invalid_value", "dola_layers"),  # no layer below the model's depth; beams; speculation
+    # speculative decoding: a draft_model not served (or the model itself), speculative_k
+    # without one, settings a draft cannot serve (n, beams, contrastive, prompt lookup)
+    ("model_not_found", "draft_model"),
+    ("invalid_value", "draft_model"),
+    ("invalid_value", "speculative_k"),
+    ("invalid_value", "prompt_lookup_num_tokens"),
     # structured output: a regex, schema or grammar that does not compile, or that no token
     # can start; two constraints at once; ignore_eos with one
     *(("invalid_value", p) for p in STRUCTURED_FIELDS),

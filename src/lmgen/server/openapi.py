@@ -20,7 +20,8 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         "a parameter fails validation, the body is not JSON, or the request cannot be served "
         "as asked (context length, a combination of parameters, a token id, a regex, JSON "
         "schema or grammar that does not compile or that no token can start, a chat template "
-        "that fails on the messages or cannot continue the last one)"
+        "that fails on the messages or cannot continue the last one, a draft_model that is "
+        "not served, is the model itself or cannot serve the other settings)"
     ),
     401: _error("`--api-key` is set and the Authorization header is missing or wrong"),
     404: _error("an unknown model or route"),
