@@ -192,4 +192,26 @@ def test_side_by_side_same_prompt_and_seed(browser_page, url):  # noqa: F811
     assert b == want_b.json()["choices"][0]["text"]
     assert "greedy" in page.inner_text("#compare-a .settings")
     assert "temperature=1.3" in page.inner_text("#compare-b .settings")
+    # each column's pipeline strip is its first step's, as /v1/lmgen/pipeline gives it alone
+    step = {"prompt": "The quick", "top": 15}
+    for column, body in (
+        ("#compare-a", {**step, "strategy": "greedy"}),
+        ("#compare-b", {**step, "strategy": "sample", "temperature": 1.3, "seed": 5}),
+    ):
+        api = httpx.post(url + "/v1/lmgen/pipeline", json=body, timeout=30).json()
+        stages = page.locator(f"{column} ol.strip li.stage")
+        names = stages.evaluate_all("els => els.map(e => e.dataset.name)")
+        assert names == [s["name"] for s in api["stages"]]
+        for k, stage in enumerate(api["stages"]):
+            bars = stages.nth(k).locator("li.mini-bar")
+            shown = bars.evaluate_all("els => els.map(e => [+e.dataset.tokenId, +e.dataset.prob])")
+            want = [
+                [t["token_id"], p if kept else 0]
+                for t, p, kept in zip(api["tokens"], stage["probs"], stage["kept"], strict=True)
+            ]
+            assert [i for i, _ in shown] == [i for i, _ in want]
+            assert [p for _, p in shown] == pytest.approx([p for _, p in want], abs=1e-6)
+        assert page.locator(f"{column} li.mini-bar.forceable").count() == 0
+    assert page.locator("#compare-b ol.strip li.stage").count() == 2  # model, temperature
+    page.screenshot(path=str(ARTIFACTS / "playground-side-by-side.png"), full_page=True)
     assert page.problems == []

@@ -208,12 +208,12 @@ function renderDistribution(data, chosen) {
   $("chain").textContent = "Processor chain: " + (data.chain.length ? data.chain.join(" → ") : "none (the model's own distribution)");
 }
 
-// A /v1/lmgen/pipeline body: the chain's settings as the controls hold them.
-function nextBody(extra) {
-  const snap = snapshot();
+// A /v1/lmgen/pipeline body: the chain's settings of `snap` (as the controls hold them, unless
+// given: a side-by-side column's) for `prompt` (the current step's, unless given).
+function nextBody(extra, snap = snapshot(), prompt = mode() === "chat" ? chat.prefix : $("text").value) {
   return {
     model: $("model").value || undefined,
-    prompt: mode() === "chat" ? chat.prefix : $("text").value,
+    prompt,
     top: TOP,
     ...requestFields(snap, "next"),
     strategy: snap.strategy === "sample" ? "sample" : "greedy",

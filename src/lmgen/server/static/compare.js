@@ -1,5 +1,7 @@
 // Side by side: two settings on the same prompt and seed, one column each, each column a
-// plain /v1/completions request, so a column's text is what that request gives alone.
+// plain /v1/completions request, so a column's text is what that request gives alone, and
+// under it the pipeline strip of its first step (the prompt's next token) with its settings,
+// as /v1/lmgen/pipeline gives it alone.
 "use strict";
 
 const compare = { pinned: null };
@@ -47,9 +49,12 @@ async function completeOnce(snap, prompt, seed) {
     ...requestFields(snap, "completions"),
   };
   if (snap.strategy === "sample") body.seed = seed;
-  const res = await api("/v1/completions", body);
+  const [res, step] = await Promise.all([
+    api("/v1/completions", body),
+    api("/v1/lmgen/pipeline", nextBody({}, snap, prompt)),
+  ]);
   const data = await res.json();
-  return { body, choice: data.choices[0] };
+  return { body, choice: data.choices[0], pipeline: await step.json() };
 }
 
 function showColumn(id, title, snap, result) {
@@ -69,6 +74,13 @@ function showColumn(id, title, snap, result) {
     const end = document.createElement("p");
     end.className = "muted small";
     end.textContent = `finish: ${result.choice.finish_reason}`;
-    col.append(text, end);
+    const caption = document.createElement("p");
+    caption.className = "muted small";
+    caption.textContent = "Its first step: " + stripCaption(result.pipeline);
+    const strip = document.createElement("ol");
+    strip.className = "strip";
+    strip.setAttribute("aria-label", `${title}: the pipeline of the first step`);
+    fillStrip(strip, result.pipeline, false);
+    col.append(text, end, caption, strip);
   }
 }

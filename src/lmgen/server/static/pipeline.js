@@ -8,7 +8,13 @@
 const DRAWS = 1000;
 
 function renderPipeline(data) {
-  const strip = $("pipeline");
+  fillStrip($("pipeline"), data, forceEnabled());
+  $("pipeline-caption").textContent = stripCaption(data);
+}
+
+// One chart per stage of `data` (a /v1/lmgen/pipeline answer) into the list `strip`; the
+// single view's strip and each side-by-side column's. `forceable`: a click forces the token.
+function fillStrip(strip, data, forceable) {
   strip.replaceChildren();
   const last = {}; // token id -> its probability at the last stage that kept it
   for (const stage of data.stages) {
@@ -41,7 +47,7 @@ function renderPipeline(data) {
       fill.style.width = (100 * p / shownMax).toFixed(1) + "%";
       track.append(fill);
       row.append(tok, track);
-      if (forceEnabled()) addForce(row, t, data.prompt);
+      if (forceable) addForce(row, t, data.prompt);
       bars.append(row);
     });
     const foot = document.createElement("p");
@@ -50,7 +56,10 @@ function renderPipeline(data) {
     li.append(h, bars, foot);
     strip.append(li);
   }
-  $("pipeline-caption").textContent = `${data.stages.length - 1} processor` +
+}
+
+function stripCaption(data) {
+  return `${data.stages.length - 1} processor` +
     `${data.stages.length === 2 ? "" : "s"} in chain order, left to right; the same ` +
     `${data.tokens.length} tokens in each chart (grey: removed by then). H is the entropy of ` +
     "the renormalised distribution.";
