@@ -227,3 +227,30 @@ def test_python_refuses_what_the_server_refuses(models):
         with pytest.raises(ConfigError) as e:
             lm.generate(PROMPT, max_new_tokens=4, draft=near, **kw)
         assert e.value.param == param
+
+
+# -- real models -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_universal_assisted_decoding_of_real_models_over_http():
+    """Gemma 3 270M (a tokenizer that adds BOS) drafted by SmolLM2-135M (another tokenizer),
+    both with float weights (quantized blocks round differently over several positions:
+    docs/decoding.md): the tokens of the request without a draft and of Python, and the draft's
+    proposals are kept (the text compared as the model encodes it, "<bos>" and all)."""
+    from lmgen.decoding import SpeculativeStats
+    from real_models import gemma3_gguf, smollm2_gguf
+
+    gemma = lmgen.load(gemma3_gguf(), quantize="none")
+    smol = lmgen.load(smollm2_gguf(), quantize="none")
+    prompt = "The capital of France is Paris. The capital of Germany is Berlin. The capital of"
+    stats = SpeculativeStats()
+    python = gemma.generate(prompt, max_new_tokens=32, draft=smol, spec_stats=stats)
+    assert python.token_ids == gemma.generate(prompt, max_new_tokens=32).token_ids
+    assert stats.accepted > 0 and stats.rounds < 32
+    with serve_in_thread(create_app({"gemma": gemma, "smol": smol})) as base:
+        body = {"model": "gemma", "prompt": prompt, "max_tokens": 32, "temperature": 0}
+        spec = httpx.post(base + "/v1/completions", json={**body, "draft_model": "smol"},
+                          timeout=600).json()  # fmt: skip
+        plain = httpx.post(base + "/v1/completions", json=body, timeout=600).json()
+    assert spec["choices"][0]["text"] == plain["choices"][0]["text"] == python.text

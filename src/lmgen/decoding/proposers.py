@@ -103,12 +103,17 @@ class CrossTokenizerDraft:
     (its cache kept over the longest prefix that did not change), the draft continues it
     greedily by k of its tokens, and that continuation, as text, is encoded with the model's
     tokenizer; the model's tokens past the current ones are the proposals. Where the new text
-    re-encodes the current tokens differently (a merge across the boundary), or either
+    re-encodes the current text differently (a merge across the boundary), or either
     tokenizer cannot encode the text, the round proposes nothing and the model makes one
-    token alone."""
+    token alone.
+
+    The current text is compared as the model's tokenizer encodes it, not as the ids it came
+    from: a tokenizer that adds BOS decodes it as text ("<bos>") which encodes back as two, and
+    the draft is given the text without the model's leading BOS (it adds its own, if any)."""
 
     def __init__(self, lm, draft, tokens: Tokens, capacity: int):
         self.tok, self.draft_tok = lm.tokenizer, draft.tokenizer
+        self.bos = getattr(lm.tokenizer, "bos_token_id", None)
         self.tokens = tokens
         n_pos = draft.model.config.n_positions
         self.draft_tokens = Tokens([[0]], n_pos, 0, tokens.seq.device)
@@ -128,7 +133,8 @@ class CrossTokenizerDraft:
     def propose(self, n: int, k: int) -> tuple[list[int], None]:
         current = self.tokens.seq[0, :n].tolist()
         text = self.tok.decode(current)
-        ids = self._encode(self.draft_tok, text)
+        own = current[1:] if current and current[0] == self.bos else current
+        ids = self._encode(self.draft_tok, self.tok.decode(own)) if own else None
         if not ids or len(ids) + k >= self.state.capacity:
             return [], None
         same = 0
@@ -150,10 +156,11 @@ class CrossTokenizerDraft:
         after = self.draft_tok.decode(ids + made)
         if not after.startswith(before):
             return [], None
+        base = self._encode(self.tok, text)  # `current`, unless the text reads otherwise
         full = self._encode(self.tok, text + after[len(before) :])
-        if full is None or full[:n] != current:
+        if base is None or full is None or full[: len(base)] != base:
             return [], None
-        found = full[n : n + k]
+        found = full[len(base) : len(base) + k]
         if found:
             self.tokens.write(n, found)
         return found, None
