@@ -195,7 +195,8 @@ def add_parsers(sub) -> None:
         action="append",
         metavar="[NAME=]MODEL",
         help="a model directory, bundled model or hf:NAME, optionally named; "
-        "repeat to serve several (default: the bundled model)",
+        "repeat to serve several, e.g. a draft that requests name as draft_model for "
+        "speculative decoding (default: the bundled model)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
