@@ -7,7 +7,9 @@ p-less keeps the tokens whose probability is at least the collision probability
 vocabulary, and there is no knob to tune. p-less-norm subtracts the part of `L` a uniform
 distribution would have, `L_norm = (V L - 1) / (V - 1)` over the vocabulary of size V (0 for
 a uniform step, `L` less `(1 - L) / (V - 1)` in general), so it keeps at least as many
-tokens. Both see the distribution after temperature, as in the paper; since `L <= max p`,
+tokens. Both are the authors' reference samplers (`p_less_decode`, `p_less_norm_decode` in
+their p-less-sampling repository: the same thresholds, tokens strictly below them dropped).
+Both see the distribution after temperature, as in the paper; since `L <= max p`,
 the most likely token always survives (kept explicitly against float rounding).
 """
 
