@@ -34,6 +34,32 @@ _SOURCE = Path(__file__).with_name("decode.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
 if torch.backends.cpu.get_cpu_capability() == "AVX512":
     _FLAGS += ["-mavx512f", "-mavx512vl"]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def integer_dot_flags(flags: set[str] | None = None) -> list[str]:
+    """Compiler flags for the ggml block products' integer dot (quant_dot.h, in quant.cpp and
+    decode.cpp): AVX512-VNNI or AVX-VNNI where the CPU lists them, else none (AVX2)."""
+    flags = cpu_flags() if flags is None else flags
+    if {"avx512_vnni", "avx512vl"} <= flags:
+        return ["-mavx512vnni", "-mavx512vl", "-DLMGEN_VNNI512"]
+    if "avx_vnni" in flags:
+        return ["-mavxvnni", "-DLMGEN_AVXVNNI"]
+    return []
+
+
+_FLAGS += integer_dot_flags()
 MAX_ROWS = 4  # rows up to which callers take the kernel for a batch (decode_linear, the plan)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}
@@ -57,6 +83,8 @@ def cache_dir() -> Path:
 
 def _build_name(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -> str:
     h = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the sources include
+        h.update(header.read_bytes())
     # sys.prefix: each virtual environment its own build (their include paths differ)
     h.update(" ".join([torch.__version__, sys.version, sys.prefix, *flags]).encode())
     return f"{prefix}_{h.hexdigest()[:12]}"
@@ -156,14 +184,17 @@ def decode_step(
     n_head: int,
     eps: float,
     activation: int,
+    blocks: tuple = ((), ()),
 ) -> torch.Tensor:
     """Every block of a one-token decode step in one call: `x` (rows, n_embd) the step's
     embeddings, `params` 16 tensors (or None) per layer (decode.cpp lists them), the KV cache
     `k_all`, `v_all` (n_layer, rows, n_head, max_length, head_dim), written at `pos`;
     `activation` 0 tanh GELU, 1 exact GELU, 2 ReLU. Returns the residual stream after the last
-    block (rows, n_embd), activations computed in float32."""
+    block (rows, n_embd), activations computed in float32. `blocks` = (tensors, parts): the
+    linear layers held as ggml blocks, whose weight is None in `params` (decode.cpp's
+    BlockReader; lmgen.model.plan gathers them)."""
     op = torch.ops.lmgen_kernels.decode_step
-    return op(x, params, k_all, v_all, pos, n_head, eps, activation)
+    return op(x, params, k_all, v_all, pos, n_head, eps, activation, *blocks)
 
 
 def decode_step_rope(
@@ -180,6 +211,7 @@ def decode_step_rope(
     windows: list[int],
     scale: float,
     unit_offset: bool,
+    blocks: tuple = ((), ()),
 ) -> torch.Tensor:
     """`decode_step` for the rotary families (Llama, Mistral, Qwen2/3, Gemma 3): RMSNorm
     (`unit_offset`: Gemma's 1 + w), grouped-query attention with `shape` = (n_head, n_kv_head,
@@ -189,7 +221,7 @@ def decode_step_rope(
     op = torch.ops.lmgen_kernels.decode_step_rope
     H, KV, D = shape
     return op(x, params, k_all, v_all, pos, H, KV, D, eps, activation, cos, sin, windows, scale,
-              unit_offset)  # fmt: skip
+              unit_offset, *blocks)  # fmt: skip
 
 
 def decode_step_rows(
@@ -201,6 +233,7 @@ def decode_step_rows(
     n_head: int,
     eps: float,
     activation: int,
+    blocks: tuple = ((), ()),
 ) -> torch.Tensor:
     """`decode_step` for rows that each have a KV cache of their own (the server's running
     batch): row b's `k[b]`, `v[b]` are (n_layer, 1, n_head, max_length, head_dim), written at
@@ -208,7 +241,7 @@ def decode_step_rows(
     weight streams once for all of them, and a row's result has the same bits whatever the
     other rows are and wherever it sits (its sums and its attention are its own)."""
     op = torch.ops.lmgen_kernels.decode_step_rows
-    return op(x, params, k, v, positions, n_head, eps, activation)
+    return op(x, params, k, v, positions, n_head, eps, activation, *blocks)
 
 
 def decode_step_rope_rows(
@@ -225,10 +258,11 @@ def decode_step_rope_rows(
     windows: list[int],
     scale: float,
     unit_offset: bool,
+    blocks: tuple = ((), ()),
 ) -> torch.Tensor:
     """`decode_step_rope` for rows with a KV cache each (`decode_step_rows`); `cos`, `sin`
     (rows, n_layer, rot) float32 at each row's own position."""
     op = torch.ops.lmgen_kernels.decode_step_rope_rows
     H, KV, D = shape
     return op(x, params, k, v, positions, H, KV, D, eps, activation, cos, sin, windows, scale,
-              unit_offset)  # fmt: skip
+              unit_offset, *blocks)  # fmt: skip

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "quant_dot.h"
+
 namespace {
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -381,10 +383,108 @@ void activation(float* x, int64_t n, int64_t kind) {
   }
 }
 
+// One part of a weight held as ggml blocks (lmgen.quantize.QuantLinear): `rows` output rows
+// of `kind` blocks (row_bytes each), or, kind 0, a float weight (a part whose type is not kept).
+struct BlockPart {
+  at::Tensor w;
+  int64_t kind, rows, row_bytes;
+};
+
+// A linear layer of the step: a float or int8 weight `w` (with a scale per output row for
+// int8), or, where `parts` is not empty, ggml blocks in parts stacked by output rows.
 struct Linear {
   at::Tensor w;
   const float* scale;
   const float* bias;
+  std::vector<BlockPart> parts = {};
+  int64_t out = 0;  // output rows
+};
+
+// y (rows, L.out) = x (rows, in) L^T + bias. Block parts take x quantized to int8 once (into
+// `act`, whose buffers the step reuses) and compute each product as lmgen.kernels.quant's
+// quant_gemv does (quant_dot.h), bias added last as QuantLinear adds it: the same bits as the
+// op-by-op layer for the same x.
+void apply_linear(const Linear& L, int64_t rows, const float* x, float* y, qdot::Act& act,
+                  std::vector<float>& tmp) {
+  if (L.parts.empty()) return dispatch_weight(L.w, rows, x, L.scale, L.bias, y);
+  const int64_t in = L.parts[0].kind ? L.parts[0].w.size(1) / qdot::block_bytes(L.parts[0].kind) *
+                                           qdot::block_elems(L.parts[0].kind)
+                                     : L.parts[0].w.size(1);
+  bool quantized = false;
+  int64_t off = 0;
+  for (const BlockPart& p : L.parts) {
+    const float* bias = L.bias ? L.bias + off : nullptr;
+    if (p.kind) {
+      if (!quantized) qdot::quantize_act(x, rows, in, act);
+      quantized = true;
+      const uint8_t* w = p.w.data_ptr<uint8_t>();
+      at::parallel_for(0, p.rows, qdot::GRAIN, [&](int64_t begin, int64_t end) {
+        qdot::gemv_range(act, rows, p.kind, w, p.row_bytes, begin, end, bias, y + off, L.out);
+      });
+    } else {
+      tmp.resize(rows * p.rows);
+      dispatch_weight(p.w, rows, x, nullptr, nullptr, tmp.data());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t o = 0; o < p.rows; ++o)
+          y[r * L.out + off + o] = tmp[r * p.rows + o] + (bias ? bias[o] : 0.f);
+    }
+    off += p.rows;
+  }
+}
+
+// The ggml-block layers of a step's parameters: `blocks` their parts in order, `parts` per
+// linear layer (in the order of the parameter list) the count of its parts and then each
+// part's ggml type (0: a float part); a count of 0 means the layer's weight is in the
+// parameter list. Empty lists: no layer holds blocks.
+struct BlockReader {
+  const char* op;
+  const std::vector<at::Tensor>& blocks;
+  at::IntArrayRef parts;
+  size_t p = 0, b = 0;
+
+  // The next linear layer, of `in` inputs and `out` outputs (-1: any number): its weight `w`
+  // from the parameter list, or (w undefined) its ggml parts. Scale and bias are left unset.
+  Linear next(const at::Tensor& w_plain, int64_t out, int64_t in) {
+    const int64_t n = parts.empty() ? 0 : take();
+    TORCH_CHECK((n == 0) == w_plain.defined(), op,
+                ": a linear layer needs a weight or ggml parts, not both");
+    Linear L{w_plain, nullptr, nullptr};
+    if (n == 0) {
+      L.out = w_plain.size(0);
+      return L;
+    }
+    int64_t rows = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t kind = take();
+      TORCH_CHECK(b < blocks.size(), op, ": fewer ggml parts than `parts` lists");
+      const at::Tensor& w = blocks[b++];
+      TORCH_CHECK(w.device().is_cpu() && w.dim() == 2, op, ": a ggml part must be 2-d on CPU");
+      if (kind) {
+        TORCH_CHECK(qdot::known_kind(kind), op, ": unknown ggml type ", kind);
+        qdot::check_blocks(w, kind, in);
+      } else {
+        TORCH_CHECK(w.is_contiguous() && w.size(1) == in, op, ": a float part must be a "
+                    "contiguous (rows, ", in, ") matrix");
+      }
+      L.parts.push_back({w, kind, w.size(0), w.size(1)});
+      rows += w.size(0);
+    }
+    TORCH_CHECK(out < 0 || rows == out, op, ": ggml parts of ", rows, " rows for a layer of ",
+                out);
+    L.out = rows;
+    return L;
+  }
+
+  void done() const {
+    TORCH_CHECK(p == parts.size() && b == blocks.size(), op,
+                ": more ggml parts than linear layers");
+  }
+
+ private:
+  int64_t take() {
+    TORCH_CHECK(p < parts.size(), op, ": `parts` ends early");
+    return parts[p++];
+  }
 };
 
 // Where one row's keys and values are: layer l, head h, position p at k (or v) + l * layer +
@@ -499,24 +599,25 @@ template <typename T>
 void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
                 const std::vector<const float*>& norms, const std::vector<Linear>& lin,
                 const std::vector<RowKV<T>>& kv, float eps, int64_t act) {
-  const int64_t D = C / H, inner = lin[2].w.size(0);
+  const int64_t D = C / H, inner = lin[2].out;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> h(rows * C), qkv(rows * 3 * C), att(rows * C), u(rows * inner),
-      y(rows * std::max<int64_t>(C, 1));
+      y(rows * std::max<int64_t>(C, 1)), tmp;
+  qdot::Act qx;  // the int8 activations of the block layers, buffers reused
   for (int64_t l = 0; l < n_layer; ++l) {
     const float* const* nrm = norms.data() + 4 * l;
     const Linear* ln = lin.data() + 4 * l;
     layer_norm(x, h.data(), rows, C, nrm[0], nrm[1], eps);
-    dispatch_weight(ln[0].w, rows, h.data(), ln[0].scale, ln[0].bias, qkv.data());
+    apply_linear(ln[0], rows, h.data(), qkv.data(), qx, tmp);
     write_kv<T>(qkv.data() + C, 3 * C, C, rows, H, D, l, kv);
     attend_rows<T>(qkv.data(), 3 * C, rows, H, 1, D, l, kv, scale, att.data(),
                    [](int64_t) -> int64_t { return 0; });
-    dispatch_weight(ln[1].w, rows, att.data(), ln[1].scale, ln[1].bias, y.data());
+    apply_linear(ln[1], rows, att.data(), y.data(), qx, tmp);
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
     layer_norm(x, h.data(), rows, C, nrm[2], nrm[3], eps);
-    dispatch_weight(ln[2].w, rows, h.data(), ln[2].scale, ln[2].bias, u.data());
+    apply_linear(ln[2], rows, h.data(), u.data(), qx, tmp);
     activation(u.data(), rows * inner, act);
-    dispatch_weight(ln[3].w, rows, u.data(), ln[3].scale, ln[3].bias, y.data());
+    apply_linear(ln[3], rows, u.data(), y.data(), qx, tmp);
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
   }
 }
@@ -554,7 +655,7 @@ struct Gpt2Params {
 };
 
 void gather_gpt2(const char* op, const c10::List<c10::optional<at::Tensor>>& params,
-                 int64_t n_layer, int64_t C, Gpt2Params& P) {
+                 int64_t n_layer, int64_t C, BlockReader& R, Gpt2Params& P) {
   TORCH_CHECK(static_cast<int64_t>(params.size()) == 16 * n_layer, op,
               ": 16 parameters per layer");
   P.bufs.resize(16 * n_layer);
@@ -575,24 +676,31 @@ void gather_gpt2(const char* op, const c10::List<c10::optional<at::Tensor>>& par
     P.norms.push_back(as_f(b + 1));
     P.norms.push_back(as_f(b + 8));
     P.norms.push_back(as_f(b + 9));
-    const int64_t inner = params.get(b + 10).has_value() ? params.get(b + 10)->size(0) : 0;
-    const int64_t shapes[4][2] = {{3 * C, C}, {C, C}, {inner, C}, {C, inner}};
+    int64_t inner = -1;  // c_fc's outputs (any number), then c_proj's inputs
     int k = 0;
     for (int64_t j : {2, 5, 10, 13}) {
+      const int64_t out = k == 0 ? 3 * C : k == 2 ? -1 : C, in = k == 3 ? inner : C;
       c10::optional<at::Tensor> w = params.get(b + j);
-      TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() &&
-                      w->size(0) == shapes[k][0] && w->size(1) == shapes[k][1],
+      TORCH_CHECK(!w.has_value() || (w->dim() == 2 && w->is_contiguous() &&
+                                     (out < 0 || w->size(0) == out) && w->size(1) == in),
                   op, ": layer ", l, " weight ", k,
                   " must be a contiguous (3C, C), (C, C), (inner, C) or (C, inner) matrix");
+      Linear L = R.next(w.has_value() ? *w : at::Tensor(), out, in);
       for (int64_t extra : {j + 1, j + 2}) {
         c10::optional<at::Tensor> t = params.get(b + extra);
-        TORCH_CHECK(!t.has_value() || t->numel() == shapes[k][0], op,
+        TORCH_CHECK(!t.has_value() || t->numel() == L.out, op,
                     ": a scale or bias per output row of each weight");
       }
-      P.lin.push_back({*w, as_f(b + j + 1), as_f(b + j + 2)});
+      TORCH_CHECK(L.parts.empty() || !params.get(b + j + 1).has_value(), op,
+                  ": a layer of ggml blocks takes no scale");
+      L.scale = as_f(b + j + 1);
+      L.bias = as_f(b + j + 2);
+      if (k == 2) inner = L.out;
+      P.lin.push_back(L);
       ++k;
     }
   }
+  R.done();
 }
 
 // x (rows, C): the step's embeddings. params: 16 per layer, in order ln_1 weight, bias; c_attn
@@ -601,13 +709,15 @@ void gather_gpt2(const char* op, const c10::List<c10::optional<at::Tensor>>& par
 // step writes. Returns the residual stream after the last block, in x's dtype.
 at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
                        const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
-                       int64_t n_head, double eps, int64_t act) {
+                       int64_t n_head, double eps, int64_t act,
+                       const std::vector<at::Tensor>& blocks, at::IntArrayRef parts) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "decode_step: x (rows, n_embd) on CPU");
   const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.dim() == 5 ? k_all.size(0) : 0;
   TORCH_CHECK(rows >= 1, "decode_step: at least one row");
   TORCH_CHECK(n_head >= 1 && C % n_head == 0, "decode_step: n_head must divide n_embd");
   Gpt2Params P;
-  gather_gpt2("decode_step", params, n_layer, C, P);
+  BlockReader R{"decode_step", blocks, parts};
+  gather_gpt2("decode_step", params, n_layer, C, R, P);
   check_cache("decode_step", k_all, v_all, n_layer, rows, n_head, C / n_head);
   TORCH_CHECK(pos >= 0 && pos < k_all.size(3), "decode_step: position outside the KV cache");
   std::vector<float> xs = residual_in(x);
@@ -626,7 +736,8 @@ at::Tensor decode_step(const at::Tensor& x, const c10::List<c10::optional<at::Te
 // attention reads its own cache).
 at::Tensor decode_step_rows(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
                             const std::vector<at::Tensor>& k, const std::vector<at::Tensor>& v,
-                            at::IntArrayRef positions, int64_t n_head, double eps, int64_t act) {
+                            at::IntArrayRef positions, int64_t n_head, double eps, int64_t act,
+                            const std::vector<at::Tensor>& blocks, at::IntArrayRef parts) {
   const char* op = "decode_step_rows";
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
   const int64_t rows = x.size(0), C = x.size(1);
@@ -634,7 +745,8 @@ at::Tensor decode_step_rows(const at::Tensor& x, const c10::List<c10::optional<a
   TORCH_CHECK(n_head >= 1 && C % n_head == 0, op, ": n_head must divide n_embd");
   const int64_t n_layer = k[0].size(0);
   Gpt2Params P;
-  gather_gpt2(op, params, n_layer, C, P);
+  BlockReader R{op, blocks, parts};
+  gather_gpt2(op, params, n_layer, C, R, P);
   const at::ScalarType t = check_row_caches(op, k, v, positions, rows, n_layer, n_head, C / n_head);
   std::vector<float> xs = residual_in(x);
   with_cache_type(op, t, [&](auto tag) {
@@ -699,13 +811,14 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
   const int64_t H = S.H, KV = S.KV, D = S.D, rot = S.rot;
   const int64_t n_layer = static_cast<int64_t>(layers.size());
   const int64_t Q = H * D, Kd = KV * D, W = Q + 2 * Kd;
-  const int64_t inner = layers[0].fc.w.size(0) / 2;
+  const int64_t inner = layers[0].fc.out / 2;
   std::vector<float> h(rows * C), qkv(rows * W), att(rows * Q), u(rows * 2 * inner),
-      g(rows * inner), y(rows * C);
+      g(rows * inner), y(rows * C), tmp;
+  qdot::Act qx;  // the int8 activations of the block layers, buffers reused
   for (int64_t l = 0; l < n_layer; ++l) {
     const RopeLayer& L = layers[l];
     rms_norm(x, h.data(), rows, C, L.ln_1, eps, unit_offset);
-    dispatch_weight(L.qkv.w, rows, h.data(), L.qkv.scale, L.qkv.bias, qkv.data());
+    apply_linear(L.qkv, rows, h.data(), qkv.data(), qx, tmp);
     for (int64_t b = 0; b < rows; ++b) {
       const float* c = S.cos + b * S.row_stride + l * rot;
       const float* s = S.sin + b * S.row_stride + l * rot;
@@ -726,17 +839,17 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
                    [window](int64_t pos) -> int64_t {
                      return window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
                    });
-    dispatch_weight(L.o.w, rows, att.data(), L.o.scale, L.o.bias, y.data());
+    apply_linear(L.o, rows, att.data(), y.data(), qx, tmp);
     if (L.post_attn) rms_norm(y.data(), y.data(), rows, C, L.post_attn, eps, unit_offset);
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
     rms_norm(x, h.data(), rows, C, L.ln_2, eps, unit_offset);
-    dispatch_weight(L.fc.w, rows, h.data(), L.fc.scale, L.fc.bias, u.data());
+    apply_linear(L.fc, rows, h.data(), u.data(), qx, tmp);
     for (int64_t b = 0; b < rows; ++b) {
       float* gate = u.data() + b * 2 * inner;
       activation(gate, inner, act);
       for (int64_t i = 0; i < inner; ++i) g[b * inner + i] = gate[i] * gate[inner + i];
     }
-    dispatch_weight(L.down.w, rows, g.data(), L.down.scale, L.down.bias, y.data());
+    apply_linear(L.down, rows, g.data(), y.data(), qx, tmp);
     if (L.post_mlp) rms_norm(y.data(), y.data(), rows, C, L.post_mlp, eps, unit_offset);
     for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
   }
@@ -750,7 +863,7 @@ struct RopeParams {
 
 void gather_rope(const char* op, const c10::List<c10::optional<at::Tensor>>& params,
                  int64_t n_layer, int64_t C, int64_t H, int64_t KV, int64_t D,
-                 at::IntArrayRef windows, RopeParams& P) {
+                 at::IntArrayRef windows, BlockReader& R, RopeParams& P) {
   TORCH_CHECK(static_cast<int64_t>(params.size()) == 18 * n_layer &&
                   static_cast<int64_t>(windows.size()) == n_layer,
               op, ": 18 parameters and one window per layer");
@@ -763,33 +876,37 @@ void gather_rope(const char* op, const c10::List<c10::optional<at::Tensor>>& par
     P.keep.push_back(t->contiguous());
     return as_float(P.keep.back(), P.bufs[i]);
   };
+  // a weight from the parameter list, or ggml parts from R; out -1: any number of outputs
   auto linear = [&](int64_t i, int64_t out, int64_t in) -> Linear {
     c10::optional<at::Tensor> w = params.get(i);
-    TORCH_CHECK(w.has_value() && w->dim() == 2 && w->is_contiguous() && w->size(0) == out &&
-                    w->size(1) == in,
+    TORCH_CHECK(!w.has_value() || (w->dim() == 2 && w->is_contiguous() &&
+                                   (out < 0 || w->size(0) == out) && w->size(1) == in),
                 op, ": layer ", i / 18, " weight ", i % 18, " must be a contiguous (", out, ", ",
                 in, ") matrix");
-    return {*w, as_f(i + 1, out), as_f(i + 2, out)};
+    Linear L = R.next(w.has_value() ? *w : at::Tensor(), out, in);
+    TORCH_CHECK(L.parts.empty() || !params.get(i + 1).has_value(), op,
+                ": a layer of ggml blocks takes no scale");
+    L.scale = as_f(i + 1, L.out);
+    L.bias = as_f(i + 2, L.out);
+    return L;
   };
-  const int64_t inner = params.get(10).has_value() ? params.get(10)->size(0) / 2 : 0;
+  int64_t inner = -1;  // the MLP's width: layer 0's, and the same in every layer
   for (int64_t l = 0; l < n_layer; ++l) {
     const int64_t b = 18 * l;
     TORCH_CHECK(params.get(b).has_value() && params.get(b + 9).has_value(), op,
                 ": each layer needs its two norms");
     TORCH_CHECK(windows[l] >= 0, op, ": windows must be >= 0");
-    RopeLayer L{as_f(b, C),
-                as_f(b + 7, D),
-                as_f(b + 8, D),
-                as_f(b + 9, C),
-                as_f(b + 16, C),
-                as_f(b + 17, C),
-                linear(b + 1, (H + 2 * KV) * D, C),
-                linear(b + 4, C, H * D),
-                linear(b + 10, 2 * inner, C),
-                linear(b + 13, C, inner),
-                windows[l]};
+    RopeLayer L{as_f(b, C), as_f(b + 7, D), as_f(b + 8, D), as_f(b + 9, C), as_f(b + 16, C),
+                as_f(b + 17, C), {}, {}, {}, {}, windows[l]};
+    L.qkv = linear(b + 1, (H + 2 * KV) * D, C);
+    L.o = linear(b + 4, C, H * D);
+    L.fc = linear(b + 10, inner < 0 ? -1 : 2 * inner, C);
+    TORCH_CHECK(L.fc.out % 2 == 0, op, ": the gate and up projections stacked: an even width");
+    inner = L.fc.out / 2;
+    L.down = linear(b + 13, C, inner);
     P.layers.push_back(L);
   }
+  R.done();
 }
 
 void check_rope_heads(const char* op, int64_t H, int64_t KV, int64_t D) {
@@ -819,7 +936,8 @@ at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<a
                             const at::Tensor& k_all, const at::Tensor& v_all, int64_t pos,
                             int64_t n_head, int64_t n_kv_head, int64_t head_dim, double eps,
                             int64_t act, const at::Tensor& cos, const at::Tensor& sin,
-                            at::IntArrayRef windows, double scale, bool unit_offset) {
+                            at::IntArrayRef windows, double scale, bool unit_offset,
+                            const std::vector<at::Tensor>& blocks, at::IntArrayRef parts) {
   const char* op = "decode_step_rope";
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
   const int64_t rows = x.size(0), C = x.size(1), n_layer = k_all.dim() == 5 ? k_all.size(0) : 0;
@@ -827,7 +945,8 @@ at::Tensor decode_step_rope(const at::Tensor& x, const c10::List<c10::optional<a
   TORCH_CHECK(rows >= 1, op, ": at least one row");
   check_rope_heads(op, H, KV, D);
   RopeParams P;
-  gather_rope(op, params, n_layer, C, H, KV, D, windows, P);
+  BlockReader R{op, blocks, parts};
+  gather_rope(op, params, n_layer, C, H, KV, D, windows, R, P);
   check_cache(op, k_all, v_all, n_layer, rows, KV, D);
   TORCH_CHECK(pos >= 0 && pos < k_all.size(3), op, ": position outside the cache");
   check_cos_sin(op, cos, sin, 0, n_layer, D);
@@ -849,7 +968,8 @@ at::Tensor decode_step_rope_rows(const at::Tensor& x,
                                  at::IntArrayRef positions, int64_t n_head, int64_t n_kv_head,
                                  int64_t head_dim, double eps, int64_t act, const at::Tensor& cos,
                                  const at::Tensor& sin, at::IntArrayRef windows, double scale,
-                                 bool unit_offset) {
+                                 bool unit_offset, const std::vector<at::Tensor>& blocks,
+                                 at::IntArrayRef parts) {
   const char* op = "decode_step_rope_rows";
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x (rows, n_embd) on CPU");
   const int64_t rows = x.size(0), C = x.size(1);
@@ -858,7 +978,8 @@ at::Tensor decode_step_rope_rows(const at::Tensor& x,
   check_rope_heads(op, H, KV, D);
   const int64_t n_layer = k[0].size(0);
   RopeParams P;
-  gather_rope(op, params, n_layer, C, H, KV, D, windows, P);
+  BlockReader R{op, blocks, parts};
+  gather_rope(op, params, n_layer, C, H, KV, D, windows, R, P);
   const at::ScalarType t = check_row_caches(op, k, v, positions, rows, n_layer, KV, D);
   check_cos_sin(op, cos, sin, rows, n_layer, D);
   const int64_t rot = cos.size(2);
@@ -879,18 +1000,21 @@ TORCH_LIBRARY(lmgen_kernels, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v) -> Tensor");
   m.def(
       "decode_step(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
-      "int n_head, float eps, int act) -> Tensor");
+      "int n_head, float eps, int act, Tensor[] blocks, int[] parts) -> Tensor");
   m.def(
       "decode_step_rows(Tensor x, Tensor?[] params, Tensor(a!)[] k, Tensor(b!)[] v, "
-      "int[] positions, int n_head, float eps, int act) -> Tensor");
+      "int[] positions, int n_head, float eps, int act, Tensor[] blocks, int[] parts) "
+      "-> Tensor");
   m.def(
       "decode_step_rope(Tensor x, Tensor?[] params, Tensor(a!) k_all, Tensor(b!) v_all, int pos, "
       "int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, Tensor sin, "
-      "int[] windows, float scale, bool unit_offset) -> Tensor");
+      "int[] windows, float scale, bool unit_offset, Tensor[] blocks, int[] parts) "
+      "-> Tensor");
   m.def(
       "decode_step_rope_rows(Tensor x, Tensor?[] params, Tensor(a!)[] k, Tensor(b!)[] v, "
       "int[] positions, int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, "
-      "Tensor sin, int[] windows, float scale, bool unit_offset) -> Tensor");
+      "Tensor sin, int[] windows, float scale, bool unit_offset, Tensor[] blocks, "
+      "int[] parts) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {

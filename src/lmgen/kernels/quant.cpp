@@ -1,15 +1,7 @@
 // Matrix products with weights that stay in llama.cpp's (ggml's) block formats: Q8_0, Q4_0,
-// Q4_1, Q5_0 and Q4_K, the bytes exactly as a GGUF file stores them.
-//
-// Why: a decode step streams every weight once, so 4.5-bit weights are read 7x faster than
-// float32 ones. Dequantizing them to float at load time throws that away. As in llama.cpp, the
-// activation row is quantized to int8 in blocks of 32 (one float scale per block, and the sum
-// of its int8 values for the formats with an offset), and each 32-weight block's dot product is
-// an integer one: `vpdpbusd` (AVX512-VNNI or AVX-VNNI) where the CPU has it, else AVX2's
-// `vpmaddubsw` + `vpmaddwd`; both give the same int32, so the results do not depend on which.
-// Each block's integer sum is scaled (weight scale x activation scale) and accumulated in
-// float32 in the same order for every row, whatever the number of rows: a row's result is the
-// same alone or in a batch. Rows share each load of a weight block.
+// Q4_1, Q5_0 and Q4_K, the bytes exactly as a GGUF file stores them. The block dot products
+// are in quant_dot.h, shared with the fused decode step (decode.cpp), which says why they are
+// as they are; this file is the op-by-op entry point and the dequantizer.
 //
 // quant_gemv(x (rows, in) float32, blocks (out, row_bytes) uint8, kind, bias?) -> (rows, out)
 // quant_dequantize(blocks (out, row_bytes) uint8, kind, in) -> (out, in) float32
@@ -23,238 +15,22 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
-#include <vector>
+
+#include "quant_dot.h"
 
 namespace {
 
-enum Kind : int64_t { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q8_0 = 8, Q4_K = 12 };
-
-int64_t block_elems(int64_t kind) { return kind == Q4_K ? 256 : 32; }
-int64_t block_bytes(int64_t kind) {
-  switch (kind) {
-    case Q4_0: return 18;
-    case Q4_1: return 20;
-    case Q5_0: return 22;
-    case Q8_0: return 34;
-    case Q4_K: return 144;
-  }
-  TORCH_CHECK(false, "quant kernels: unknown block kind ", kind);
-}
-
-inline float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// Q4_K's 6-bit scale and min of sub-block j (0..7) from its 12 packed bytes.
-inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-// u8 x s8 -> 8 int32 partial sums of 32 products.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(LMGEN_VNNI512)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#elif defined(LMGEN_AVXVNNI)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
-// 16 bytes of nibbles -> 32 values 0..15: low nibbles first, then high (Q4_0 / Q4_1 order).
-inline __m256i nibbles16(const uint8_t* p) {
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-}
-
-// Q5_0's 32 high bits (bit j: element j) -> 0x10 in byte j where set, else 0.
-inline __m256i high_bits32(const uint8_t* p) {
-  uint32_t qh;
-  std::memcpy(&qh, p, 4);
-  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-  __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), spread);
-  __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
-  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// The activation rows in int8 blocks of 32: values, scale, and the block's sum in float
-// (scale x sum of its int8 values, for the weight formats with an offset or a min).
-struct Act {
-  std::vector<int8_t> q;
-  std::vector<float> d;
-  std::vector<float> s;
-  int64_t nb;  // blocks per row
-};
-
-Act quantize_act(const float* x, int64_t rows, int64_t in) {
-  Act a;
-  a.nb = in / 32;
-  a.q.resize(rows * in);
-  a.d.resize(rows * a.nb);
-  a.s.resize(rows * a.nb);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < a.nb; ++b) {
-      const float* xb = x + r * in + b * 32;
-      float amax = 0.f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
-      int8_t* qb = a.q.data() + r * in + b * 32;
-      int32_t sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        int v = static_cast<int>(std::nearbyint(xb[i] * id));
-        qb[i] = static_cast<int8_t>(v);
-        sum += v;
-      }
-      a.d[r * a.nb + b] = d;
-      a.s[r * a.nb + b] = d * static_cast<float>(sum);
-    }
-  }
-  return a;
-}
-
-// Output o of R rows (r0..r0+R-1). Two accumulators per row, even and odd blocks (so that
-// one FMA's latency does not wait on the previous), each 8 lanes += block scale x int dot;
-// off[r] the offset terms (Q4_0's -8, Q4_1's min, Q4_K's mins). Same order for every R.
-template <int R, int64_t kind>
-void dot_rows(const uint8_t* w, const Act& a, int64_t r0, int64_t in, float* out) {
-  __m256 acc[R][2];
-  float off[R][2];
-  for (int r = 0; r < R; ++r)
-    for (int k = 0; k < 2; ++k) {
-      acc[r][k] = _mm256_setzero_ps();
-      off[r][k] = 0.f;
-    }
-  const int64_t nb = a.nb;
-  const int8_t* xq[R];
-  const float* xd[R];
-  const float* xs[R];
-  for (int r = 0; r < R; ++r) {
-    xq[r] = a.q.data() + (r0 + r) * in;
-    xd[r] = a.d.data() + (r0 + r) * nb;
-    xs[r] = a.s.data() + (r0 + r) * nb;
-  }
-  auto load_x = [&](int r, int64_t b) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[r] + b * 32));
-  };
-  auto add = [&](int r, int k, float scale, __m256i p) {
-    acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p), acc[r][k]);
-  };
-  // one 32-weight block b of Q8_0 / Q4_0 / Q4_1 into accumulator k (k a constant: the
-  // accumulators stay in registers)
-  auto block = [&](int64_t b, auto k) {
-    const uint8_t* wb = w + b * (kind == Q8_0 ? 34 : kind == Q4_0 ? 18 : kind == Q5_0 ? 22 : 20);
-    const float d = half_at(wb);
-    if constexpr (kind == Q8_0) {
-      __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
-      __m256i u = _mm256_abs_epi8(wq);
-      for (int r = 0; r < R; ++r)
-        add(r, k, d * xd[r][b], dot_u8s8(u, _mm256_sign_epi8(load_x(r, b), wq)));
-      return;
-    }
-    if constexpr (kind == Q5_0) {  // (nibble | high bit << 4) - 16
-      __m256i u = _mm256_or_si256(nibbles16(wb + 6), high_bits32(wb + 2));
-      for (int r = 0; r < R; ++r) {
-        add(r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
-        off[r][k] += -16.f * d * xs[r][b];
-      }
-      return;
-    }
-    const float m = kind == Q4_0 ? -8.f * d : half_at(wb + 2);
-    __m256i u = nibbles16(wb + (kind == Q4_0 ? 2 : 4));
-    for (int r = 0; r < R; ++r) {
-      add(r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
-      off[r][k] += m * xs[r][b];
-    }
-  };
-  if constexpr (kind != Q4_K) {
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-      block(b, std::integral_constant<int, 0>{});
-      block(b + 1, std::integral_constant<int, 1>{});
-    }
-    if (b < nb) block(b, std::integral_constant<int, 0>{});
-  } else {  // Q4_K: 256 weights in 8 sub-blocks of 32, each with its own scale and min
-    for (int64_t sb = 0; sb < nb / 8; ++sb, w += 144) {
-      const float d = half_at(w), dmin = half_at(w + 2);
-      const uint8_t* scales = w + 4;
-      const uint8_t* qs = w + 16;
-      for (int c = 0; c < 4; ++c) {
-        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-        __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
-        int sc0, m0, sc1, m1;
-        scale_min_k4(2 * c, scales, &sc0, &m0);
-        scale_min_k4(2 * c + 1, scales, &sc1, &m1);
-        const float d0 = d * sc0, d1 = d * sc1, n0 = -dmin * m0, n1 = -dmin * m1;
-        const int64_t b0 = sb * 8 + 2 * c;
-        for (int r = 0; r < R; ++r) {
-          add(r, 0, d0 * xd[r][b0], dot_u8s8(lo, load_x(r, b0)));
-          add(r, 1, d1 * xd[r][b0 + 1], dot_u8s8(hi, load_x(r, b0 + 1)));
-          off[r][0] += n0 * xs[r][b0];
-          off[r][1] += n1 * xs[r][b0 + 1];
-        }
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (off[r][0] + off[r][1]);
-}
-
-template <int64_t kind>
-void rows_n(int64_t n, const uint8_t* w, const Act& a, int64_t r0, int64_t in, float* res) {
-  switch (n) {
-    case 1: dot_rows<1, kind>(w, a, r0, in, res); break;
-    case 2: dot_rows<2, kind>(w, a, r0, in, res); break;
-    case 3: dot_rows<3, kind>(w, a, r0, in, res); break;
-    default: dot_rows<4, kind>(w, a, r0, in, res); break;
-  }
-}
-
-inline void rows_of_kind(int64_t n, int64_t kind, const uint8_t* w, const Act& a, int64_t r0,
-                         int64_t in, float* res) {
-  switch (kind) {
-    case Q8_0: rows_n<Q8_0>(n, w, a, r0, in, res); break;
-    case Q4_0: rows_n<Q4_0>(n, w, a, r0, in, res); break;
-    case Q4_1: rows_n<Q4_1>(n, w, a, r0, in, res); break;
-    case Q5_0: rows_n<Q5_0>(n, w, a, r0, in, res); break;
-    default: rows_n<Q4_K>(n, w, a, r0, in, res); break;
-  }
-}
-
-void check_blocks(const at::Tensor& blocks, int64_t kind, int64_t in) {
-  TORCH_CHECK(blocks.dim() == 2 && blocks.scalar_type() == at::kByte && blocks.is_contiguous(),
-              "quant kernels: blocks must be a contiguous uint8 (out, row_bytes) tensor");
-  TORCH_CHECK(in % block_elems(kind) == 0, "quant kernels: ", in, " inputs are not whole blocks");
-  TORCH_CHECK(blocks.size(1) == in / block_elems(kind) * block_bytes(kind),
-              "quant kernels: row of ", blocks.size(1), " bytes for ", in, " inputs");
-}
+using namespace qdot;
 
 at::Tensor quant_gemv(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind,
                       const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x_in.dim() == 2, "quant_gemv: x must be (rows, in)");
+  TORCH_CHECK(known_kind(kind), "quant_gemv: unknown block kind ", kind);
   const int64_t rows = x_in.size(0), in = x_in.size(1), out_f = blocks.size(0);
   check_blocks(blocks, kind, in);
   at::Tensor x = x_in.to(at::kFloat).contiguous();
-  Act a = quantize_act(x.data_ptr<float>(), rows, in);
+  Act a;
+  quantize_act(x.data_ptr<float>(), rows, in, a);
   at::Tensor y = at::empty({rows, out_f}, x.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = blocks.data_ptr<uint8_t>();
@@ -265,16 +41,8 @@ at::Tensor quant_gemv(const at::Tensor& x_in, const at::Tensor& blocks, int64_t 
     b32 = bias->to(at::kFloat).contiguous();
     bp = b32.data_ptr<float>();
   }
-  at::parallel_for(0, out_f, 16, [&](int64_t begin, int64_t end) {
-    float res[4];
-    for (int64_t o = begin; o < end; ++o) {
-      const uint8_t* w = wp + o * row_bytes;
-      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-        const int64_t n = std::min<int64_t>(4, rows - r0);
-        rows_of_kind(n, kind, w, a, r0, in, res);
-        for (int64_t r = 0; r < n; ++r) yp[(r0 + r) * out_f + o] = res[r] + (bp ? bp[o] : 0.f);
-      }
-    }
+  at::parallel_for(0, out_f, GRAIN, [&](int64_t begin, int64_t end) {
+    gemv_range(a, rows, kind, wp, row_bytes, begin, end, bp, yp, out_f);
   });
   return y;
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import build_extension
+from . import build_extension, integer_dot_flags
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +31,9 @@ _state: dict = {"ok": None, "why": ""}
 _lock = threading.Lock()
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def build_flags(flags: set[str] | None = None) -> list[str]:
     """Compiler flags for this CPU: the AVX2 base, plus the VNNI dot product where present."""
-    flags = cpu_flags() if flags is None else flags
-    if {"avx512_vnni", "avx512vl"} <= flags:
-        return [*_BASE_FLAGS, "-mavx512vnni", "-mavx512vl", "-DLMGEN_VNNI512"]
-    if "avx_vnni" in flags:
-        return [*_BASE_FLAGS, "-mavxvnni", "-DLMGEN_AVXVNNI"]
-    return list(_BASE_FLAGS)
+    return [*_BASE_FLAGS, *integer_dot_flags(flags)]
 
 
 def integer_dot() -> str:

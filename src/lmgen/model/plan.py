@@ -82,10 +82,11 @@ class InferencePlan:
         if module_ids != self._module_ids:
             self._look_up(model)
             self._module_ids = module_ids
-        self.step_params, self.rope_params = None, None
+        self.step_params, self.rope_params, self.blocks = None, None, ((), ())
         if self.activation is not None:
-            self.step_params = _step_params(model)
-            self.rope_params = _rope_step_params(model)
+            self.step_params, self.blocks = _gather(_step_params, model)
+            if self.step_params is None:
+                self.rope_params, self.blocks = _gather(_rope_step_params, model)
         self._generation = _REGISTRATIONS[0]
         return self
 
@@ -124,7 +125,7 @@ class InferencePlan:
             if self.step_params is not None:
                 x = kernels.decode_step(
                     x, self.step_params, cache.k, cache.v, past, self.n_head, self.eps,
-                    self.activation,
+                    self.activation, self.blocks,
                 )  # fmt: skip
             else:
                 x = self._rope_step(model, x, position_ids, cache, past)
@@ -141,7 +142,7 @@ class InferencePlan:
         cos, sin = self._rope_tables(model, position_ids[:1, :1])
         return kernels.decode_step_rope(x, self.rope_params, cache.k, cache.v, past,
                                         *self._rope_shape(model), cos[0], sin[0],
-                                        *self._rope_tail(model))  # fmt: skip
+                                        *self._rope_tail(model), self.blocks)  # fmt: skip
 
     def rows_step(self, x: torch.Tensor, caches: list, positions: list[int]) -> torch.Tensor:
         """Every block of one decode step for rows that each have a cache of their own (the
@@ -153,12 +154,13 @@ class InferencePlan:
         v = [c.v for c in caches]
         if self.step_params is not None:
             return kernels.decode_step_rows(
-                x, self.step_params, k, v, positions, self.n_head, self.eps, self.activation
-            )
+                x, self.step_params, k, v, positions, self.n_head, self.eps, self.activation,
+                self.blocks,
+            )  # fmt: skip
         cos, sin = self._rope_tables(model, torch.tensor([positions], device=x.device))
         return kernels.decode_step_rope_rows(x, self.rope_params, k, v, positions,
                                              *self._rope_shape(model), cos, sin,
-                                             *self._rope_tail(model))  # fmt: skip
+                                             *self._rope_tail(model), self.blocks)  # fmt: skip
 
     @staticmethod
     def _rope_tables(model, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,20 +200,48 @@ class InferencePlan:
         return cache is not None and past > 0 and B <= kernels.MAX_ROWS and self.fuses_rows(x)
 
 
-def _linear_params(m) -> list | None:
-    from ..quantize import Int8Linear
+class _Blocks:
+    """The linear layers held as ggml blocks, as the fused steps take them (decode.cpp's
+    BlockReader): `tensors` every part in order, `parts` per linear layer of the parameter
+    list its count of parts (0: a plain weight in the list) and each part's ggml type (0 a
+    float part)."""
+
+    def __init__(self):
+        self.tensors: list[torch.Tensor] = []
+        self.parts: list[int] = []
+
+
+def _gather(params_of, model) -> tuple[list | None, tuple]:
+    """(the fused step's parameter list, (block tensors, parts)) by `params_of`, or (None, ((),
+    ())) where the model is not for that step."""
+    blocks = _Blocks()
+    params = params_of(model, blocks)
+    return (params, (blocks.tensors, blocks.parts)) if params is not None else (None, ((), ()))
+
+
+def _linear_params(m, blocks: _Blocks) -> list | None:
+    """A linear layer's three slots of the parameter list (weight, scale, bias); a QuantLinear's
+    weight slot is None and its parts go to `blocks`. None: a layer the kernel does not know."""
+    from ..kernels import quant
+    from ..quantize import Int8Linear, QuantLinear
 
     if type(m) is nn.Linear:
+        blocks.parts.append(0)
         return [m.weight, None, m.bias]
     if isinstance(m, Int8Linear):
+        blocks.parts.append(0)
         return [m.qweight, m.scale, m.bias]
+    if isinstance(m, QuantLinear) and quant.available():
+        blocks.parts += [len(m.kinds), *(quant.KINDS[k] if k else 0 for k in m.kinds)]
+        blocks.tensors += [m._buffers[n] for n in m.names]
+        return [None, None, m.bias]
     return None
 
 
-def _rope_step_params(model) -> list | None:
+def _rope_step_params(model, blocks: _Blocks) -> list | None:
     """The blocks' tensors in the order lmgen.kernels.decode_step_rope takes them (18 per
     layer), or None when the model is not a rotary, RMSNorm, gated-MLP, sequential-residual
-    decoder of plain or int8 linears (then steps run block by block)."""
+    decoder of plain, int8 or ggml-block linears (then steps run block by block)."""
     c = model.config
     if not (c.positions == "rope" and c.norm == "rmsnorm" and c.mlp == "gated"
             and not c.parallel_residual and c.activation_function in ("silu", "swish",
@@ -220,7 +250,8 @@ def _rope_step_params(model) -> list | None:
     out = []
     for b in model.h:
         a = b.attn
-        parts = [_linear_params(m) for m in (a.c_attn, a.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        parts = [_linear_params(m, blocks) for m in (a.c_attn, a.c_proj, b.mlp.c_fc,
+                                                     b.mlp.c_proj)]  # fmt: skip
         if None in parts or not isinstance(b.ln_1, RMSNorm):
             return None
         qkv, o, fc, down = parts
@@ -232,7 +263,7 @@ def _rope_step_params(model) -> list | None:
     return out
 
 
-def _step_params(model) -> list | None:
+def _step_params(model, blocks: _Blocks) -> list | None:
     """The blocks' tensors in the order lmgen.kernels.decode_step takes them (16 per layer), or
     None when a block is not GPT-2's or holds a layer the kernel does not know (then steps run
     block by block)."""
@@ -242,7 +273,8 @@ def _step_params(model) -> list | None:
     out = []
     for b in model.h:
         parts = [
-            _linear_params(m) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+            _linear_params(m, blocks)
+            for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
         ]
         if None in parts or b.ln_1.bias is None or b.ln_2.bias is None:
             return None
