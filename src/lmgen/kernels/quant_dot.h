@@ -149,18 +149,22 @@ inline void quantize_act(const float* x, int64_t rows, int64_t in, Act& a) {
   }
 }
 
-// Output o of R rows (r0..r0+R-1). Two accumulators per row, even and odd blocks (so that
-// one FMA's latency does not wait on the previous), each 8 lanes += block scale x int dot;
-// off[r] the offset terms (Q4_0's -8, Q4_1's min, Q4_K's mins). Same order for every R.
-template <int R, int64_t kind>
-void dot_rows(const uint8_t* w, const Act& a, int64_t r0, float* out) {
-  __m256 acc[R][2];
-  float off[R][2];
-  for (int r = 0; r < R; ++r)
-    for (int k = 0; k < 2; ++k) {
-      acc[r][k] = _mm256_setzero_ps();
-      off[r][k] = 0.f;
-    }
+// Outputs o..o+O-1 (their weight rows at w, row_bytes apart) of R rows (r0..r0+R-1). Two
+// accumulators per product, even and odd blocks (so that one FMA's latency does not wait on
+// the previous), each 8 lanes += block scale x int dot; off the offset terms (Q4_0's -8,
+// Q4_1's min, Q4_K's mins). Each product's arithmetic is the same for every O and R: O > 1
+// only interleaves independent products (more work in flight per activation load).
+template <int O, int R, int64_t kind>
+void dot_rows(const uint8_t* w0, int64_t row_bytes, const Act& a, int64_t r0, float* out,
+              int64_t out_stride) {
+  __m256 acc[O][R][2];
+  float off[O][R][2];
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < 2; ++k) {
+        acc[o][r][k] = _mm256_setzero_ps();
+        off[o][r][k] = 0.f;
+      }
   const int64_t nb = a.nb, in = a.in;
   const int8_t* xq[R];
   const float* xd[R];
@@ -173,34 +177,35 @@ void dot_rows(const uint8_t* w, const Act& a, int64_t r0, float* out) {
   auto load_x = [&](int r, int64_t b) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[r] + b * 32));
   };
-  auto add = [&](int r, int k, float scale, __m256i p) {
-    acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p), acc[r][k]);
+  auto add = [&](int o, int r, int k, float scale, __m256i p) {
+    acc[o][r][k] = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p), acc[o][r][k]);
   };
   // one 32-weight block b of Q8_0 / Q4_0 / Q4_1 / Q5_0 into accumulator k (k a constant: the
   // accumulators stay in registers)
   auto block = [&](int64_t b, auto k) {
-    const uint8_t* wb = w + b * (kind == Q8_0 ? 34 : kind == Q4_0 ? 18 : kind == Q5_0 ? 22 : 20);
-    const float d = half_at(wb);
-    if constexpr (kind == Q8_0) {
-      __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
-      __m256i u = _mm256_abs_epi8(wq);
-      for (int r = 0; r < R; ++r)
-        add(r, k, d * xd[r][b], dot_u8s8(u, _mm256_sign_epi8(load_x(r, b), wq)));
-      return;
-    }
-    if constexpr (kind == Q5_0) {  // (nibble | high bit << 4) - 16
-      __m256i u = _mm256_or_si256(nibbles16(wb + 6), high_bits32(wb + 2));
-      for (int r = 0; r < R; ++r) {
-        add(r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
-        off[r][k] += -16.f * d * xs[r][b];
+    constexpr int64_t BB = kind == Q8_0 ? 34 : kind == Q4_0 ? 18 : kind == Q5_0 ? 22 : 20;
+    for (int o = 0; o < O; ++o) {
+      const uint8_t* wb = w0 + o * row_bytes + b * BB;
+      const float d = half_at(wb);
+      if constexpr (kind == Q8_0) {
+        __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 2));
+        __m256i u = _mm256_abs_epi8(wq);
+        for (int r = 0; r < R; ++r)
+          add(o, r, k, d * xd[r][b], dot_u8s8(u, _mm256_sign_epi8(load_x(r, b), wq)));
+      } else if constexpr (kind == Q5_0) {  // (nibble | high bit << 4) - 16
+        __m256i u = _mm256_or_si256(nibbles16(wb + 6), high_bits32(wb + 2));
+        for (int r = 0; r < R; ++r) {
+          add(o, r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
+          off[o][r][k] += -16.f * d * xs[r][b];
+        }
+      } else {
+        const float m = kind == Q4_0 ? -8.f * d : half_at(wb + 2);
+        __m256i u = nibbles16(wb + (kind == Q4_0 ? 2 : 4));
+        for (int r = 0; r < R; ++r) {
+          add(o, r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
+          off[o][r][k] += m * xs[r][b];
+        }
       }
-      return;
-    }
-    const float m = kind == Q4_0 ? -8.f * d : half_at(wb + 2);
-    __m256i u = nibbles16(wb + (kind == Q4_0 ? 2 : 4));
-    for (int r = 0; r < R; ++r) {
-      add(r, k, d * xd[r][b], dot_u8s8(u, load_x(r, b)));
-      off[r][k] += m * xs[r][b];
     }
   };
   if constexpr (kind != Q4_K) {
@@ -211,50 +216,68 @@ void dot_rows(const uint8_t* w, const Act& a, int64_t r0, float* out) {
     }
     if (b < nb) block(b, std::integral_constant<int, 0>{});
   } else {  // Q4_K: 256 weights in 8 sub-blocks of 32, each with its own scale and min
-    for (int64_t sb = 0; sb < nb / 8; ++sb, w += 144) {
-      const float d = half_at(w), dmin = half_at(w + 2);
-      const uint8_t* scales = w + 4;
-      const uint8_t* qs = w + 16;
-      for (int c = 0; c < 4; ++c) {
-        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-        __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
-        int sc0, m0, sc1, m1;
-        scale_min_k4(2 * c, scales, &sc0, &m0);
-        scale_min_k4(2 * c + 1, scales, &sc1, &m1);
-        const float d0 = d * sc0, d1 = d * sc1, n0 = -dmin * m0, n1 = -dmin * m1;
-        const int64_t b0 = sb * 8 + 2 * c;
-        for (int r = 0; r < R; ++r) {
-          add(r, 0, d0 * xd[r][b0], dot_u8s8(lo, load_x(r, b0)));
-          add(r, 1, d1 * xd[r][b0 + 1], dot_u8s8(hi, load_x(r, b0 + 1)));
-          off[r][0] += n0 * xs[r][b0];
-          off[r][1] += n1 * xs[r][b0 + 1];
+    for (int64_t sb = 0; sb < nb / 8; ++sb) {
+      for (int o = 0; o < O; ++o) {
+        const uint8_t* w = w0 + o * row_bytes + sb * 144;
+        const float d = half_at(w), dmin = half_at(w + 2);
+        const uint8_t* scales = w + 4;
+        const uint8_t* qs = w + 16;
+        for (int c = 0; c < 4; ++c) {
+          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+          __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+          int sc0, m0, sc1, m1;
+          scale_min_k4(2 * c, scales, &sc0, &m0);
+          scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+          const float d0 = d * sc0, d1 = d * sc1, n0 = -dmin * m0, n1 = -dmin * m1;
+          const int64_t b0 = sb * 8 + 2 * c;
+          for (int r = 0; r < R; ++r) {
+            add(o, r, 0, d0 * xd[r][b0], dot_u8s8(lo, load_x(r, b0)));
+            add(o, r, 1, d1 * xd[r][b0 + 1], dot_u8s8(hi, load_x(r, b0 + 1)));
+            off[o][r][0] += n0 * xs[r][b0];
+            off[o][r][1] += n1 * xs[r][b0 + 1];
+          }
         }
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) + (off[r][0] + off[r][1]);
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r)
+      out[r * out_stride + o] =
+          hsum8(_mm256_add_ps(acc[o][r][0], acc[o][r][1])) + (off[o][r][0] + off[o][r][1]);
 }
 
 // Outputs [o0, o1) of the weight at w (one row of blocks of `kind` per output, row_bytes
 // apart) for every row of `a`: y[r * y_stride + o] = dot + bias[o] (no bias: nullptr). Rows go
-// four at a time through dot_rows, so each weight row is loaded once per four rows.
+// four at a time through dot_rows, so each weight row is loaded once per four rows; one row
+// (a decode step) takes two weight rows at a time.
 template <int64_t kind>
 void gemv_range_of(const Act& a, int64_t rows, const uint8_t* w, int64_t row_bytes, int64_t o0,
                    int64_t o1, const float* bias, float* y, int64_t y_stride) {
-  float res[4];
-  for (int64_t o = o0; o < o1; ++o) {
+  float res[4 * 2];
+  auto store = [&](int64_t o, int64_t r0, int64_t n, int64_t m) {
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < m; ++j)
+        y[(r0 + r) * y_stride + o + j] = res[r * m + j] + (bias ? bias[o + j] : 0.f);
+  };
+  int64_t o = o0;
+  if (rows == 1) {
+    for (; o + 2 <= o1; o += 2) {
+      dot_rows<2, 1, kind>(w + o * row_bytes, row_bytes, a, 0, res, 2);
+      store(o, 0, 1, 2);
+    }
+  }
+  for (; o < o1; ++o) {
     const uint8_t* wo = w + o * row_bytes;
     for (int64_t r0 = 0; r0 < rows; r0 += 4) {
       const int64_t n = std::min<int64_t>(4, rows - r0);
       switch (n) {
-        case 1: dot_rows<1, kind>(wo, a, r0, res); break;
-        case 2: dot_rows<2, kind>(wo, a, r0, res); break;
-        case 3: dot_rows<3, kind>(wo, a, r0, res); break;
-        default: dot_rows<4, kind>(wo, a, r0, res); break;
+        case 1: dot_rows<1, 1, kind>(wo, row_bytes, a, r0, res, 1); break;
+        case 2: dot_rows<1, 2, kind>(wo, row_bytes, a, r0, res, 1); break;
+        case 3: dot_rows<1, 3, kind>(wo, row_bytes, a, r0, res, 1); break;
+        default: dot_rows<1, 4, kind>(wo, row_bytes, a, r0, res, 1); break;
       }
-      for (int64_t r = 0; r < n; ++r) y[(r0 + r) * y_stride + o] = res[r] + (bias ? bias[o] : 0.f);
+      store(o, r0, n, 1);
     }
   }
 }
