@@ -397,25 +397,22 @@ struct Linear {
   const float* scale;
   const float* bias;
   std::vector<BlockPart> parts = {};
-  int64_t out = 0;  // output rows
+  int64_t out = 0, in = 0;  // output rows, inputs
 };
 
-// y (rows, L.out) = x (rows, in) L^T + bias. Block parts take x quantized to int8 once (into
+// y (rows, L.out) = x (rows, L.in) L^T + bias. Block parts take x quantized to int8 once (into
 // `act`, whose buffers the step reuses) and compute each product as lmgen.kernels.quant's
 // quant_gemv does (quant_dot.h), bias added last as QuantLinear adds it: the same bits as the
 // op-by-op layer for the same x.
 void apply_linear(const Linear& L, int64_t rows, const float* x, float* y, qdot::Act& act,
                   std::vector<float>& tmp) {
   if (L.parts.empty()) return dispatch_weight(L.w, rows, x, L.scale, L.bias, y);
-  const int64_t in = L.parts[0].kind ? L.parts[0].w.size(1) / qdot::block_bytes(L.parts[0].kind) *
-                                           qdot::block_elems(L.parts[0].kind)
-                                     : L.parts[0].w.size(1);
   bool quantized = false;
   int64_t off = 0;
   for (const BlockPart& p : L.parts) {
     const float* bias = L.bias ? L.bias + off : nullptr;
     if (p.kind) {
-      if (!quantized) qdot::quantize_act(x, rows, in, act);
+      if (!quantized) qdot::quantize_act(x, rows, L.in, act);
       quantized = true;
       const uint8_t* w = p.w.data_ptr<uint8_t>();
       at::parallel_for(0, p.rows, qdot::GRAIN, [&](int64_t begin, int64_t end) {
@@ -449,6 +446,7 @@ struct BlockReader {
     TORCH_CHECK((n == 0) == w_plain.defined(), op,
                 ": a linear layer needs a weight or ggml parts, not both");
     Linear L{w_plain, nullptr, nullptr};
+    L.in = in;
     if (n == 0) {
       L.out = w_plain.size(0);
       return L;
