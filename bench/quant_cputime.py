@@ -1,0 +1,96 @@
+"""CPU time per decode token on one thread, lmgen (fused step and op by op) against llama.cpp,
+on the quantized SmolLM2-135M files of the `smollm2q` rows:
+`LLAMA_BENCH=.../llama-bench python -m bench.quant_cputime [--kinds q4_1,q8_0] [--repeats 2]`.
+
+For a machine that other jobs load: there two-thread wall-clock rows measure the scheduler
+(each side's threads wait on a descheduled partner), while one thread's CPU time still compares
+the two implementations' work per token. lmgen: `time.thread_time()` around 80 and 16 greedy
+steps after a 4-token prompt; llama.cpp: the children's user + system time of `llama-bench -t 1
+-p 0 -n 80` and `-n 16` (its model load cancels out); tokens per CPU second = 64 / difference,
+best of `--repeats`, the three sides alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+STEPS = (16, 80)
+
+
+def lmgen_rate(model, fused: bool) -> float:
+    """Tokens per CPU second of lmgen's greedy decode steps (one thread)."""
+    import lmgen.model as M
+
+    times = []
+    saved = M.plan.FUSED_DECODE_STEP
+    M.plan.FUSED_DECODE_STEP = fused
+    try:
+        for n in STEPS:
+            with torch.inference_mode():
+                cache = model.new_cache(1, 4 + n + 1)
+                model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+                tok = torch.tensor([[42]])
+                t0 = time.thread_time()
+                for _ in range(n):
+                    tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
+                times.append(time.thread_time() - t0)
+    finally:
+        M.plan.FUSED_DECODE_STEP = saved
+    return (STEPS[1] - STEPS[0]) / (times[1] - times[0])
+
+
+def llama_rate(bench: str, path: Path) -> float:
+    """Tokens per CPU second of llama-bench's tg test on one thread."""
+    times = []
+    for n in STEPS:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([bench, "-m", str(path), "-t", "1", "-p", "0", "-n", str(n), "-r", "1"],
+                       capture_output=True, check=True, timeout=600)  # fmt: skip
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        times.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return (STEPS[1] - STEPS[0]) / (times[1] - times[0])
+
+
+def main(argv=None) -> int:
+    import lmgen
+
+    from .llamacpp import find_llama_bench
+    from .smollm2 import QUANT_KINDS, find_gguf, quant_files
+
+    p = argparse.ArgumentParser(prog="python -m bench.quant_cputime", description=__doc__)
+    p.add_argument("--kinds", default=",".join(QUANT_KINDS))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--smollm2-gguf", help="the SmolLM2-135M Q4_1 file (default: test-model cache)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    path, bench = find_gguf(args.smollm2_gguf), find_llama_bench()
+    if path is None or bench is None:
+        p.error("needs the SmolLM2-135M Q4_1 GGUF and llama-bench ($LLAMA_BENCH)")
+    files = quant_files(path, Path(tempfile.mkdtemp()))
+    print("| file | lmgen fused | lmgen op by op | llama.cpp | fused / llama.cpp |")
+    print("|---|---|---|---|---|")
+    for kind in args.kinds.split(","):
+        file = files[kind][0]
+        if file is None:
+            print(f"| {kind} | skipped: {files[kind][1]} | | | |")
+            continue
+        model = lmgen.load(file).model
+        best = {"fused": 0.0, "op": 0.0, "llama": 0.0}
+        for _ in range(args.repeats):
+            best["fused"] = max(best["fused"], lmgen_rate(model, True))
+            best["op"] = max(best["op"], lmgen_rate(model, False))
+            best["llama"] = max(best["llama"], llama_rate(bench, file))
+        print(f"| {kind} | {best['fused']:.1f} | {best['op']:.1f} | {best['llama']:.1f} | "
+              f"{best['fused'] / best['llama']:.2f}x |", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
