@@ -3,8 +3,10 @@
 A small model's decode step is mostly the dispatch of ~30 small operations per block; the plan
 looks the submodules' functions up once (linear layers through `DecodeLinear`), runs the same
 `block_forward` the modules run, and hands an unpadded CPU decode step of GPT-2 blocks to
-`lmgen.kernels.decode_step` (rotary blocks to `decode_step_rope`), every block in one call;
-`rows_step` does the same for the server's rows, each with a cache of its own. The network
+`lmgen.kernels.decode_step` (rotary blocks to `decode_step_rope`), every block in one call,
+whether the linear layers hold float, int8 or ggml-block weights (a QuantLinear's parts go
+beside the parameter list: `_Blocks`); `rows_step` does the same for the server's rows, each
+with a cache of its own. The network
 (network.py) stays free of all this; `GPT.forward` takes the plan whenever no hook has to fire
 and nothing trains.
 """
