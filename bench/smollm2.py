@@ -299,8 +299,8 @@ def quant_files(path: Path, folder: Path) -> dict[str, tuple[Path | None, str]]:
         p = subprocess.run([quantize, str(f32), str(dst), "Q4_K_S"], capture_output=True,
                            text=True, timeout=900)  # fmt: skip
         out["q4_k"] = (
-            (dst, "llama-quantize Q4_K_S of an f32 export (rows not in whole 256-blocks: Q5_0, "
-             "which lmgen dequantises)")
+            (dst, "llama-quantize Q4_K_S of an f32 export (inputs not in whole 256-blocks: "
+             "Q5_0, kept as blocks like Q4_K)")
             if p.returncode == 0
             else (None, f"llama-quantize failed: {p.stderr[-200:]}")
         )  # fmt: skip
