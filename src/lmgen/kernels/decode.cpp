@@ -88,16 +88,20 @@ inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in soft
 inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
 
 // ---- y = x W^T for any number of rows of x: register tiles over blocks of W ---------------
-// Each dot product (row r of x with row o of W) has one 8-lane accumulator of its own: lane j
-// sums x[r, i] W[o, i] over i = j mod 8 in increasing i, one FMA at a time; then the lanes are
-// summed in a fixed order (hsum) and the elements past the last multiple of 8 are added one by
-// one (the build has -ffp-contract=off, so no instantiation fuses them differently). Nothing
-// else touches a product, so its bits are the same whatever tile computed it, how many rows
-// the call has and where the row sits (the server's batch invariance; tested). The tiles only
-// decide which products share a load of W or of x:
+// Each dot product (row r of x with row o of W) has K = chains<W>() 8-lane accumulators of its
+// own: accumulator k sums x[r, i] W[o, i] over the 8-element chunks c = i / 8 with c mod K = k,
+// in increasing c, one FMA at a time; then the accumulators are added (k = 0, 1), their lanes
+// summed in a fixed order (hsum) and the elements past the last multiple of 8 added one by one
+// (the build has -ffp-contract=off, so no instantiation fuses them differently). Nothing else
+// touches a product, so its bits are the same whatever tile computed it, how many rows the
+// call has and where the row sits (the server's batch invariance; tested). K depends only on
+// W's type: int8 weights take 2, since one chain of 8-byte chunks waits on the FMA latency
+// below the memory's rate (10.5 against 21 GB/s on SmolLM2-135M's matrices); wider types take
+// 1, which leaves a batch's tiles the most products (a 16-row step of the 124M shape costs up to
+// 1.4x more with 2). The tiles only decide which products share a load of W or of x:
 //
 // - a register tile is O rows of W by R rows of x: per 8 elements, R vectors of x, then one
-//   vector of W at a time for R FMAs, all O x R accumulators in registers. A step of 16 rows
+//   vector of W at a time for R FMAs, all K x O x R accumulators in registers. A step of 16 rows
 //   is 16x the FLOPs of one row, so this is what makes it cost FLOPs at near the FMA rate
 //   rather than 16 passes over W;
 // - a block is BLOCK_BYTES of W's rows, which every tile of x passes over while it sits in L2,
@@ -116,12 +120,17 @@ constexpr int VREGS = 16;
 constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
 constexpr int64_t BLOCK_BYTES = 128 << 10;  // two blocks (this one, the next) well inside L2
 
-// Rows of W in a register tile with R rows of x: the accumulators, R vectors of x and one of
-// W within the registers, at most 4. One row of x (batch-1 decode) takes one row of W at a
+// Rows of W in a register tile with R rows of x and K accumulators a product: the K x O x R
+// accumulators, R vectors of x and one of W within the registers, at most 4. One row of x (batch-1 decode) takes one row of W at a
 // time: W then streams front to back as one run, where four rows of W read side by side ran
 // at 0.65-0.8x the bandwidth (SmolLM2-135M's matrices: 21 vs 28 GB/s, docs/PERFORMANCE.md).
 // Its single FMA chain waits on the FMA latency only where W sits in cache (the 14M shape).
-constexpr int w_tile_rows(int R) { return R == 1 ? 1 : std::min(4, (VREGS - 1 - R) / R); }
+template <typename W>
+constexpr int chains() { return sizeof(W) == 1 ? 2 : 1; }
+
+constexpr int w_tile_rows(int R, int K) {
+  return R == 1 ? 1 : std::max(1, std::min(4, (VREGS - 1 - R) / (K * R)));
+}
 
 // O x R products of rows of W at w (stride in) and of x at x (stride in), written to y (stride
 // out) as acc * scale + bias. With `PF`, one line of the next block (from pf, up to pf_end) is
@@ -129,11 +138,13 @@ constexpr int w_tile_rows(int R) { return R == 1 ? 1 : std::min(4, (VREGS - 1 - 
 template <typename W, typename Y, int O, int R, bool PF>
 inline void tile(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
                  Y* y, int64_t out, const char*& pf, const char* pf_end) {
-  __m256 a[O][R];
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) a[o][r] = _mm256_setzero_ps();
-  const int64_t n8 = in / 8 * 8;
-  for (int64_t i = 0; i < n8; i += 8) {
+  constexpr int K = chains<W>();
+  __m256 a[K][O][R];
+  for (int k = 0; k < K; ++k)
+    for (int o = 0; o < O; ++o)
+      for (int r = 0; r < R; ++r) a[k][o][r] = _mm256_setzero_ps();
+  // chunk i .. i + 8 into the accumulators A (one of the K)
+  auto chunk = [&](__m256 (&A)[O][R], int64_t i) {
     if constexpr (PF) {
       _mm_prefetch(pf, _MM_HINT_T1);
       pf = std::min(pf + 64, pf_end);
@@ -142,14 +153,23 @@ inline void tile(const W* w, const float* x, int64_t in, const float* scale, con
     for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * in + i);
     for (int o = 0; o < O; ++o) {
       const __m256 wv = load8(w + o * in + i);
-      for (int r = 0; r < R; ++r) a[o][r] = _mm256_fmadd_ps(wv, xv[r], a[o][r]);
+      for (int r = 0; r < R; ++r) A[o][r] = _mm256_fmadd_ps(wv, xv[r], A[o][r]);
     }
+  };
+  const int64_t n8 = in / 8 * 8, nK = in / (8 * K) * (8 * K);
+  for (int64_t i = 0; i < nK; i += 8 * K) {
+    chunk(a[0], i);
+    if constexpr (K == 2) chunk(a[1], i + 8);
   }
+  if (nK < n8) chunk(a[0], nK);  // K = 2: the odd chunk left
+  if constexpr (K == 2)
+    for (int o = 0; o < O; ++o)
+      for (int r = 0; r < R; ++r) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[1][o][r]);
   for (int o = 0; o < O; ++o) {
     const float s = scale ? scale[o] : 1.0f;
     const float b = bias ? bias[o] : 0.0f;
     for (int r = 0; r < R; ++r) {
-      float d = hsum(a[o][r]);
+      float d = hsum(a[0][o][r]);
       for (int64_t j = n8; j < in; ++j) d += to_float(w[o * in + j]) * x[r * in + j];
       store(y + r * out + o, d * s + b);
     }
@@ -161,7 +181,7 @@ template <typename W, typename Y, int R, bool PF>
 void tile_rows(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
                Y* y, int64_t out, int64_t r0, int64_t o0, int64_t o1, const char*& pf,
                const char* pf_end) {
-  constexpr int O = w_tile_rows(R);
+  constexpr int O = w_tile_rows(R, chains<W>());
   const float* xr = x + r0 * in;
   Y* yr = y + r0 * out;
   auto sc = [&](int64_t o) { return scale ? scale + o : nullptr; };
