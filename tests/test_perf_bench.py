@@ -154,6 +154,25 @@ def test_extras_tables_and_json_round_trip(tmp_path):
     assert out.read_text() == md
 
 
+def test_batch_step_row_runs_the_engine_rows_and_renders_its_goal(tmp_path):
+    """The batch16 extra times the server's running-batch forward for 16 rows and for 1 (each
+    row's logits equal to it run alone, which the engine tests check), and its goal row reads
+    the step-cost ratio against issue 28's 1.5x."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=90, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                    bos_token_id=None, eos_token_id=None)  # fmt: skip
+    lm = B.load_lmgen(B.save_hf_dir(GPT(cfg).eval(), tmp_path / "m"), "fp32")
+    args = B.build_arg_parser().parse_args(["--repeats", "2"])
+    row = B.run_batch_step(args, "tiny", "fp32", lm, rows=3, steps=4)
+    assert row["kind"] == "batch-step" and row["plain"] > 0 and row["optimised"] > 0
+    assert row["cost"] == pytest.approx(3 * row["plain"] / row["optimised"])
+    rep = B.Report(B.machine_info(), [])
+    rep.extras.append(dict(row, cost=1.2, plain=10.0, optimised=40.0))
+    md = B.to_markdown(rep)
+    assert "| tiny fp32 batched decode step, 3 rows vs 1: step cost ≤ 1.5× | 1.20× | yes |" in md
+    assert "| batched decode step, 3 rows vs 1 | tiny | fp32 | 10.0 | 40.0 | 4.00× |" in md
+
+
 def _saved_run(tmp_path):
     rep = B.Report(B.machine_info(), ["--shapes", "14m", "--draft", "my runs/draft"])
     rep.rows.append(B.Row("14M shape", "fp32", "greedy", 100.0, 40.0, "yes"))
