@@ -130,3 +130,25 @@ def test_make_generator():
     a, b = make_generator(3), make_generator(3)
     assert torch.rand(1, generator=a).item() == torch.rand(1, generator=b).item()
     assert not math.isnan(torch.rand(1, generator=make_generator(0)).item())
+
+
+def test_draw_is_the_clamped_inverse_cdf():
+    # the closed form: the first token whose cdf passes u * total, clamped to the last token
+    # of non-zero weight (rows with zero tails, zero heads, one weight, all zero)
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(6, 40, generator=g, dtype=torch.float64)
+    probs[0, 25:] = 0
+    probs[1, :30] = 0
+    probs[2, :] = 0
+    probs[2, 7] = 0.5
+    probs[3, :] = 0
+    probs[4, ::2] = 0
+    for seed in range(30):
+        gens = [make_generator(seed * 10 + r) for r in range(6)]
+        again = [make_generator(seed * 10 + r) for r in range(6)]
+        u = torch.cat([sampling._uniform(x, probs.device) for x in again])[:, None]
+        cdf = probs.cumsum(-1)
+        expect = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
+        last = torch.tensor([max([j for j in range(40) if probs[r, j] > 0], default=39)
+                             for r in range(6)])  # fmt: skip
+        assert sampling.draw(probs, gens).tolist() == torch.minimum(expect, last).tolist()

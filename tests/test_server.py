@@ -597,3 +597,26 @@ def test_full_queue_is_429(model_dir):
         assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded"
         assert r.headers["retry-after"] == "1"
         assert running.result().status_code == 200 and waiting.result().status_code == 200
+
+
+def test_streamed_chunks_are_the_sessions_events_one_each(client, lm):
+    # the oracle: the same request's session stepped alone (work.session_steps), its text
+    # deltas and finishes in the order they are decided; each is one chunk of the stream, in
+    # that order, however the worker hands a step's events to the event loop
+    from lmgen.generation_config import GenerationConfig
+    from lmgen.server.openai_api import FINISH
+    from lmgen.server.work import session_steps
+
+    config = GenerationConfig(strategy="sample", seed=3, temperature=1.0, max_new_tokens=12,
+                              num_return_sequences=2, stop=["e"])  # fmt: skip
+    events = []
+    steps = session_steps(lm, ["To be"], config, lambda *e: events.append(e))
+    for _ in steps:
+        pass
+    expect = [(i, rest[0], None) if kind == "delta" else (i, "", FINISH[rest[0]])
+              for kind, i, *rest in events]  # fmt: skip
+    stream = client.completions.create(model="tiny", prompt="To be", max_tokens=12, seed=3,
+                                       temperature=1.0, n=2, stop=["e"], stream=True)  # fmt: skip
+    got = [(c.index, c.text, c.finish_reason) for ch in stream for c in ch.choices]
+    assert got == expect
+    assert sum(r is not None for *_, r in got) == 2

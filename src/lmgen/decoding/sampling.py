@@ -165,10 +165,17 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> t
     draws here."""
     cdf = probs.cumsum(dim=-1)
     u = torch.cat([_uniform(g, probs.device) for g in generators]).unsqueeze(1)
-    picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    # u * total can round up to the total: clamp to the last token that has weight.
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
-    return torch.minimum(picked, last)[:, 0]
+    total = cdf[:, -1:]
+    at = u * total
+    picked = torch.searchsorted(cdf, at, right=True)
+    # u * total can round up to the total: clamp to the last token that has weight. Below a
+    # finite total the search stops at or before that token (the cdf reaches the total there
+    # and stays), so the token is looked for only when some row needs it: finding it costs
+    # more than the rest of the draw over a large vocabulary.
+    if bool((at >= total).any()) or not bool(total.isfinite().all()):
+        last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
+        picked = torch.minimum(picked, last)
+    return picked[:, 0]
 
 
 def sample_from_logits(

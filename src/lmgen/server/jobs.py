@@ -98,12 +98,16 @@ async def stream(
             for c in on_start():
                 yield sse_event(c)
             if incremental:
-                while True:
-                    item = await job.events.get()
-                    if item[0] == "end":
-                        break
-                    for c in on_event(item):
-                        yield sse_event(c)
+                ended = False
+                while not ended:  # a hand-off's events (work.Outbox) go out as one write
+                    sent = []
+                    for item in await job.events.get():
+                        if item[0] == "end":
+                            ended = True
+                            break
+                        sent += [sse_event(c) for c in on_event(item)]
+                    if sent:
+                        yield "".join(sent)
             try:
                 out = await fut
             except LmgenError as e:  # after the 200: the error travels as an event

@@ -39,9 +39,10 @@ class Cancelled(Exception):
 class Job:
     """One request's model work and the way its results get back to the event loop.
 
-    `events` (streaming jobs only) receives tuples: ("delta", index, text),
-    ("finish", index, reason) and finally ("end",); the result or the error is then in
-    `future`.
+    `events` (streaming jobs only) receives lists of tuples, a list per hand-off:
+    ("delta", index, text), ("finish", index, reason) and finally ("end",); the result or the
+    error is then in `future`. A job submitted to a worker has the worker's `outbox`: its
+    events wait there until the worker hands a step's events over (`Outbox.hand_off`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, stream: bool = False):
@@ -49,16 +50,17 @@ class Job:
         self.cancelled = threading.Event()
         self.loop = loop
         self.events: asyncio.Queue | None = asyncio.Queue() if stream else None
+        self.outbox: Outbox | None = None
         self.created = time.monotonic()  # time-to-first-token counts from here
         self.first_token_at: float | None = None  # set by the server's metrics
 
     def emit(self, *item: Any) -> None:
         if self.events is None or self.loop is None:
             return
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled.set()
+        if self.outbox is not None:
+            self.outbox.put(self, item)
+        else:
+            _hand_over(self.loop, [(self, [item])])
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -120,6 +122,47 @@ class GenerateJob(Job):
         if self.prompt_logprobs is not None:
             scored = [score_prompt(lm, r.prompt_token_ids, self.prompt_logprobs) for r in results]
         return results, scored
+
+
+class Outbox:
+    """The streaming jobs' events of a worker's step, handed to their event loops in one call
+    per loop (`hand_off`, after each step).
+
+    An event handed over on its own costs a wake-up of the event loop (a write to its
+    self-pipe) and, as the loop then takes the GIL to turn it into a chunk, a wait of the
+    model's thread for the GIL: per token of each client. Handed over once a step, a step's
+    events of every client cost one wake-up, and each client's events of the step (a token's
+    text and its finish) go out as one write. Only the worker's thread uses it."""
+
+    def __init__(self):
+        self._items: list[tuple[Job, tuple]] = []
+
+    def put(self, job: Job, item: tuple) -> None:
+        self._items.append((job, item))
+
+    def hand_off(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, dict[Job, list[tuple]]] = {}
+        for job, item in items:
+            by_loop.setdefault(job.loop, {}).setdefault(job, []).append(item)
+        for loop, by_job in by_loop.items():
+            _hand_over(loop, list(by_job.items()))
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, list[tuple]]]) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, batch)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        for job, _ in batch:
+            job.cancelled.set()
+
+
+def _deliver(batch: list[tuple[Job, list[tuple]]]) -> None:
+    """On the event loop: each job's events of the hand-off, as one item of its queue."""
+    for job, events in batch:
+        job.events.put_nowait(events)
 
 
 # -- stepwise decoding ------------------------------------------------------------------------

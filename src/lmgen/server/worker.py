@@ -30,6 +30,7 @@ from .work import (  # noqa: F401  (the job types, where they were)
     Cancelled,
     GenerateJob,
     Job,
+    Outbox,
     Overloaded,
     Stats,
     StepsJob,
@@ -78,6 +79,7 @@ class ModelWorker:
             else None
         )
         self._inbox: collections.deque[Job] = collections.deque()
+        self.outbox = Outbox()  # streaming events, handed to the event loop once a step
         self._active: list[_Running] = []
         self._cv = threading.Condition()
         self._stopping = False
@@ -94,6 +96,7 @@ class ModelWorker:
                 raise Overloaded("the server is shutting down")
             if len(self._inbox) >= self.max_waiting:
                 raise Overloaded(f"{len(self._inbox)} requests are already waiting for this model")
+            job.outbox = self.outbox
             self._inbox.append(job)
             self._cv.notify()
         return job
@@ -125,16 +128,20 @@ class ModelWorker:
                         break
                     self._admit()
                     self.stats.max_active_seen = max(self.stats.max_active_seen, self._n_active())
+                self.outbox.hand_off()  # jobs that failed on admission
                 if self._batch():
                     self.engine.step()
+                    self.outbox.hand_off()
                 for run in list(self._active):
                     self._advance(run)
+                    self.outbox.hand_off()
         for run in self._active:
             self._drop(run, Cancelled("the server is shutting down"))
         if self.engine is not None:
             self.engine.close(Cancelled("the server is shutting down"))
         for job in self._inbox:
             fail_job(job, Cancelled("the server is shutting down"))
+        self.outbox.hand_off()
 
     def _batch(self) -> bool:
         return self.engine is not None and self.engine.busy
