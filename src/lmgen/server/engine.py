@@ -318,6 +318,11 @@ class BatchSession(Session):
         return self._stepper.logits
 
     @property
+    def keeps_logits(self) -> bool:
+        """Whether the session records its logits (they outlive the step)."""
+        return self._stepper.record_logits
+
+    @property
     def generators(self) -> list:
         return self._stepper.generators
 
@@ -499,9 +504,12 @@ class Engine:
 
     def _capacity(self, g: Group) -> int:
         """Positions to allocate for a row of `g` now: what the next step needs, in whole
-        blocks, never more than it needs by the end."""
-        need = g.positions_now()
-        return min(g.positions, -(-need // self.kv_block) * self.kv_block)
+        blocks, never more than it needs by the end, and all it needs by the end when that is
+        less than a block more: growing copies the row's whole cache, which for the last few
+        positions costs more than it saves (a 16-token prompt and 64 new tokens: 80 positions
+        at once, not 64 then a copy into 80)."""
+        need = -(-g.positions_now() // self.kv_block) * self.kv_block
+        return g.positions if g.positions - need < self.kv_block else need
 
     def _admit(self) -> None:
         free_rows = self.max_rows - self.rows_in_use()
@@ -613,12 +621,18 @@ class Engine:
         for g, n_logits in owners:
             if n_logits == 0:
                 continue
-            g.session.set_logits(logits[k : k + n_logits].repeat(g.rows // n_logits, 1))
+            mine = logits[k : k + n_logits]  # a view: neither the pass nor a chain writes to it
+            if n_logits != g.rows:
+                mine = mine.repeat(g.rows, 1)
+            elif g.session.keeps_logits:  # not a view that holds every row's logits
+                mine = mine.clone()
+            g.session.set_logits(mine)
             k += n_logits
             ready.append(g)
         self._vector_pass(ready)
+        owner = {ejob.job: ejob for ejob in self.running}
         for g in ready:
-            ejob = self._owner(g)
+            ejob = owner.get(g.job)
             if ejob is None:
                 continue  # its request failed at an earlier group of this step
             try:
@@ -627,6 +641,7 @@ class Engine:
                 if not isinstance(e, ValueError | LookupError):
                     log.debug("engine job failed", exc_info=True)
                 self._fail_request(ejob, e)
+                del owner[g.job]
         self._finish()
 
     def _vector_pass(self, groups: list[Group]) -> None:
@@ -647,7 +662,8 @@ class Engine:
             return
         V = chosen[0].session.logits.shape[-1]
         for a, b in row_blocks(parts, V, chosen[0].session.logits.device):
-            logits = torch.cat([g.session.logits for g in chosen[a:b]])  # (rows, V)
+            block = [g.session.logits for g in chosen[a:b]]
+            logits = block[0] if len(block) == 1 else torch.cat(block)  # (rows, V)
             try:
                 nxt, raw, proc = RowSampler(parts[a:b]).choose(logits)
             except Exception:  # e.g. nothing to sample in a row: each group finds out alone
@@ -659,12 +675,6 @@ class Engine:
             for g in chosen[a:b]:
                 g.session.set_picked(nxt[r : r + g.rows], raw[r : r + g.rows], proc[r : r + g.rows])
                 r += g.rows
-
-    def _owner(self, g: Group) -> EngineJob | None:
-        for ejob in self.running:
-            if ejob.job is g.job:
-                return ejob
-        return None
 
     def _schedule(self) -> tuple[list[Segment], list[tuple[Group, int]], list[Group]]:
         """This step's segments: every decoding row's next token (and the next position of

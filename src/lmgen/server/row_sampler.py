@@ -42,6 +42,8 @@ from lmgen.decoding.sampling import sample_from_logits
 # logits (rows x vocabulary) per block on the CPU (`row_blocks`)
 CPU_BLOCK_ELEMENTS = 1 << 16
 
+_NONE = torch.empty(0, dtype=torch.long)  # no row (never written to)
+
 ORDER = (RepetitionPenalty, PresenceFrequencyPenalty, LogitBias, Temperature, TopK, TopP, MinP)
 
 
@@ -115,9 +117,14 @@ class RowSampler:
         self.parts = parts
         # each row's part and its place in that part
         self.rows = [(p, r) for p in parts for r in range(p.input_ids.shape[0])]
+        # the kinds of processor some row holds: a stage no row asks for costs nothing (most
+        # rows hold one or two, and a block is often a single row: `row_blocks`)
+        self.kinds = {k for p in parts for k in p.rule.stages}
 
     def _with(self, kind) -> tuple[torch.Tensor, list]:
         """(row indices, each such row's processor of `kind`)."""
+        if kind not in self.kinds:
+            return _NONE, []
         idx, procs = [], []
         for i, (part, _) in enumerate(self.rows):
             p = part.rule.stages.get(kind)
