@@ -47,6 +47,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,6 +73,24 @@ log = logging.getLogger(__name__)
 
 BLOCK = 8  # rows per product when lmgen.kernels is not available
 MiB = 1 << 20
+# The step's choices (each row's processors, draw, text) run on one thread: their operations
+# go over one row of logits at a time, too little to share, and every operation that torch
+# splits across threads is a fork and join that stalls for milliseconds whenever another
+# thread has the core (the event loop and the clients of a server on a small machine).
+SERIAL_CHOICE = True
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    if not SERIAL_CHOICE or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def kv_bytes_per_position(lm) -> int:
@@ -629,6 +649,12 @@ class Engine:
             g.session.set_logits(mine)
             k += n_logits
             ready.append(g)
+        with _one_thread():
+            self._choose(ready)
+        self._finish()
+
+    def _choose(self, ready: list[Group]) -> None:
+        """Each ready group's next tokens: the vectorised pass, then its session's step."""
         self._vector_pass(ready)
         owner = {ejob.job: ejob for ejob in self.running}
         for g in ready:
@@ -642,7 +668,6 @@ class Engine:
                     log.debug("engine job failed", exc_info=True)
                 self._fail_request(ejob, e)
                 del owner[g.job]
-        self._finish()
 
     def _vector_pass(self, groups: list[Group]) -> None:
         """One pass (row_sampler.py) for the rows of every group whose chain uses only
