@@ -12,8 +12,8 @@ in this process (the issue's goal: one client at >= 0.95x of it).
 Models: `gpt2-124m`, GPT-2's 124M shape with random weights and the bundled model's BPE
 vocabulary, written as a float32 GGUF by `lmgen.gguf_export.write_gguf` (what `lmgen
 export-gguf` writes); `smollm2`, the SmolLM2-135M-Instruct Q4_1 GGUF of the test-model cache
-(bench/smollm2.py finds it): llama-server decodes its blocks as they are, lmgen dequantized
-to float32 (`--quantize none`, as bench/smollm2.py does). Nothing is downloaded.
+(bench/smollm2.py finds it): both sides decode its Q4_1 blocks as they are (lmgen's default
+for a GGUF). Nothing is downloaded.
 
 llama-server comes from $LLAMA_SERVER, a llama.cpp tree's build (`--llama-src` or
 $LLAMACPP_SRC; `--build-llama-server` builds it there first), or PATH; without one its rows
@@ -39,9 +39,8 @@ from bench.llamacpp import build_llama_server, find_llama_server
 
 BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
 SAMPLING = {"temperature": 0.8}
-# lmgen decodes float weights (a quantized GGUF dequantized, as bench/smollm2.py does): its
-# running batch's fused step takes float and int8 linears; llama-server decodes the file as is
-QUANTIZE = "none"
+# both sides decode the file as it is: a quantized GGUF's blocks stay blocks in lmgen too (its
+# running batch's fused step takes them), float weights stay float
 PROMPT_LEN = 16
 
 
@@ -123,6 +122,11 @@ class Server:
             raise
         return self
 
+    def log_tail(self, chars: int = 300) -> str:
+        """The end of the server's output (why it stopped, when it did)."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-chars:].strip()
+
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
         try:
@@ -135,8 +139,7 @@ class Server:
 
 def lmgen_cmd(gguf: Path, threads: int) -> tuple[list[str], dict]:
     cmd = [sys.executable, "-m", "lmgen", "serve", "--model", f"m={gguf}", "--port", "{port}",
-           "--max-batch", "64", "--max-active", "64", "--quantize", QUANTIZE,
-           "--log-level", "warning"]  # fmt: skip
+           "--max-batch", "64", "--max-active", "64", "--log-level", "warning"]  # fmt: skip
     return cmd, {"OMP_NUM_THREADS": str(threads)}
 
 
@@ -228,7 +231,7 @@ def generate_rate(gguf: Path, prompt: list[int], tokens: int, threads: int) -> f
     import lmgen
 
     torch.set_num_threads(threads)
-    lm = lmgen.load(str(gguf), quantize=QUANTIZE)
+    lm = lmgen.load(str(gguf))
     text = lm.tokenizer.decode(prompt)
     kw = dict(strategy="sample", max_new_tokens=tokens, ignore_eos=True, seed=1, **SAMPLING)
     lm.generate(text, **{**kw, "max_new_tokens": 8})
@@ -253,7 +256,7 @@ def to_markdown(report: dict) -> str:
         f"threads each), {m['date']}. Each client streams {report['requests']} requests of "
         f"{report['tokens']} new tokens (temperature 0.8, a seed each, ignore_eos) after a "
         f"{PROMPT_LEN}-token prompt; llama-server runs with `-np` = clients and the file's "
-        "weights as they are, lmgen with float32 weights (`--quantize none`). Raw results: "
+        "weights as they are, and so does lmgen (a GGUF's blocks kept). Raw results: "
         f"`{report['json']}`.",
         "",
         "| model | clients | lmgen tok/s | llama-server tok/s | ratio | TTFT p50 / p99 ms "
@@ -362,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
         "models": [],
     }
+    import httpx
+
     for name in args.models.split(","):
         gguf = gpt2_124m_gguf(work) if name == "gpt2-124m" else smollm2_gguf()
         entry: dict = {"name": name, "gguf": str(gguf) if gguf else None}
@@ -385,7 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             print(f"{name}: llama-server -np {n}", file=sys.stderr, flush=True)
             with Server(llama_cmd(binary, gguf, args.threads, n, ctx)) as s:
-                entry["llama_server"] += run_rounds(s.url, [n], args.requests, prompt, args.tokens)
+                try:
+                    entry["llama_server"] += run_rounds(s.url, [n], args.requests, prompt,
+                                                        args.tokens)  # fmt: skip
+                except httpx.HTTPError as e:  # a measurement: report the failure, go on
+                    why = f"llama-server -np {n} failed ({type(e).__name__}: {e}; exit code "
+                    why += f"{s.proc.poll()}; its last output: {s.log_tail()!r})"
+                    entry["note"] = "; ".join(filter(None, [entry.get("note"), why]))
+                    print(f"   {why}", file=sys.stderr, flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     section = to_markdown(report)

@@ -14,8 +14,10 @@ lmgen's and transformers' float weights, llama.cpp's Q4_1 tensors; each side's K
 `run_smollm2_quant` (extra `smollm2q`) adds lmgen against llama.cpp on quantized files, each
 side decoding the file's own blocks: q4_1 (the file), q8_0 and q4_0 (written by lmgen's
 exporter from the dequantised weights: `export-gguf --dtype q8_0`, `--quantize int4`) and
-q4_k (llama.cpp's `llama-quantize ... Q4_K_S` of an f32 export, where that binary is at hand).
-With the extra `pp512`, each precision also gets a 512-token prompt row (bench/prefill.py).
+q4_k (llama.cpp's `llama-quantize ... Q4_K_S` of an f32 export, where that binary is at hand),
+and the same weights as float files, each side in the file's own precision: f32 (lmgen fp32)
+and f16 (lmgen fp16), exported by lmgen from the dequantised weights. With the extra `pp512`,
+each precision also gets a 512-token prompt row (bench/prefill.py).
 
 Nothing here downloads anything: the file comes from `--smollm2-gguf`, `$LMGEN_TEST_MODELS` or
 `~/.cache/lmgen/test-models` (where the slow tests put it; `tests/real_models.py` fetches it
@@ -259,6 +261,9 @@ def run_smollm2(args, report) -> None:
 
 
 QUANT_KINDS = ("q8_0", "q4_0", "q4_1", "q4_k")
+# float files of the same weights, and the dtype lmgen holds each in
+FLOAT_KINDS = {"f32": torch.float32, "f16": torch.float16}
+PRECISION = {"f32": "fp32", "f16": "fp16"}  # lmgen's name for a float kind
 
 
 def find_llama_quantize() -> str | None:
@@ -310,6 +315,10 @@ def quant_files(path: Path, folder: Path) -> dict[str, tuple[Path | None, str]]:
         "lmgen --quantize int4 (Q4_0, tied embedding Q8_0) of the dequantised weights",
     )
     out["f32"] = (f32, "lmgen export-gguf of the dequantised weights")
+    out["f16"] = (
+        write_gguf(floats.model, folder / "f16.gguf", torch.float16, tokenizer=floats.tokenizer),
+        "lmgen export-gguf --dtype f16 of the dequantised weights",
+    )
     return out
 
 
@@ -333,22 +342,20 @@ def run_smollm2_quant(args, report) -> None:
     folder = Path(tempfile.mkdtemp(prefix="lmgen-smollm2-"))
     files = quant_files(path, folder)
     n = args.tokens
-    for kind in (*QUANT_KINDS, "f32") if "pp512" in args.extras else QUANT_KINDS:
+    for kind in (*QUANT_KINDS, *FLOAT_KINDS):
         file, how = files[kind]
         label = f"SmolLM2-135M-Instruct ({kind})"
+        precision = PRECISION.get(kind, kind)
         if file is None:
             report.notes.append(f"SmolLM2-135M {kind} row skipped: {how}.")
             continue
-        lm = lmgen.load(file, dtype=torch.float32 if kind == "f32" else None)
+        lm = lmgen.load(file, dtype=FLOAT_KINDS.get(kind))
         held = sorted({k or "float" for m in lm.model.modules() for k in getattr(m, "kinds", [])})
         if "pp512" in args.extras:
-            row = prefill_row(label, "fp32" if kind == "f32" else kind, kind, lm.model, file,
-                              args, binary)  # fmt: skip
+            row = prefill_row(label, precision, kind, lm.model, file, args, binary)
             row["note"] += f"; {how}"
             report.extras.append(row)
             print(f"   extra {row}", file=sys.stderr, flush=True)
-        if kind == "f32":
-            continue
         w, w1 = B.Workload(lm.tokenizer.encode(PROMPT), [], [], n), None
         w1 = B.Workload(w.prompt, [], [], 1)
         ours = lmgen.LM(lm.model, B.IdTokenizer(lm.model.config.vocab_size, lm.tokenizer),
@@ -371,12 +378,16 @@ def run_smollm2_quant(args, report) -> None:
         per_token = {"lmgen": B.bytes_per_token(lm.model, ctx),
                      "transformers": B.bytes_per_token(lm.model, ctx),
                      "llama.cpp": B.gguf_bytes_per_token(file, lm.model.config, ctx)}  # fmt: skip
+        holds = (
+            f"lmgen holds {precision} weights"
+            if kind in FLOAT_KINDS
+            else f"lmgen holds {', '.join(held)} blocks (lmgen.kernels.quant, {_integer_dot()})"
+        )
         note = (
-            f"{how}; lmgen holds {', '.join(held)} blocks (lmgen.kernels.quant, "
-            f"{_integer_dot()}), step {decode_path(lm.model)}; llama-bench -p 0 -n {n} -t "
+            f"{how}; {holds}, step {decode_path(lm.model)}; llama-bench -p 0 -n {n} -t "
             f"{args.threads}; rotated, {args.repeats} rounds; decode steps only"
         )
-        _, ref = rows_from_runs(label, kind, rates, bws, per_token, "", note)
+        _, ref = rows_from_runs(label, precision, rates, bws, per_token, "", note)
         ref["gguf"] = kind
         report.extras.append(ref)
         print(f"   extra {ref}", file=sys.stderr, flush=True)
