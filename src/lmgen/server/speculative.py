@@ -28,7 +28,7 @@ from lmgen.errors import ConfigError
 from .budget import job_bytes
 from .errors import APIError, from_lmgen
 from .registry import Registry
-from .work import GenerateJob, Job, Steps, score_prompt, session_steps
+from .work import GenerateJob, PromptsJob, Steps, score_prompt, session_steps
 
 FIELD = "draft_model"
 
@@ -94,27 +94,14 @@ def with_draft_cost(cost: tuple[int, str], draft: Draft, positions: int) -> tupl
     return nbytes + job_bytes(draft.lm, 1, positions), f"{what}, and the draft's row"
 
 
-class SpeculativeJob(Job):
+class SpeculativeJob(PromptsJob):
     """`GenerateJob`'s work with a draft model: one `Session` per prompt, in turn (speculative
     decoding checks one sequence), a speculative round per step. Its events and result have
     the shapes of `GenerateJob`'s: choice `k` is prompt `k` (one choice each)."""
 
-    def __init__(
-        self,
-        prompts: list,
-        config,
-        draft: Draft,
-        loop=None,
-        stream: bool = False,
-        prompt_logprobs: int | None = None,
-        end_ids: tuple[int, ...] = (),
-    ):
-        super().__init__(loop, stream)
-        self.prompts = prompts
-        self.config = config
+    def __init__(self, prompts: list, config, draft: Draft, **options):
+        super().__init__(prompts, config, **options)
         self.draft = draft
-        self.end_ids = end_ids
-        self.prompt_logprobs = prompt_logprobs
 
     def steps(self, lm) -> Steps:
         target = replying(lm, self.end_ids)
@@ -138,7 +125,7 @@ class SpeculativeJob(Job):
         return emit
 
 
-def generate_job(draft: Draft | None, prompts: list, config, **options) -> Job:
+def generate_job(draft: Draft | None, prompts: list, config, **options) -> PromptsJob:
     """The job that decodes `prompts`: a `GenerateJob` (the running batch, or a job of its
     own), or with a draft a `SpeculativeJob`."""
     if draft is None:

@@ -94,9 +94,9 @@ class StepsJob(Job):
         return self.fn(lm)
 
 
-class GenerateJob(Job):
-    """Greedy, sampling or beam decoding of one or more prompts, n choices each: a `Session`
-    advanced one step per turn (beam search too, so a long search never holds the worker)."""
+class PromptsJob(Job):
+    """A job decoding prompts under one `GenerationConfig`: what `GenerateJob` and the
+    server's speculative job share (the engine batches only `GenerateJob`s)."""
 
     def __init__(
         self,
@@ -112,6 +112,11 @@ class GenerateJob(Job):
         self.config = config
         self.end_ids = end_ids  # a chat template's end-of-turn tokens, which also end a reply
         self.prompt_logprobs = prompt_logprobs  # echo with logprobs: score the prompt too
+
+
+class GenerateJob(PromptsJob):
+    """Greedy, sampling or beam decoding of one or more prompts, n choices each: a `Session`
+    advanced one step per turn (beam search too, so a long search never holds the worker)."""
 
     def steps(self, lm) -> Steps:
         on_delta = self.emit if self.events is not None else None
