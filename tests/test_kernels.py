@@ -220,3 +220,28 @@ def test_fused_step_refuses_mismatched_tensors():
         kernels.decode_step(x, params[:-1], *args)
     with pytest.raises(RuntimeError, match="position outside the KV cache"):
         kernels.decode_step(x, params, cache.k, cache.v, 8, 2, 1e-5, 0)
+
+
+def test_a_killed_builds_lock_is_stale(tmp_path):
+    """torch's build lock left by a build that no longer runs is removed before the next load
+    (else it waits on it); a running builder's lock, or one with no builder named, is kept
+    until it is older than any build takes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    lock = tmp_path / "lock"
+    assert not kernels.stale_lock(lock)
+    lock.touch()
+    assert not kernels.stale_lock(lock)  # no builder named, and young
+    (tmp_path / kernels.BUILDER).write_text(str(os.getpid()))  # a live builder
+    assert not kernels.stale_lock(lock)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / kernels.BUILDER).write_text(str(gone.pid))  # a finished (killed) one
+    assert kernels.stale_lock(lock)
+    (tmp_path / kernels.BUILDER).unlink()
+    old = time.time() - kernels.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    assert kernels.stale_lock(lock)

@@ -96,6 +96,24 @@ def build_extension(source: Path, flags: list[str], prefix: str) -> None:
     _load(source, flags, prefix)
 
 
+BUILDER = "builder.pid"  # beside the lock: the process that started the last build there
+
+
+def stale_lock(lock: Path) -> bool:
+    """Whether torch's build lock is a killed build's: the process that started the build
+    (`BUILDER` beside it) is gone, or the lock is older than STALE_LOCK_S. An interrupted first
+    build (Ctrl-C) would otherwise make the next load wait on it for minutes."""
+    if not lock.exists():
+        return False
+    try:
+        os.kill(int((lock.parent / BUILDER).read_text()), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # no pid written, or a process not ours: go by age
+        pass
+    return time.time() - lock.stat().st_mtime > STALE_LOCK_S
+
+
 def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -> None:
     from torch.utils import cpp_extension
 
@@ -109,14 +127,16 @@ def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -
     except ImportError:
         pass
     lock = build / "lock"  # torch's FileBaton: a build killed midway leaves it, and every
-    # later load would wait for it forever; no build takes STALE_LOCK_S
+    # later load would wait for it forever
     try:
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        if stale_lock(lock):
             log.warning("removing a stale kernel build lock (%s)", lock)
             lock.unlink()
     except OSError:
         pass
     if not (build / f"{name}.so").exists():
+        if not lock.exists():  # this process is about to build: say which one
+            (build / BUILDER).write_text(str(os.getpid()))
         print(
             "lmgen: compiling its CPU decode kernel (once per machine, 20-60 s; "
             "LMGEN_KERNELS=0 skips it)...",
