@@ -61,8 +61,10 @@ from lmgen.chat import replying
 from lmgen.decoding.session import Session
 from lmgen.decoding.steppers import Pick, SampleStepper
 from lmgen.errors import ConfigError
+from lmgen.kernels import quant
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
+from lmgen.quantize import GEMV_ROWS, QuantLinear
 
 from .row_sampler import RowPart, RowRule, RowSampler, row_blocks
 
@@ -121,10 +123,15 @@ class RowLinear:
             and w.dtype in kernels.DTYPES
             and kernels.available()
         )
+        # ggml blocks throughout (a GGUF's head, say): their kernel keeps each row's bits
+        # whatever the other rows, for up to GEMV_ROWS rows a call (more would dequantize)
+        self.blocks = isinstance(module, QuantLinear) and all(module.kinds)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel and x.dtype in kernels.DTYPES:
             return kernels.decode_gemv(x.contiguous(), self.weight, None, self.bias)
+        if self.blocks and x.device.type == "cpu" and quant.available():
+            return torch.cat([self.module(c) for c in x.split(GEMV_ROWS)])
         n = x.shape[0]
         pad = (-n) % BLOCK
         if pad:
