@@ -14,11 +14,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "quant_dot.h"
@@ -90,20 +92,26 @@ inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v);
 // ---- y = x W^T for any number of rows of x: register tiles over blocks of W ---------------
 // Each dot product (row r of x with row o of W) has K = chains<W>() 8-lane accumulators of its
 // own: accumulator k sums x[r, i] W[o, i] over the 8-element chunks c = i / 8 with c mod K = k,
-// in increasing c, one FMA at a time; then the accumulators are added (k = 0, 1), their lanes
-// summed in a fixed order (hsum) and the elements past the last multiple of 8 added one by one
-// (the build has -ffp-contract=off, so no instantiation fuses them differently). Nothing else
-// touches a product, so its bits are the same whatever tile computed it, how many rows the
-// call has and where the row sits (the server's batch invariance; tested). K depends only on
-// W's type: int8 weights take 2, since one chain of 8-byte chunks waits on the FMA latency
-// below the memory's rate (10.5 against 21 GB/s on SmolLM2-135M's matrices); wider types take
-// 1, which leaves a batch's tiles the most products (a 16-row step of the 124M shape costs up to
-// 1.4x more with 2). The tiles only decide which products share a load of W or of x:
+// in increasing c, one FMA at a time; then the accumulators are added pairwise ((0 + 1) + (2 + 3)),
+// their lanes summed in a fixed order (hsum) and the elements past the last multiple of 8 added
+// one by one (the build has -ffp-contract=off, so no instantiation fuses them differently).
+// Nothing else touches a product, so its bits are the same whatever tile computed it, how many
+// rows the call has and where the row sits (the server's batch invariance; tested).
 //
-// - a register tile is O rows of W by R rows of x: per 8 elements, R vectors of x, then one
-//   vector of W at a time for R FMAs, all K x O x R accumulators in registers. A step of 16 rows
-//   is 16x the FLOPs of one row, so this is what makes it cost FLOPs at near the FMA rate
-//   rather than 16 passes over W;
+// Why more than one chain: one chain waits on the FMA latency (4 cycles per 8 elements), below
+// the rate at which narrow weights arrive (bfloat16 at the 14M shape, two threads: 30 GB/s
+// with one chain, 47 with two; docs/PERFORMANCE.md). The tiles only decide which products
+// share a load of W or of x, and in which order the chains are computed:
+//
+// - one row of x (batch-1 decode) takes one row of W at a time with its K chains interleaved:
+//   W streams front to back as one run (four rows of W read side by side ran at 0.5-0.8x the
+//   bandwidth on this kind of CPU), and the chains hide the FMA latency;
+// - more rows take a register tile of O rows of W by R rows of x, and compute the K chains one
+//   after the other, each a pass over every K-th chunk with all O x R accumulators in
+//   registers (per 8 elements: R vectors of x, then one vector of W at a time for R FMAs),
+//   kept aside between passes. A step of 16 rows is 16x the FLOPs of one row, so this is what
+//   makes it cost FLOPs at near the FMA rate rather than 16 passes over W; the K chains
+//   interleaved would leave 1/K of the registers to each (int8 at 16 rows: 7% slower);
 // - a block is BLOCK_BYTES of W's rows, which every tile of x passes over while it sits in L2,
 //   so W streams from memory once per call;
 // - with more than one tile of x, each tile prefetches one line of the next block into L2 per
@@ -119,17 +127,16 @@ constexpr int VREGS = 16;
 #endif
 constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
 constexpr int64_t BLOCK_BYTES = 128 << 10;  // two blocks (this one, the next) well inside L2
-
-// Rows of W in a register tile with R rows of x and K accumulators a product: the K x O x R
-// accumulators, R vectors of x and one of W within the registers, at most 4. One row of x (batch-1 decode) takes one row of W at a
-// time: W then streams front to back as one run, where four rows of W read side by side ran
-// at 0.65-0.8x the bandwidth (SmolLM2-135M's matrices: 21 vs 28 GB/s, docs/PERFORMANCE.md).
-// Its single FMA chain waits on the FMA latency only where W sits in cache (the 14M shape).
+// K by W's type, fixed (so that a product's bits do not depend on the batch), chosen by what
+// one row gains against what a 16-row step loses (bench A/B, docs/PERFORMANCE.md): float32
+// 1 (a second chain bought nothing at one row and cost 30% at 16), 2-byte types 2, int8 4.
 template <typename W>
-constexpr int chains() { return sizeof(W) == 1 ? 2 : 1; }
+constexpr int chains() { return sizeof(W) == 4 ? 1 : sizeof(W) == 2 ? 2 : 4; }
 
-constexpr int w_tile_rows(int R, int K) {
-  return R == 1 ? 1 : std::max(1, std::min(4, (VREGS - 1 - R) / (K * R)));
+// Rows of W in a register tile with R rows of x: the O x R accumulators, R vectors of x and one
+// of W within the registers, at most 4; one row of x takes one row of W (above).
+constexpr int w_tile_rows(int R) {
+  return R == 1 ? 1 : std::max(1, std::min(4, (VREGS - 1 - R) / R));
 }
 
 // O x R products of rows of W at w (stride in) and of x at x (stride in), written to y (stride
@@ -139,11 +146,7 @@ template <typename W, typename Y, int O, int R, bool PF>
 inline void tile(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
                  Y* y, int64_t out, const char*& pf, const char* pf_end) {
   constexpr int K = chains<W>();
-  __m256 a[K][O][R];
-  for (int k = 0; k < K; ++k)
-    for (int o = 0; o < O; ++o)
-      for (int r = 0; r < R; ++r) a[k][o][r] = _mm256_setzero_ps();
-  // chunk i .. i + 8 into the accumulators A (one of the K)
+  // chunk i .. i + 8 into the accumulators A (one chain of each product)
   auto chunk = [&](__m256 (&A)[O][R], int64_t i) {
     if constexpr (PF) {
       _mm_prefetch(pf, _MM_HINT_T1);
@@ -156,15 +159,40 @@ inline void tile(const W* w, const float* x, int64_t in, const float* scale, con
       for (int r = 0; r < R; ++r) A[o][r] = _mm256_fmadd_ps(wv, xv[r], A[o][r]);
     }
   };
-  const int64_t n8 = in / 8 * 8, nK = in / (8 * K) * (8 * K);
-  for (int64_t i = 0; i < nK; i += 8 * K) {
-    chunk(a[0], i);
-    if constexpr (K == 2) chunk(a[1], i + 8);
-  }
-  if (nK < n8) chunk(a[0], nK);  // K = 2: the odd chunk left
-  if constexpr (K == 2)
+  const int64_t n8 = in / 8 * 8;
+  __m256 a[K][O][R];
+  for (int k = 0; k < K; ++k)
     for (int o = 0; o < O; ++o)
-      for (int r = 0; r < R; ++r) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[1][o][r]);
+      for (int r = 0; r < R; ++r) a[k][o][r] = _mm256_setzero_ps();
+  if constexpr (O * R == 1) {  // the K chains interleaved
+    const int64_t nK = in / (8 * K) * (8 * K);
+    for (int64_t i = 0; i < nK; i += 8 * K) {
+      chunk(a[0], i);
+      if constexpr (K > 1) chunk(a[1], i + 8);
+      if constexpr (K > 2) chunk(a[2], i + 16);
+      if constexpr (K > 3) chunk(a[3], i + 24);
+    }
+    if (nK < n8) chunk(a[0], nK);  // the chunks left (fewer than K): chunk j into chain j
+    if constexpr (K > 2)
+      if (nK + 8 < n8) chunk(a[1], nK + 8);
+    if constexpr (K > 3)
+      if (nK + 16 < n8) chunk(a[2], nK + 16);
+  } else {  // one chain after the other, the tile's accumulators in registers for each
+    for (int k = 0; k < K; ++k) {
+      __m256 c[O][R];
+      for (int o = 0; o < O; ++o)
+        for (int r = 0; r < R; ++r) c[o][r] = _mm256_setzero_ps();
+      for (int64_t i = 8 * k; i < n8; i += 8 * K) chunk(c, i);
+      for (int o = 0; o < O; ++o)
+        for (int r = 0; r < R; ++r) a[k][o][r] = c[o][r];
+    }
+  }
+  for (int o = 0; o < O; ++o)  // the chains added pairwise: (0 + 1) + (2 + 3)
+    for (int r = 0; r < R; ++r) {
+      if constexpr (K > 2) a[2][o][r] = _mm256_add_ps(a[2][o][r], a[3][o][r]);
+      if constexpr (K > 1) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[1][o][r]);
+      if constexpr (K > 2) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[2][o][r]);
+    }
   for (int o = 0; o < O; ++o) {
     const float s = scale ? scale[o] : 1.0f;
     const float b = bias ? bias[o] : 0.0f;
@@ -181,7 +209,7 @@ template <typename W, typename Y, int R, bool PF>
 void tile_rows(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
                Y* y, int64_t out, int64_t r0, int64_t o0, int64_t o1, const char*& pf,
                const char* pf_end) {
-  constexpr int O = w_tile_rows(R, chains<W>());
+  constexpr int O = w_tile_rows(R);
   const float* xr = x + r0 * in;
   Y* yr = y + r0 * out;
   auto sc = [&](int64_t o) { return scale ? scale + o : nullptr; };
@@ -211,38 +239,53 @@ void tiles(const W* w, const float* x, int64_t in, const float* scale, const flo
   }
 }
 
-// y = x W^T (times a scale per output row, plus a bias) for any number of rows of x. Each
-// task takes a range of W's rows, block by block; with more than one tile of x, the next block
-// is prefetched while every tile of x passes over this one.
+// Rows [begin, end) of y = x W^T (times a scale per output row, plus a bias) for any number of
+// rows of x, y's rows `ys` apart, on the calling thread: block by block; with more than one
+// tile of x, the next block is prefetched while every tile of x passes over this one.
 template <typename W, typename Y>
-void gemv(int64_t rows, const W* w, const float* x, const float* scale, const float* bias, Y* y,
-          int64_t out, int64_t in) {
+void gemv_part(int64_t rows, const W* w, const float* x, const float* scale, const float* bias,
+               Y* y, int64_t ys, int64_t in, int64_t begin, int64_t end) {
   const int64_t row_bytes = in * sizeof(W);
   const int64_t block = std::max<int64_t>(8, BLOCK_BYTES / std::max<int64_t>(1, row_bytes));
   const bool prefetch = rows > X_TILE_ROWS;
-  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t o0 = begin; o0 < end; o0 += block) {
-      const int64_t o1 = std::min(end, o0 + block), o2 = std::min(end, o1 + block);
-      const char* pf = reinterpret_cast<const char*>(w + o1 * in);
-      const char* pf_end = reinterpret_cast<const char*>(w + o2 * in);
-      if (prefetch) tiles<W, Y, true>(w, x, in, scale, bias, y, out, rows, o0, o1, pf, pf_end);
-      else tiles<W, Y, false>(w, x, in, scale, bias, y, out, rows, o0, o1, pf, pf_end);
-    }
-  });
+  for (int64_t o0 = begin; o0 < end; o0 += block) {
+    const int64_t o1 = std::min(end, o0 + block), o2 = std::min(end, o1 + block);
+    const char* pf = reinterpret_cast<const char*>(w + o1 * in);
+    const char* pf_end = reinterpret_cast<const char*>(w + o2 * in);
+    if (prefetch) tiles<W, Y, true>(w, x, in, scale, bias, y, ys, rows, o0, o1, pf, pf_end);
+    else tiles<W, Y, false>(w, x, in, scale, bias, y, ys, rows, o0, o1, pf, pf_end);
+  }
 }
 
+// Whether the kernel takes weights of w's dtype (float32, float16, bfloat16, int8).
+bool known_weight(const at::Tensor& w) {
+  const at::ScalarType t = w.scalar_type();
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kChar;
+}
+
+// Calls f(p) with p w's data as its element type; w of a known_weight dtype.
+template <typename F>
+void with_weight(const at::Tensor& w, F f) {
+  switch (w.scalar_type()) {
+    case at::kFloat: return f(w.data_ptr<float>());
+    case at::kHalf: return f(w.data_ptr<at::Half>());
+    case at::kBFloat16: return f(w.data_ptr<at::BFloat16>());
+    default: return f(w.data_ptr<int8_t>());
+  }
+}
+
+// y = x W^T (times a scale per output row, plus a bias) for any number of rows of x, each task
+// a range of W's rows.
 template <typename Y>
 void dispatch_weight(const at::Tensor& w, int64_t rows, const float* x, const float* scale,
                      const float* bias, Y* y) {
+  TORCH_CHECK(known_weight(w), "decode_gemv: w must be float32, float16, bfloat16 or int8");
   const int64_t out = w.size(0), in = w.size(1);
-  switch (w.scalar_type()) {
-    case at::kFloat: return gemv(rows, w.data_ptr<float>(), x, scale, bias, y, out, in);
-    case at::kHalf: return gemv(rows, w.data_ptr<at::Half>(), x, scale, bias, y, out, in);
-    case at::kBFloat16:
-      return gemv(rows, w.data_ptr<at::BFloat16>(), x, scale, bias, y, out, in);
-    case at::kChar: return gemv(rows, w.data_ptr<int8_t>(), x, scale, bias, y, out, in);
-    default: TORCH_CHECK(false, "decode_gemv: w must be float32, float16, bfloat16 or int8");
-  }
+  with_weight(w, [&](auto* p) {
+    at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
+      gemv_part(rows, p, x, scale, bias, y, out, in, begin, end);
+    });
+  });
 }
 
 // A small tensor (x, a scale, a bias) as float32, converted here rather than by a dispatched
@@ -420,33 +463,109 @@ struct Linear {
   int64_t out = 0, in = 0;  // output rows, inputs
 };
 
-// y (rows, L.out) = x (rows, L.in) L^T + bias. Block parts take x quantized to int8 once (into
-// `act`, whose buffers the step reuses) and compute each product as lmgen.kernels.quant's
-// quant_gemv does (quant_dot.h), bias added last as QuantLinear adds it: the same bits as the
-// op-by-op layer for the same x.
-void apply_linear(const Linear& L, int64_t rows, const float* x, float* y, qdot::Act& act,
-                  std::vector<float>& tmp) {
-  if (L.parts.empty()) return dispatch_weight(L.w, rows, x, L.scale, L.bias, y);
-  bool quantized = false;
+// ---- One parallel region a step ------------------------------------------------------------
+// A fused step runs in one OpenMP parallel region, not one per operation: at the 14M shape a
+// step is ~30 small products and attentions, and a fork/join per operation cost more than a
+// barrier. Each thread takes its share of every matrix's output rows and of the (row, head)
+// attention units, and the threads meet at a barrier only where the next operation needs all
+// of the last one's outputs. The small elementwise work (norms, residual adds, the activation
+// quantized for block products) every thread does for itself, on its own copy of the residual
+// stream: cheaper than a barrier, and the same bits in each copy. Scratch buffers live per
+// thread and per calling thread and only grow, so a step allocates nothing once warm. Which
+// thread computes a product does not change its bits (each product is its own sum), so the
+// results are those of the operation-by-operation kernels, whatever the thread count.
+struct Team {
+  int t, n;  // this thread, threads
+
+  // This thread's contiguous share of `items`, its bounds on multiples of `align`.
+  std::pair<int64_t, int64_t> share(int64_t items, int64_t align = 1) const {
+    const int64_t units = (items + align - 1) / align;
+    return {std::min(items, units * t / n * align), std::min(items, units * (t + 1) / n * align)};
+  }
+
+  // Every thread's writes before this are seen by every thread after it.
+  void sync() const {
+    if (n > 1) {
+#pragma omp barrier
+    }
+  }
+};
+
+// Runs f(Team) on torch's thread count, in one parallel region (one thread when called from
+// inside a parallel region). f must not throw: the step checks its inputs before.
+template <typename F>
+void run_team(F f) {
+  const int nt = omp_in_parallel() ? 1 : std::max(1, at::get_num_threads());
+  if (nt == 1) return f(Team{0, 1});
+#pragma omp parallel num_threads(nt)
+  f(Team{omp_get_thread_num(), omp_get_num_threads()});
+}
+
+// A thread's own buffers in a fused step: its copy of the residual stream, a norm's output, the
+// attention's scores, the activations quantized for block products.
+struct ThreadScratch {
+  std::vector<float> x, h, p;
+  qdot::Act act;
+};
+
+ThreadScratch& thread_scratch() {
+  thread_local ThreadScratch s;
+  return s;
+}
+
+// The buffers a step's threads share (products' outputs), one set per calling thread.
+struct StepBuffers {
+  std::vector<float> qkv, att, u, g, y;
+};
+
+StepBuffers& step_buffers() {
+  thread_local StepBuffers s;
+  return s;
+}
+
+inline void add_to(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+// Output columns [o0, o1) of y (rows, L.out) = x (rows, L.in) L^T + bias, on this thread. Block
+// parts take x quantized to int8 once (into `act`; `quantized` says whether it already holds
+// this x) and compute each product as lmgen.kernels.quant's quant_gemv does (quant_dot.h), bias
+// added last as QuantLinear adds it: the same bits as the op-by-op layer for the same x.
+void linear_rows(const Linear& L, int64_t rows, const float* x, float* y, qdot::Act& act,
+                 bool& quantized, int64_t o0, int64_t o1) {
+  if (o0 >= o1) return;
+  if (L.parts.empty()) {
+    with_weight(L.w, [&](auto* w) {
+      gemv_part(rows, w, x, L.scale, L.bias, y, L.out, L.in, o0, o1);
+    });
+    return;
+  }
   int64_t off = 0;
   for (const BlockPart& p : L.parts) {
+    const int64_t a = std::max(o0, off) - off, b = std::min(o1, off + p.rows) - off;
     const float* bias = L.bias ? L.bias + off : nullptr;
-    if (p.kind) {
+    if (a < b && p.kind) {
       if (!quantized) qdot::quantize_act(x, rows, L.in, act);
       quantized = true;
-      const uint8_t* w = p.w.data_ptr<uint8_t>();
-      at::parallel_for(0, p.rows, qdot::GRAIN, [&](int64_t begin, int64_t end) {
-        qdot::gemv_range(act, rows, p.kind, w, p.row_bytes, begin, end, bias, y + off, L.out);
+      qdot::gemv_range(act, rows, p.kind, p.w.data_ptr<uint8_t>(), p.row_bytes, a, b, bias,
+                       y + off, L.out);
+    } else if (a < b) {
+      with_weight(p.w, [&](auto* w) {
+        gemv_part(rows, w, x, nullptr, nullptr, y + off, L.out, L.in, a, b);
       });
-    } else {
-      tmp.resize(rows * p.rows);
-      dispatch_weight(p.w, rows, x, nullptr, nullptr, tmp.data());
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t o = 0; o < p.rows; ++o)
-          y[r * L.out + off + o] = tmp[r * p.rows + o] + (bias ? bias[o] : 0.f);
+      if (bias)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t o = a; o < b; ++o) y[r * L.out + off + o] += bias[o];
     }
     off += p.rows;
   }
+}
+
+// linear_rows for x's first use
+void linear_rows(const Linear& L, int64_t rows, const float* x, float* y, qdot::Act& act,
+                 std::pair<int64_t, int64_t> cols) {
+  bool quantized = false;
+  linear_rows(L, rows, x, y, act, quantized, cols.first, cols.second);
 }
 
 // The ggml-block layers of a step's parameters: `blocks` their parts in order, `parts` per
@@ -468,6 +587,8 @@ struct BlockReader {
     Linear L{w_plain, nullptr, nullptr};
     L.in = in;
     if (n == 0) {
+      TORCH_CHECK(known_weight(w_plain), op,
+                  ": weights must be float32, float16, bfloat16 or int8");
       L.out = w_plain.size(0);
       return L;
     }
@@ -481,8 +602,9 @@ struct BlockReader {
         TORCH_CHECK(qdot::known_kind(kind), op, ": unknown ggml type ", kind);
         qdot::check_blocks(w, kind, in);
       } else {
-        TORCH_CHECK(w.is_contiguous() && w.size(1) == in, op, ": a float part must be a "
-                    "contiguous (rows, ", in, ") matrix");
+        TORCH_CHECK(w.is_contiguous() && w.size(1) == in && known_weight(w), op,
+                    ": a float part must be a contiguous (rows, ", in, ") matrix of float32, "
+                    "float16, bfloat16 or int8");
       }
       L.parts.push_back({w, kind, w.size(0), w.size(1)});
       rows += w.size(0);
@@ -575,69 +697,73 @@ void with_cache_type(const char* op, at::ScalarType t, F f) {
   }
 }
 
-// Each row's keys and values at its position (qkv: rows x (q, k, v), heads of D).
+// Row c's key and value head h of layer l (k, v: D floats each) into its cache at its position.
 template <typename T>
-void write_kv(const float* k0, int64_t row_width, int64_t v_off, int64_t rows, int64_t heads,
-              int64_t D, int64_t l, const std::vector<RowKV<T>>& kv) {
-  for (int64_t b = 0; b < rows; ++b) {
-    const RowKV<T>& c = kv[b];
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* k = k0 + b * row_width + h * D;
-      const float* v = k + v_off;
-      T* kd = c.k + l * c.layer + h * c.head + c.pos * c.step;
-      T* vd = c.v + l * c.layer + h * c.head + c.pos * c.step;
-      for (int64_t d = 0; d < D; ++d) {
-        store(kd + d, k[d]);
-        store(vd + d, v[d]);
-      }
-    }
+void write_kv_head(const float* k, const float* v, int64_t D, int64_t l, int64_t h,
+                   const RowKV<T>& c) {
+  T* kd = c.k + l * c.layer + h * c.head + c.pos * c.step;
+  T* vd = c.v + l * c.layer + h * c.head + c.pos * c.step;
+  for (int64_t d = 0; d < D; ++d) {
+    store(kd + d, k[d]);
+    store(vd + d, v[d]);
   }
 }
 
-// Each row's query heads (q: rows x row_width, head h at h * D) against its own keys of layer l
-// from `first(row)` to its position; out: rows x (H * D). One task per (row, head).
-template <typename T, typename First>
-void attend_rows(const float* q, int64_t row_width, int64_t rows, int64_t H, int64_t group,
-                 int64_t D, int64_t l, const std::vector<RowKV<T>>& kv, float scale, float* out,
-                 First first) {
-  at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const RowKV<T>& c = kv[b];
-      const int64_t start = first(c.pos);
-      const int64_t off = l * c.layer + (h / group) * c.head + start * c.step;
-      attend_ptr<T>(q + b * row_width + h * D, c.k + off, c.step, c.v + off, c.step,
-                    c.pos + 1 - start, D, scale, out + b * H * D + h * D, p);
-    }
-  });
+// Query head q (D floats) of row c against key/value head kvh of layer l, from position
+// `start` to the row's own; out: D floats.
+template <typename T>
+void attend_head(const float* q, int64_t D, int64_t l, int64_t kvh, const RowKV<T>& c,
+                 int64_t start, float scale, float* out, std::vector<float>& p) {
+  const int64_t off = l * c.layer + kvh * c.head + start * c.step;
+  attend_ptr<T>(q, c.k + off, c.step, c.v + off, c.step, c.pos + 1 - start, D, scale, out, p);
 }
 
 template <typename T>
 void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
                 const std::vector<const float*>& norms, const std::vector<Linear>& lin,
                 const std::vector<RowKV<T>>& kv, float eps, int64_t act) {
-  const int64_t D = C / H, inner = lin[2].out;
+  const int64_t D = C / H, inner = lin[2].out, n = rows * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  std::vector<float> h(rows * C), qkv(rows * 3 * C), att(rows * C), u(rows * inner),
-      y(rows * std::max<int64_t>(C, 1)), tmp;
-  qdot::Act qx;  // the int8 activations of the block layers, buffers reused
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const float* const* nrm = norms.data() + 4 * l;
-    const Linear* ln = lin.data() + 4 * l;
-    layer_norm(x, h.data(), rows, C, nrm[0], nrm[1], eps);
-    apply_linear(ln[0], rows, h.data(), qkv.data(), qx, tmp);
-    write_kv<T>(qkv.data() + C, 3 * C, C, rows, H, D, l, kv);
-    attend_rows<T>(qkv.data(), 3 * C, rows, H, 1, D, l, kv, scale, att.data(),
-                   [](int64_t) -> int64_t { return 0; });
-    apply_linear(ln[1], rows, att.data(), y.data(), qx, tmp);
-    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
-    layer_norm(x, h.data(), rows, C, nrm[2], nrm[3], eps);
-    apply_linear(ln[2], rows, h.data(), u.data(), qx, tmp);
-    activation(u.data(), rows * inner, act);
-    apply_linear(ln[3], rows, u.data(), y.data(), qx, tmp);
-    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
-  }
+  StepBuffers& s = step_buffers();
+  s.qkv.resize(rows * 3 * C);
+  s.att.resize(n);
+  s.u.resize(rows * inner);
+  s.y.resize(n);
+  float *qkv = s.qkv.data(), *att = s.att.data(), *u = s.u.data(), *y = s.y.data();
+  run_team([&](const Team& tm) {
+    ThreadScratch& ts = thread_scratch();
+    ts.x.assign(x, x + n);
+    ts.h.resize(n);
+    float *xp = ts.x.data(), *h = ts.h.data();
+    const auto qkv_cols = tm.share(3 * C, 16), c_cols = tm.share(C, 16);
+    const auto fc_cols = tm.share(inner, 16), heads = tm.share(rows * H);
+    for (int64_t l = 0; l < n_layer; ++l) {
+      const float* const* nrm = norms.data() + 4 * l;
+      const Linear* ln = lin.data() + 4 * l;
+      layer_norm(xp, h, rows, C, nrm[0], nrm[1], eps);
+      linear_rows(ln[0], rows, h, qkv, ts.act, qkv_cols);
+      tm.sync();
+      for (int64_t bh = heads.first; bh < heads.second; ++bh) {  // each head its own K and V
+        const int64_t b = bh / H, hh = bh % H;
+        const float* q = qkv + b * 3 * C + hh * D;
+        write_kv_head<T>(q + C, q + 2 * C, D, l, hh, kv[b]);
+        attend_head<T>(q, D, l, hh, kv[b], 0, scale, att + b * C + hh * D, ts.p);
+      }
+      tm.sync();
+      linear_rows(ln[1], rows, att, y, ts.act, c_cols);
+      tm.sync();
+      add_to(xp, y, n);
+      layer_norm(xp, h, rows, C, nrm[2], nrm[3], eps);
+      linear_rows(ln[2], rows, h, u, ts.act, fc_cols);
+      for (int64_t b = 0; b < rows; ++b)
+        activation(u + b * inner + fc_cols.first, fc_cols.second - fc_cols.first, act);
+      tm.sync();
+      linear_rows(ln[3], rows, u, y, ts.act, c_cols);
+      tm.sync();
+      add_to(xp, y, n);
+    }
+    if (tm.t == 0 && n_layer > 0) std::copy(xp, xp + n, x);
+  });
 }
 
 // The residual stream (rows x C, float32) returned in x's dtype.
@@ -826,51 +952,81 @@ template <typename T>
 void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
                      const std::vector<RopeLayer>& layers, const std::vector<RowKV<T>>& kv,
                      float eps, int64_t act, bool unit_offset, float scale) {
-  const int64_t H = S.H, KV = S.KV, D = S.D, rot = S.rot;
+  const int64_t H = S.H, KV = S.KV, D = S.D, rot = S.rot, group = H / KV;
   const int64_t n_layer = static_cast<int64_t>(layers.size());
-  const int64_t Q = H * D, Kd = KV * D, W = Q + 2 * Kd;
+  const int64_t Q = H * D, Kd = KV * D, W = Q + 2 * Kd, n = rows * C;
   const int64_t inner = layers[0].fc.out / 2;
-  std::vector<float> h(rows * C), qkv(rows * W), att(rows * Q), u(rows * 2 * inner),
-      g(rows * inner), y(rows * C), tmp;
-  qdot::Act qx;  // the int8 activations of the block layers, buffers reused
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const RopeLayer& L = layers[l];
-    rms_norm(x, h.data(), rows, C, L.ln_1, eps, unit_offset);
-    apply_linear(L.qkv, rows, h.data(), qkv.data(), qx, tmp);
-    for (int64_t b = 0; b < rows; ++b) {
-      const float* c = S.cos + b * S.row_stride + l * rot;
-      const float* s = S.sin + b * S.row_stride + l * rot;
-      float* q = qkv.data() + b * W;
-      float* k = q + Q;
-      for (int64_t hh = 0; hh < H; ++hh) {
-        if (L.q_norm) rms_norm(q + hh * D, q + hh * D, 1, D, L.q_norm, eps, unit_offset);
-        rope_head(q + hh * D, c, s, rot);
+  StepBuffers& s = step_buffers();
+  s.qkv.resize(rows * W);
+  s.att.resize(rows * Q);
+  s.u.resize(rows * 2 * inner);
+  s.g.resize(rows * inner);
+  s.y.resize(n);
+  float *qkv = s.qkv.data(), *att = s.att.data(), *u = s.u.data(), *g = s.g.data(),
+        *y = s.y.data();
+  run_team([&](const Team& tm) {
+    ThreadScratch& ts = thread_scratch();
+    ts.x.assign(x, x + n);
+    ts.h.resize(n);
+    float *xp = ts.x.data(), *h = ts.h.data();
+    const auto qkv_cols = tm.share(W, 16), o_cols = tm.share(C, 16);
+    const auto mlp_cols = tm.share(inner, 16);
+    const auto kv_heads = tm.share(rows * KV), q_heads = tm.share(rows * H);
+    for (int64_t l = 0; l < n_layer; ++l) {
+      const RopeLayer& L = layers[l];
+      rms_norm(xp, h, rows, C, L.ln_1, eps, unit_offset);
+      linear_rows(L.qkv, rows, h, qkv, ts.act, qkv_cols);
+      tm.sync();
+      for (int64_t bh = kv_heads.first; bh < kv_heads.second; ++bh) {  // K: norm, RoPE, cache
+        const int64_t b = bh / KV, hh = bh % KV;
+        float* k = qkv + b * W + Q + hh * D;
+        if (L.k_norm) rms_norm(k, k, 1, D, L.k_norm, eps, unit_offset);
+        rope_head(k, S.cos + b * S.row_stride + l * rot, S.sin + b * S.row_stride + l * rot, rot);
+        write_kv_head<T>(k, k + Kd, D, l, hh, kv[b]);
       }
-      for (int64_t hh = 0; hh < KV; ++hh) {
-        if (L.k_norm) rms_norm(k + hh * D, k + hh * D, 1, D, L.k_norm, eps, unit_offset);
-        rope_head(k + hh * D, c, s, rot);
+      if (group > 1) tm.sync();  // with one query head per key head, a thread reads its own
+      const int64_t window = L.window;
+      for (int64_t bh = q_heads.first; bh < q_heads.second; ++bh) {  // Q: norm, RoPE, attend
+        const int64_t b = bh / H, hh = bh % H;
+        float* q = qkv + b * W + hh * D;
+        if (L.q_norm) rms_norm(q, q, 1, D, L.q_norm, eps, unit_offset);
+        rope_head(q, S.cos + b * S.row_stride + l * rot, S.sin + b * S.row_stride + l * rot, rot);
+        const int64_t pos = kv[b].pos;
+        const int64_t start = window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
+        attend_head<T>(q, D, l, hh / group, kv[b], start, scale, att + b * Q + hh * D, ts.p);
+      }
+      tm.sync();
+      linear_rows(L.o, rows, att, y, ts.act, o_cols);
+      tm.sync();
+      if (L.post_attn) {
+        rms_norm(y, h, rows, C, L.post_attn, eps, unit_offset);
+        add_to(xp, h, n);
+      } else {
+        add_to(xp, y, n);
+      }
+      rms_norm(xp, h, rows, C, L.ln_2, eps, unit_offset);
+      bool quantized = false;  // gate and up: this thread's columns of each, one quantized h
+      linear_rows(L.fc, rows, h, u, ts.act, quantized, mlp_cols.first, mlp_cols.second);
+      linear_rows(L.fc, rows, h, u, ts.act, quantized, inner + mlp_cols.first,
+                  inner + mlp_cols.second);
+      for (int64_t b = 0; b < rows; ++b) {
+        float* gate = u + b * 2 * inner;
+        activation(gate + mlp_cols.first, mlp_cols.second - mlp_cols.first, act);
+        for (int64_t i = mlp_cols.first; i < mlp_cols.second; ++i)
+          g[b * inner + i] = gate[i] * gate[inner + i];
+      }
+      tm.sync();
+      linear_rows(L.down, rows, g, y, ts.act, o_cols);
+      tm.sync();
+      if (L.post_mlp) {
+        rms_norm(y, h, rows, C, L.post_mlp, eps, unit_offset);
+        add_to(xp, h, n);
+      } else {
+        add_to(xp, y, n);
       }
     }
-    write_kv<T>(qkv.data() + Q, W, Kd, rows, KV, D, l, kv);
-    const int64_t window = L.window;
-    attend_rows<T>(qkv.data(), W, rows, H, H / KV, D, l, kv, scale, att.data(),
-                   [window](int64_t pos) -> int64_t {
-                     return window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
-                   });
-    apply_linear(L.o, rows, att.data(), y.data(), qx, tmp);
-    if (L.post_attn) rms_norm(y.data(), y.data(), rows, C, L.post_attn, eps, unit_offset);
-    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
-    rms_norm(x, h.data(), rows, C, L.ln_2, eps, unit_offset);
-    apply_linear(L.fc, rows, h.data(), u.data(), qx, tmp);
-    for (int64_t b = 0; b < rows; ++b) {
-      float* gate = u.data() + b * 2 * inner;
-      activation(gate, inner, act);
-      for (int64_t i = 0; i < inner; ++i) g[b * inner + i] = gate[i] * gate[inner + i];
-    }
-    apply_linear(L.down, rows, g.data(), y.data(), qx, tmp);
-    if (L.post_mlp) rms_norm(y.data(), y.data(), rows, C, L.post_mlp, eps, unit_offset);
-    for (int64_t i = 0; i < rows * C; ++i) x[i] += y[i];
-  }
+    if (tm.t == 0 && n_layer > 0) std::copy(xp, xp + n, x);
+  });
 }
 
 struct RopeParams {
