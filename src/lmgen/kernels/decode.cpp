@@ -17,7 +17,10 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -274,15 +277,86 @@ void with_weight(const at::Tensor& w, F f) {
   }
 }
 
-// y = x W^T (times a scale per output row, plus a bias) for any number of rows of x, each task
-// a range of W's rows.
+// The step's barrier, spinning: a step meets at ~5 barriers a layer, and OpenMP's own barrier
+// follows OMP_WAIT_POLICY, which a server may set to passive so that idle worker threads leave
+// the cores to its event loop between steps (a futex wake per barrier would cost more than the
+// step's arithmetic at small models). A waiter that has spun SPIN_YIELD times yields its core
+// now and then, so that with more runnable threads than cores it lets the thread it waits for
+// run rather than burning that thread's turn.
+struct SpinBarrier {
+  static constexpr int SPIN_YIELD = 4096;
+  std::atomic<int> arrived{0};
+  std::atomic<int> phase{0};
+  int n;
+
+  explicit SpinBarrier(int threads) : n(threads) {}
+
+  void wait(int& my_phase) {
+    my_phase ^= 1;
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {  // the last to arrive
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(my_phase, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; phase.load(std::memory_order_acquire) != my_phase; ++spins) {
+      _mm_pause();
+      if (spins >= SPIN_YIELD && spins % 256 == 0) sched_yield();
+    }
+  }
+};
+
+struct Team {
+  int t, n;  // this thread, threads
+  SpinBarrier* barrier;
+  int phase = 0;
+
+  // This thread's contiguous share of `items`, its bounds on multiples of `align`.
+  std::pair<int64_t, int64_t> share(int64_t items, int64_t align = 1) const {
+    const int64_t units = (items + align - 1) / align;
+    return {std::min(items, units * t / n * align), std::min(items, units * (t + 1) / n * align)};
+  }
+
+  // Every thread's writes before this are seen by every thread after it.
+  void sync() {
+    if (n > 1) barrier->wait(phase);
+  }
+};
+
+// Runs f(Team&) on torch's thread count, in one parallel region (one thread when called from
+// inside a parallel region). f must not throw: the step checks its inputs before.
+template <typename F>
+void run_team(F f) {
+  const int nt = omp_in_parallel() ? 1 : std::max(1, at::get_num_threads());
+  if (nt == 1) {
+    Team team{0, 1, nullptr};
+    return f(team);
+  }
+  SpinBarrier barrier(nt);
+#pragma omp parallel num_threads(nt)
+  {
+    Team team{omp_get_thread_num(), omp_get_num_threads(), &barrier};
+    if (team.n != nt) {  // fewer threads than asked (OMP_THREAD_LIMIT, ...): a barrier of those
+      team.t = 0;
+      team.n = 1;
+#pragma omp single
+      f(team);
+    } else {
+      f(team);
+      team.sync();  // so that OpenMP's own join at the region's end finds every thread there
+    }
+  }
+}
+
+// y = x W^T (times a scale per output row, plus a bias) for any number of rows of x, each
+// thread a range of W's rows.
 template <typename Y>
 void dispatch_weight(const at::Tensor& w, int64_t rows, const float* x, const float* scale,
                      const float* bias, Y* y) {
   TORCH_CHECK(known_weight(w), "decode_gemv: w must be float32, float16, bfloat16 or int8");
   const int64_t out = w.size(0), in = w.size(1);
   with_weight(w, [&](auto* p) {
-    at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
+    run_team([&](Team& tm) {
+      const auto [begin, end] = tm.share(out, 16);
       gemv_part(rows, p, x, scale, bias, y, out, in, begin, end);
     });
   });
@@ -474,33 +548,6 @@ struct Linear {
 // thread and per calling thread and only grow, so a step allocates nothing once warm. Which
 // thread computes a product does not change its bits (each product is its own sum), so the
 // results are those of the operation-by-operation kernels, whatever the thread count.
-struct Team {
-  int t, n;  // this thread, threads
-
-  // This thread's contiguous share of `items`, its bounds on multiples of `align`.
-  std::pair<int64_t, int64_t> share(int64_t items, int64_t align = 1) const {
-    const int64_t units = (items + align - 1) / align;
-    return {std::min(items, units * t / n * align), std::min(items, units * (t + 1) / n * align)};
-  }
-
-  // Every thread's writes before this are seen by every thread after it.
-  void sync() const {
-    if (n > 1) {
-#pragma omp barrier
-    }
-  }
-};
-
-// Runs f(Team) on torch's thread count, in one parallel region (one thread when called from
-// inside a parallel region). f must not throw: the step checks its inputs before.
-template <typename F>
-void run_team(F f) {
-  const int nt = omp_in_parallel() ? 1 : std::max(1, at::get_num_threads());
-  if (nt == 1) return f(Team{0, 1});
-#pragma omp parallel num_threads(nt)
-  f(Team{omp_get_thread_num(), omp_get_num_threads()});
-}
-
 // A thread's own buffers in a fused step: its copy of the residual stream, a norm's output, the
 // attention's scores, the activations quantized for block products.
 struct ThreadScratch {
@@ -730,7 +777,7 @@ void run_blocks(float* x, int64_t rows, int64_t C, int64_t H, int64_t n_layer,
   s.u.resize(rows * inner);
   s.y.resize(n);
   float *qkv = s.qkv.data(), *att = s.att.data(), *u = s.u.data(), *y = s.y.data();
-  run_team([&](const Team& tm) {
+  run_team([&](Team& tm) {
     ThreadScratch& ts = thread_scratch();
     ts.x.assign(x, x + n);
     ts.h.resize(n);
@@ -964,7 +1011,7 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
   s.y.resize(n);
   float *qkv = s.qkv.data(), *att = s.att.data(), *u = s.u.data(), *g = s.g.data(),
         *y = s.y.data();
-  run_team([&](const Team& tm) {
+  run_team([&](Team& tm) {
     ThreadScratch& ts = thread_scratch();
     ts.x.assign(x, x + n);
     ts.h.resize(n);
