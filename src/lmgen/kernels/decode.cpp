@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,45 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+
+// The products' vectors: 8 lanes (__m256) and, where the CPU has AVX-512, 16 (__m512: Zen 4
+// runs a 512-bit FMA as two 256-bit halves, at the same rate, but one load converts twice the
+// elements and the 32 registers hold twice the accumulators). `vsum` adds the lanes in a fixed
+// order: lanes j and j + 8 first, then the 8 as hsum adds them.
+inline __m256 vzero(__m256) { return _mm256_setzero_ps(); }
+template <typename T>
+inline __m256 vload(__m256, const T* p) { return load8(p); }
+inline __m256 vfma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+inline __m256 vadd(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+inline float vsum(__m256 v) { return hsum(v); }
+#ifdef __AVX512F__
+inline __m512 vzero(__m512) { return _mm512_setzero_ps(); }
+inline __m512 vload(__m512, const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 vload(__m512, const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 vload(__m512, const at::BFloat16* p) {
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline __m512 vload(__m512, const int8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+inline __m512 vadd(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+inline float vsum(__m512 v) {
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
+}
+// The vector a weight type's products take: float32 keeps 8 lanes (16 measured 5-9% slower at
+// one row and at 16 rows), narrower types 16 (bfloat16 and int8 at 16 rows 1.2-1.3x faster).
+template <typename W>
+using VecOf = std::conditional_t<sizeof(W) == 4, __m256, __m512>;
+#else
+template <typename W>
+using VecOf = __m256;
+#endif
 
 // One output row o: dot products of W[o] with R rows of x, four accumulators per row (32
 // weights per iteration, so the conversions of one load overlap the FMAs of another).
@@ -130,11 +170,14 @@ constexpr int VREGS = 16;
 #endif
 constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
 constexpr int64_t BLOCK_BYTES = 128 << 10;  // two blocks (this one, the next) well inside L2
-// K by W's type, fixed (so that a product's bits do not depend on the batch), chosen by what
-// one row gains against what a 16-row step loses (bench A/B, docs/PERFORMANCE.md): float32
-// 1 (a second chain bought nothing at one row and cost 30% at 16), 2-byte types 2, int8 4.
+// A product's lanes by W's type, fixed (so that its bits do not depend on the batch), in K
+// chains of its vector: float32 one vector (with 8 lanes, a second chain bought nothing at one
+// row and cost 30% at 16 rows), 2-byte types 16 lanes, int8 32 (bench A/B,
+// docs/PERFORMANCE.md).
 template <typename W>
-constexpr int chains() { return sizeof(W) == 4 ? 1 : sizeof(W) == 2 ? 2 : 4; }
+constexpr int lanes() { return sizeof(VecOf<W>) / 4; }
+template <typename W>
+constexpr int chains() { return (sizeof(W) == 4 ? lanes<W>() : sizeof(W) == 2 ? 16 : 32) / lanes<W>(); }
 
 // Rows of W in a register tile with R rows of x: the O x R accumulators, R vectors of x and one
 // of W within the registers, at most 4; one row of x takes one row of W (above).
@@ -148,60 +191,62 @@ constexpr int w_tile_rows(int R) {
 template <typename W, typename Y, int O, int R, bool PF>
 inline void tile(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
                  Y* y, int64_t out, const char*& pf, const char* pf_end) {
-  constexpr int K = chains<W>();
-  // chunk i .. i + 8 into the accumulators A (one chain of each product)
-  auto chunk = [&](__m256 (&A)[O][R], int64_t i) {
+  using Vec = VecOf<W>;
+  constexpr int K = chains<W>(), L = lanes<W>();
+  const Vec z = Vec{};
+  // chunk i .. i + L into the accumulators A (one chain of each product)
+  auto chunk = [&](Vec (&A)[O][R], int64_t i) {
     if constexpr (PF) {
       _mm_prefetch(pf, _MM_HINT_T1);
       pf = std::min(pf + 64, pf_end);
     }
-    __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * in + i);
+    Vec xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = vload(z, x + r * in + i);
     for (int o = 0; o < O; ++o) {
-      const __m256 wv = load8(w + o * in + i);
-      for (int r = 0; r < R; ++r) A[o][r] = _mm256_fmadd_ps(wv, xv[r], A[o][r]);
+      const Vec wv = vload(z, w + o * in + i);
+      for (int r = 0; r < R; ++r) A[o][r] = vfma(wv, xv[r], A[o][r]);
     }
   };
-  const int64_t n8 = in / 8 * 8;
-  __m256 a[K][O][R];
+  const int64_t nL = in / L * L;
+  Vec a[K][O][R];
   for (int k = 0; k < K; ++k)
     for (int o = 0; o < O; ++o)
-      for (int r = 0; r < R; ++r) a[k][o][r] = _mm256_setzero_ps();
+      for (int r = 0; r < R; ++r) a[k][o][r] = vzero(z);
   if constexpr (O * R == 1) {  // the K chains interleaved
-    const int64_t nK = in / (8 * K) * (8 * K);
-    for (int64_t i = 0; i < nK; i += 8 * K) {
+    const int64_t nK = in / (L * K) * (L * K);
+    for (int64_t i = 0; i < nK; i += L * K) {
       chunk(a[0], i);
-      if constexpr (K > 1) chunk(a[1], i + 8);
-      if constexpr (K > 2) chunk(a[2], i + 16);
-      if constexpr (K > 3) chunk(a[3], i + 24);
+      if constexpr (K > 1) chunk(a[1], i + L);
+      if constexpr (K > 2) chunk(a[2], i + 2 * L);
+      if constexpr (K > 3) chunk(a[3], i + 3 * L);
     }
-    if (nK < n8) chunk(a[0], nK);  // the chunks left (fewer than K): chunk j into chain j
+    if (nK < nL) chunk(a[0], nK);  // the chunks left (fewer than K): chunk j into chain j
     if constexpr (K > 2)
-      if (nK + 8 < n8) chunk(a[1], nK + 8);
+      if (nK + L < nL) chunk(a[1], nK + L);
     if constexpr (K > 3)
-      if (nK + 16 < n8) chunk(a[2], nK + 16);
+      if (nK + 2 * L < nL) chunk(a[2], nK + 2 * L);
   } else {  // one chain after the other, the tile's accumulators in registers for each
     for (int k = 0; k < K; ++k) {
-      __m256 c[O][R];
+      Vec c[O][R];
       for (int o = 0; o < O; ++o)
-        for (int r = 0; r < R; ++r) c[o][r] = _mm256_setzero_ps();
-      for (int64_t i = 8 * k; i < n8; i += 8 * K) chunk(c, i);
+        for (int r = 0; r < R; ++r) c[o][r] = vzero(z);
+      for (int64_t i = L * k; i < nL; i += L * K) chunk(c, i);
       for (int o = 0; o < O; ++o)
         for (int r = 0; r < R; ++r) a[k][o][r] = c[o][r];
     }
   }
   for (int o = 0; o < O; ++o)  // the chains added pairwise: (0 + 1) + (2 + 3)
     for (int r = 0; r < R; ++r) {
-      if constexpr (K > 2) a[2][o][r] = _mm256_add_ps(a[2][o][r], a[3][o][r]);
-      if constexpr (K > 1) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[1][o][r]);
-      if constexpr (K > 2) a[0][o][r] = _mm256_add_ps(a[0][o][r], a[2][o][r]);
+      if constexpr (K > 2) a[2][o][r] = vadd(a[2][o][r], a[3][o][r]);
+      if constexpr (K > 1) a[0][o][r] = vadd(a[0][o][r], a[1][o][r]);
+      if constexpr (K > 2) a[0][o][r] = vadd(a[0][o][r], a[2][o][r]);
     }
   for (int o = 0; o < O; ++o) {
     const float s = scale ? scale[o] : 1.0f;
     const float b = bias ? bias[o] : 0.0f;
     for (int r = 0; r < R; ++r) {
-      float d = hsum(a[0][o][r]);
-      for (int64_t j = n8; j < in; ++j) d += to_float(w[o * in + j]) * x[r * in + j];
+      float d = vsum(a[0][o][r]);
+      for (int64_t j = nL; j < in; ++j) d += to_float(w[o * in + j]) * x[r * in + j];
       store(y + r * out + o, d * s + b);
     }
   }
