@@ -176,3 +176,29 @@ def test_rows_step_refuses_mismatched_caches():
     with pytest.raises(RuntimeError, match=r"\(n_layer, rows, heads, max_length, head_dim\)"):
         kernels.decode_step_rows(x, *args, [both.k, both.k], [both.v, both.v], [2, 3], 4,
                                  1e-5, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-bf16", "gemma3-local-global",
+                                  "qwen2-bias-tied-mixed-window"])  # fmt: skip
+def test_a_step_is_the_same_at_any_thread_count(rope_models, name):
+    """A step runs in one parallel region, each thread a share of every product's outputs and
+    of the attention heads (decode.cpp's Team): the bits, and what the step writes to the
+    caches, do not depend on how many threads share it (3: shares of unequal sizes)."""
+    model = {"gpt2": _gpt2, "gpt2-bf16": lambda: _gpt2().to(torch.bfloat16)}.get(
+        name, lambda: rope_models[name]
+    )()
+    caches, tokens = _prefilled(model, LENGTHS)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            mine = [_copy(c) for c in caches]
+            runs.append((_rows_step(model, mine, tokens), mine))
+    finally:
+        torch.set_num_threads(threads)
+    h1, caches1 = runs[0]
+    for h, mine in runs[1:]:
+        assert torch.equal(h, h1)
+        for a, b in zip(mine, caches1, strict=True):
+            assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
