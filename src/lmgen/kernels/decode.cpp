@@ -133,10 +133,11 @@ inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in soft
 inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v); }
 
 // ---- y = x W^T for any number of rows of x: register tiles over blocks of W ---------------
-// Each dot product (row r of x with row o of W) has K = chains<W>() 8-lane accumulators of its
-// own: accumulator k sums x[r, i] W[o, i] over the 8-element chunks c = i / 8 with c mod K = k,
-// in increasing c, one FMA at a time; then the accumulators are added pairwise ((0 + 1) + (2 + 3)),
-// their lanes summed in a fixed order (hsum) and the elements past the last multiple of 8 added
+// Each dot product (row r of x with row o of W) has K = chains<W>() accumulators of its own,
+// vectors of 8 or 16 lanes (VecOf): accumulator k sums x[r, i] W[o, i] over the vector-wide
+// chunks c with c mod K = k, in increasing c, one FMA at a time; then the accumulators are
+// added pairwise ((0 + 1) + (2 + 3)),
+// their lanes summed in a fixed order (vsum) and the elements past the last whole vector added
 // one by one (the build has -ffp-contract=off, so no instantiation fuses them differently).
 // Nothing else touches a product, so its bits are the same whatever tile computed it, how many
 // rows the call has and where the row sits (the server's batch invariance; tested).
@@ -151,7 +152,7 @@ inline void store(at::BFloat16* p, float v) { *p = static_cast<at::BFloat16>(v);
 //   bandwidth on this kind of CPU), and the chains hide the FMA latency;
 // - more rows take a register tile of O rows of W by R rows of x, and compute the K chains one
 //   after the other, each a pass over every K-th chunk with all O x R accumulators in
-//   registers (per 8 elements: R vectors of x, then one vector of W at a time for R FMAs),
+//   registers (per chunk: R vectors of x, then one vector of W at a time for R FMAs),
 //   kept aside between passes. A step of 16 rows is 16x the FLOPs of one row, so this is what
 //   makes it cost FLOPs at near the FMA rate rather than 16 passes over W; the K chains
 //   interleaved would leave 1/K of the registers to each (int8 at 16 rows: 7% slower);
@@ -179,7 +180,9 @@ constexpr int64_t BLOCK_BYTES = 48 << 10;
 template <typename W>
 constexpr int lanes() { return sizeof(VecOf<W>) / 4; }
 template <typename W>
-constexpr int chains() { return (sizeof(W) == 4 ? lanes<W>() : sizeof(W) == 2 ? 16 : 32) / lanes<W>(); }
+constexpr int chains() {
+  return (sizeof(W) == 4 ? lanes<W>() : sizeof(W) == 2 ? 16 : 32) / lanes<W>();
+}
 
 // Rows of W in a register tile with R rows of x: the O x R accumulators, R vectors of x and one
 // of W within the registers, at most 4; one row of x takes one row of W (above).
