@@ -4,6 +4,8 @@
 // as they are; this file is the op-by-op entry point and the dequantizer.
 //
 // quant_gemv(x (rows, in) float32, blocks (out, row_bytes) uint8, kind, bias?) -> (rows, out)
+// quant_gemm(x (rows, in) float32, blocks, kind, bias?) -> (rows, out): a prompt's product,
+//   quant_gemm.h (AVX512-VNNI builds only: quant_has_gemm())
 // quant_dequantize(blocks (out, row_bytes) uint8, kind, in) -> (out, in) float32
 // `kind` is the ggml type number: 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K.
 
@@ -17,6 +19,7 @@
 #include <cstring>
 
 #include "quant_dot.h"
+#include "quant_gemm.h"
 
 namespace {
 
@@ -44,6 +47,36 @@ at::Tensor quant_gemv(const at::Tensor& x_in, const at::Tensor& blocks, int64_t 
   at::parallel_for(0, out_f, GRAIN, [&](int64_t begin, int64_t end) {
     gemv_range(a, rows, kind, wp, row_bytes, begin, end, bp, yp, out_f);
   });
+  return y;
+}
+
+bool quant_has_gemm() {
+#if defined(LMGEN_VNNI512)
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor quant_gemm(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind,
+                      const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(quant_has_gemm(), "quant_gemm: this build has no AVX512-VNNI");
+  TORCH_CHECK(x_in.dim() == 2, "quant_gemm: x must be (rows, in)");
+  TORCH_CHECK(known_kind(kind), "quant_gemm: unknown block kind ", kind);
+  const int64_t rows = x_in.size(0), in = x_in.size(1), out_f = blocks.size(0);
+  check_blocks(blocks, kind, in);
+  at::Tensor x = x_in.to(at::kFloat).contiguous();
+  at::Tensor y = at::empty({rows, out_f}, x.options());
+  at::Tensor b32;
+  const float* bp = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    b32 = bias->to(at::kFloat).contiguous();
+    bp = b32.data_ptr<float>();
+  }
+#if defined(LMGEN_VNNI512)
+  qgemm::gemm(x.data_ptr<float>(), rows, in, kind, blocks.data_ptr<uint8_t>(), blocks.size(1),
+              out_f, bp, y.data_ptr<float>());
+#endif
   return y;
 }
 
@@ -118,10 +151,13 @@ at::Tensor quant_dequantize(const at::Tensor& blocks, int64_t kind, int64_t in) 
 
 TORCH_LIBRARY(lmgen_quant, m) {
   m.def("quant_gemv(Tensor x, Tensor blocks, int kind, Tensor? bias) -> Tensor");
+  m.def("quant_gemm(Tensor x, Tensor blocks, int kind, Tensor? bias) -> Tensor");
+  m.def("quant_has_gemm() -> bool", &quant_has_gemm);
   m.def("quant_dequantize(Tensor blocks, int kind, int in_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_quant, CPU, m) {
   m.impl("quant_gemv", &quant_gemv);
+  m.impl("quant_gemm", &quant_gemm);
   m.impl("quant_dequantize", &quant_dequantize);
 }

@@ -78,6 +78,20 @@ def gemv(
     return torch.ops.lmgen_quant.quant_gemv(x, blocks, KINDS[kind], bias)
 
 
+def has_gemm() -> bool:
+    """Whether `gemm` runs here (an AVX512-VNNI build of the kernel)."""
+    return available() and torch.ops.lmgen_quant.quant_has_gemm()
+
+
+def gemm(
+    x: torch.Tensor, blocks: torch.Tensor, kind: str, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`gemv`'s product for a prompt's many rows (quant_gemm.h): 16 weight rows at a time
+    unpacked to bytes and multiplied by every row with 512-bit integer dots. A row's bits do
+    not depend on the other rows, but differ from `gemv`'s in float rounding."""
+    return torch.ops.lmgen_quant.quant_gemm(x, blocks, KINDS[kind], bias)
+
+
 def dequantize(blocks: torch.Tensor, kind: str, in_features: int) -> torch.Tensor:
     """The weight `blocks` hold, (out, in_features) float32."""
     return torch.ops.lmgen_quant.quant_dequantize(blocks, KINDS[kind], in_features)
