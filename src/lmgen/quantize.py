@@ -15,7 +15,8 @@ The quantized model is for inference: training and saving use the float weights.
 Q4_1, Q4_K, as a GGUF file stores them): a `.gguf` loads into it without dequantizing, and
 `quantize="int4"` makes Q4_0 blocks from float weights. Up to `GEMV_ROWS` rows go to
 lmgen.kernels.quant (int8 activations, integer block products, as llama.cpp); more rows (a
-prompt) dequantize the weight and use torch's GEMM, which is faster there (docs/PERFORMANCE.md);
+prompt) go to its GEMM (the same int8 activations, 16 weight rows at a time, AVX512-VNNI), or,
+where that is not built, dequantize the weight and use torch's GEMM (docs/PERFORMANCE.md);
 without the kernel the weight is dequantized once by the gguf package (float fallback).
 """
 
@@ -33,7 +34,7 @@ from .kernels import quant
 
 METHODS = QUANTIZE_METHODS  # "int8", "int4", "none"
 DECODE_ROWS = 8  # at most this many rows use the int8 kernel; more dequantize (prefill)
-GEMV_ROWS = 16  # at most this many rows use the block kernel; more dequantize (prefill)
+GEMV_ROWS = 16  # at most this many rows use the block kernel's row product; more its GEMM
 
 
 class Int8Linear(nn.Module):
@@ -138,13 +139,16 @@ class QuantLinear(nn.Module):
             if w is None or w.device != x.device or w.dtype != x.dtype:
                 w = self.__dict__["_float_weight"] = self.dequantized(x.dtype).to(x.device)
             return F.linear(x, w, self.bias)
-        if rows > GEMV_ROWS:  # a prompt: torch's GEMM on the dequantized weight
-            return F.linear(x, self.dequantized(x.dtype), self.bias)
+        product = quant.gemv
+        if rows > GEMV_ROWS:  # a prompt: the block GEMM, else torch's on the dequantized weight
+            if not quant.has_gemm():
+                return F.linear(x, self.dequantized(x.dtype), self.bias)
+            product = quant.gemm
         x2 = x.reshape(rows, self.in_features)
         buffers, ys = self._buffers, []  # (not nn.Module's attribute lookup: once per layer)
         for k, name in zip(self.kinds, self.names, strict=True):
             t = buffers[name]
-            ys.append(quant.gemv(x2, t, k) if k else F.linear(x2.float(), t.float()))
+            ys.append(product(x2, t, k) if k else F.linear(x2.float(), t.float()))
         y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
         bias = buffers["bias"]
         if bias is not None:

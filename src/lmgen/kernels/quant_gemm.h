@@ -59,35 +59,29 @@ struct Tile {
 // their scale and offset.
 template <int64_t kind>
 inline void unpack_block(const uint8_t* row, int64_t b, uint8_t* v, float* ws, float* wm) {
+  auto store = [&](__m256i q) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(v), q); };
   if constexpr (kind == qdot::Q8_0) {
     const uint8_t* w = row + b * 34;
-    for (int i = 0; i < 32; ++i) v[i] = static_cast<uint8_t>(w[2 + i] ^ 0x80);  // q + 128
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
+    store(_mm256_xor_si256(q, _mm256_set1_epi8(static_cast<char>(0x80))));  // q + 128
     *ws = half_at(w);
     *wm = 0.f;
   } else if constexpr (kind == qdot::Q4_0 || kind == qdot::Q4_1) {
     const uint8_t* w = row + b * (kind == qdot::Q4_0 ? 18 : 20);
-    const uint8_t* qs = w + (kind == qdot::Q4_0 ? 2 : 4);
-    for (int i = 0; i < 16; ++i) {
-      v[i] = qs[i] & 0xF;
-      v[i + 16] = qs[i] >> 4;
-    }
+    store(qdot::nibbles16(w + (kind == qdot::Q4_0 ? 2 : 4)));
     *ws = half_at(w);
     *wm = kind == qdot::Q4_0 ? -8.f * *ws : half_at(w + 2);
   } else if constexpr (kind == qdot::Q5_0) {
     const uint8_t* w = row + b * 22;
-    uint32_t qh;
-    std::memcpy(&qh, w + 2, 4);
-    for (int i = 0; i < 16; ++i) {
-      v[i] = static_cast<uint8_t>((w[6 + i] & 0xF) | (((qh >> i) & 1) << 4));
-      v[i + 16] = static_cast<uint8_t>((w[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4));
-    }
+    store(_mm256_or_si256(qdot::nibbles16(w + 6), qdot::high_bits32(w + 2)));
     *ws = half_at(w);
     *wm = -16.f * *ws;
   } else {  // Q4_K: block b is sub-block b % 8 of super-block b / 8
     const uint8_t* w = row + (b / 8) * 144;
     const int j = static_cast<int>(b % 8);
-    const uint8_t* qs = w + 16 + 32 * (j / 2);
-    for (int i = 0; i < 32; ++i) v[i] = j % 2 ? qs[i] >> 4 : qs[i] & 0xF;
+    __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 + 32 * (j / 2)));
+    if (j % 2) q = _mm256_srli_epi16(q, 4);
+    store(_mm256_and_si256(q, _mm256_set1_epi8(0x0F)));
     int sc, mn;
     qdot::scale_min_k4(j, w + 4, &sc, &mn);
     *ws = half_at(w) * static_cast<float>(sc);
@@ -101,7 +95,7 @@ void pack_tile(const uint8_t* w, int64_t row_bytes, int64_t o0, int64_t n, int64
   t.q.assign(nb * 512, 0);
   t.ws.assign(nb * TILE, 0.f);
   t.wm.assign(nb * TILE, 0.f);
-  uint8_t v[32];
+  alignas(32) uint8_t v[32];
   for (int64_t o = 0; o < n; ++o) {
     const uint8_t* row = w + (o0 + o) * row_bytes;
     for (int64_t b = 0; b < nb; ++b) {
