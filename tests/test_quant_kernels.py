@@ -15,6 +15,7 @@ from lmgen.quantize import QuantLinear
 
 gguf = pytest.importorskip("gguf")
 needs_kernel = pytest.mark.skipif(not quant.available(), reason="the quant kernel does not build")
+needs_gemm = pytest.mark.skipif(not quant.has_gemm(), reason="no AVX512-VNNI build of the GEMM")
 KINDS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K"]
 
 
@@ -79,6 +80,55 @@ def test_a_rows_result_does_not_depend_on_the_other_rows(kind):
     assert torch.equal(quant.gemv(x.flip(0), blocks, kind), alone.flip(0))
 
 
+@needs_gemm
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [17, 40])
+def test_gemm_equals_closed_form(kind, rows):
+    out, inp = 40, 768  # 40 outputs: two whole tiles of 16 and a part of one
+    blocks = random_blocks(kind, out, inp, seed=rows)
+    w = reference_dequantize(blocks, kind, inp).double()
+    torch.manual_seed(rows)
+    x = torch.randn(rows, inp) * torch.rand(rows, 1) * 3
+    bias = torch.randn(out)
+    want = quantized_activation(x) @ w.T + bias.double()
+    got = quant.gemm(x, blocks, kind, bias)
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@needs_gemm
+@pytest.mark.parametrize("kind", KINDS)
+def test_gemm_rows_result_does_not_depend_on_the_other_rows(kind):
+    blocks = random_blocks(kind, 40, 256)
+    torch.manual_seed(1)
+    x = torch.randn(23, 256)
+    every = quant.gemm(x, blocks, kind)
+    for n in range(1, 23):
+        assert torch.equal(quant.gemm(x[:n], blocks, kind), every[:n]), n
+    assert torch.equal(quant.gemm(x.flip(0), blocks, kind), every.flip(0))
+    assert torch.equal(quant.gemm(x[5:], blocks, kind), every[5:])
+
+
+@needs_gemm
+def test_gemm_quantizes_activations_as_the_row_product_does():
+    """A Q8_0 identity (scale 1, one q = 1 per row) gives each activation exactly as the kernel
+    rounds it: the GEMM's vectorized rounding has the bits of the row product's (and of the
+    closed form: round half to even of x * 127 / max|x|)."""
+    n = 64
+    raw = np.zeros((n, n // 32, 34), dtype=np.uint8)
+    raw[:, :, :2] = np.array([1.0], dtype=np.float16).view(np.uint8)
+    for o in range(n):
+        raw[o, o // 32, 2 + o % 32] = 1
+    blocks = torch.from_numpy(raw.reshape(n, -1).copy())
+    torch.manual_seed(2)
+    x = torch.randn(20, n) * 5
+    x[3, :32] = 0  # an all-zero block: scale 0
+    x[4, :32] = torch.tensor([127.0, 2.5, 3.5, -2.5, -0.5, 0.5] + [1.0] * 26)  # scale 1:
+    # half-way values, rounded to even (2, 4, -2, 0, 0)
+    want = quantized_activation(x).float()
+    assert torch.equal(quant.gemm(x, blocks, "Q8_0"), want)
+    assert torch.equal(quant.gemv(x, blocks, "Q8_0"), want)
+
+
 def test_q4_0_quantizer_writes_ggmls_bytes():
     torch.manual_seed(0)
     w = torch.randn(16, 256)
@@ -93,8 +143,9 @@ def test_q4_0_quantizer_writes_ggmls_bytes():
 @pytest.mark.parametrize("rows", [1, 3, 40])
 def test_quant_linear_paths_agree(monkeypatch, rows):
     """QuantLinear by the kernel (few rows), by torch's GEMM on the dequantized weight (many
-    rows) and by the gguf package's dequantizer (no kernel): all the dequantized product, to
-    the activation's 8-bit rounding where the kernel quantizes it."""
+    rows: the block GEMM where it is built) and by the gguf package's dequantizer (no kernel):
+    all the dequantized product, to the activation's 8-bit rounding where a kernel quantizes
+    it."""
     torch.manual_seed(0)
     parts = [
         QuantTensor("Q4_1", random_blocks("Q4_1", 32, 256), 256),
@@ -107,7 +158,8 @@ def test_quant_linear_paths_agree(monkeypatch, rows):
                    for p in parts])  # fmt: skip
     want = x.double() @ w.double().T + layer.bias.double()
     got = layer(x)
-    tol = 3e-2 if rows <= 16 and quant.available() else 1e-5
+    quantized = quant.available() and (rows <= 16 or quant.has_gemm())
+    tol = 3e-2 if quantized else 1e-5
     assert (got.double() - want).abs().max() <= tol * want.abs().max()
     monkeypatch.setattr(quant, "available", lambda: False)
     fallback = QuantLinear(parts, layer.bias)(x)
