@@ -9,6 +9,9 @@ multiplies by them, lmgen.kernels.quant), and written back the bytes are the sam
 ggml defines them (ggml-common.h); the `gguf` package (llama.cpp's Python reference)
 dequantizes them where the kernel does not run.
 
+`interleave_q4_0` lays a Q4_0 weight's rows out for the decode kernel (QuantLinear holds
+them so, as kind "Q4_0x8"); `deinterleave_q4_0` gives the file's bytes back.
+
 `quantize_q4_0` makes Q4_0 blocks from float weights (`--quantize int4`), the same bytes as
 ggml's reference quantizer (`quantize_row_q4_0_ref`): d = the value of largest magnitude / -8,
 q = trunc(w / d + 8.5) clipped to 0..15. `quantize_q8_0` (a tied embedding and head) is the
@@ -68,6 +71,32 @@ def reference_dequantize(blocks: torch.Tensor, kind: str, in_features: int) -> t
     values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[kind])
     out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     return out.reshape(blocks.shape[0], in_features).to(blocks.device)
+
+
+def interleave_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    """Q4_0 blocks (out, in / 32 * 18), out % 8 == 0, with each group of 8 rows interleaved
+    for the one-row product (lmgen.kernels' quant_dot.h, kind Q4_0x8): per block, the 8 rows'
+    fp16 scales, then 4 chunks of 32 bytes, chunk c holding bytes 4c..4c+3 of each row's 16
+    quant bytes. The same bytes, moved; `deinterleave_q4_0` puts them back. Why: the kernel
+    then unpacks 8 rows' inputs with one load, as llama.cpp's repacked Q4_0 (repack.cpp)."""
+    out, row_bytes = blocks.shape
+    nb = row_bytes // 18
+    x = blocks.reshape(out // 8, 8, nb, 18)
+    scales = x[..., :2].permute(0, 2, 1, 3).reshape(out // 8, nb, 16)
+    quants = x[..., 2:].reshape(out // 8, 8, nb, 4, 4).permute(0, 2, 3, 1, 4)
+    packed = torch.cat([scales, quants.reshape(out // 8, nb, 128)], dim=2)
+    return packed.reshape(out, row_bytes).contiguous()
+
+
+def deinterleave_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    """The file's Q4_0 blocks back from `interleave_q4_0`'s layout."""
+    out, row_bytes = blocks.shape
+    nb = row_bytes // 18
+    x = blocks.reshape(out // 8, nb, 144)
+    scales = x[..., :16].reshape(out // 8, nb, 8, 2).permute(0, 2, 1, 3)
+    quants = x[..., 16:].reshape(out // 8, nb, 4, 8, 4).permute(0, 3, 1, 2, 4)
+    rows = torch.cat([scales, quants.reshape(out // 8, 8, nb, 16)], dim=3)
+    return rows.reshape(out, row_bytes).contiguous()
 
 
 def quantize_q4_0(w: torch.Tensor) -> QuantTensor:

@@ -29,7 +29,13 @@ from torch import nn
 from . import kernels
 from .cli_args import QUANTIZE_METHODS
 from .errors import ConfigError
-from .ggml_blocks import QuantTensor, quantize_q4_0, quantize_q8_0
+from .ggml_blocks import (
+    QuantTensor,
+    deinterleave_q4_0,
+    interleave_q4_0,
+    quantize_q4_0,
+    quantize_q8_0,
+)
 from .kernels import quant
 
 METHODS = QUANTIZE_METHODS  # "int8", "int4", "none"
@@ -100,7 +106,14 @@ class QuantLinear(nn.Module):
     """`y = x @ W.T + bias` with W held as ggml blocks (module doc). W's output rows may come
     in parts of different types (a fused q/k/v whose v is Q6_K in a Q4_K_M file): each part is
     a QuantTensor, or a float weight where its type is not kept, and the outputs are
-    concatenated. `parts[i]` is `self.blocks{i}` (uint8) or `self.weight{i}` (float)."""
+    concatenated. `parts[i]` is `self.blocks{i}` (uint8) or `self.weight{i}` (float).
+
+    A Q4_0 part of whole groups of 8 rows is held interleaved for the kernel (kind "Q4_0x8",
+    lmgen.ggml_blocks.interleave_q4_0: the one-row product's same bits, faster) where the
+    kernel runs and `INTERLEAVE` is on; `kinds` names the layouts held, `parts()` gives the
+    file's blocks back."""
+
+    INTERLEAVE = True  # hold Q4_0 interleaved (off: the file's layout, for A/B measurements)
 
     def __init__(self, parts: list, bias: torch.Tensor | None):
         super().__init__()
@@ -110,10 +123,23 @@ class QuantLinear(nn.Module):
         self.names: list[str] = []  # each part's buffer name
         for i, p in enumerate(parts):
             quantized = isinstance(p, QuantTensor)
+            kind = p.kind if quantized else None
+            if quantized:
+                held = p.blocks
+                if kind == "Q4_0" and self._interleaves(p):
+                    kind, held = "Q4_0x8", interleave_q4_0(p.blocks)
             self.names.append(f"blocks{i}" if quantized else f"weight{i}")
-            self.register_buffer(self.names[-1], p.blocks if quantized else p)
-            self.kinds.append(p.kind if quantized else None)
+            self.register_buffer(self.names[-1], held if quantized else p)
+            self.kinds.append(kind)
         self.register_buffer("bias", bias)
+
+    def _interleaves(self, part: QuantTensor) -> bool:
+        return (
+            self.INTERLEAVE
+            and part.shape[0] % 8 == 0
+            and part.blocks.device.type == "cpu"
+            and quant.available()
+        )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> QuantLinear:
@@ -122,11 +148,14 @@ class QuantLinear(nn.Module):
         return cls([quantize_q4_0(linear.weight)], bias)
 
     def parts(self) -> list:
-        """Each part as a QuantTensor or a float weight, in output order."""
-        return [
-            QuantTensor(k, self._buffers[n], self.in_features) if k else self._buffers[n]
-            for k, n in zip(self.kinds, self.names, strict=True)
-        ]
+        """Each part as a QuantTensor in the file's layout or a float weight, in output order."""
+        out = []
+        for k, n in zip(self.kinds, self.names, strict=True):
+            t = self._buffers[n]
+            if k == "Q4_0x8":
+                k, t = "Q4_0", deinterleave_q4_0(t)
+            out.append(QuantTensor(k, t, self.in_features) if k else t)
+        return out
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         ws = [p.dequantize() if isinstance(p, QuantTensor) else p for p in self.parts()]

@@ -7,7 +7,8 @@
 // quant_gemm(x (rows, in) float32, blocks, kind, bias?) -> (rows, out): a prompt's product,
 //   quant_gemm.h (AVX512-VNNI builds only: quant_has_gemm())
 // quant_dequantize(blocks (out, row_bytes) uint8, kind, in) -> (out, in) float32
-// `kind` is the ggml type number: 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K.
+// `kind` is the ggml type number: 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K; or 102, Q4_0 with
+// rows interleaved by 8 (quant_dot.h), for the products.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -136,6 +137,8 @@ void dequantize_row(const uint8_t* w, int64_t kind, int64_t in, float* y) {
 }
 
 at::Tensor quant_dequantize(const at::Tensor& blocks, int64_t kind, int64_t in) {
+  TORCH_CHECK(kind != Q4_0X8, "quant_dequantize: interleaved Q4_0 is dequantized in the file "
+              "layout (lmgen.ggml_blocks.deinterleave_q4_0)");
   check_blocks(blocks, kind, in);
   const int64_t out_f = blocks.size(0), row_bytes = blocks.size(1);
   at::Tensor y = at::empty({out_f, in}, at::kFloat);

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("quant.cpp")
 _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]  # no fused
 # multiply-adds but the written ones: a row's arithmetic the same in every instantiation
-KINDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12}  # ggml type numbers
+# ggml type numbers, and Q4_0 with rows interleaved by 8 (lmgen.ggml_blocks.interleave_q4_0)
+KINDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q4_0x8": 102}
 _state: dict = {"ok": None, "why": ""}
 _lock = threading.Lock()
 

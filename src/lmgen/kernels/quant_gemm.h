@@ -58,9 +58,19 @@ struct Tile {
 // 32 weight values of block b of one row (bytes 0..255, as `vpdpbusd`'s unsigned operand),
 // their scale and offset.
 template <int64_t kind>
-inline void unpack_block(const uint8_t* row, int64_t b, uint8_t* v, float* ws, float* wm) {
+inline void unpack_block(const uint8_t* w, int64_t row_bytes, int64_t o, int64_t b, uint8_t* v,
+                         float* ws, float* wm) {
   auto store = [&](__m256i q) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(v), q); };
-  if constexpr (kind == qdot::Q8_0) {
+  const uint8_t* row = w + o * row_bytes;
+  if constexpr (kind == qdot::Q4_0X8) {  // the row's 16 quant bytes back together (quant_dot.h)
+    const uint8_t* blk = w + (o / 8 * 8) * row_bytes + b * 144;
+    const int64_t j = o % 8;
+    alignas(16) uint8_t qs[16];
+    for (int c = 0; c < 4; ++c) std::memcpy(qs + 4 * c, blk + 16 + 32 * c + 4 * j, 4);
+    store(qdot::nibbles16(qs));
+    *ws = half_at(blk + 2 * j);
+    *wm = -8.f * *ws;
+  } else if constexpr (kind == qdot::Q8_0) {
     const uint8_t* w = row + b * 34;
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
     store(_mm256_xor_si256(q, _mm256_set1_epi8(static_cast<char>(0x80))));  // q + 128
@@ -97,9 +107,8 @@ void pack_tile(const uint8_t* w, int64_t row_bytes, int64_t o0, int64_t n, int64
   t.wm.assign(nb * TILE, 0.f);
   alignas(32) uint8_t v[32];
   for (int64_t o = 0; o < n; ++o) {
-    const uint8_t* row = w + (o0 + o) * row_bytes;
     for (int64_t b = 0; b < nb; ++b) {
-      unpack_block<kind>(row, b, v, &t.ws[b * TILE + o], &t.wm[b * TILE + o]);
+      unpack_block<kind>(w, row_bytes, o0 + o, b, v, &t.ws[b * TILE + o], &t.wm[b * TILE + o]);
       uint8_t* dst = t.q.data() + b * 512 + o * 4;
       for (int g = 0; g < 8; ++g) std::memcpy(dst + g * 64, v + 4 * g, 4);
     }
@@ -224,6 +233,7 @@ inline void gemm(const float* x, int64_t rows, int64_t in, int64_t kind, const u
     case qdot::Q4_0: return gemm_of<qdot::Q4_0>(rw, rows, w, row_bytes, out_f, bias, y);
     case qdot::Q4_1: return gemm_of<qdot::Q4_1>(rw, rows, w, row_bytes, out_f, bias, y);
     case qdot::Q5_0: return gemm_of<qdot::Q5_0>(rw, rows, w, row_bytes, out_f, bias, y);
+    case qdot::Q4_0X8: return gemm_of<qdot::Q4_0X8>(rw, rows, w, row_bytes, out_f, bias, y);
     default: return gemm_of<qdot::Q4_K>(rw, rows, w, row_bytes, out_f, bias, y);
   }
 }
