@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmgen.ggml_blocks import BLOCKS, QuantTensor, quantize_q4_0, reference_dequantize
+from lmgen.ggml_blocks import (
+    BLOCKS,
+    QuantTensor,
+    deinterleave_q4_0,
+    interleave_q4_0,
+    quantize_q4_0,
+    reference_dequantize,
+)
 from lmgen.kernels import quant
 from lmgen.quantize import QuantLinear
 
@@ -127,6 +134,57 @@ def test_gemm_quantizes_activations_as_the_row_product_does():
     want = quantized_activation(x).float()
     assert torch.equal(quant.gemm(x, blocks, "Q8_0"), want)
     assert torch.equal(quant.gemv(x, blocks, "Q8_0"), want)
+
+
+def test_interleaved_q4_0_moves_the_bytes_and_puts_them_back():
+    blocks = random_blocks("Q4_0", 24, 96)
+    held = interleave_q4_0(blocks)
+    assert not torch.equal(held, blocks)
+    assert sorted(held.flatten().tolist()) == sorted(blocks.flatten().tolist())
+    assert torch.equal(deinterleave_q4_0(held), blocks)
+    # row 9 (group 1, lane 1), block 2: its scale, then its quant bytes 4c..4c+3 in chunk c
+    group, blk = held.reshape(3, 8, 3 * 18)[1].flatten(), blocks[9, 2 * 18 : 3 * 18]
+    at = 2 * 144
+    assert torch.equal(group[at + 2 : at + 4], blk[:2])
+    for c in range(4):
+        chunk = at + 16 + 32 * c + 4
+        assert torch.equal(group[chunk : chunk + 4], blk[2 + 4 * c : 6 + 4 * c])
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_interleaved_q4_0_products_have_the_file_layouts_bits(threads):
+    """The one-row product (and the GEMM) of Q4_0x8 is the file layout's, bit for bit, for any
+    rows and any split of the outputs between threads (40 outputs: ranges inside groups)."""
+    blocks = random_blocks("Q4_0", 40, 512, seed=4)
+    held = interleave_q4_0(blocks)
+    torch.manual_seed(4)
+    x = torch.randn(6, 512) * 2
+    bias = torch.randn(40)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n in range(1, 7):
+            want = quant.gemv(x[:n], blocks, "Q4_0", bias)
+            assert torch.equal(quant.gemv(x[:n], held, "Q4_0x8", bias), want), n
+        if quant.has_gemm():
+            assert torch.equal(quant.gemm(x, held, "Q4_0x8"), quant.gemm(x, blocks, "Q4_0"))
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_kernel
+def test_quant_linear_holds_q4_0_interleaved_and_gives_the_files_blocks_back():
+    blocks = random_blocks("Q4_0", 32, 256)
+    odd = random_blocks("Q4_0", 12, 256, seed=1)  # not whole groups of 8: kept as it is
+    layer = QuantLinear([QuantTensor("Q4_0", blocks, 256), QuantTensor("Q4_0", odd, 256)], None)
+    assert layer.kinds == ["Q4_0x8", "Q4_0"]
+    got = layer.parts()
+    assert [p.kind for p in got] == ["Q4_0", "Q4_0"]
+    assert torch.equal(got[0].blocks, blocks) and torch.equal(got[1].blocks, odd)
+    x = torch.randn(3, 256)
+    assert torch.equal(layer(x), torch.cat([quant.gemv(x, blocks, "Q4_0"),
+                                            quant.gemv(x, odd, "Q4_0")], dim=1))  # fmt: skip
 
 
 def test_q4_0_quantizer_writes_ggmls_bytes():
