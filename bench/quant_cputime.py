@@ -7,7 +7,9 @@ For a machine that other jobs load: there two-thread wall-clock rows measure the
 the two implementations' work per token. lmgen: `time.thread_time()` around 80 and 16 greedy
 steps after a 4-token prompt; llama.cpp: the children's user + system time of `llama-bench -t 1
 -p 0 -n 80` and `-n 16` (its model load cancels out); tokens per CPU second = 64 / difference,
-best of `--repeats`, the three sides alternated.
+best of `--repeats`, the sides alternated. For a file with Q4_0 weights, a fourth column:
+the fused step with Q4_0 held as the file lays it out (`QuantLinear.INTERLEAVE` off), against
+the interleaved layout lmgen holds by default.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import resource
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,35 +61,51 @@ def llama_rate(bench: str, path: Path) -> float:
 
 def main(argv=None) -> int:
     import lmgen
+    from lmgen.quantize import QuantLinear
 
     from .llamacpp import find_llama_bench
-    from .smollm2 import QUANT_KINDS, find_gguf, quant_files
+    from .quant_prefill import files_for
+    from .smollm2 import QUANT_KINDS, find_gguf
 
     p = argparse.ArgumentParser(prog="python -m bench.quant_cputime", description=__doc__)
     p.add_argument("--kinds", default=",".join(QUANT_KINDS))
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--files", help="a folder with q8_0.gguf, q4_0.gguf, q4_k.gguf (as "
+                   "bench.quant_prefill)")  # fmt: skip
     p.add_argument("--smollm2-gguf", help="the SmolLM2-135M Q4_1 file (default: test-model cache)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     path, bench = find_gguf(args.smollm2_gguf), find_llama_bench()
     if path is None or bench is None:
         p.error("needs the SmolLM2-135M Q4_1 GGUF and llama-bench ($LLAMA_BENCH)")
-    files = quant_files(path, Path(tempfile.mkdtemp()))
-    print("| file | lmgen fused | lmgen op by op | llama.cpp | fused / llama.cpp |")
-    print("|---|---|---|---|---|")
+    files = files_for(args, path)
+    print("| file | lmgen fused | lmgen op by op | lmgen fused, Q4_0 as in the file | "
+          "llama.cpp | fused / llama.cpp |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
-        file = files[kind][0]
+        file = files.get(kind)
         if file is None:
-            print(f"| {kind} | skipped: {files[kind][1]} | | | |")
+            print(f"| {kind} | skipped: no file | | | | |")
             continue
         model = lmgen.load(file).model
-        best = {"fused": 0.0, "op": 0.0, "llama": 0.0}
+        plain = None  # Q4_0 not interleaved (QuantLinear.INTERLEAVE off): the A/B of that layout
+        if any("Q4_0x8" in getattr(m, "kinds", ()) for m in model.modules()):
+            QuantLinear.INTERLEAVE = False
+            try:
+                plain = lmgen.load(file).model
+            finally:
+                QuantLinear.INTERLEAVE = True
+        best = {"fused": 0.0, "op": 0.0, "file": 0.0, "llama": 0.0}
         for _ in range(args.repeats):
             best["fused"] = max(best["fused"], lmgen_rate(model, True))
             best["op"] = max(best["op"], lmgen_rate(model, False))
+            if plain is not None:
+                best["file"] = max(best["file"], lmgen_rate(plain, True))
             best["llama"] = max(best["llama"], llama_rate(bench, file))
-        print(f"| {kind} | {best['fused']:.1f} | {best['op']:.1f} | {best['llama']:.1f} | "
-              f"{best['fused'] / best['llama']:.2f}x |", flush=True)  # fmt: skip
+        file_col = f"{best['file']:.1f}" if plain is not None else "-"
+        ratio = best["fused"] / best["llama"]
+        print(f"| {kind} | {best['fused']:.1f} | {best['op']:.1f} | {file_col} | "
+              f"{best['llama']:.1f} | {ratio:.2f}x |", flush=True)  # fmt: skip
     return 0
 
 
