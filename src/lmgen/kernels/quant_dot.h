@@ -136,19 +136,36 @@ inline void quantize_act(const float* x, int64_t rows, int64_t in, Act& a) {
   a.q.resize(rows * in);
   a.d.resize(rows * a.nb);
   a.s.resize(rows * a.nb);
+  // vectorized: the same max (exact), the same products x * id, and cvtps's rounding (the
+  // default mode, nearest even) is nearbyint's: the scalar loop's bits, ~5x fewer instructions
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t b = 0; b < a.nb; ++b) {
       const float* xb = x + r * in + b * 32;
-      float amax = 0.f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
-      int8_t* qb = a.q.data() + r * in + b * 32;
-      int32_t sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        int v = static_cast<int>(std::nearbyint(xb[i] * id));
-        qb[i] = static_cast<int8_t>(v);
-        sum += v;
-      }
+      __m256 v[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+      __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask),
+                                             _mm256_and_ps(v[1], abs_mask)),
+                               _mm256_max_ps(_mm256_and_ps(v[2], abs_mask),
+                                             _mm256_and_ps(v[3], abs_mask)));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_movehdup_ps(h));
+      const float amax = _mm_cvtss_f32(h);
+      const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i q[4];
+      for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vid));
+      const __m256i q16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                             _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.q.data() + r * in + b * 32),
+                          _mm256_permutevar8x32_epi32(q16, order));
+      __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4E));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1));
+      const int32_t sum = _mm_cvtsi128_si32(u);
       a.d[r * a.nb + b] = d;
       a.s[r * a.nb + b] = d * static_cast<float>(sum);
     }
