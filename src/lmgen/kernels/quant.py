@@ -1,9 +1,11 @@
 """lmgen's CPU kernel for weights in ggml's block formats (quant.cpp), compiled on first use.
 
-`gemv(x, blocks, kind, bias)` multiplies rows of x by a weight held as Q8_0, Q4_0, Q4_1 or Q4_K
-blocks (the GGUF bytes, one row of blocks per output), the activations quantized to int8 blocks
-and the block products done in integers, as llama.cpp does; `dequantize(blocks, kind, in)`
-gives the float32 weight (for a prompt's many rows, where torch's GEMM is faster). Built like
+`gemv(x, blocks, kind, bias)` multiplies rows of x by a weight held as Q8_0, Q4_0, Q4_1, Q5_0
+or Q4_K blocks (the GGUF bytes, one row of blocks per output; or Q4_0 with rows interleaved by
+8, "Q4_0x8", the same bits), the activations quantized to int8 blocks and the block products
+done in integers, as llama.cpp does; `gemm` is the same product for a prompt's many rows
+(AVX512-VNNI builds: `has_gemm()`); `dequantize(blocks, kind, in)` gives the float32 weight
+(the prompt path where the GEMM is not built). Built like
 decode.cpp (lmgen.kernels.build_extension) with AVX2/FMA/F16C, plus AVX512-VNNI or AVX-VNNI
 where /proc/cpuinfo lists them (their integer sums equal AVX2's, so results do not change).
 Where it cannot be built, or `LMGEN_KERNELS=0`, `available()` is False and lmgen.quantize
