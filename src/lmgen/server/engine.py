@@ -123,8 +123,9 @@ class RowLinear:
             and w.dtype in kernels.DTYPES
             and kernels.available()
         )
-        # ggml blocks throughout (a GGUF's head, say): their kernel keeps each row's bits
-        # whatever the other rows, for up to GEMV_ROWS rows a call (more would dequantize)
+        # ggml blocks throughout (a GGUF's head, say): their row kernel keeps each row's bits
+        # whatever the other rows, for up to GEMV_ROWS rows a call (more rows would go to the
+        # prompt GEMM, whose bits are its own: so a step's rows go GEMV_ROWS at a time)
         self.blocks = isinstance(module, QuantLinear) and all(module.kinds)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
