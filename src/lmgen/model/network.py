@@ -560,6 +560,8 @@ class Attend:
     def __call__(self, q, k, v):
         if self.cache is not None:
             k, v = self.cache.update(self.layer, self.start, k, v)  # (B, KV, S, D)
+            if k.dtype != q.dtype:  # a widened float16 prefill (prefill.py): float32 queries
+                k, v = k.to(q.dtype), v.to(q.dtype)
         H = q.shape[1]
         k, v = repeat_kv(k, H), repeat_kv(v, H)  # (B, H, S, D)
         if self.explicit:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import decode_linear, kernels
 from ..decode_linear import DecodeLinear
-from . import network
+from . import network, prefill
 from .network import Attend, RMSNorm, block_forward, layer_shape
 
 SERIAL_DECODE_ATTENTION = False  # one-query attention on one thread (see Attend.__call__)
@@ -94,6 +94,9 @@ class InferencePlan:
 
     def _look_up(self, model) -> None:
         self.layers = [b.plain_ops(_decode_fn) for b in model.h]
+        # a prompt's blocks (model/prefill.py): prefill_linear's products; float16 widened
+        self.prefill_layers = prefill.prefill_ops(model.h)
+        self.widened_layers = prefill.widened_ops(model.h)
         self.ln_f = model.ln_f.forward
         self.lm_head = _decode_fn(model.lm_head)
         self.modules = [m for m in model.modules() if m is not model]
@@ -132,12 +135,17 @@ class InferencePlan:
             else:
                 x = self._rope_step(model, x, position_ids, cache, past)
             return x.view(B, T, -1)
+        dtype, layers = x.dtype, self.layers
+        if T > 1:  # a prompt (model/prefill.py)
+            layers = self.prefill_layers
+            if prefill.widens(model, x):
+                x, layers = x.float(), self.widened_layers
         cos_sin = model.rope_cos_sin(position_ids, x.dtype)
-        for i, ops in enumerate(self.layers):
+        for i, ops in enumerate(layers):
             attend = Attend(i, cache, past, masks.for_layer(self.windows[i]), 0.0, serial,
                             False, self.scale)  # fmt: skip
             x = block_forward(x, ops, self.shape, B, T, cos_sin[i], attend)
-        return x.view(B, T, -1)
+        return x.to(dtype).view(B, T, -1)
 
     def _rope_step(self, model, x, position_ids, cache, past: int) -> torch.Tensor:
         """The rotary families' fused step at one position for every row."""
