@@ -20,7 +20,8 @@ import logging
 import os
 import sys
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,7 +64,6 @@ _FLAGS += integer_dot_flags()
 MAX_ROWS = 4  # rows up to which callers take the kernel for a batch (decode_linear, the plan)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}
-STALE_LOCK_S = 600  # seconds: a build lock older than this is a killed build's
 _lock = threading.Lock()
 
 
@@ -96,22 +96,26 @@ def build_extension(source: Path, flags: list[str], prefix: str) -> None:
     _load(source, flags, prefix)
 
 
-BUILDER = "builder.pid"  # beside the lock: the process that started the last build there
+@contextmanager
+def build_lock(build: Path) -> Iterator[None]:
+    """Holds the build directory's lock: one process builds or loads there at a time (pytest's
+    workers, a server and a CLI started together), and the others wait. An OS file lock
+    (flock), which the system releases when its process ends however it ends: torch's own
+    lock file (`lock`, its FileBaton) stays behind when a build is killed (Ctrl-C during the
+    first compile), and every later load would wait on it for good. Holding this lock, nobody
+    else is building, so such a file is a dead build's and is removed."""
+    import fcntl
 
-
-def stale_lock(lock: Path) -> bool:
-    """Whether torch's build lock is a killed build's: the process that started the build
-    (`BUILDER` beside it) is gone, or the lock is older than STALE_LOCK_S. An interrupted first
-    build (Ctrl-C) would otherwise make the next load wait on it for minutes."""
-    if not lock.exists():
-        return False
-    try:
-        os.kill(int((lock.parent / BUILDER).read_text()), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):  # no pid written, or a process not ours: go by age
-        pass
-    return time.time() - lock.stat().st_mtime > STALE_LOCK_S
+    with open(build / "build.flock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            baton = build / "lock"
+            if baton.exists():
+                log.warning("removing a killed kernel build's lock (%s)", baton)
+                baton.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -> None:
@@ -126,32 +130,23 @@ def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    lock = build / "lock"  # torch's FileBaton: a build killed midway leaves it, and every
-    # later load would wait for it forever
-    try:
-        if stale_lock(lock):
-            log.warning("removing a stale kernel build lock (%s)", lock)
-            lock.unlink()
-    except OSError:
-        pass
-    if not (build / f"{name}.so").exists():
-        if not lock.exists():  # this process is about to build: say which one
-            (build / BUILDER).write_text(str(os.getpid()))
-        print(
-            "lmgen: compiling its CPU decode kernel (once per machine, 20-60 s; "
-            "LMGEN_KERNELS=0 skips it)...",
-            file=sys.stderr,
-            flush=True,
+    with build_lock(build):
+        if not (build / f"{name}.so").exists():
+            print(
+                "lmgen: compiling its CPU decode kernel (once per machine, 20-60 s; "
+                "LMGEN_KERNELS=0 skips it)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
         )
-    cpp_extension.load(
-        name=name,
-        sources=[str(source)],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
-        is_python_module=False,
-        verbose=False,
-    )
 
 
 def available() -> bool:
