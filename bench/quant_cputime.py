@@ -14,7 +14,6 @@ the interleaved layout lmgen holds by default.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import subprocess
 import time
@@ -63,22 +62,9 @@ def main(argv=None) -> int:
     import lmgen
     from lmgen.quantize import QuantLinear
 
-    from .llamacpp import find_llama_bench
-    from .quant_prefill import files_for
-    from .smollm2 import QUANT_KINDS, find_gguf
+    from .quant_prefill import one_thread_files
 
-    p = argparse.ArgumentParser(prog="python -m bench.quant_cputime", description=__doc__)
-    p.add_argument("--kinds", default=",".join(QUANT_KINDS))
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--files", help="a folder with q8_0.gguf, q4_0.gguf, q4_k.gguf (as "
-                   "bench.quant_prefill)")  # fmt: skip
-    p.add_argument("--smollm2-gguf", help="the SmolLM2-135M Q4_1 file (default: test-model cache)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    path, bench = find_gguf(args.smollm2_gguf), find_llama_bench()
-    if path is None or bench is None:
-        p.error("needs the SmolLM2-135M Q4_1 GGUF and llama-bench ($LLAMA_BENCH)")
-    files = files_for(args, path)
+    _, args, files, bench = one_thread_files("python -m bench.quant_cputime", __doc__, argv)
     print("| file | lmgen fused | lmgen op by op | lmgen fused, Q4_0 as in the file | "
           "llama.cpp | fused / llama.cpp |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -70,26 +70,36 @@ def files_for(args, path: Path) -> dict[str, Path | None]:
     return {k: f for k, (f, _) in quant_files(path, Path(tempfile.mkdtemp())).items()}
 
 
-def main(argv=None) -> int:
-    import lmgen
-    from lmgen.kernels import quant
-
+def one_thread_files(
+    prog: str, doc: str, argv
+) -> tuple[argparse.ArgumentParser, object, dict, str]:
+    """The options this and bench.quant_cputime share (--kinds, --repeats, --files,
+    --smollm2-gguf), parsed; one torch thread; the files and llama-bench found (else a usage
+    error): (parser, args, {kind: file or None}, llama-bench)."""
     from .llamacpp import find_llama_bench
     from .smollm2 import QUANT_KINDS, find_gguf
 
-    p = argparse.ArgumentParser(prog="python -m bench.quant_prefill", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument("--kinds", default=",".join(QUANT_KINDS))
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--files", help="a folder with q8_0.gguf, q4_0.gguf, q4_k.gguf (module doc)")
+    p.add_argument("--files", help="a folder with q8_0.gguf, q4_0.gguf, q4_k.gguf (as "
+                   "bench.quant_prefill's doc says)")  # fmt: skip
     p.add_argument("--smollm2-gguf", help="the SmolLM2-135M Q4_1 file (default: test-model cache)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     path, bench = find_gguf(args.smollm2_gguf), find_llama_bench()
     if path is None or bench is None:
         p.error("needs the SmolLM2-135M Q4_1 GGUF and llama-bench ($LLAMA_BENCH)")
+    return p, args, files_for(args, path), bench
+
+
+def main(argv=None) -> int:
+    import lmgen
+    from lmgen.kernels import quant
+
+    p, args, files, bench = one_thread_files("python -m bench.quant_prefill", __doc__, argv)
     if not quant.has_gemm():
         p.error(f"the block GEMM is not built here ({quant.integer_dot()} integer dots)")
-    files = files_for(args, path)
     print(f"pp{PROMPT}, tokens per CPU second, one thread")
     print("| file | lmgen GEMM | lmgen dequantize + torch | llama.cpp | GEMM / llama.cpp |")
     print("|---|---|---|---|---|")

@@ -61,8 +61,15 @@ def test_dequantize_equals_ggmls_reference(kind):
 
 @needs_kernel
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("rows", [1, 2, 4, 5])
-def test_product_equals_closed_form(kind, rows):
+@pytest.mark.parametrize(
+    "product, rows",
+    [*(("gemv", n) for n in (1, 2, 4, 5)),
+     *(pytest.param("gemm", n, marks=needs_gemm) for n in (17, 40))],
+)  # fmt: skip
+def test_product_equals_closed_form(kind, product, rows):
+    """The row kernel (a decode step's rows) and the prompt GEMM (40 outputs for the GEMM: two
+    whole tiles of 16 and a part of one) against the dequantized weight times the activation
+    rounded to int8 blocks, in float64."""
     out, inp = 40, 768
     blocks = random_blocks(kind, out, inp, seed=rows)
     w = reference_dequantize(blocks, kind, inp).double()
@@ -70,9 +77,8 @@ def test_product_equals_closed_form(kind, rows):
     x = torch.randn(rows, inp) * torch.rand(rows, 1) * 3
     bias = torch.randn(out)
     want = quantized_activation(x) @ w.T + bias.double()
-    got = quant.gemv(x, blocks, kind, bias)
-    scale = want.abs().max().item()
-    assert (got.double() - want).abs().max().item() <= 1e-5 * scale
+    got = getattr(quant, product)(x, blocks, kind, bias)
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
 
 
 @needs_kernel
@@ -85,21 +91,6 @@ def test_a_rows_result_does_not_depend_on_the_other_rows(kind):
     for n in range(1, 10):
         assert torch.equal(quant.gemv(x[:n], blocks, kind), alone[:n]), n
     assert torch.equal(quant.gemv(x.flip(0), blocks, kind), alone.flip(0))
-
-
-@needs_gemm
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("rows", [17, 40])
-def test_gemm_equals_closed_form(kind, rows):
-    out, inp = 40, 768  # 40 outputs: two whole tiles of 16 and a part of one
-    blocks = random_blocks(kind, out, inp, seed=rows)
-    w = reference_dequantize(blocks, kind, inp).double()
-    torch.manual_seed(rows)
-    x = torch.randn(rows, inp) * torch.rand(rows, 1) * 3
-    bias = torch.randn(out)
-    want = quantized_activation(x) @ w.T + bias.double()
-    got = quant.gemm(x, blocks, kind, bias)
-    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
 
 
 @needs_gemm

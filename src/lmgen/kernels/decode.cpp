@@ -1045,6 +1045,18 @@ struct RopeShape {
   const float* sin;
 };
 
+// x += y, y normed first where the layer has a norm after the sublayer (Gemma's after
+// attention and after the MLP); h: room for the normed y.
+inline void add_sublayer(float* x, const float* y, float* h, const float* post, int64_t rows,
+                         int64_t C, float eps, bool unit_offset) {
+  if (post) {
+    rms_norm(y, h, rows, C, post, eps, unit_offset);
+    add_to(x, h, rows * C);
+  } else {
+    add_to(x, y, rows * C);
+  }
+}
+
 template <typename T>
 void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
                      const std::vector<RopeLayer>& layers, const std::vector<RowKV<T>>& kv,
@@ -1095,12 +1107,7 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
       tm.sync();
       linear_rows(L.o, rows, att, y, ts.act, o_cols);
       tm.sync();
-      if (L.post_attn) {
-        rms_norm(y, h, rows, C, L.post_attn, eps, unit_offset);
-        add_to(xp, h, n);
-      } else {
-        add_to(xp, y, n);
-      }
+      add_sublayer(xp, y, h, L.post_attn, rows, C, eps, unit_offset);
       rms_norm(xp, h, rows, C, L.ln_2, eps, unit_offset);
       bool quantized = false;  // gate and up: this thread's columns of each, one quantized h
       linear_rows(L.fc, rows, h, u, ts.act, quantized, mlp_cols.first, mlp_cols.second);
@@ -1115,12 +1122,7 @@ void run_rope_blocks(float* x, int64_t rows, int64_t C, const RopeShape& S,
       tm.sync();
       linear_rows(L.down, rows, g, y, ts.act, o_cols);
       tm.sync();
-      if (L.post_mlp) {
-        rms_norm(y, h, rows, C, L.post_mlp, eps, unit_offset);
-        add_to(xp, h, n);
-      } else {
-        add_to(xp, y, n);
-      }
+      add_sublayer(xp, y, h, L.post_mlp, rows, C, eps, unit_offset);
     }
     if (tm.t == 0 && n_layer > 0) std::copy(xp, xp + n, x);
   });
