@@ -296,6 +296,11 @@ def quant_files(path: Path, folder: Path) -> dict[str, tuple[Path | None, str]]:
         "lmgen export-gguf --dtype q8_0 of the dequantised Q4_1 weights",
     )
     f32 = write_gguf(floats.model, folder / "f32.gguf", torch.float32, tokenizer=floats.tokenizer)
+    # (before the int4 quantization below turns the float weights into blocks)
+    out["f16"] = (
+        write_gguf(floats.model, folder / "f16.gguf", torch.float16, tokenizer=floats.tokenizer),
+        "lmgen export-gguf --dtype f16 of the dequantised weights",
+    )
     quantize = find_llama_quantize()
     if quantize is None:
         out["q4_k"] = (None, "no llama-quantize ($LLAMA_QUANTIZE or beside llama-bench)")
@@ -315,10 +320,6 @@ def quant_files(path: Path, folder: Path) -> dict[str, tuple[Path | None, str]]:
         "lmgen --quantize int4 (Q4_0, tied embedding Q8_0) of the dequantised weights",
     )
     out["f32"] = (f32, "lmgen export-gguf of the dequantised weights")
-    out["f16"] = (
-        write_gguf(floats.model, folder / "f16.gguf", torch.float16, tokenizer=floats.tokenizer),
-        "lmgen export-gguf --dtype f16 of the dequantised weights",
-    )
     return out
 
 

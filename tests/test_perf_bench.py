@@ -406,3 +406,32 @@ def test_bytes_per_token_counts_grouped_query_kv_heads():
     assert B.kv_width(cfg) == 16
     weights = B.bytes_per_token(m, 0)
     assert B.bytes_per_token(m, 10) - weights == 2 * 2 * 10 * 16 * 4
+
+
+def test_smollm2_files_each_hold_their_kind(tmp_path, monkeypatch):
+    """Each derived file holds the weights its row is named for (the f16 file was once written
+    after the int4 quantization had turned the model's weights into Q4_0 blocks)."""
+    gguf = pytest.importorskip("gguf")
+    import lmgen
+    from bench import smollm2 as S
+    from lmgen.gguf_export import write_gguf
+    from lmgen.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(texts=["a small corpus of words, " * 20], vocab_size=300)
+    torch.manual_seed(0)
+    llama = dict(model_type="llama", positions="rope", norm="rmsnorm", mlp="gated",
+                 activation_function="silu",
+                 norm_bias=False, mlp_bias=False, qkv_bias=False, attn_out_bias=False)  # fmt: skip
+    cfg = lmgen.GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=64, n_layer=1,
+                          n_head=2, n_inner=128, **llama)  # fmt: skip
+    source = write_gguf(lmgen.GPT(cfg), tmp_path / "source.gguf", torch.float32, tokenizer=tok)
+    real_load = lmgen.load
+    monkeypatch.setattr(lmgen, "load", lambda path, **kw: real_load(source, **kw))
+    monkeypatch.setattr(S, "find_llama_quantize", lambda: None)
+    files = S.quant_files(tmp_path / "m.gguf", tmp_path)
+    want = {"q8_0": "Q8_0", "q4_0": "Q4_0", "f32": "F32", "f16": "F16"}
+    for kind, ggml_type in want.items():
+        reader = gguf.GGUFReader(str(files[kind][0]))
+        types = {t.tensor_type.name for t in reader.tensors if t.name.endswith("ffn_up.weight")}
+        assert types == {ggml_type}, kind
+    assert files["q4_k"][0] is None
