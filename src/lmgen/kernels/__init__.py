@@ -281,3 +281,14 @@ def decode_step_rope_rows(
     H, KV, D = shape
     return op(x, params, k, v, positions, H, KV, D, eps, activation, cos, sin, windows, scale,
               unit_offset, *blocks)  # fmt: skip
+
+
+def decode_head(
+    x: torch.Tensor, params: list, eps: float, norm: int, blocks: tuple = ((), ())
+) -> torch.Tensor:
+    """The logits (rows, vocab) of `x` (rows, n_embd) in one call: the final norm (`norm` 0
+    LayerNorm, 1 RMSNorm, 2 Gemma's RMSNorm scaled by 1 + w) and the head's product shared
+    among the threads. `params`: the norm's weight and bias (None for RMSNorm), the head's
+    weight (None: ggml parts in `blocks`, as `decode_step` takes them), scale (int8) and bias.
+    In x's dtype; each row's bits the same whatever the other rows."""
+    return torch.ops.lmgen_kernels.decode_head(x, params, eps, norm, *blocks)

@@ -1266,6 +1266,67 @@ at::Tensor decode_step_rope_rows(const at::Tensor& x,
   return residual_out(xs, x);
 }
 
+// ---- The head: the final norm and the output projection -------------------------------------
+// What follows a decode step (or a prompt's last position) took ~10 dispatched operations in
+// Python: the norm's own several, then the head's product in a parallel region of its own
+// (OpenMP's fork and join, and for ggml blocks at::parallel_for's). At SmolLM2's 49,152-token
+// vocabulary the head is a fifth of the weights, and at the 14M shape the dispatch is a tenth of
+// the token. Here it is one call: the norm once, then the product shared among the threads as
+// in run_blocks (linear_rows: the same bits as the op-by-op head for the same normed x).
+//
+// x (rows, C); params: the norm's weight and bias (LayerNorm; None for none and for RMSNorm), the
+// head's weight (None: ggml parts in blocks/parts, as BlockReader reads them), scale (int8) and
+// bias; norm 0 LayerNorm, 1 RMSNorm, 2 RMSNorm scaled by 1 + w (Gemma). Returns the logits
+// (rows, out) in x's dtype.
+at::Tensor decode_head(const at::Tensor& x, const c10::List<c10::optional<at::Tensor>>& params,
+                       double eps, int64_t norm, const std::vector<at::Tensor>& blocks,
+                       at::IntArrayRef parts) {
+  const char* op = "decode_head";
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(0) >= 1, op,
+              ": x (rows, n_embd) on CPU, at least one row");
+  TORCH_CHECK(params.size() == 5, op, ": 5 parameters (norm weight, bias; head weight, scale, bias)");
+  TORCH_CHECK(norm >= 0 && norm <= 2, op, ": norm must be 0 (LayerNorm), 1 (RMSNorm) or 2 (1 + w)");
+  const int64_t rows = x.size(0), C = x.size(1);
+  std::vector<at::Tensor> keep;
+  std::vector<std::vector<float>> bufs(5);
+  auto as_f = [&](int64_t i, int64_t n) -> const float* {
+    c10::optional<at::Tensor> t = params.get(i);
+    if (!t.has_value()) return nullptr;
+    TORCH_CHECK(t->numel() == n, op, ": parameter ", i, " must hold ", n, " values");
+    keep.push_back(t->contiguous());
+    return as_float(keep.back(), bufs[i]);
+  };
+  const float* norm_w = as_f(0, C);
+  const float* norm_b = as_f(1, C);
+  TORCH_CHECK(norm_w != nullptr, op, ": the final norm needs its weight");
+  TORCH_CHECK(norm == 0 || norm_b == nullptr, op, ": an RMSNorm has no bias");
+  c10::optional<at::Tensor> w = params.get(2);
+  TORCH_CHECK(!w.has_value() || (w->dim() == 2 && w->is_contiguous() && w->size(1) == C), op,
+              ": the head's weight must be a contiguous (vocab, n_embd) matrix");
+  BlockReader R{op, blocks, parts};
+  Linear L = R.next(w.has_value() ? *w : at::Tensor(), -1, C);
+  R.done();
+  TORCH_CHECK(L.parts.empty() || !params.get(3).has_value(), op,
+              ": a layer of ggml blocks takes no scale");
+  L.scale = as_f(3, L.out);
+  L.bias = as_f(4, L.out);
+  std::vector<float> xs = residual_in(x), h(rows * C);
+  if (norm == 0) {
+    std::vector<float> zeros;
+    if (norm_b == nullptr) zeros.assign(C, 0.0f);
+    layer_norm(xs.data(), h.data(), rows, C, norm_w, norm_b ? norm_b : zeros.data(),
+               static_cast<float>(eps));
+  } else {
+    rms_norm(xs.data(), h.data(), rows, C, norm_w, static_cast<float>(eps), norm == 2);
+  }
+  at::Tensor y = at::empty({rows, L.out}, x.options().dtype(at::kFloat));
+  float* yp = y.data_ptr<float>();
+  run_team([&](Team& tm) {
+    linear_rows(L, rows, h.data(), yp, thread_scratch().act, tm.share(L.out, 16));
+  });
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmgen_kernels, m) {
@@ -1288,6 +1349,9 @@ TORCH_LIBRARY(lmgen_kernels, m) {
       "int[] positions, int n_head, int n_kv_head, int head_dim, float eps, int act, Tensor cos, "
       "Tensor sin, int[] windows, float scale, bool unit_offset, Tensor[] blocks, "
       "int[] parts) -> Tensor");
+  m.def(
+      "decode_head(Tensor x, Tensor?[] params, float eps, int norm, Tensor[] blocks, int[] parts) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
@@ -1297,4 +1361,5 @@ TORCH_LIBRARY_IMPL(lmgen_kernels, CPU, m) {
   m.impl("decode_step_rows", decode_step_rows);
   m.impl("decode_step_rope", decode_step_rope);
   m.impl("decode_step_rope_rows", decode_step_rope_rows);
+  m.impl("decode_head", decode_head);
 }

@@ -389,7 +389,8 @@ class GPT(nn.Module):
             return self.cap_logits(lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)), h
         if logits_to_keep and logits_to_keep < x.shape[1]:
             x = x[:, -logits_to_keep:]
-        logits = self.cap_logits(lm_head(ln_f(x)))  # (B, T', V)
+        logits = plan.logits(x) if plan is not None else lm_head(ln_f(x))
+        logits = self.cap_logits(logits)  # (B, T', V)
         return (logits, attentions) if output_attentions else logits
 
     def cap_logits(self, logits: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,7 @@ class InferencePlan:
             self.step_params, self.blocks = _gather(_step_params, model)
             if self.step_params is None:
                 self.rope_params, self.blocks = _gather(_rope_step_params, model)
+        self.head_params, self.head_blocks = _gather(_head_params, model)
         self._generation = _REGISTRATIONS[0]
         return self
 
@@ -99,6 +100,14 @@ class InferencePlan:
         self.widened_layers = prefill.widened_ops(model.h)
         self.ln_f = model.ln_f.forward
         self.lm_head = _decode_fn(model.lm_head)
+        norm = model.ln_f
+        self.head_eps = norm.eps
+        self.head_norm = (2 if norm.unit_offset else 1) if isinstance(norm, RMSNorm) else 0
+        # each layer's index among the distinct rotary frequency sets (_rope_tables)
+        ropes = model.ropes()
+        distinct = list({id(r): r for r in ropes if r is not None}.values())
+        self.distinct_ropes = distinct
+        self.rope_layers = torch.tensor([distinct.index(r) for r in ropes if r is not None])
         self.modules = [m for m in model.modules() if m is not model]
         self._hook_dicts = [m._forward_hooks for m in self.modules] + [
             m._forward_pre_hooks for m in self.modules
@@ -147,6 +156,17 @@ class InferencePlan:
             x = block_forward(x, ops, self.shape, B, T, cos_sin[i], attend)
         return x.to(dtype).view(B, T, -1)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """`lm_head(ln_f(x))` for x (B, T, C): in one call (`lmgen.kernels.decode_head`) for
+        the few rows of a decode step or a prompt's last position where the fused step's
+        conditions hold, op by op otherwise."""
+        B, T, C = x.shape
+        if self.head_params is not None and B * T <= kernels.MAX_ROWS and self.fuses_rows(x):
+            logits = kernels.decode_head(x.reshape(B * T, C), self.head_params, self.head_eps,
+                                         self.head_norm, self.head_blocks)  # fmt: skip
+            return logits.view(B, T, -1)
+        return self.lm_head(self.ln_f(x))
+
     def _rope_step(self, model, x, position_ids, cache, past: int) -> torch.Tensor:
         """The rotary families' fused step at one position for every row."""
         cos, sin = self._rope_tables(model, position_ids[:1, :1])
@@ -172,14 +192,18 @@ class InferencePlan:
                                              *self._rope_shape(model), cos, sin,
                                              *self._rope_tail(model), self.blocks)  # fmt: skip
 
-    @staticmethod
-    def _rope_tables(model, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_tables(self, model, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (rows, n_layer, rot) float32 at each row's position (position_ids
-        (1, rows)), as the rotary fused steps take them."""
-        rows = position_ids.shape[1]
-        cos, sin = zip(*model.rope_cos_sin(position_ids, torch.float32), strict=True)
-        return (torch.stack([t.reshape(rows, -1) for t in cos], 1).contiguous(),
-                torch.stack([t.reshape(rows, -1) for t in sin], 1).contiguous())  # fmt: skip
+        (1, rows)), as the rotary fused steps take them: each distinct frequency set's rows
+        looked up once (`Rope.cos_sin`), then spread to the layers that use it."""
+        rows, n_layer = position_ids.shape[1], len(self.rope_layers)
+        tables = [rope.cos_sin(position_ids, torch.float32) for rope in self.distinct_ropes]
+        if len(tables) == 1:  # one set for every layer (all but Gemma's local/global)
+            return tuple(t.reshape(rows, 1, -1).expand(rows, n_layer, -1).contiguous()
+                         for t in tables[0])  # fmt: skip
+        return tuple(torch.stack([t.reshape(rows, -1) for t in ts], 1)
+                     .index_select(1, self.rope_layers.to(position_ids.device)).contiguous()
+                     for ts in zip(*tables, strict=True))  # fmt: skip
 
     def _rope_shape(self, model) -> tuple:
         """The rotary steps' arguments before cos and sin: (heads, KV heads, head_dim), eps,
@@ -271,6 +295,19 @@ def _rope_step_params(model, blocks: _Blocks) -> list | None:
                 b.ln_2.weight, *fc, *down, post_attn and post_attn.weight,
                 post_mlp and post_mlp.weight]  # fmt: skip
     return out
+
+
+def _head_params(model, blocks: _Blocks) -> list | None:
+    """The final norm's and the head's tensors as lmgen.kernels.decode_head takes them (norm
+    weight, norm bias, head weight, scale, bias), or None where the norm or the head is one
+    the kernel does not know (then the head runs op by op)."""
+    norm = model.ln_f
+    if not (isinstance(norm, RMSNorm) or (type(norm) is nn.LayerNorm and norm.weight is not None)):
+        return None
+    head = _linear_params(model.lm_head, blocks)
+    if head is None:
+        return None
+    return [norm.weight, getattr(norm, "bias", None), *head]
 
 
 def _step_params(model, blocks: _Blocks) -> list | None:
