@@ -94,10 +94,13 @@ def dirs(tmp_path_factory):
 
 
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float, unit_offset: bool) -> np.ndarray:
-    """decode.cpp's rms_norm in float32, its sum of squares in order."""
-    ss = np.float32(0)
-    for v in x:
-        ss = np.float32(ss + np.float32(v * v))
+    """decode.cpp's rms_norm in float32: element i's square summed into lane i % 8 in order,
+    then the 8 lanes added as its hsum adds them ((0+4) + (2+6)) + ((1+5) + (3+7))."""
+    lanes = np.zeros(8, np.float32)
+    for row in np.concatenate([x, np.zeros(-len(x) % 8, np.float32)]).reshape(-1, 8):
+        lanes = lanes + row * row
+    s = lanes[:4] + lanes[4:]
+    ss = np.float32(np.float32(s[0] + s[2]) + np.float32(s[1] + s[3]))
     inv = np.float32(1) / np.sqrt(np.float32(ss / np.float32(len(x)) + np.float32(eps)))
     return (x * inv) * ((np.float32(1) + w) if unit_offset else w)
 
