@@ -458,6 +458,32 @@ at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return y;
 }
 
+// Lanes 0 .. min(n, 8) - 1 set: the mask of a loop's last, partial vector.
+inline __m256i first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(8, n))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// e^x for 8 floats, for the attention's softmax and the MLP's activation: the usual range
+// reduction, e^x = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 in two parts
+// (|r| <= ln 2 / 2), e^r by its series to r^7 (truncation below 1e-7 relative), x clamped to
+// [-87, 88] so that 2^n stays a normal float. Within ~2 ulp of the correctly rounded value; the
+// same instructions in every lane and in a masked tail, so an element's bits do not depend on
+// where it sits (batch invariance).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2's high part, exact
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      // and its low part
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  for (float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256i two_n = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
 // One query against L cached keys and values, no mask: scores = q.k * scale, softmax in
 // float32, out = sum p v. q is float32 (D); a key or value row l is at kb + l * ks (D contiguous).
 template <typename T>
@@ -471,9 +497,17 @@ void attend_ptr(const float* q, const T* kb, int64_t ks, const T* vb, int64_t vs
     p[l] = dot[0] * scale;
     m = std::max(m, p[l]);
   }
-  float sum = 0.0f;
-  for (int64_t l = 0; l < L; ++l) sum += (p[l] = std::exp(p[l] - m));
-  const float inv = 1.0f / sum;
+  // the exponentials 8 at a time (exp8, below: glibc's expf was a third of a 16-row step's
+  // attention), summed in 8 lanes
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 mv = _mm256_set1_ps(m);
+  for (int64_t l = 0; l < L; l += 8) {
+    const __m256i mask = first_lanes(L - l);
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(p.data() + l, mask), mv));
+    _mm256_maskstore_ps(p.data() + l, mask, e);
+    acc = _mm256_add_ps(acc, _mm256_and_ps(e, _mm256_castsi256_ps(mask)));
+  }
+  const float inv = 1.0f / hsum(acc);
   std::fill(out, out + D, 0.0f);
   for (int64_t l = 0; l < L; ++l) {
     const float pl = p[l] * inv;
@@ -540,11 +574,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // The norms, 8 lanes at a time: a row's sums are 8 partial sums added by hsum, the last
 // elements loaded under a mask. At 16 rows every thread normalizes every row twice a layer, and
 // the serial sums (the mean and variance in double) were about a tenth of the 124M step.
-inline __m256i first_lanes(int64_t n) {  // lanes 0 .. min(n, 8) - 1 set
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(8, n))),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 void layer_norm(const float* x, float* out, int64_t rows, int64_t C, const float* w,
                 const float* b, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -573,28 +602,8 @@ void layer_norm(const float* x, float* out, int64_t rows, int64_t C, const float
 
 // The MLP's activation, 8 lanes at a time: at 16 rows of the 124M shape the scalar tanh GELU
 // (glibc's tanhf, ~70 cycles an element) was a fifth of the step (29.5 -> 23.2 ms without it,
-// measured). Both tanh GELU and SiLU are x * sigmoid(z) (GELU: tanh(u) = 2 sigmoid(2u) - 1),
-// and sigmoid needs one exp: exp8 is the usual range reduction, e^x = 2^n e^r with
-// n = round(x / ln 2), r = x - n ln 2 in two parts (|r| <= ln 2 / 2), e^r by its series to r^7
-// (truncation below 1e-7 relative), x clamped to [-87, 88] so that 2^n stays a normal float
-// (sigmoid's saturation is then 1e-38 from its limit). Within ~2 ulp of the correctly rounded
-// value; the same instructions in every lane and in the masked tail, so an element's bits do
-// not depend on where it sits (batch invariance).
-inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2's high part, exact
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      // and its low part
-  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-  for (float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f})
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-  const __m256i two_n = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
-
-// x * sigmoid(z) = x / (1 + e^-z)
+// measured). Tanh GELU and SiLU are both x * sigmoid(z) (GELU: tanh(u) = 2 sigmoid(2u) - 1),
+// one exp8 each; sigmoid's saturation is 1e-38 from its limit.
 inline __m256 times_sigmoid(__m256 x, __m256 z) {
   const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), z));
   return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
