@@ -301,6 +301,19 @@ class GPT(nn.Module):
             return out, {i: self.lm_head(early[i][:, -keep:]) for i in early_exit}  # (B, keep, V)
         return out
 
+    def run_blocks(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The residual stream after the last block (B, T, C) for `input_ids` (B, T) written
+        into `cache` at its length, which then advances: `forward`'s eval-mode path through
+        the inference plan (a prompt takes the prefill's products, plan.py), with neither the
+        final norm nor the head, and no hooks. The server's running batch feeds each prompt
+        chunk through it on its own, so a chunk gets the bits `forward` gives it."""
+        T = input_ids.shape[1]
+        past = self._check_room(T, cache)
+        masks, position_ids = self._masks_and_positions(input_ids, None, None, cache, past)
+        x = self.inference_plan().run(input_ids, position_ids, cache, past, masks)
+        cache.advance(T)
+        return x
+
     # --- the forward pass's steps ---
 
     def _check_room(self, T: int, cache: KVCache | None) -> int:

@@ -10,7 +10,9 @@ its own text tracker), whose n rows each hold a KV cache of their own. Each `ste
 2. builds one batch of *segments*: one token for each row that is decoding, then prompt chunks
    of the groups still prefilling, while the step's token budget (`step_tokens`) allows — a
    long prompt is prefilled a chunk per step, so it never freezes the streaming rows;
-3. runs one forward pass over all the segments' tokens (`BatchForward`);
+3. runs one forward pass (`BatchForward`): the decoding rows together in the fused step,
+   each prompt chunk on its own through the model's prefill path, and the head over the
+   last positions of them all;
 4. chooses the next token of every row whose chain uses only penalties, logit bias,
    temperature, top-k, top-p and min-p in one vectorised pass (row_sampler.py: per-row
    settings as tensors, each row drawing from its own request's `torch.Generator`), then hands
@@ -20,26 +22,38 @@ its own text tracker), whose n rows each hold a KV cache of their own. Each `ste
 5. finished groups leave the batch; their rows are free for the next step.
 
 Batch invariance, on the CPU: a request's tokens and log-probabilities are bitwise the same
-whoever else shares its steps, because no reduction in the forward pass depends on the batch:
+whoever else shares its steps, because no row's arithmetic depends on the batch:
 
 - the decoding rows (one token each) run the fused decode step, all rows in one call
   (`lmgen.kernels.decode_step_rows` / `decode_step_rope_rows`): every weight streams once for
   the whole batch, and each row's sums and attention are its own, so its bits do not depend on
   the other rows or its place (tested in tests/test_kernels_rows.py);
-- torch's CPU matrix product gives a row different bits with 1, 2-3 and 4+ rows (MKL/oneDNN
-  pick kernels by shape), so `RowLinear` (the prompt chunks' products and the head) never lets
-  the batch choose: it multiplies through `lmgen.kernels.decode_gemv`, whose result for a row
-  is the same for any number of rows at any place; without that kernel, in blocks of exactly
-  `BLOCK` rows (zero-padded), where a row's result depends neither on its place nor on the
-  other rows;
-- attention is computed row by row, over that row's own cache (its own length, no padding);
-- a prompt is cut into chunks at fixed offsets (`prefill_chunk`), so the budget decides only
-  *when* a chunk runs, never how the prompt is cut;
+- a prompt is cut into chunks at fixed offsets (`prefill_chunk`), so a chunk's tokens, its
+  start and its length depend on the request alone; the budget decides only *when* a chunk
+  runs. Each chunk runs on its own, fed as a tensor of its own, through the model's prefill
+  path (`GPT.run_blocks`: the inference plan's products for a prompt, oneDNN's float32 GEMM,
+  the integer GEMM of ggml blocks or widened float16, and causal attention over the row's own
+  cache), the path `lmgen.generate` takes for a prompt. A deterministic kernel given the same
+  shapes, the same thread count and freshly allocated operands gives the same bits, so the
+  chunk's keys, values and last position do not depend on who shares the step. oneDNN and MKL
+  choose kernels by shape and alignment, which is why chunks are never concatenated (tested
+  bitwise for float GPT-2, rotary and ggml-block models in tests/test_server_engine_prefill.py);
+- the last positions of all segments share the final norm and the head. torch's CPU matrix
+  product gives a row different bits with 1, 2-3 and 4+ rows, so the head multiplies through
+  `RowLinear`, which never lets the batch choose: `lmgen.kernels.decode_gemv` (whose result
+  for a row is the same for any number of rows at any place), the row kernel of ggml blocks
+  (`GEMV_ROWS` rows a call), and otherwise blocks of exactly `BLOCK` rows (zero-padded);
+- where the fused step does not run (lmgen.kernels not built, a block it does not know), the
+  decoding rows go op by op through `RowLinear` products, attention row by row over each row's
+  own cache;
 - norms, activations and embeddings work on each token on its own.
 
 So the only oracle a test needs is the same request run alone through the engine. Against
-`lmgen.generate` (one sequence, torch's products) the logits differ by float rounding
-(~1e-6), as between any two batch shapes.
+`lmgen.generate`: a prompt of one chunk takes generate's own prefill, and the head's row
+product is the one generate's one-row head takes (with lmgen.kernels built), so the first
+token's logits are bitwise generate's; a longer prompt is cut where generate runs it whole
+(products of other shapes), and later tokens come from the rows step where generate takes its
+one-row step, so there the logits may differ by float rounding (~1e-6).
 """
 
 from __future__ import annotations
@@ -63,7 +77,7 @@ from lmgen.decoding.steppers import Pick, SampleStepper
 from lmgen.errors import ConfigError
 from lmgen.kernels import quant
 from lmgen.model.kv_cache import KVCache
-from lmgen.model.network import block_forward, causal_mask, layer_shape, repeat_kv
+from lmgen.model.network import block_forward, layer_shape, repeat_kv
 from lmgen.quantize import GEMV_ROWS, QuantLinear
 
 from .row_sampler import RowPart, RowRule, RowSampler, row_blocks
@@ -143,43 +157,40 @@ class RowLinear:
 @dataclass
 class Segment:
     """Tokens of one row fed in one step: `tokens` at positions `start..`, written into
-    `cache`; `logits` says whether the step needs the logits of its last token."""
+    `cache` (which holds `start` positions so far); `logits` says whether the step needs the
+    logits of its last token."""
 
     cache: KVCache
     tokens: list[int]
     start: int
     logits: bool
-    offset: int = 0  # where its tokens sit in the step's flat token list
 
 
-class SegmentAttend:
-    """One layer's attention for `block_forward` over a step's segments: writes each segment's
-    keys and values into its own cache, then attends row by row over that row's keys."""
+class RowAttend:
+    """One layer's attention for `block_forward` over one-token segments: writes each row's key
+    and value into its own cache at its own position, then attends over that row's keys."""
 
-    def __init__(self, layer: int, segments: list[Segment], window: int | None, scale):
-        self.layer, self.segments, self.window, self.scale = layer, segments, window, scale
+    def __init__(self, layer: int, rows: list[Segment], window: int | None, scale):
+        self.layer, self.rows, self.window, self.scale = layer, rows, window, scale
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q (1, H, N, D); k, v (1, KV, N, D): N = every token of the step
+        # q (1, H, N, D); k, v (1, KV, N, D): one token for each of the N rows
         H = q.shape[1]
         out = torch.empty_like(q)
-        for s in self.segments:
-            a, t = s.offset, len(s.tokens)
-            kk, vv = s.cache.update(self.layer, s.start, k[:, :, a : a + t], v[:, :, a : a + t])
-            S = s.start + t  # (1, KV, S, D) this row's keys so far
-            qq = q[:, :, a : a + t]  # (1, H, t, D)
+        for i, s in enumerate(self.rows):
+            kk, vv = s.cache.update(self.layer, s.start, k[:, :, i : i + 1], v[:, :, i : i + 1])
+            S = s.start + 1  # (1, KV, S, D) this row's keys so far
+            qq = q[:, :, i : i + 1]  # (1, H, 1, D)
             windowed = self.window is not None and S > self.window
-            one_query = t == 1 and not windowed and self.scale is None
-            if one_query and kk.shape[1] == H and _kernel_attention(qq):  # (no GQA there)
-                y = kernels.decode_attention(qq.contiguous(), kk, vv)
-            else:
-                kk, vv = repeat_kv(kk, H), repeat_kv(vv, H)  # (1, H, S, D)
-                mask = causal_mask(t, S, q.device)  # (t, S)
-                if windowed:
-                    qpos = torch.arange(s.start, S, device=q.device)[:, None]
-                    mask = mask & (qpos - torch.arange(S, device=q.device)[None] < self.window)
-                y = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=self.scale)
-            out[:, :, a : a + t] = y
+            if not windowed and self.scale is None and kk.shape[1] == H and _kernel_attention(qq):
+                y = kernels.decode_attention(qq.contiguous(), kk, vv)  # (no GQA there)
+            else:  # the keys within the window: start - j < window
+                near = (
+                    torch.arange(S, device=q.device) > s.start - self.window if windowed else None
+                )
+                y = F.scaled_dot_product_attention(qq, repeat_kv(kk, H), repeat_kv(vv, H),
+                                                   attn_mask=near, scale=self.scale)  # fmt: skip
+            out[:, :, i : i + 1] = y
         return out
 
 
@@ -188,8 +199,8 @@ def _kernel_attention(q: torch.Tensor) -> bool:
 
 
 class BatchForward:
-    """The model's eval-mode arithmetic (`block_forward`, the model's own embeddings, norms and
-    head) over a flat list of segments, with batch-invariant products and per-row attention."""
+    """One step's forward pass over a list of segments: the model's own embeddings, blocks,
+    final norm and head, each row's arithmetic its own (see the module's docstring)."""
 
     def __init__(self, model):
         self.model = model
@@ -208,66 +219,51 @@ class BatchForward:
         pre-hooks fire once a step, with the step's tokens (1, N) as input and these logits as
         output: a step is one forward pass.
 
-        One-token segments (the decoding rows) go through the fused decode step, all rows in
-        one call (`InferencePlan.rows_step`: each weight streams once for all of them), the
-        prompt chunks through the blocks op by op; which way a segment goes depends only on
-        its own length, so a row's arithmetic never depends on the others."""
+        The one-token segments (the decoding rows) run together (`_rows`); each prompt chunk
+        runs on its own through the model's prefill path (`GPT.run_blocks`, as `forward` runs
+        a prompt for `lmgen.generate`); the last positions of all of them then share the final
+        norm and the head, whose products are row-invariant (`RowLinear`)."""
         model = self.model
-        ids, pos, last = [], [], []
-        for s in segments:
-            s.offset = len(ids)
-            ids += s.tokens
-            pos += range(s.start, s.start + len(s.tokens))
-            if s.logits:
-                last.append(len(ids) - 1)
         device = model.wte.weight.device
-        input_ids = torch.tensor([ids], device=device)  # (1, N)
-        position_ids = torch.tensor([pos], device=device)  # (1, N)
-        N = len(ids)
-        self._fire(self.model._forward_pre_hooks, (input_ids,))
-        x = model.embed(input_ids, position_ids).view(N, -1)  # (N, C)
-        plan = model.inference_plan()
-        single = [s for s in segments if len(s.tokens) == 1] if plan.fuses_rows(x) else []
-        if len(single) == len(segments):
-            x = plan.rows_step(x, [s.cache for s in single], [s.start for s in single])
-        else:
-            if single:
-                rows = [s.offset for s in single]
-                y = plan.rows_step(x[rows], [s.cache for s in single], [s.start for s in single])
-            chunks = [s for s in segments if len(s.tokens) > 1] if single else segments
-            x = self._blocks(x, position_ids, chunks)
-            if single:
-                x[rows] = y
+        input_ids = torch.tensor([[t for s in segments for t in s.tokens]], device=device)
+        self._fire(model._forward_pre_hooks, (input_ids,))
+        rows = [s for s in segments if len(s.tokens) == 1]
+        ends = dict(zip(map(id, rows), self._rows(rows), strict=True)) if rows else {}  # (C,)
         for s in segments:
-            s.cache.advance(len(s.tokens))
+            if len(s.tokens) > 1:
+                chunk = torch.tensor([s.tokens], device=device)  # (1, t) a tensor of its own
+                ends[id(s)] = model.run_blocks(chunk, s.cache)[0, -1]  # (C,) its last token
+        last = [ends[id(s)] for s in segments if s.logits]
         if last:
-            logits = model.cap_logits(self.head(self.ln_f(x[last])))  # (rows, V)
+            h = torch.stack(last)  # (segments asking for logits, C)
+            logits = model.cap_logits(self.head(self.ln_f(h)))  # (rows, V)
         else:  # prompt chunks only: no logits needed yet
-            logits = x.new_empty(0, model.config.vocab_size)
-        self._fire(self.model._forward_hooks, (input_ids,), logits)
+            logits = torch.empty(0, model.config.vocab_size, device=device)
+        self._fire(model._forward_hooks, (input_ids,), logits)
         return logits
 
-    def _blocks(self, x: torch.Tensor, position_ids: torch.Tensor, segments: list[Segment]):
-        """x (N, C) after the blocks, for the tokens of `segments` (op by op, attention row by
-        row); the other rows of x are left as they are."""
-        index = [i for s in segments for i in range(s.offset, s.offset + len(s.tokens))]
-        whole = len(index) == x.shape[0]
-        xs = x if whole else x[index]
-        offsets = [s.offset for s in segments]
-        a = 0
-        for s in segments:  # offsets into xs while the blocks run
-            s.offset, a = a, a + len(s.tokens)
-        n = xs.shape[0]
-        cos_sin = self.model.rope_cos_sin(position_ids[:, index], xs.dtype)
-        for i, ops in enumerate(self.layers):
-            attend = SegmentAttend(i, segments, self.windows[i], self.scale)
-            xs = block_forward(xs, ops, self.shape, 1, n, cos_sin[i], attend)  # (n, C)
-        for s, o in zip(segments, offsets, strict=True):
-            s.offset = o
-        if whole:
-            return xs
-        x = x.clone()
-        x[index] = xs
+    def _rows(self, rows: list[Segment]) -> torch.Tensor:
+        """(rows, C) the residual stream after the last block for one token per row, each at
+        its own position in its own cache (which advances): the fused step for all rows in one
+        call (`InferencePlan.rows_step`: each weight streams once for all of them); where that
+        step does not run (no lmgen.kernels, a block it does not know), op by op with the
+        row-invariant products and attention row by row."""
+        model = self.model
+        device = model.wte.weight.device
+        n = len(rows)
+        position_ids = torch.tensor([[s.start for s in rows]], device=device)  # (1, n)
+        ids = torch.tensor([[s.tokens[0] for s in rows]], device=device)  # (1, n)
+        x = model.embed(ids, position_ids).view(n, -1)  # (n, C)
+        plan = model.inference_plan()
+        if plan.fuses_rows(x):
+            x = plan.rows_step(x, [s.cache for s in rows], [s.start for s in rows])
+        else:
+            cos_sin = model.rope_cos_sin(position_ids, x.dtype)
+            for i, ops in enumerate(self.layers):
+                attend = RowAttend(i, rows, self.windows[i], self.scale)
+                x = block_forward(x, ops, self.shape, 1, n, cos_sin[i], attend)  # (n, C)
+        for s in rows:
+            s.cache.advance(1)
         return x
 
     def _fire(self, hooks: dict, args: tuple, *output) -> None:
