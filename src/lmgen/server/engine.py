@@ -226,7 +226,7 @@ class BatchForward:
         model = self.model
         device = model.wte.weight.device
         input_ids = torch.tensor([[t for s in segments for t in s.tokens]], device=device)
-        self._fire(model._forward_pre_hooks, (input_ids,))
+        self._fire(self.model._forward_pre_hooks, (input_ids,))
         rows = [s for s in segments if len(s.tokens) == 1]
         ends = dict(zip(map(id, rows), self._rows(rows), strict=True)) if rows else {}  # (C,)
         for s in segments:
@@ -239,7 +239,7 @@ class BatchForward:
             logits = model.cap_logits(self.head(self.ln_f(h)))  # (rows, V)
         else:  # prompt chunks only: no logits needed yet
             logits = torch.empty(0, model.config.vocab_size, device=device)
-        self._fire(model._forward_hooks, (input_ids,), logits)
+        self._fire(self.model._forward_hooks, (input_ids,), logits)
         return logits
 
     def _rows(self, rows: list[Segment]) -> torch.Tensor:
