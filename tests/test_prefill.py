@@ -179,3 +179,28 @@ def test_fp16_short_prompts_and_bf16_are_not_widened(pair):
     half = type(model)(model.config).eval().half()
     assert prefill.widens(half, long) and not prefill.widens(half, short)
     assert not prefill.widens(half.bfloat16(), long.bfloat16())
+
+
+def test_short_fp32_prompt_takes_the_row_kernel(pair, counted, monkeypatch):
+    """A prompt of at most decode_linear.MAX_ROWS float32 rows multiplies by lmgen's row kernel
+    (faster than oneDNN there), and its logits and cached keys equal the op-by-op path's."""
+    from lmgen import kernels
+
+    if not kernels.available():
+        pytest.skip("lmgen.kernels is not built here")
+    model, hf = pair
+    ids = _ids(decode_linear.MAX_ROWS - 12)
+    rows = []
+    real = kernels.decode_gemv
+    monkeypatch.setattr(kernels, "decode_gemv", lambda x, *a: rows.append(len(x)) or real(x, *a))
+    outs = []
+    for enabled in (True, False):
+        monkeypatch.setattr(decode_linear, "ENABLED", enabled)
+        cache = model.new_cache(1, ids.shape[1])
+        with torch.inference_mode():
+            outs.append((model(ids, cache=cache), cache.layers[1][0].clone()))
+    assert rows == [ids.shape[1]] * 8 and not counted  # 4 products a block, 2 blocks
+    for new, old in zip(*outs, strict=True):
+        torch.testing.assert_close(new, old, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(outs[0][0], hf(ids).logits, atol=1e-4, rtol=1e-4)
