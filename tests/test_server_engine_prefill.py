@@ -42,9 +42,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _tiny_llama() -> LM:
+def _tiny_llama(window: int | None = None) -> LM:
     """A random Llama-shaped model (RoPE, RMSNorm, gated SiLU MLP, grouped-query heads) whose
-    layers' inputs are whole blocks of 32, for the ggml-block export."""
+    layers' inputs are whole blocks of 32, for the ggml-block export; with `window`, its first
+    layer attends to that many keys (a sliding window, as Gemma 3's local layers)."""
     tok = BPETokenizer.train(texts=["to be or not to be, that is the question. " * 40],
                              vocab_size=300)  # fmt: skip
     cfg = GPTConfig(vocab_size=300, n_positions=256, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
@@ -52,7 +53,8 @@ def _tiny_llama() -> LM:
                     positions="rope", norm="rmsnorm", mlp="gated", mlp_bias=False,
                     qkv_bias=False, attn_out_bias=False, norm_bias=False,
                     layer_norm_epsilon=1e-5, eos_token_id=tok.eos_token_id,
-                    bos_token_id=tok.eos_token_id)  # fmt: skip
+                    bos_token_id=tok.eos_token_id, sliding_window=window,
+                    layer_types=window and ["sliding_attention", "full_attention"])  # fmt: skip
     torch.manual_seed(0)
     return LM(randomize_(GPT(cfg).eval(), scale=0.05), tok, name="tiny-llama")
 
@@ -182,15 +184,22 @@ def test_a_prompt_of_one_chunk_gets_generates_first_logits_bitwise(lm):
             assert torch.equal(got, raw[0]), f"prompt {i}: {(got - raw[0]).abs().max()}"
 
 
-def test_without_the_kernels_the_chunks_still_share_steps_bitwise(monkeypatch):
-    """lmgen.kernels not built: the decoding rows go op by op (products in blocks of 8 rows),
-    the chunks through the prefill's torch products; each request still gets its bits alone."""
+@pytest.mark.parametrize("name", ["gpt2", "llama-window"])
+def test_without_the_kernels_the_chunks_still_share_steps_bitwise(name, monkeypatch):
+    """lmgen.kernels not built: the decoding rows go op by op (products in blocks of 8 rows,
+    attention row by row, within a sliding window where the layer has one), the chunks through
+    the prefill's torch products; each request still gets its bits alone, and the greedy one
+    generate's tokens."""
     monkeypatch.setattr(kernels, "available", lambda: False)
-    small = lmgen.load("shakespeare")
+    small = lmgen.load("shakespeare") if name == "gpt2" else _tiny_llama(window=6)
     alone = {i: _outputs(_run(small, [i])[0][i]) for i in range(len(LENGTHS))}
     jobs, _ = _run(small, [1, 0, 2, 3], head_start=2)
     for i, job in jobs.items():
         assert _outputs(job) == alone[i], f"request {i} changed"
+    (result,), _ = jobs[1].future.result(0)  # greedy: 5 prompt tokens and 8 new, past the window
+    ref = lmgen.generate(small, _prompts(small)[1], CONFIGS[1]).choices[0]
+    assert result.choices[0].token_ids == ref.token_ids
+    assert result.choices[0].logprobs == pytest.approx(ref.logprobs, abs=1e-4)
 
 
 def test_the_models_hooks_fire_once_a_step(lm):

@@ -49,11 +49,12 @@ whoever else shares its steps, because no row's arithmetic depends on the batch:
 - norms, activations and embeddings work on each token on its own.
 
 So the only oracle a test needs is the same request run alone through the engine. Against
-`lmgen.generate`: a prompt of one chunk takes generate's own prefill, and the head's row
-product is the one generate's one-row head takes (with lmgen.kernels built), so the first
-token's logits are bitwise generate's; a longer prompt is cut where generate runs it whole
-(products of other shapes), and later tokens come from the rows step where generate takes its
-one-row step, so there the logits may differ by float rounding (~1e-6).
+`lmgen.generate`: a prompt of one chunk (two tokens or more; a one-token chunk goes with the
+decoding rows) takes generate's own prefill, and the head's row product is the one generate's
+one-row head takes (with lmgen.kernels built), so the first token's logits are bitwise
+generate's; a longer prompt is cut where generate runs it whole (products of other shapes),
+and later tokens come from the rows step where generate takes its one-row step, so there the
+logits may differ by float rounding (~1e-6).
 """
 
 from __future__ import annotations
@@ -184,10 +185,10 @@ class RowAttend:
             windowed = self.window is not None and S > self.window
             if not windowed and self.scale is None and kk.shape[1] == H and _kernel_attention(qq):
                 y = kernels.decode_attention(qq.contiguous(), kk, vv)  # (no GQA there)
-            else:  # the keys within the window: start - j < window
-                near = (
-                    torch.arange(S, device=q.device) > s.start - self.window if windowed else None
-                )
+            else:
+                near = None  # or (1, S) the keys within the window: start - j < window
+                if windowed:
+                    near = (torch.arange(S, device=q.device) > s.start - self.window)[None]
                 y = F.scaled_dot_product_attention(qq, repeat_kv(kk, H), repeat_kv(vv, H),
                                                    attn_mask=near, scale=self.scale)  # fmt: skip
             out[:, :, i : i + 1] = y
