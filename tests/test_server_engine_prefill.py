@@ -7,7 +7,7 @@ Oracles:
   the same whether its prompt chunks share steps with other requests' chunks and decoding rows
   or not;
 - `lmgen.generate`'s own first-step logits (a `Session`'s `next_logits`): for a prompt of one
-  chunk, bitwise, since both take the same prefill and the same row product for the head.
+  chunk, bitwise, since both take the same prefill and the same head call (decode_head).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def test_a_prompt_of_one_chunk_gets_generates_first_logits_bitwise(lm):
     (five chunks, which generate runs as one) agrees to float rounding only: its chunks'
     products have other shapes than generate's one 70-row product."""
     if not kernels.available():
-        pytest.skip("without lmgen.kernels the head's row product is not generate's")
+        pytest.skip("without lmgen.kernels the engine's head is not generate's")
     jobs, rec = _run(lm, [1, 0, 2, 3], head_start=2)
     prompts = _prompts(lm)
     for i in (1, 3, 0):

@@ -157,15 +157,24 @@ class InferencePlan:
         return x.to(dtype).view(B, T, -1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """`lm_head(ln_f(x))` for x (B, T, C): in one call (`lmgen.kernels.decode_head`) for
-        the few rows of a decode step or a prompt's last position where the fused step's
-        conditions hold, op by op otherwise."""
+        """`lm_head(ln_f(x))` for x (B, T, C): in one call (`head_rows`) for the few rows of a
+        decode step or a prompt's last position where it runs, op by op otherwise."""
         B, T, C = x.shape
-        if self.head_params is not None and B * T <= kernels.MAX_ROWS and self.fuses_rows(x):
-            logits = kernels.decode_head(x.reshape(B * T, C), self.head_params, self.head_eps,
-                                         self.head_norm, self.head_blocks)  # fmt: skip
-            return logits.view(B, T, -1)
+        if B * T <= kernels.MAX_ROWS and self.fuses_head(x):
+            return self.head_rows(x.reshape(B * T, C)).view(B, T, -1)
         return self.lm_head(self.ln_f(x))
+
+    def head_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (rows, vocab) of x (rows, C) by `lmgen.kernels.decode_head`: the final norm
+        and the head's product in one call, each row's bits the same whatever the other rows
+        (the server's running batch takes it for all its rows); only where `fuses_head(x)`."""
+        return kernels.decode_head(x, self.head_params, self.head_eps, self.head_norm,
+                                   self.head_blocks)  # fmt: skip
+
+    def fuses_head(self, x: torch.Tensor) -> bool:
+        """Whether `head_rows` runs for activations like `x`: a final norm and a head the kernel
+        knows, and the fused step's conditions."""
+        return self.head_params is not None and self.fuses_rows(x)
 
     def _rope_step(self, model, x, position_ids, cache, past: int) -> torch.Tensor:
         """The rotary families' fused step at one position for every row."""

@@ -39,10 +39,12 @@ whoever else shares its steps, because no row's arithmetic depends on the batch:
   choose kernels by shape and alignment, which is why chunks are never concatenated (tested
   bitwise for float GPT-2, rotary and ggml-block models in tests/test_server_engine_prefill.py);
 - the last positions of all segments share the final norm and the head. torch's CPU matrix
-  product gives a row different bits with 1, 2-3 and 4+ rows, so the head multiplies through
-  `RowLinear`, which never lets the batch choose: `lmgen.kernels.decode_gemv` (whose result
-  for a row is the same for any number of rows at any place), the row kernel of ggml blocks
-  (`GEMV_ROWS` rows a call), and otherwise blocks of exactly `BLOCK` rows (zero-padded);
+  product gives a row different bits with 1, 2-3 and 4+ rows, so the batch never chooses:
+  `lmgen.kernels.decode_head` (`InferencePlan.head_rows`: the norm and the product in one
+  call, a row's result the same for any number of rows at any place; the call `lmgen.generate`
+  makes for a prompt's last position), or where that kernel does not run, the model's norm and
+  `RowLinear`: `lmgen.kernels.decode_gemv` (row-invariant too), the row kernel of ggml blocks
+  (`GEMV_ROWS` rows a call), or blocks of exactly `BLOCK` rows (zero-padded);
 - where the fused step does not run (lmgen.kernels not built, a block it does not know), the
   decoding rows go op by op through `RowLinear` products, attention row by row over each row's
   own cache;
@@ -50,11 +52,11 @@ whoever else shares its steps, because no row's arithmetic depends on the batch:
 
 So the only oracle a test needs is the same request run alone through the engine. Against
 `lmgen.generate`: a prompt of one chunk (two tokens or more; a one-token chunk goes with the
-decoding rows) takes generate's own prefill, and the head's row product is the one generate's
-one-row head takes (with lmgen.kernels built), so the first token's logits are bitwise
-generate's; a longer prompt is cut where generate runs it whole (products of other shapes),
-and later tokens come from the rows step where generate takes its one-row step, so there the
-logits may differ by float rounding (~1e-6).
+decoding rows) takes generate's own prefill and its head (`decode_head`, with lmgen.kernels
+built), so the first token's logits are bitwise generate's; a longer prompt is cut where
+generate runs it whole (products of other shapes), and later tokens come from the rows step
+where generate takes its one-row step, so there the logits may differ by float rounding
+(~1e-6).
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class BatchForward:
         The one-token segments (the decoding rows) run together (`_rows`); each prompt chunk
         runs on its own through the model's prefill path (`GPT.run_blocks`, as `forward` runs
         a prompt for `lmgen.generate`); the last positions of all of them then share the final
-        norm and the head, whose products are row-invariant (`RowLinear`)."""
+        norm and the head, row-invariant (`InferencePlan.head_rows`, or `RowLinear`)."""
         model = self.model
         device = model.wte.weight.device
         input_ids = torch.tensor([[t for s in segments for t in s.tokens]], device=device)
@@ -237,7 +239,9 @@ class BatchForward:
         last = [ends[id(s)] for s in segments if s.logits]
         if last:
             h = torch.stack(last)  # (segments asking for logits, C)
-            logits = model.cap_logits(self.head(self.ln_f(h)))  # (rows, V)
+            plan = model.inference_plan()
+            logits = plan.head_rows(h) if plan.fuses_head(h) else self.head(self.ln_f(h))
+            logits = model.cap_logits(logits)  # (rows, V)
         else:  # prompt chunks only: no logits needed yet
             logits = torch.empty(0, model.config.vocab_size, device=device)
         self._fire(self.model._forward_hooks, (input_ids,), logits)
