@@ -13,6 +13,8 @@ import torch
 import lmgen
 from lmgen.generation import generate
 from lmgen.generation_config import GenerationConfig
+from lmgen.kernels import quant
+from lmgen.quantize import GEMV_ROWS, QuantLinear
 from lmgen.server.engine import BLOCK, Engine, RowLinear
 from lmgen.server.worker import CallJob, Cancelled, GenerateJob, ModelWorker, Stats
 
@@ -215,6 +217,23 @@ def test_row_linear_is_batch_invariant(kernel):
             perm = torch.randperm(40)[:n]
             assert torch.equal(lin(x[perm]), ref[perm]), n
         assert (ref - layer(x)).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not quant.available(), reason="lmgen.kernels.quant is not built here")
+def test_row_linear_of_blocks_is_batch_invariant():
+    """A layer of ggml blocks: its forward sends more than `GEMV_ROWS` rows to the prompt GEMM
+    (other bits); the batch's product keeps each row's bits at any row count."""
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(torch.nn.Linear(96, 200))
+    lin = RowLinear(layer)
+    x = torch.randn(40, 96)
+    with torch.inference_mode():
+        ref = torch.cat([lin(x[i : i + 1]) for i in range(40)])
+        for n in (2, GEMV_ROWS, GEMV_ROWS + 1, 17, 40):
+            perm = torch.randperm(40)[:n]
+            assert torch.equal(lin(x[perm]), ref[perm]), n
+        assert torch.equal(ref[:1], layer(x[:1]))  # one row: the layer's own product
+        assert (ref - layer(x)).abs().max() < 1e-3  # many rows: the GEMM, to float rounding
 
 
 def test_worker_runs_the_batch_and_beam_search_on_its_own(lm):

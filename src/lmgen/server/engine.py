@@ -44,7 +44,7 @@ whoever else shares its steps, because no row's arithmetic depends on the batch:
   call, a row's result the same for any number of rows at any place; the call `lmgen.generate`
   makes for a prompt's last position), or where that kernel does not run, the model's norm and
   `RowLinear`: `lmgen.kernels.decode_gemv` (row-invariant too), the row kernel of ggml blocks
-  (`GEMV_ROWS` rows a call), or blocks of exactly `BLOCK` rows (zero-padded);
+  (`QuantLinear.row_product`), or blocks of exactly `BLOCK` rows (zero-padded);
 - where the fused step does not run (lmgen.kernels not built, a block it does not know), the
   decoding rows go op by op through `RowLinear` products, attention row by row over each row's
   own cache;
@@ -81,7 +81,7 @@ from lmgen.errors import ConfigError
 from lmgen.kernels import quant
 from lmgen.model.kv_cache import KVCache
 from lmgen.model.network import block_forward, layer_shape, repeat_kv
-from lmgen.quantize import GEMV_ROWS, QuantLinear
+from lmgen.quantize import QuantLinear
 
 from .row_sampler import RowPart, RowRule, RowSampler, row_blocks
 
@@ -141,15 +141,15 @@ class RowLinear:
             and kernels.available()
         )
         # ggml blocks throughout (a GGUF's head, say): their row kernel keeps each row's bits
-        # whatever the other rows, for up to GEMV_ROWS rows a call (more rows would go to the
-        # prompt GEMM, whose bits are its own: so a step's rows go GEMV_ROWS at a time)
+        # whatever the other rows (the module's forward would send many rows to the prompt
+        # GEMM, whose bits are its own)
         self.blocks = isinstance(module, QuantLinear) and all(module.kinds)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel and x.dtype in kernels.DTYPES:
             return kernels.decode_gemv(x.contiguous(), self.weight, None, self.bias)
         if self.blocks and x.device.type == "cpu" and quant.available():
-            return torch.cat([self.module(c) for c in x.split(GEMV_ROWS)])
+            return self.module.row_product(x)
         n = x.shape[0]
         pad = (-n) % BLOCK
         if pad:
