@@ -7,7 +7,8 @@ completions one after another (the same token-id prompt, `--tokens` new tokens, 
 Per server and client count: aggregate tokens/s (all tokens over the wall time of the round),
 time to first token and inter-token latency (gaps between streamed chunks) at p50 and p99.
 For one client the table also shows `lmgen generate`'s single-stream speed on the same file
-in this process (the issue's goal: one client at >= 0.95x of it).
+in this process, alternated with the one-client round three times (the issue's goal: one client
+at >= 0.95x of it).
 
 Models: `gpt2-124m`, GPT-2's 124M shape with random weights and the bundled model's BPE
 vocabulary, written as a float32 GGUF by `lmgen.gguf_export.write_gguf` (what `lmgen
@@ -224,23 +225,48 @@ def run_rounds(url: str, counts: list[int], requests: int, prompt, tokens: int) 
     return rows
 
 
-def generate_rate(gguf: Path, prompt: list[int], tokens: int, threads: int) -> float:
-    """`lmgen generate`'s single-stream tokens/s on the file (the same request, in process)."""
-    import torch
+class GenerateRate:
+    """`lmgen generate`'s single-stream tokens/s on the file: the same request (token ids,
+    seeded sampling, `tokens` new tokens) in this process, timed whole (its prefill included,
+    as a client's round includes its time to first token)."""
 
-    import lmgen
+    def __init__(self, gguf: Path, prompt: list[int], tokens: int, threads: int):
+        import torch
 
-    torch.set_num_threads(threads)
-    lm = lmgen.load(str(gguf))
-    text = lm.tokenizer.decode(prompt)
-    kw = dict(strategy="sample", max_new_tokens=tokens, ignore_eos=True, seed=1, **SAMPLING)
-    lm.generate(text, **{**kw, "max_new_tokens": 8})
-    rates = []
-    for _ in range(3):
+        import lmgen
+
+        torch.set_num_threads(threads)
+        self.lm = lmgen.load(str(gguf))
+        self.text = self.lm.tokenizer.decode(prompt)
+        self.kw = dict(strategy="sample", max_new_tokens=tokens, ignore_eos=True, seed=1,
+                       **SAMPLING)  # fmt: skip
+        self.tokens = tokens
+        self.lm.generate(self.text, **{**self.kw, "max_new_tokens": 8})  # warm-up
+
+    def __call__(self) -> float:
         t0 = time.perf_counter()
-        lm.generate(text, **kw)
-        rates.append(tokens / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        self.lm.generate(self.text, **self.kw)
+        return self.tokens / (time.perf_counter() - t0)
+
+
+def one_client_vs_generate(url: str, generate: GenerateRate, requests: int, prompt,
+                           tokens: int, repeats: int = 3) -> tuple[dict, float]:  # fmt: skip
+    """The one-client round and `lmgen generate`, alternated `repeats` times while the server
+    idles between rounds (the host's memory bandwidth drifts by tens of percent within minutes
+    here, so the two are never measured apart): (the round of median tokens/s, generate's
+    median tokens/s)."""
+    rounds, rates = [], []
+    for i in range(repeats):
+        for side in ("server", "generate") if i % 2 == 0 else ("generate", "server"):
+            if side == "server":
+                rounds.append(asyncio.run(round_of(url, 1, requests, prompt, tokens)))
+            else:
+                rates.append(generate())
+    rounds.sort(key=lambda r: r["tokens_per_s"])
+    row = dict(rounds[len(rounds) // 2], rounds=[r["tokens_per_s"] for r in rounds])
+    print(f"   1 client: {row['tokens_per_s']:.1f} tok/s; generate {statistics.median(rates):.1f}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return row, statistics.median(rates)
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -379,10 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         ctx = PROMPT_LEN + args.tokens + 8
         print(f"{name}: lmgen serve", file=sys.stderr, flush=True)
         cmd, env = lmgen_cmd(gguf, args.threads)
+        generate = GenerateRate(gguf, prompt, args.tokens, args.threads) if 1 in counts else None
         with Server(cmd, env) as s:
-            entry["lmgen"] = run_rounds(s.url, counts, args.requests, prompt, args.tokens)
-        if 1 in counts:
-            entry["generate_tps"] = generate_rate(gguf, prompt, args.tokens, args.threads)
+            rest = [n for n in counts if n != 1]
+            entry["lmgen"] = run_rounds(s.url, rest, args.requests, prompt, args.tokens)
+            if generate is not None:
+                one, entry["generate_tps"] = one_client_vs_generate(
+                    s.url, generate, args.requests, prompt, args.tokens
+                )
+                entry["lmgen"].insert(0, one)
+        del generate
         if binary is None:
             entry["note"] = "llama-server not found: its rows are skipped"
             continue
