@@ -18,7 +18,7 @@ from lmgen.ggml_blocks import (
     reference_dequantize,
 )
 from lmgen.kernels import quant
-from lmgen.quantize import QuantLinear
+from lmgen.quantize import GEMV_ROWS, QuantLinear
 
 gguf = pytest.importorskip("gguf")
 needs_kernel = pytest.mark.skipif(not quant.available(), reason="the quant kernel does not build")
@@ -189,7 +189,7 @@ def test_q4_0_quantizer_writes_ggmls_bytes():
     assert ours.blocks.numpy().tobytes() == np.ascontiguousarray(want).tobytes()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 40])
+@pytest.mark.parametrize("rows", [1, 3, 7, 16, 40])
 def test_quant_linear_paths_agree(monkeypatch, rows):
     """QuantLinear by the kernel (few rows), by torch's GEMM on the dequantized weight (many
     rows: the block GEMM where it is built) and by the gguf package's dequantizer (no kernel):
@@ -207,7 +207,7 @@ def test_quant_linear_paths_agree(monkeypatch, rows):
                    for p in parts])  # fmt: skip
     want = x.double() @ w.double().T + layer.bias.double()
     got = layer(x)
-    quantized = quant.available() and (rows <= 16 or quant.has_gemm())
+    quantized = quant.available() and (rows <= GEMV_ROWS or quant.has_gemm())
     tol = 3e-2 if quantized else 1e-5
     assert (got.double() - want).abs().max() <= tol * want.abs().max()
     monkeypatch.setattr(quant, "available", lambda: False)

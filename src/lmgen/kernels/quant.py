@@ -30,7 +30,7 @@ _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=of
 # multiply-adds but the written ones: a row's arithmetic the same in every instantiation
 # ggml type numbers, and Q4_0 with rows interleaved by 8 (lmgen.ggml_blocks.interleave_q4_0)
 KINDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q4_0x8": 102}
-_state: dict = {"ok": None, "why": ""}
+_state: dict = {"ok": None, "why": "", "gemm": None}
 _lock = threading.Lock()
 
 
@@ -82,8 +82,11 @@ def gemv(
 
 
 def has_gemm() -> bool:
-    """Whether `gemm` runs here (an AVX512-VNNI build of the kernel)."""
-    return available() and torch.ops.lmgen_quant.quant_has_gemm()
+    """Whether `gemm` runs here (an AVX512-VNNI build of the kernel); asked of the kernel once
+    (a prompt's prefill asks at every product: the op's dispatch cost ~3 us a time)."""
+    if _state.get("gemm") is None:
+        _state["gemm"] = available() and bool(torch.ops.lmgen_quant.quant_has_gemm())
+    return _state["gemm"]
 
 
 def gemm(
