@@ -179,7 +179,10 @@ async def one_request(client, url: str, prompt: list[int], tokens: int, seed: in
 async def round_of(url: str, clients: int, requests: int, prompt, tokens: int) -> dict:
     import httpx
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    # a new connection per request, for both servers: llama-server (cpp-httplib) closes a
+    # keep-alive connection after a few requests, and a request sent on it as it closes failed
+    # ("Server disconnected without sending a response") in one round of several runs
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
 
         async def one_client(c: int) -> list[dict]:
