@@ -3,6 +3,7 @@ tests the engine itself), cancellation and errors."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -11,7 +12,14 @@ import torch
 import lmgen
 from lmgen.generation import generate
 from lmgen.generation_config import GenerationConfig
-from lmgen.server.worker import CallJob, Cancelled, GenerateJob, ModelWorker, session_steps
+from lmgen.server.worker import (
+    CallJob,
+    Cancelled,
+    GenerateJob,
+    ModelWorker,
+    release_openmp_pool,
+    session_steps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +111,24 @@ def test_turns_cancel_and_errors(lm):
         assert worker.load() == {"active": 0, "waiting": 0}
     finally:
         worker.close()
+
+
+def test_release_openmp_pool_ends_the_calling_threads_openmp_team():
+    """The worker's constructor ends its caller's OpenMP threads (worker.release_openmp_pool),
+    so that the worker's own team is not throttled by them: the process has fewer threads
+    after it."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc here")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.randn(1 << 22).mul(2).sum()  # a parallel region: an OpenMP team on this thread
+        before = len(os.listdir("/proc/self/task"))
+        if not release_openmp_pool():
+            pytest.skip("torch does not run on GNU OpenMP here")
+        deadline = time.monotonic() + 5
+        while len(os.listdir("/proc/self/task")) >= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(os.listdir("/proc/self/task")) < before
+    finally:
+        torch.set_num_threads(threads)
