@@ -285,8 +285,9 @@ def to_markdown(report: dict) -> str:
         f"threads each), {m['date']}. Each client streams {report['requests']} requests of "
         f"{report['tokens']} new tokens (temperature 0.8, a seed each, ignore_eos) after a "
         f"{PROMPT_LEN}-token prompt; llama-server runs with `-np` = clients and the file's "
-        "weights as they are, and so does lmgen (a GGUF's blocks kept). Raw results: "
-        f"`{report['json']}`.",
+        "weights as they are, and so does lmgen (a GGUF's blocks kept); a new connection per "
+        "request. lmgen's one-client row is the median of three rounds alternated with `lmgen "
+        f"generate` in the benchmark's process. Raw results: `{report['json']}`.",
         "",
         "| model | clients | lmgen tok/s | llama-server tok/s | ratio | TTFT p50 / p99 ms "
         "(lmgen) | (llama) | ITL p50 / p99 ms (lmgen) | (llama) |",
