@@ -4,6 +4,7 @@ tests the engine itself), cancellation and errors."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -113,10 +114,34 @@ def test_turns_cancel_and_errors(lm):
         worker.close()
 
 
+def test_the_worker_releases_its_creators_openmp_team_before_it_starts(lm, monkeypatch):
+    """ModelWorker's constructor calls `release_openmp_pool` on its creating thread, before
+    the worker thread exists (so that the worker's team is the only one)."""
+    from lmgen.server import worker as worker_module
+
+    def workers() -> int:
+        return sum(t.name.startswith("lmgen-worker[") for t in threading.enumerate())
+
+    calls = []
+    real = worker_module.release_openmp_pool
+
+    def recording() -> bool:
+        calls.append((threading.current_thread(), workers()))
+        return real()
+
+    monkeypatch.setattr(worker_module, "release_openmp_pool", recording)
+    before = workers()
+    worker = ModelWorker(lm)
+    try:
+        assert calls == [(threading.current_thread(), before)]  # on the caller, before the start
+        assert workers() == before + 1
+    finally:
+        worker.close()
+
+
 def test_release_openmp_pool_ends_the_calling_threads_openmp_team():
-    """The worker's constructor ends its caller's OpenMP threads (worker.release_openmp_pool),
-    so that the worker's own team is not throttled by them: the process has fewer threads
-    after it."""
+    """`release_openmp_pool` ends the calling thread's OpenMP threads, so that the worker's
+    own team is not throttled by them: the process has fewer threads after it."""
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("no /proc here")
     threads = torch.get_num_threads()

@@ -84,7 +84,7 @@ def gemv(
 def has_gemm() -> bool:
     """Whether `gemm` runs here (an AVX512-VNNI build of the kernel); asked of the kernel once
     (a prompt's prefill asks at every product: the op's dispatch cost ~3 us a time)."""
-    if _state.get("gemm") is None:
+    if _state["gemm"] is None:
         _state["gemm"] = available() and bool(torch.ops.lmgen_quant.quant_has_gemm())
     return _state["gemm"]
 
