@@ -12,6 +12,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _as_product_input(x, w):
+    """x as the kernel multiplies it by w: rounded to bfloat16 for bfloat16 weights."""
+    return x.bfloat16() if w.dtype == torch.bfloat16 else x
+
+
 def _reference(x, w, scale, bias):
     y = x.double() @ w.double().T
     if scale is not None:
@@ -41,8 +46,9 @@ def test_products_equal_a_float64_product(in_f, out_f, wtype, threads):
             b = bias.to(xtype)
             y = kernels.decode_gemv(x, w, scale, b)
             assert y.shape == (rows, out_f) and y.dtype == xtype
-            # float32 accumulation: error grows like sqrt(in) * |x||w|; rounding to xtype
-            want = _reference(x, w, scale, b)
+            # float32 accumulation: error grows like sqrt(in) * |x||w|; rounding to xtype.
+            # bfloat16 weights multiply x rounded to bfloat16 (pair products, decode.cpp)
+            want = _reference(_as_product_input(x, w), w, scale, b)
             tol = TOLERANCE[xtype] * (1 + in_f**0.5 / 4)
             torch.testing.assert_close(y.double(), want, atol=tol, rtol=TOLERANCE[xtype])
             if scale is None:

@@ -60,7 +60,17 @@ def integer_dot_flags(flags: set[str] | None = None) -> list[str]:
     return []
 
 
-_FLAGS += integer_dot_flags()
+def bf16_dot_flags(flags: set[str] | None = None) -> list[str]:
+    """Compiler flags for bfloat16 weights' pair products (decode.cpp): AVX512-BF16's
+    vdpbf16ps where the CPU lists it (with torch's AVX512 level), else none (two FMAs a pair,
+    the same bits at half the rate)."""
+    flags = cpu_flags() if flags is None else flags
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and {"avx512_bf16", "avx512vl"} <= flags:
+        return ["-mavx512bf16", "-DLMGEN_BF16DOT"]
+    return []
+
+
+_FLAGS += integer_dot_flags() + bf16_dot_flags()
 MAX_ROWS = 4  # rows up to which callers take the kernel for a batch (decode_linear, the plan)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # activations (and float weights)
 _state: dict = {"ok": None, "why": ""}

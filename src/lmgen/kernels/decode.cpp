@@ -125,6 +125,92 @@ inline void dot_rows(const W* w, const float* x, int64_t in, float* acc) {
   }
 }
 
+// ---- bfloat16 weights: products of bfloat16 pairs ------------------------------------------
+// A bfloat16 weight multiplies x rounded to bfloat16 (nearest even, as torch's bfloat16 linear
+// and llama.cpp's bf16 products do; the residual stream around the products stays float32).
+// The product of two bfloat16 values is exact in float32, so a lane can take two of them per
+// step: lane l of a chunk of 2 x lanes elements adds x[2l+1] w[2l+1], then x[2l] w[2l], each
+// add rounded to nearest. That is AVX512-BF16's vdpbf16ps (Intel's definition; this CPU's
+// results matched it on 3.2 million random lanes), which does a 16-lane zmm of it at the rate
+// of one float32 FMA: twice the float32 rate a 16-row step is bound by. Without the
+// instruction the same two adds are two FMAs, on the pair's halves of each 32-bit word (odd
+// element: the high half, as is; even: shifted up): the same bits, at the float32 rate.
+// (vdpbf16ps also flushes values below float32's normal range, ~1e-38, to zero; the FMAs keep
+// them. No activation or weight of a model comes near.)
+template <typename W>
+using XOf = std::conditional_t<std::is_same_v<W, at::BFloat16>, at::BFloat16, float>;
+// Elements of W one vector of products covers: a lane each, or a pair each for bfloat16.
+template <typename W>
+constexpr int per_lane() { return std::is_same_v<W, at::BFloat16> ? 2 : 1; }
+
+// x's n floats as bfloat16, rounded to nearest even as c10::BFloat16 rounds (a NaN as 0x7FC0).
+inline void to_bf16(const float* x, int64_t n, at::BFloat16* out) {
+  const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF),
+                nan = _mm256_set1_epi32(0x7FC0);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, bias)), 16);
+    r = _mm256_blendv_epi8(r, nan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
+  }
+  for (; i < n; ++i) out[i] = static_cast<at::BFloat16>(x[i]);
+}
+
+// A vector's worth of bfloat16 pairs (2 x lanes elements) as the pair product takes them:
+// loaded as they are for vdpbf16ps, or split into each word's odd and even element as floats.
+#ifdef __AVX512F__
+#ifdef LMGEN_BF16DOT
+struct Pairs512 {
+  __m512bh v;
+};
+inline Pairs512 pload(__m512, const at::BFloat16* p) {
+  return {(__m512bh)_mm512_loadu_si512(p)};
+}
+inline __m512 pfma(const Pairs512& w, const Pairs512& x, __m512 acc) {
+  return _mm512_dpbf16_ps(acc, w.v, x.v);
+}
+#else
+struct Pairs512 {
+  __m512 odd, even;
+};
+inline Pairs512 pload(__m512, const at::BFloat16* p) {
+  const __m512i v = _mm512_loadu_si512(p);
+  return {_mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))),
+          _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))};
+}
+inline __m512 pfma(const Pairs512& w, const Pairs512& x, __m512 acc) {
+  return _mm512_fmadd_ps(w.even, x.even, _mm512_fmadd_ps(w.odd, x.odd, acc));
+}
+#endif
+#endif
+#ifdef LMGEN_BF16DOT
+struct Pairs256 {
+  __m256bh v;
+};
+inline Pairs256 pload(__m256, const at::BFloat16* p) {
+  return {(__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
+}
+inline __m256 pfma(const Pairs256& w, const Pairs256& x, __m256 acc) {
+  return _mm256_dpbf16_ps(acc, w.v, x.v);
+}
+#else
+struct Pairs256 {
+  __m256 odd, even;
+};
+inline Pairs256 pload(__m256, const at::BFloat16* p) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))),
+          _mm256_castsi256_ps(_mm256_slli_epi32(v, 16))};
+}
+inline __m256 pfma(const Pairs256& w, const Pairs256& x, __m256 acc) {
+  return _mm256_fmadd_ps(w.even, x.even, _mm256_fmadd_ps(w.odd, x.odd, acc));
+}
+#endif
+
 inline void store(float* p, float v) { *p = v; }
 inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in software
   *p = at::Half(static_cast<uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)),
@@ -175,12 +261,15 @@ constexpr int64_t X_TILE_ROWS = VREGS == 32 ? 6 : 3;
 constexpr int64_t BLOCK_BYTES = 48 << 10;
 // A product's lanes by W's type, fixed (so that its bits do not depend on the batch), in K
 // chains of its vector: float32 one vector (with 8 lanes, a second chain bought nothing at one
-// row and cost 30% at 16 rows), 2-byte types 16 lanes, int8 32 (bench A/B,
-// docs/PERFORMANCE.md).
+// row and cost 30% at 16 rows), float16 16 lanes, int8 32 (bench A/B, docs/PERFORMANCE.md);
+// bfloat16 16 lanes of pairs, one chain (two chains, like float16's at one row, ran a 16-row
+// tile over 768 inputs at 135 GFLOP/s on one thread against 176 with one; one row runs the
+// chain's 256-bit halves side by side instead, below).
 template <typename W>
 constexpr int lanes() { return sizeof(VecOf<W>) / 4; }
 template <typename W>
 constexpr int chains() {
+  if constexpr (per_lane<W>() == 2) return 32 / (2 * lanes<W>());
   return (sizeof(W) == 4 ? lanes<W>() : sizeof(W) == 2 ? 16 : 32) / lanes<W>();
 }
 
@@ -194,22 +283,34 @@ constexpr int w_tile_rows(int R) {
 // out) as acc * scale + bias. With `PF`, one line of the next block (from pf, up to pf_end) is
 // prefetched into L2 per 8 elements, while this block sits in cache.
 template <typename W, typename Y, int O, int R, bool PF>
-inline void tile(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
+inline void tile(const W* w, const XOf<W>* x, int64_t in, const float* scale, const float* bias,
                  Y* y, int64_t out, const char*& pf, const char* pf_end) {
   using Vec = VecOf<W>;
-  constexpr int K = chains<W>(), L = lanes<W>();
+  constexpr int K = chains<W>(), L = lanes<W>() * per_lane<W>();  // L: elements a vector
   const Vec z = Vec{};
   // chunk i .. i + L into the accumulators A (one chain of each product)
   auto chunk = [&](Vec (&A)[O][R], int64_t i) {
     if constexpr (PF) {
-      _mm_prefetch(pf, _MM_HINT_T1);
-      pf = std::min(pf + 64, pf_end);
+      for (int p = 0; p < per_lane<W>(); ++p) {  // a line per 8 float32 / 16 narrower W
+        _mm_prefetch(pf, _MM_HINT_T1);
+        pf = std::min(pf + 64, pf_end);
+      }
     }
-    Vec xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = vload(z, x + r * in + i);
-    for (int o = 0; o < O; ++o) {
-      const Vec wv = vload(z, w + o * in + i);
-      for (int r = 0; r < R; ++r) A[o][r] = vfma(wv, xv[r], A[o][r]);
+    if constexpr (per_lane<W>() == 2) {
+      using Pairs = decltype(pload(z, x));
+      Pairs xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = pload(z, x + r * in + i);
+      for (int o = 0; o < O; ++o) {
+        const Pairs wv = pload(z, w + o * in + i);
+        for (int r = 0; r < R; ++r) A[o][r] = pfma(wv, xv[r], A[o][r]);
+      }
+    } else {
+      Vec xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = vload(z, x + r * in + i);
+      for (int o = 0; o < O; ++o) {
+        const Vec wv = vload(z, w + o * in + i);
+        for (int r = 0; r < R; ++r) A[o][r] = vfma(wv, xv[r], A[o][r]);
+      }
     }
   };
   const int64_t nL = in / L * L;
@@ -217,6 +318,22 @@ inline void tile(const W* w, const float* x, int64_t in, const float* scale, con
   for (int k = 0; k < K; ++k)
     for (int o = 0; o < O; ++o)
       for (int r = 0; r < R; ++r) a[k][o][r] = vzero(z);
+#ifdef __AVX512F__
+  if constexpr (O * R == 1 && per_lane<W>() == 2 && std::is_same_v<Vec, __m512>) {
+    // one chain, as two: a zmm lane's pair sums are those of the same lane of its 256-bit
+    // half, so the halves run as two independent chains (one waits on the product's
+    // latency) and are joined into the zmm after: the same bits as the tiles' zmm products
+    static_assert(K == 1);
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    const __m256 h = lo;
+    for (int64_t i = 0; i < nL; i += L) {
+      lo = pfma(pload(h, w + i), pload(h, x + i), lo);
+      hi = pfma(pload(h, w + i + L / 2), pload(h, x + i + L / 2), hi);
+    }
+    a[0][0][0] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                                                     _mm256_castps_pd(hi), 1));
+  } else
+#endif
   if constexpr (O * R == 1) {  // the K chains interleaved
     const int64_t nK = in / (L * K) * (L * K);
     for (int64_t i = 0; i < nK; i += L * K) {
@@ -251,7 +368,7 @@ inline void tile(const W* w, const float* x, int64_t in, const float* scale, con
     const float b = bias ? bias[o] : 0.0f;
     for (int r = 0; r < R; ++r) {
       float d = vsum(a[0][o][r]);
-      for (int64_t j = nL; j < in; ++j) d += to_float(w[o * in + j]) * x[r * in + j];
+      for (int64_t j = nL; j < in; ++j) d += to_float(w[o * in + j]) * to_float(x[r * in + j]);
       store(y + r * out + o, d * s + b);
     }
   }
@@ -259,11 +376,11 @@ inline void tile(const W* w, const float* x, int64_t in, const float* scale, con
 
 // Rows [o0, o1) of W times R rows of x from row r0.
 template <typename W, typename Y, int R, bool PF>
-void tile_rows(const W* w, const float* x, int64_t in, const float* scale, const float* bias,
+void tile_rows(const W* w, const XOf<W>* x, int64_t in, const float* scale, const float* bias,
                Y* y, int64_t out, int64_t r0, int64_t o0, int64_t o1, const char*& pf,
                const char* pf_end) {
   constexpr int O = w_tile_rows(R);
-  const float* xr = x + r0 * in;
+  const XOf<W>* xr = x + r0 * in;
   Y* yr = y + r0 * out;
   auto sc = [&](int64_t o) { return scale ? scale + o : nullptr; };
   auto bi = [&](int64_t o) { return bias ? bias + o : nullptr; };
@@ -275,7 +392,7 @@ void tile_rows(const W* w, const float* x, int64_t in, const float* scale, const
 }
 
 template <typename W, typename Y, bool PF>
-void tiles(const W* w, const float* x, int64_t in, const float* scale, const float* bias, Y* y,
+void tiles(const W* w, const XOf<W>* x, int64_t in, const float* scale, const float* bias, Y* y,
            int64_t out, int64_t rows, int64_t o0, int64_t o1, const char* pf, const char* pf_end) {
   for (int64_t r0 = 0; r0 < rows; r0 += X_TILE_ROWS) {
 #define LMGEN_TILE_ROWS(R) \
@@ -296,8 +413,17 @@ void tiles(const W* w, const float* x, int64_t in, const float* scale, const flo
 // rows of x, y's rows `ys` apart, on the calling thread: block by block; with more than one
 // tile of x, the next block is prefetched while every tile of x passes over this one.
 template <typename W, typename Y>
-void gemv_part(int64_t rows, const W* w, const float* x, const float* scale, const float* bias,
+void gemv_part(int64_t rows, const W* w, const float* xf, const float* scale, const float* bias,
                Y* y, int64_t ys, int64_t in, int64_t begin, int64_t end) {
+  const XOf<W>* x = nullptr;
+  if constexpr (per_lane<W>() == 2) {  // x rounded to bfloat16 once a call (above)
+    thread_local std::vector<at::BFloat16> xb;
+    xb.resize(rows * in);
+    to_bf16(xf, rows * in, xb.data());
+    x = xb.data();
+  } else {
+    x = xf;
+  }
   const int64_t row_bytes = in * sizeof(W);
   const int64_t block = std::max<int64_t>(8, BLOCK_BYTES / std::max<int64_t>(1, row_bytes));
   const bool prefetch = rows > X_TILE_ROWS;
