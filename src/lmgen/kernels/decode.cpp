@@ -262,9 +262,8 @@ constexpr int64_t BLOCK_BYTES = 48 << 10;
 // A product's lanes by W's type, fixed (so that its bits do not depend on the batch), in K
 // chains of its vector: float32 one vector (with 8 lanes, a second chain bought nothing at one
 // row and cost 30% at 16 rows), float16 16 lanes, int8 32 (bench A/B, docs/PERFORMANCE.md);
-// bfloat16 16 lanes of pairs, one chain (two chains, like float16's at one row, ran a 16-row
-// tile over 768 inputs at 135 GFLOP/s on one thread against 176 with one; one row runs the
-// chain's 256-bit halves side by side instead, below).
+// bfloat16 16 lanes of pairs, one chain (two chains ran a 16-row tile over 768 inputs at 135
+// GFLOP/s on one thread against 176 with one, and a one-row product no faster).
 template <typename W>
 constexpr int lanes() { return sizeof(VecOf<W>) / 4; }
 template <typename W>
@@ -318,22 +317,6 @@ inline void tile(const W* w, const XOf<W>* x, int64_t in, const float* scale, co
   for (int k = 0; k < K; ++k)
     for (int o = 0; o < O; ++o)
       for (int r = 0; r < R; ++r) a[k][o][r] = vzero(z);
-#ifdef __AVX512F__
-  if constexpr (O * R == 1 && per_lane<W>() == 2 && std::is_same_v<Vec, __m512>) {
-    // one chain, as two: a zmm lane's pair sums are those of the same lane of its 256-bit
-    // half, so the halves run as two independent chains (one waits on the product's
-    // latency) and are joined into the zmm after: the same bits as the tiles' zmm products
-    static_assert(K == 1);
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    const __m256 h = lo;
-    for (int64_t i = 0; i < nL; i += L) {
-      lo = pfma(pload(h, w + i), pload(h, x + i), lo);
-      hi = pfma(pload(h, w + i + L / 2), pload(h, x + i + L / 2), hi);
-    }
-    a[0][0][0] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-                                                     _mm256_castps_pd(hi), 1));
-  } else
-#endif
   if constexpr (O * R == 1) {  // the K chains interleaved
     const int64_t nK = in / (L * K) * (L * K);
     for (int64_t i = 0; i < nK; i += L * K) {
