@@ -85,7 +85,9 @@ def test_sequence_bias_equals_transformers(pairs):
 
 
 def test_sequence_bias_bad_input_names_the_parameter():
-    for bad in ([], [[[], 1.0]], [[[1, -2], 1.0]], [[[1], "x"]], "1,2=3", [[[1], float("inf")]]):
+    huge = [[[2**70], 1.0]]  # beyond any tensor of ids (the server once answered it with a 500)
+    for bad in ([], [[[], 1.0]], [[[1, -2], 1.0]], [[[1], "x"]], "1,2=3", [[[1], float("inf")]],
+                huge):  # fmt: skip
         with pytest.raises(ConfigError, match="sequence_bias") as e:
             GenerationConfig.from_kwargs(sequence_bias=bad)
         assert "\n" not in str(e.value)

@@ -161,6 +161,18 @@ def test_logit_bias_keys_outside_the_vocabulary_are_400(server, path, key):
     assert "token id" in err["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/lmgen/next"])
+@pytest.mark.parametrize("token", [2**70, 10**18, 99999])
+def test_sequence_bias_ids_beyond_any_vocabulary_are_400(server, path, token):
+    """Found by the slow schema fuzz: an id past torch.long was a 500 (the tensor of ids)."""
+    body = {**ENDPOINTS[path], "sequence_bias": [[[token], 1.0]]}
+    r = httpx.post(server + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "sequence_bias" and err["code"] == "invalid_value"
+    assert "token id" in err["message"]
+
+
 def test_logit_bias_at_the_vocabulary_edge_works(server, model_dir):
     vocab = lmgen.load(model_dir).config.vocab_size
     body = {"prompt": "To be", "strategy": "greedy", "choose": True}

@@ -37,11 +37,19 @@ def check_number(name: str, value: object, allowed: Range = FINITE) -> float:
     return float(allowed.check(name, value))
 
 
+# The largest token id a setting may name (18 digits, as the HTTP API's logit_bias keys): within
+# torch.long, so that a tensor of ids can hold it; the model's vocabulary is checked at use.
+MAX_TOKEN_ID = 10**18 - 1
+
+
 def check_token_ids(name: str, ids: Iterable[object]) -> list[int]:
     out = list(ids)
     for t in out:
-        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            raise ConfigError(f"{name} must hold token ids (ints >= 0), got {t!r}", param=name)
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= MAX_TOKEN_ID:
+            raise ConfigError(
+                f"{name} must hold token ids (ints from 0 to {MAX_TOKEN_ID}), got {t!r}",
+                param=name,
+            )
     return out
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lmgen.decoding.processor_base import MAX_TOKEN_ID
 from lmgen.errors import ConfigError
 from lmgen.server.structured import ResponseFormat
 from lmgen.settings import (
@@ -106,7 +107,7 @@ def Text(min_length: int | None = None, max_length: int | None = None) -> Any:
     ]
 
 
-_TOKEN_ID_KEY = re.compile(r"[0-9]{1,18}")
+_TOKEN_ID_KEY = re.compile(rf"[0-9]{{1,{len(str(MAX_TOKEN_ID))}}}")
 
 
 def _logit_bias_keys(bias: dict[str, float]) -> dict[str, float]:
