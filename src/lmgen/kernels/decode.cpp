@@ -187,17 +187,7 @@ inline __m512 pfma(const Pairs512& w, const Pairs512& x, __m512 acc) {
 }
 #endif
 #endif
-#ifdef LMGEN_BF16DOT
-struct Pairs256 {
-  __m256bh v;
-};
-inline Pairs256 pload(__m256, const at::BFloat16* p) {
-  return {(__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
-}
-inline __m256 pfma(const Pairs256& w, const Pairs256& x, __m256 acc) {
-  return _mm256_dpbf16_ps(acc, w.v, x.v);
-}
-#else
+// (8 lanes: builds without AVX-512, which never have the instruction)
 struct Pairs256 {
   __m256 odd, even;
 };
@@ -209,7 +199,6 @@ inline Pairs256 pload(__m256, const at::BFloat16* p) {
 inline __m256 pfma(const Pairs256& w, const Pairs256& x, __m256 acc) {
   return _mm256_fmadd_ps(w.even, x.even, _mm256_fmadd_ps(w.odd, x.odd, acc));
 }
-#endif
 
 inline void store(float* p, float v) { *p = v; }
 inline void store(at::Half* p, float v) {  // F16C, not c10's conversion in software
