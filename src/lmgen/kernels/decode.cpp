@@ -269,7 +269,7 @@ constexpr int w_tile_rows(int R) {
 
 // O x R products of rows of W at w (stride in) and of x at x (stride in), written to y (stride
 // out) as acc * scale + bias. With `PF`, one line of the next block (from pf, up to pf_end) is
-// prefetched into L2 per 8 elements, while this block sits in cache.
+// prefetched into L2 per 8 float32 or 16 narrower elements of W, while this block sits in cache.
 template <typename W, typename Y, int O, int R, bool PF>
 inline void tile(const W* w, const XOf<W>* x, int64_t in, const float* scale, const float* bias,
                  Y* y, int64_t out, const char*& pf, const char* pf_end) {
