@@ -152,16 +152,16 @@ def llama_cmd(binary: str, gguf: Path, threads: int, slots: int, ctx: int) -> li
 # -- the clients ---------------------------------------------------------------------------------
 
 
-async def one_request(client, url: str, prompt: list[int], tokens: int, seed: int) -> dict:
+async def one_request(session, url: str, prompt: list[int], tokens: int, seed: int) -> dict:
     body = {"model": "m", "prompt": prompt, "max_tokens": tokens, "seed": seed,
             "stream": True, "ignore_eos": True, **SAMPLING}  # fmt: skip
     t0 = time.perf_counter()
     stamps = []
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+    async with session.post(url + "/v1/completions", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{url}: {r.status} {(await r.read())[:300]!r}")
+        async for line in r.content:  # the stream's lines as they arrive
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
             chunk = json.loads(line[6:])
             # a token's chunk: text, or none where the token decodes to nothing (the random
@@ -177,17 +177,21 @@ async def one_request(client, url: str, prompt: list[int], tokens: int, seed: in
 
 
 async def round_of(url: str, clients: int, requests: int, prompt, tokens: int) -> dict:
-    import httpx
+    import aiohttp
 
-    # a new connection per request, for both servers: llama-server (cpp-httplib) closes a
-    # keep-alive connection after a few requests, and a request sent on it as it closes failed
-    # ("Server disconnected without sending a response") in one round of several runs
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
+    # The clients share the server's cores (two here), so their own CPU time per streamed
+    # token is taken from the server's: aiohttp's costs 0.22-0.25 ms a token where httpx's
+    # cost 0.52-0.59 (SmolLM2, one client, measured per thread from /proc). A new connection
+    # per request, for both servers: llama-server (cpp-httplib) closes a keep-alive
+    # connection after a few requests, and a request sent on it as it closes failed
+    # ("Server disconnected without sending a response") in one round of several runs.
+    connector = aiohttp.TCPConnector(limit=clients + 4, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=3600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one_client(c: int) -> list[dict]:
             return [
-                await one_request(client, url, prompt, tokens, seed=1000 * c + k)
+                await one_request(session, url, prompt, tokens, seed=1000 * c + k)
                 for k in range(requests)
             ]
 
@@ -252,24 +256,28 @@ class GenerateRate:
         return self.tokens / (time.perf_counter() - t0)
 
 
-def one_client_vs_generate(url: str, generate: GenerateRate, requests: int, prompt,
-                           tokens: int, repeats: int = 3) -> tuple[dict, float]:  # fmt: skip
+def one_client_vs_generate(
+    url: str, generate: GenerateRate, requests: int, prompt, tokens: int, repeats: int = 7
+) -> tuple[dict, float, list[float]]:
     """The one-client round and `lmgen generate`, alternated `repeats` times while the server
-    idles between rounds (the host's memory bandwidth drifts by tens of percent within minutes
-    here, so the two are never measured apart): (the round of median tokens/s, generate's
-    median tokens/s)."""
-    rounds, rates = [], []
+    idles between rounds: (the round of median tokens/s, generate's median tokens/s, each
+    round's tokens/s over the generate run beside it). The host's memory bandwidth drifts by
+    tens of percent within minutes here, so the two are never measured apart, and the share
+    the table reports is the median of these adjacent pairs' ratios, not a ratio of two
+    medians taken minutes apart."""
+    rounds, rates, ratios = [], [], []
     for i in range(repeats):
         for side in ("server", "generate") if i % 2 == 0 else ("generate", "server"):
             if side == "server":
                 rounds.append(asyncio.run(round_of(url, 1, requests, prompt, tokens)))
             else:
                 rates.append(generate())
-    rounds.sort(key=lambda r: r["tokens_per_s"])
-    row = dict(rounds[len(rounds) // 2], rounds=[r["tokens_per_s"] for r in rounds])
-    print(f"   1 client: {row['tokens_per_s']:.1f} tok/s; generate {statistics.median(rates):.1f}",
-          file=sys.stderr, flush=True)  # fmt: skip
-    return row, statistics.median(rates)
+        ratios.append(rounds[-1]["tokens_per_s"] / rates[-1])
+    by_rate = sorted(rounds, key=lambda r: r["tokens_per_s"])
+    row = dict(by_rate[len(by_rate) // 2], rounds=[r["tokens_per_s"] for r in rounds])
+    print(f"   1 client: {row['tokens_per_s']:.1f} tok/s; generate {statistics.median(rates):.1f}"
+          f"; pairs {statistics.median(ratios):.2f}x", file=sys.stderr, flush=True)  # fmt: skip
+    return row, statistics.median(rates), ratios
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -286,8 +294,9 @@ def to_markdown(report: dict) -> str:
         f"{report['tokens']} new tokens (temperature 0.8, a seed each, ignore_eos) after a "
         f"{PROMPT_LEN}-token prompt; llama-server runs with `-np` = clients and the file's "
         "weights as they are, and so does lmgen (a GGUF's blocks kept); a new connection per "
-        "request. lmgen's one-client row is the median of three rounds alternated with `lmgen "
-        f"generate` in the benchmark's process. Raw results: `{report['json']}`.",
+        "request. lmgen's one-client row is the median of its rounds alternated with `lmgen "
+        "generate` in the benchmark's process; its share of generate's speed is the median "
+        f"of each round over the generate run beside it. Raw results: `{report['json']}`.",
         "",
         "| model | clients | lmgen tok/s | llama-server tok/s | ratio | TTFT p50 / p99 ms "
         "(lmgen) | (llama) | ITL p50 / p99 ms (lmgen) | (llama) |",
@@ -307,7 +316,9 @@ def to_markdown(report: dict) -> str:
         if model.get("generate_tps"):
             one = ours.get(1)
             share = ""
-            if one:
+            if model.get("one_client_ratios"):  # adjacent pairs (one_client_vs_generate)
+                share = f" (one client: {statistics.median(model['one_client_ratios']):.2f}x)"
+            elif one:  # an earlier run's JSON
                 share = f" (one client: {one['tokens_per_s'] / model['generate_tps']:.2f}x)"
             lines.append(
                 f"| {model['name']} | `lmgen generate` | {model['generate_tps']:.1f}{share} "
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
         "models": [],
     }
-    import httpx
+    import aiohttp
 
     for name in args.models.split(","):
         gguf = gpt2_124m_gguf(work) if name == "gpt2-124m" else smollm2_gguf()
@@ -414,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             rest = [n for n in counts if n != 1]
             entry["lmgen"] = run_rounds(s.url, rest, args.requests, prompt, args.tokens)
             if generate is not None:
-                one, entry["generate_tps"] = one_client_vs_generate(
+                one, entry["generate_tps"], entry["one_client_ratios"] = one_client_vs_generate(
                     s.url, generate, args.requests, prompt, args.tokens
                 )
                 entry["lmgen"].insert(0, one)
@@ -429,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     entry["llama_server"] += run_rounds(s.url, [n], args.requests, prompt,
                                                         args.tokens)  # fmt: skip
-                except httpx.HTTPError as e:  # a measurement: report the failure, go on
+                except aiohttp.ClientError as e:  # a measurement: report the failure, go on
                     why = f"llama-server -np {n} failed ({type(e).__name__}: {e}; exit code "
                     why += f"{s.proc.poll()}; its last output: {s.log_tail()!r})"
                     entry["note"] = "; ".join(filter(None, [entry.get("note"), why]))
