@@ -82,10 +82,10 @@ def test_a_tokenizer_that_refuses_its_input_is_a_400_on_every_endpoint(model_dir
     lm = lmgen.load(model_dir)
     encode = lm.tokenizer.encode
 
-    def refusing(text):
+    def refusing(text, add_special_tokens=True):  # the Tokenizer protocol's signature
         if "FORBIDDEN" in text:
             raise ConfigError(f"text is not valid here (character {text.index('F')})", "prompt")
-        return encode(text)
+        return encode(text, add_special_tokens=add_special_tokens)
 
     lm.tokenizer.encode = refusing
     with serve_in_thread(create_app({"tiny": lm})) as url:

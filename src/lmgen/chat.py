@@ -527,8 +527,17 @@ def apply_chat_template(
 ) -> str | list[int]:
     """`transformers`' `tokenizer.apply_chat_template` for `lm`: the rendered text, or its
     token ids (special tokens written by the template become their ids; nothing is added)."""
-    text = chat_format(lm).render(messages, add_generation_prompt=add_generation_prompt, **options)
-    return lm.tokenizer.encode(text, add_special_tokens=False) if tokenize else text
+    fmt = chat_format(lm)
+    text = fmt.render(messages, add_generation_prompt=add_generation_prompt, **options)
+    return encode_rendered(lm, fmt, text) if tokenize else text
+
+
+def encode_rendered(lm, fmt: ChatFormat, text: str) -> list[int]:
+    """The token ids of a conversation `fmt` rendered as `text`. A model's template writes its
+    special tokens itself, so nothing is added (as transformers' apply_chat_template); lmgen's
+    default transcript is plain text, encoded as `generate` encodes a prompt (with the BOS the
+    tokenizer adds, where it adds one: without it Gemma answers a transcript with noise)."""
+    return lm.tokenizer.encode(text, add_special_tokens=fmt.is_default)
 
 
 def prompt_ids(lm, messages, fmt: ChatFormat | None = None, **options) -> list[int]:
@@ -536,8 +545,7 @@ def prompt_ids(lm, messages, fmt: ChatFormat | None = None, **options) -> list[i
     `continue_final_message`)."""
     fmt = fmt or chat_format(lm)
     options = {"add_generation_prompt": not options.get("continue_final_message"), **options}
-    # the template writes BOS itself: nothing added, as transformers' apply_chat_template
-    return lm.tokenizer.encode(fmt.render(messages, **options), add_special_tokens=False)
+    return encode_rendered(lm, fmt, fmt.render(messages, **options))
 
 
 def fit_messages(lm, messages: list, reserve: int, **options) -> tuple[list, int, list[int]]:

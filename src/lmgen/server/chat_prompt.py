@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import anyio
 
-from lmgen.chat import ChatFormat, ChatTemplateError, chat_format
+from lmgen.chat import ChatFormat, ChatTemplateError, chat_format, encode_rendered
+from lmgen.errors import LmgenError
 
 from .errors import APIError, from_lmgen
 
@@ -51,14 +52,54 @@ def template_options(body, fmt: ChatFormat) -> dict:
     return {**kwargs, **options}
 
 
+def request_messages(body) -> list[dict]:
+    """`body.messages` as a template takes them: a message's text parts joined by newlines
+    into one string (as vLLM does: templates read `content` as a string, and lmgen's models
+    read text only); a message without content is refused unless it is the assistant's (whose
+    tool calls a template may render instead)."""
+    messages = []
+    for i, m in enumerate(body.messages):
+        message = m.model_dump(exclude_none=True)
+        content = message.get("content")
+        if isinstance(content, list):
+            message["content"] = "\n".join(part["text"] for part in content)
+        elif content is None and message["role"] != "assistant":
+            raise APIError(
+                400,
+                f"messages[{i}] ({message['role']}) has no content",
+                param="messages",
+                code="invalid_value",
+            )
+        messages.append(message)
+    return messages
+
+
 async def render_messages(fmt: ChatFormat, body) -> str:
     """The prompt text for `body.messages` (rendered off the event loop: a template may take
     up to lmgen.chat.RENDER_SECONDS); a template's failure is a 400 naming it."""
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    messages = request_messages(body)
     options = template_options(body, fmt)
     try:
         return await anyio.to_thread.run_sync(lambda: fmt.render(messages, **options))
     except ChatTemplateError as e:
+        raise from_lmgen(e, "messages") from None
+
+
+async def render_prompt(lm, fmt: ChatFormat, body, add_special_tokens: bool | None = None):
+    """(text, token ids) of `body.messages` for `lm`: rendered (`render_messages`), then
+    encoded as `lmgen.chat` encodes a conversation (`encode_rendered`: a template's own
+    special tokens only; lmgen's default transcript with the tokenizer's BOS), unless
+    `add_special_tokens` says otherwise (/tokenize's field)."""
+    text = await render_messages(fmt, body)
+
+    def encode() -> list[int]:
+        if add_special_tokens is None:
+            return encode_rendered(lm, fmt, text)
+        return lm.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    try:
+        return text, (await anyio.to_thread.run_sync(encode) if text else [])
+    except LmgenError as e:
         raise from_lmgen(e, "messages") from None
 
 

@@ -16,7 +16,7 @@ from lmgen.generation_config import infer_strategy
 
 from . import jobs, schemas, speculative
 from .budget import decode_cost, job_bytes
-from .chat_prompt import render_messages
+from .chat_prompt import render_prompt
 from .errors import APIError, api_text, from_lmgen
 from .mapping import config_kwargs, make_config
 from .registry import Registry
@@ -270,7 +270,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
     draft = speculative.request_draft(models, name, body)
     n = body.n or 1
     fmt = chat_format(lm)  # the model's template, or lmgen's default transcript
-    prompt = await render_messages(fmt, body)
+    _, prompt = await render_prompt(lm, fmt, body)  # token ids: the template's specials only
     kw = chat_kwargs(fmt, sampling_kwargs(body, lm))
     if body.logprobs:
         kw["logprobs"] = body.top_logprobs or 0

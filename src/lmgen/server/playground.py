@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import anyio
 import torch
 from fastapi import Request
 
@@ -25,13 +24,13 @@ from lmgen.decoding.processors import (
     build_chain,
 )
 from lmgen.decoding.sampling import make_generator, sample_from_logits
-from lmgen.errors import GenerationError, LmgenError
+from lmgen.errors import GenerationError
 from lmgen.generation_config import GenerationConfig
 
 from . import jobs, schemas
 from .budget import job_bytes
-from .chat_prompt import render_messages
-from .errors import APIError, api_text, from_lmgen
+from .chat_prompt import render_prompt
+from .errors import APIError, api_text
 from .mapping import config_kwargs
 from .openai_api import FINISH, usage
 from .pipeline import PipelineRequest, draw_counts, shown_tokens, stage_scores, stage_view
@@ -72,11 +71,7 @@ async def chat_prompt_route(models: Registry, body: schemas.TokenizeRequest) -> 
     if body.messages is None:
         raise APIError(400, "messages is required", param="messages", code="invalid_value")
     fmt = chat_format(lm)
-    text = await render_messages(fmt, body)
-    try:
-        ids = await anyio.to_thread.run_sync(lm.tokenizer.encode, text) if text else []
-    except LmgenError as e:
-        raise from_lmgen(e, "messages") from None
+    text, ids = await render_prompt(lm, fmt, body)
     special = added_tokens(lm.tokenizer)
     tok = lm.tokenizer
     return {

@@ -468,7 +468,7 @@ class TokenizeRequest(_Strict):
     model: ModelName | None = None
     prompt: Text() | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
-    add_special_tokens: bool | None = None  # accepted; these tokenizers add none
+    add_special_tokens: bool | None = None  # default: a prompt's as generate, messages' as chat
     add_generation_prompt: bool | None = None  # with messages; default true
     continue_final_message: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None

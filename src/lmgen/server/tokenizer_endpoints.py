@@ -10,7 +10,7 @@ from lmgen.chat import chat_format
 from lmgen.errors import LmgenError
 
 from . import schemas
-from .chat_prompt import render_messages
+from .chat_prompt import render_prompt
 from .errors import APIError, from_lmgen
 from .registry import Registry
 
@@ -20,14 +20,21 @@ async def tokenize(models: Registry, body: schemas.TokenizeRequest) -> dict:
     lm = s.lm
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give either prompt or messages", param="prompt", code="invalid_value")
-    if body.prompt is not None:
+    if body.messages is not None:  # the model's chat template, as /v1/chat/completions
+        _, tokens = await render_prompt(lm, chat_format(lm), body, body.add_special_tokens)
+    else:  # a prompt as `generate` encodes it (vLLM's default: the tokenizer's specials)
+        add = True if body.add_special_tokens is None else body.add_special_tokens
         text = body.prompt
-    else:  # the model's chat template, as /v1/chat/completions renders it
-        text = await render_messages(chat_format(lm), body)
-    try:
-        tokens = await anyio.to_thread.run_sync(lm.tokenizer.encode, text) if text else []
-    except LmgenError as e:
-        raise from_lmgen(e, "prompt" if body.prompt is not None else "messages") from None
+        try:
+            tokens = (
+                await anyio.to_thread.run_sync(
+                    lambda: lm.tokenizer.encode(text, add_special_tokens=add)
+                )
+                if text
+                else []
+            )
+        except LmgenError as e:
+            raise from_lmgen(e, "prompt") from None
     out = {"count": len(tokens), "max_model_len": lm.config.n_positions, "tokens": tokens}
     out["token_strs"] = (
         [lm.tokenizer.token_to_str(t) for t in tokens] if body.return_token_strs else None
