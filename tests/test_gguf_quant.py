@@ -75,6 +75,19 @@ def test_gguf_blocks_load_quantized_and_match_the_float_model(q8_file):
     assert steps.choices[0].token_ids[:1] == ref.choices[0].token_ids[:1]
 
 
+def test_parameter_count_is_the_float_models(q8_file):
+    """A layer held as blocks (or int8, or int4 made here) counts its out x in weights: the
+    count equals transformers' for the same weights, tied head once (/v1/models reports it)."""
+    floats = lmgen.load(q8_file, quantize="none")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(q8_file.parent), gguf_file=q8_file.name
+    )
+    want = hf.num_parameters()
+    assert floats.model.num_parameters() == want
+    assert lmgen.load(q8_file).model.num_parameters() == want
+    assert lmgen.load(q8_file, quantize="int8").model.num_parameters() == want
+
+
 def test_export_writes_the_files_blocks_back(q8_file, tmp_path):
     lm = lmgen.load(q8_file)
     out = write_gguf(lm.model, tmp_path / "back.gguf", tokenizer=lm.tokenizer)

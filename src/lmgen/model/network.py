@@ -245,7 +245,19 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """The weights the model has in float form: its parameters, plus each linear layer
+        held quantized (int8, or a GGUF's blocks: buffers, not parameters) counted as its
+        out x in weights and its bias; a tied head once, as its embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        for name, m in self.named_modules():
+            float_weight = isinstance(getattr(m, "weight", None), nn.Parameter)
+            if float_weight or not hasattr(m, "in_features"):
+                continue  # a float layer (counted above), or not a linear layer
+            if name == "lm_head" and self.config.tie_word_embeddings:
+                continue
+            bias = getattr(m, "bias", None)
+            n += m.in_features * m.out_features + (bias.numel() if bias is not None else 0)
+        return n
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         p = self.wte.weight
