@@ -28,7 +28,7 @@ $(VENV)/.runtime: $(BIN)/activate pyproject.toml
 	fi; \
 	cmd="$(BIN)/pip install -q $${index:+--extra-index-url $$index }$(TORCH)"; echo "$$cmd"; $$cmd
 	$(BIN)/pip install -q -e .
-	$(BIN)/python -m lmgen.kernels  # builds the CPU decode kernel once (lmgen/kernels)
+	$(BIN)/python -m lmgen.kernels  # builds the CPU kernels once (lmgen/kernels)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime

@@ -143,7 +143,7 @@ def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -
     with build_lock(build):
         if not (build / f"{name}.so").exists():
             print(
-                "lmgen: compiling its CPU decode kernel (once per machine, 20-60 s; "
+                f"lmgen: compiling its CPU kernel {source.name} (once per machine, 20-60 s; "
                 "LMGEN_KERNELS=0 skips it)...",
                 file=sys.stderr,
                 flush=True,
