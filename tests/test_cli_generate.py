@@ -447,6 +447,30 @@ def test_messages_in_command_line_terms(flags, message, capsys, model_dir):
     assert "context_overflow=" not in err
 
 
+@pytest.mark.parametrize(
+    "command, fits",
+    [
+        (["next"], "and the next token do not fit"),
+        (["plot", "next"], "and the next token do not fit"),
+        (["plot", "attention"], "does not fit"),
+    ],
+)
+def test_a_long_prompt_for_a_command_without_context_overflow(command, fits, capsys, model_dir,
+                                                               tmp_path):  # fmt: skip
+    """`next` and the plots take no --context-overflow or --max-new-tokens: their error names
+    neither, only the prompt's length against the context."""
+    lm = lmgen.load(model_dir)
+    prompt = "ROMEO: " * (lm.config.n_positions // 2 + 8)
+    n = len(lm.tokenizer.encode(prompt))
+    argv = [*command, prompt, "--model", model_dir]
+    if command[0] == "plot":
+        argv += ["-o", str(tmp_path / "p.png")]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"the prompt ({n} tokens) {fits} the model's context of {lm.config.n_positions}" in err
+    assert "--context-overflow" not in err and "max_new_tokens" not in err
+
+
 def test_lmgen_bench_is_a_pointer(capsys):
     code, out, err = run(capsys, "bench")
     assert code == 2 and out == "" and "python -m bench" in err

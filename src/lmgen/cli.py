@@ -14,7 +14,7 @@ import re
 import sys
 
 from .cli_parser import Parser
-from .errors import LmgenError
+from .errors import ContextLengthError, LmgenError
 
 
 def build_parser() -> Parser:
@@ -81,7 +81,23 @@ _FLAG_HINTS = [
 ]
 
 
-def cli_wording(message: str) -> str:
+def cli_wording(message: str | LmgenError, args=None) -> str:
+    """An error as the command line says it: the flags to type, not the API's keywords; a
+    prompt that does not fit, for a command without --max-new-tokens and --context-overflow
+    (`next`, the plots), in terms of the prompt alone."""
+    e = message
+    if (
+        isinstance(e, ContextLengthError)
+        and e.prompt_tokens is not None
+        and args is not None
+        and not hasattr(args, "context_overflow")
+    ):
+        what = "and the next token do" if e.new_tokens else "does"
+        return (
+            f"the prompt ({e.prompt_tokens} tokens) {what} not fit the model's context of "
+            f"{e.context} tokens; shorten the prompt"
+        )
+    message = str(message)
     for pattern, replacement in _FLAG_HINTS:
         message = pattern.sub(replacement, message)
     return message
@@ -108,5 +124,5 @@ def _run(argv: list[str] | None) -> int:
     try:
         return args.func(args) or 0
     except LmgenError as e:
-        print(f"error: {cli_wording(str(e))}", file=sys.stderr)
+        print(f"error: {cli_wording(e, args)}", file=sys.stderr)
         return 2

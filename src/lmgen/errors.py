@@ -22,4 +22,11 @@ class GenerationError(LmgenError):
 
 
 class ContextLengthError(GenerationError):
-    """The prompt plus the tokens asked for do not fit the model's context."""
+    """The prompt plus the tokens asked for do not fit the model's context. Where known, the
+    numbers (`prompt_tokens`, `new_tokens`, `context`), so that a caller without the
+    message's remedies (a CLI command with no --context-overflow) can say it its own way."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None,
+                 new_tokens: int | None = None, context: int | None = None):  # fmt: skip
+        super().__init__(message)
+        self.prompt_tokens, self.new_tokens, self.context = prompt_tokens, new_tokens, context

@@ -117,7 +117,10 @@ def check_context(lm, prompt_len: int, config: GenerationConfig) -> None:
             f"{prompt_len + config.max_new_tokens} exceeds the model's context of {n_pos} "
             "tokens; shorten the prompt, lower max_new_tokens, or set "
             "context_overflow='slide' (CLI: --context-overflow slide) to keep only the last "
-            "tokens"
+            "tokens",
+            prompt_tokens=prompt_len,
+            new_tokens=config.max_new_tokens,
+            context=n_pos,
         )
     if prompt_len > n_pos and config.context_overflow == "slide":
         log.info("prompt of %d tokens: the model sees its last %d", prompt_len, n_pos)
