@@ -635,3 +635,28 @@ def test_the_guard_decodes_json_bodies_as_it_says(text, code):
     assert (err.code if err is not None else None) == code, err and err.message
     if err is not None:
         assert err.status == 400 and "\n" not in err.message
+
+
+@pytest.mark.parametrize(
+    "path, body, message, code",
+    [
+        ("/v1/completions", {"prompt": "a", "suffix": "x"},
+         "'suffix' is not supported (only empty or null); got 'x'", "unsupported"),
+        ("/v1/chat/completions", {"messages": []}, "'messages' must not be empty",
+         "invalid_value"),
+        ("/v1/completions", {"prompt": "a", "logit_bias": {"abc": 5}},
+         "invalid value for 'logit_bias': logit_bias keys must be token ids (1 to 18 ASCII "
+         "digits), got 'abc'", "invalid_value"),
+        ("/v1/completions", {"prompt": "a", "temperature": "hot"},
+         "invalid value for 'temperature': Input should be a valid number (got 'hot')",
+         "invalid_value"),
+    ],
+)  # fmt: skip
+def test_validation_messages_say_what_was_wrong_once(server, path, body, message, code):
+    """An unsupported field says so (not 'at most 0 characters'), an empty list says it is
+    empty, and what was sent is quoted once (lmgen's validators quote it themselves)."""
+    r = httpx.post(server + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["message"] == message and error["code"] == code
+    assert error["message"].count("got ") <= 1

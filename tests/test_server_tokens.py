@@ -97,9 +97,9 @@ def test_echo_returns_exactly_the_tokens_sent_with_their_logprobs(server, lm):
 @pytest.mark.parametrize(
     "prompt, why",
     [
-        ([], "at least 1"),
-        ([[]], "at least 1"),
-        ([[1, 2], []], "at least 1"),
+        ([], "must not be empty"),
+        ([[]], "must not be empty"),
+        ([[1, 2], []], "must not be empty"),
         ([-1], "greater than or equal to 0"),
         ([300, 10**9], "not in this model's vocabulary"),
         ([[5], [2**63]], "not in this model's vocabulary"),

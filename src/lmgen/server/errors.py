@@ -163,12 +163,16 @@ def validation_error(errors: list[dict], known_params: list[str]) -> APIError:
             param=param,
             code="invalid_value",
         )
-    return APIError(
-        400,
-        f"invalid value for {where!r}: {e.get('msg')} (got {got})",
-        param=param,
-        code="invalid_value",
-    )
+    ctx = e.get("ctx", {})
+    if kind == "string_too_long" and ctx.get("max_length") == 0:  # a field taken only empty
+        why = f"{where!r} is not supported (only empty or null)"
+        return APIError(400, f"{why}; got {got}", param=param, code="unsupported")
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return APIError(400, f"{where!r} must not be empty", param=param, code="invalid_value")
+    msg = e.get("msg", "")
+    # pydantic's own messages do not say what was sent; lmgen's validators' messages do
+    said = f"{msg} (got {got})" if ", got " not in msg else msg
+    return APIError(400, f"invalid value for {where!r}: {said}", param=param, code="invalid_value")
 
 
 def add_error_handlers(app: FastAPI, known_params: list[str]) -> None:
