@@ -201,7 +201,7 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
         "-m",
         type=model_name,
         default=None,
-        help="model directory, bundled model name, or hf:NAME (default: shakespeare)",
+        help="model directory, .gguf file, bundled model name, or hf:NAME (default: shakespeare)",
     )
 
 

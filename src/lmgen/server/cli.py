@@ -265,7 +265,11 @@ def add_parsers(sub) -> None:
         "unless told more, which stops DNS-rebinding attacks from web pages; bound elsewhere "
         "it answers any Host unless --allowed-host is given",
     )
-    p.add_argument("--device", default=None, help="torch device for the models")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="the models' torch device: cpu, cuda, cuda:1, mps, ... (default: cpu)",
+    )
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -281,5 +285,8 @@ def add_parsers(sub) -> None:
         strategy_help="for requests that choose none; without it the API's rule applies",
     )
     p.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log the server's messages from this level up (default: info)",
     )

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_args import add_model_arg
 from ..errors import ConfigError
 
 
@@ -95,9 +96,12 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="loss, perplexity and bits per byte of a text (sliding window)",
-        description="bits per byte = total NLL (nats) / ln 2 / UTF-8 bytes of the text.",
+        description="A text's loss under a model, scored in windows that slide over it (each "
+        "token scored once, with up to a window of context): loss and perplexity per token, "
+        "and bits per byte = total NLL (nats) / ln 2 / UTF-8 bytes of the text, which "
+        "compares models with different tokenizers.",
     )
-    p.add_argument("--model", default=None, help="model directory or bundled name")
+    add_model_arg(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
     src.add_argument("--data", metavar="DATA_DIR", help="the validation split of a data dir")
