@@ -122,6 +122,7 @@ def test_an_image_suffix_lmgen_does_not_write_is_refused(name, model_dir, tmp_pa
     assert main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"cannot write .{name.split('.')[1]} files; name it .png, .svg or .pdf" in err
+    assert "--format" not in err  # png bytes under an image format's name: not suggested
     assert not out.exists()
     assert (
         main(["plot", "attention", "To be", "-m", model_dir, "-o", str(out), "--format", "png"])

@@ -178,9 +178,15 @@ def shorten(text: str, limit: int = 60) -> str:
 # -- writing files ----------------------------------------------------------------------------
 
 
+# suffixes that name image formats the plots do not write
+OTHER_IMAGE_SUFFIXES = {"jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "eps", "ps", "svgz"}
+
+
 def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The format to write: `fmt` if given, else the file's suffix (png, svg or pdf; another
-    suffix is refused rather than filled with png bytes), else png."""
+    suffix is refused rather than filled with png bytes), else png. `fmt` writes its format
+    under any name that is not another of the three; the refusal suggests it only for names
+    that are not another image format's (.jpg, .gif, ...), where it would mislead."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if fmt is not None:
         fmt = fmt.lower()
@@ -193,10 +199,13 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
             )
         return fmt
     if suffix and suffix not in FORMATS:
+        hint = (
+            ""
+            if suffix in OTHER_IMAGE_SUFFIXES
+            else (" (or give --format to write one of those under this name)")
+        )
         raise ConfigError(
-            f"{path}: cannot write .{suffix} files; name it .png, .svg or .pdf "
-            "(or give --format to write one of those under this name)",
-            "format",
+            f"{path}: cannot write .{suffix} files; name it .png, .svg or .pdf{hint}", "format"
         )
     return suffix or "png"
 
