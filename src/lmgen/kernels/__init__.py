@@ -173,7 +173,9 @@ def available() -> bool:
                 except Exception as e:  # no compiler, no ninja, a failed build: torch's path
                     why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
             if why:
-                log.warning("lmgen's CPU decode kernel is not used: %s", why)
+                # asked for (LMGEN_KERNELS=0): said at info level, not as a warning
+                level = logging.INFO if why == "LMGEN_KERNELS=0" else logging.WARNING
+                log.log(level, "lmgen's CPU decode kernel is not used: %s", why)
             _state["ok"], _state["why"] = not why, why
     return _state["ok"]
 

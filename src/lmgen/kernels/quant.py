@@ -64,7 +64,9 @@ def available() -> bool:
                 except Exception as e:  # no compiler, a failed build: the float fallback
                     why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
             if why:
-                log.warning("lmgen's quantized-weight kernel is not used: %s", why)
+                # asked for (LMGEN_KERNELS=0): said at info level, not as a warning
+                level = logging.INFO if why == "LMGEN_KERNELS=0" else logging.WARNING
+                log.log(level, "lmgen's quantized-weight kernel is not used: %s", why)
             _state["ok"], _state["why"] = not why, why
     return _state["ok"]
 
