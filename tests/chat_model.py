@@ -21,9 +21,8 @@ TEXTS = [
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def save_chat_model(path):
-    """A tiny random GPT whose byte-level BPE has ChatML's special tokens, saved with the
-    Qwen2.5 chat template in tokenizer_config.json."""
+def chatml_bpe() -> Tokenizer:
+    """A byte-level BPE trained on `TEXTS`, with ChatML's special tokens."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -34,7 +33,13 @@ def save_chat_model(path):
         show_progress=False,
     )
     backend.train_from_iterator(TEXTS, trainer)
-    tok = BPETokenizer(backend, eos_token="<|endoftext|>")
+    return backend
+
+
+def save_chat_model(path):
+    """A tiny random GPT whose byte-level BPE has ChatML's special tokens, saved with the
+    Qwen2.5 chat template in tokenizer_config.json."""
+    tok = BPETokenizer(chatml_bpe(), eos_token="<|endoftext|>")
     torch.manual_seed(0)
     cfg = lmgen.GPTConfig(
         vocab_size=tok.vocab_size,

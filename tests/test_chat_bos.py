@@ -8,9 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from tests.chat_model import SPECIAL, TEXTS
+from tests.chat_model import chatml_bpe
 from tests.chat_templates import QWEN25
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import lmgen
 from lmgen.chat import apply_chat_template, prompt_ids
@@ -27,18 +26,8 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 def save_bos_model(path, chat_template=None):
     """A tiny random GPT whose released-model tokenizer adds BOS on encode."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(TEXTS, trainer)
     tok = PretrainedTokenizer(
-        backend, eos_token="<|im_end|>", bos_token=BOS, add_bos_token=True,
+        chatml_bpe(), eos_token="<|im_end|>", bos_token=BOS, add_bos_token=True,
         chat_template=chat_template,
     )  # fmt: skip
     torch.manual_seed(0)
