@@ -701,3 +701,24 @@ def test_tokenize(capsys, model_dir):
     assert [int(x.split()[0]) for x in lines[:-1]] == ids
     assert "b'\\xc3'" in out or "'é'" in out  # a byte of é shown as a byte, never as �
     assert "\ufffd" not in out
+
+
+@pytest.mark.parametrize("family", ["llama2", "llama3"])
+def test_tokenize_shows_a_released_tokenizers_byte_pieces_as_bytes(family, capsys, tmp_path):
+    """A character split over tokens: SentencePiece's byte fallback (`<0xE6>`, Llama 2) and a
+    byte-level BPE's pieces (Llama 3, SmolLM2) print as the bytes they stand for, checked
+    against the UTF-8 of the text, never as a row of identical '�'."""
+    from lmgen.plots.tokens import token_bytes
+    from lmgen.tokenizers import load_tokenizer
+    from test_tokenizers_pretrained import llama2_dir, llama3_dir
+
+    directory = (llama2_dir if family == "llama2" else llama3_dir)(tmp_path / family)
+    tok = load_tokenizer(directory)
+    text = "ꙮ"  # in no test vocabulary: its three bytes are three tokens
+    ids = tok.encode(text, add_special_tokens=False)
+    pieces = [token_bytes(tok, i) for i in ids if "\ufffd" in tok.token_to_str(i)]
+    assert len(pieces) == 3 and b"".join(pieces) == text.encode("utf-8")
+    code, out, _ = run(capsys, "tokenize", text, "--model", str(directory))
+    assert code == 0 and "\ufffd" not in out
+    for piece in pieces:
+        assert repr(piece) in out

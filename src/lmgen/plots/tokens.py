@@ -5,6 +5,7 @@ command line uses it too (`lmgen tokenize`)."""
 from __future__ import annotations
 
 import functools
+import re
 
 
 @functools.lru_cache(maxsize=1)
@@ -24,16 +25,21 @@ def byte_decoder() -> dict[str, int]:
 
 
 def token_bytes(tokenizer, token_id: int) -> bytes | None:
-    """The bytes a byte-level BPE token stands for, or None for other tokenizers."""
+    """The bytes a byte-level token stands for: a byte-level BPE piece (GPT-2's alphabet, in
+    lmgen's own BPE or a released model's), or a SentencePiece byte-fallback piece such as
+    `<0xE6>`; None for other tokens and tokenizers."""
     backend = getattr(tokenizer, "backend", None)
-    if getattr(tokenizer, "kind", None) != "bpe" or backend is None:
+    if getattr(tokenizer, "kind", None) not in ("bpe", "pretrained") or backend is None:
         return None
     piece = backend.id_to_token(int(token_id))
     if piece is None:
         return None
+    fallback = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+    if fallback:
+        return bytes([int(fallback.group(1), 16)])
     decoder = byte_decoder()
     if not all(ch in decoder for ch in piece):
-        return None  # a special token such as <|endoftext|>
+        return None  # a special token such as <|endoftext|>, or a SentencePiece word
     return bytes(decoder[ch] for ch in piece)
 
 
