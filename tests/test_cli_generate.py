@@ -722,3 +722,19 @@ def test_tokenize_shows_a_released_tokenizers_byte_pieces_as_bytes(family, capsy
     assert code == 0 and "\ufffd" not in out
     for piece in pieces:
         assert repr(piece) in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate", "x"], ["next", "x"], ["chat"], ["serve"], ["plot", "next", "x", "-o", "p.png"],
+     ["tokenize", "x"], ["eval", "--text", "t"]],
+)  # fmt: skip
+def test_verbose_before_or_after_every_command(argv):
+    """`-v` goes before the command or after it, on every command (it was the training
+    commands' alone after it: `lmgen generate -v` was an error)."""
+    from lmgen.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(argv).verbose is False
+    assert parser.parse_args(["-v", *argv]).verbose is True
+    assert parser.parse_args([*argv, "-v"]).verbose is True

@@ -9,6 +9,7 @@ at once and an interrupt during start-up reaches `main`'s handler.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
@@ -25,12 +26,30 @@ def build_parser() -> Parser:
         description="GPT text generation with every decoding strategy, and pictures of each step.",
     )
     parser.add_argument("--version", action="version", version=f"lmgen {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for register in _registrars():
         register(sub)
+    _verbose_everywhere(sub)
     return parser
+
+
+VERBOSE_HELP = "log progress details"
+
+
+def _verbose_everywhere(sub) -> None:
+    """`-v` after any command too (`lmgen generate ... -v`), not only before it: each command's
+    parser (and each of `lmgen plot`'s) takes it, absent meaning the top-level flag's value."""
+    for p in dict.fromkeys(sub.choices.values()):  # aliases share a parser
+        takes_flags = "-" in p.prefix_chars  # not the `bench` pointer's, which takes all words
+        taken = "-v" in p._option_string_actions or "--verbose" in p._option_string_actions
+        if takes_flags and not taken:
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help=VERBOSE_HELP)  # fmt: skip
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_everywhere(action)
 
 
 def _registrars():

@@ -54,7 +54,6 @@ def add_parsers(subparsers) -> None:
         help="skip unreadable or non-UTF-8 files with a warning instead of failing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _verbose(p)
     p.set_defaults(func=_data)
 
     p = subparsers.add_parser(
@@ -90,7 +89,6 @@ def add_parsers(subparsers) -> None:
         help="no progress bar (on a terminal) or progress line per log interval (elsewhere); "
         "evaluations are still shown",
     )
-    _verbose(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -118,19 +116,7 @@ def add_parsers(subparsers) -> None:
         help="window step, 1 to --window (default: half a window)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    _verbose(p)
     p.set_defaults(func=_eval)
-
-
-def _verbose(p) -> None:
-    """`-v` after the command too (`lmgen train ... -v`), not only before it."""
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,  # absent: the top-level flag's value stands
-        help="log progress details",
-    )
 
 
 def _data(args: argparse.Namespace) -> int:
