@@ -149,15 +149,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for host in hosts:
         if not host or any(c in host for c in "/ \t"):
             raise ConfigError(f"--allowed-host takes a host name, got {host!r}", "allowed_host")
+    defaults = config_kwargs(args)  # the decoding flags given: defaults for every request
+    GenerationConfig.from_kwargs(**defaults)  # checked now: a bad value is an error: line
+    _check_can_listen(args.host, args.port)
     if not is_loopback(args.host) and args.api_key is None:
         print(
             f"warning: serving on {args.host} without --api-key: anyone who can reach this "
             "port can use the models",
             file=sys.stderr,
         )
-    defaults = config_kwargs(args)  # the decoding flags given: defaults for every request
-    GenerationConfig.from_kwargs(**defaults)  # checked now: a bad value is an error: line
-    _check_can_listen(args.host, args.port)
     models = load_models(args.model, args.device, args.dtype, args.quantize)
     for lm in models.values():
         lm.decoding_defaults = defaults
@@ -194,7 +194,7 @@ def add_parsers(sub) -> None:
         "-m",
         action="append",
         metavar="[NAME=]MODEL",
-        help="a model directory, bundled model or hf:NAME, optionally named; "
+        help="a model directory, .gguf file, bundled model or hf:NAME, optionally named; "
         "repeat to serve several, e.g. a draft that requests name as draft_model for "
         "speculative decoding (default: the bundled model)",
     )
