@@ -440,3 +440,27 @@ def test_a_strategy_orders_its_samplers_as_the_command_line_does():
     assert as_json.options == st.options
     with pytest.raises(ConfigError, match="samplers"):
         parse_strategy("bad: strategy=sample samplers=;")
+
+
+def test_the_table_lists_measured_claims_and_counts_the_others(result):
+    """A run without every strategy prints the claims it measured, and one line counting those
+    it could not (not a line per claim of 'n/a' numbers)."""
+    import io
+
+    from rich.console import Console
+
+    from lmgen.compare.report import print_table
+
+    data = json.loads(json.dumps(result.to_dict()))
+    measured = [c for c in data["checks"] if c["holds"] is not None]
+    missing = [c for c in data["checks"] if c["holds"] is None]
+    assert measured and missing  # FEW has greedy, beam, pure and top-k sampling only
+    out = io.StringIO()
+    print_table(data, Console(file=out, width=400))
+    text = out.getvalue()
+    for c in measured:
+        assert c["claim"] in text
+    for c in missing:
+        assert c["claim"] not in text
+    assert f"{len(missing)} of the papers' claims need strategies this run did not have" in text
+    assert "not measured" not in text

@@ -270,9 +270,18 @@ def print_table(data: dict, console=None) -> None:
         ),
         style="dim",
     )
-    for c in data.get("checks", []):
-        mark = {True: "holds", False: "does NOT hold", None: "not measured"}[c["holds"]]
-        console.print(f"[bold]{mark}[/bold]: {c['claim']} ({c['numbers']})")
+    checks = data.get("checks", [])
+    for c in checks:
+        if c["holds"] is not None:
+            mark = "holds" if c["holds"] else "does NOT hold"
+            console.print(f"[bold]{mark}[/bold]: {c['claim']} ({c['numbers']})")
+    unmeasured = sum(c["holds"] is None for c in checks)
+    if unmeasured:  # their strategies were not in this run: one line, not one each
+        console.print(
+            f"{unmeasured} of the papers' claims need strategies this run did not have (the "
+            "default set has them all; --json lists each claim)",
+            style="dim",
+        )
 
 
 # -- Markdown for docs/decoding-report.md --------------------------------------------------------
