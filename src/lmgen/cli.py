@@ -17,6 +17,8 @@ import sys
 from .cli_parser import Parser
 from .errors import ContextLengthError, LmgenError
 
+VERBOSE_HELP = "log progress details"
+
 
 def build_parser() -> Parser:
     from . import __version__
@@ -33,9 +35,6 @@ def build_parser() -> Parser:
         register(sub)
     _verbose_everywhere(sub)
     return parser
-
-
-VERBOSE_HELP = "log progress details"
 
 
 def _verbose_everywhere(sub) -> None:
