@@ -16,11 +16,10 @@ pytestmark = [
     pytest.mark.skipif(not kernels.available(), reason="the decode kernel does not run here"),
 ]
 
-BASE = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
 BUILDS = {
     "as built here": None,
-    "512-bit, two FMAs a pair": [*BASE, "-mavx512f", "-mavx512vl"],
-    "AVX2": BASE,
+    "512-bit, two FMAs a pair": [*kernels.BASE_FLAGS, *kernels.AVX512_FLAGS],
+    "AVX2": kernels.BASE_FLAGS,
 }
 
 SCRIPT = """

@@ -32,9 +32,11 @@ _SOURCE = Path(__file__).with_name("decode.cpp")
 # -ffp-contract=off: no multiply-add fused but the written ones, so a product's arithmetic is
 # the same in every tile (batch invariance). With torch's AVX512 level (AVX512F/BW/VL/DQ),
 # AVX512VL gives the same 256-bit code 32 registers: bigger tiles, the same bits.
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
+BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
+AVX512_FLAGS = ["-mavx512f", "-mavx512vl"]
+_FLAGS = [*BASE_FLAGS]
 if torch.backends.cpu.get_cpu_capability() == "AVX512":
-    _FLAGS += ["-mavx512f", "-mavx512vl"]
+    _FLAGS += AVX512_FLAGS
 
 
 def cpu_flags() -> set[str]:
@@ -159,6 +161,21 @@ def _load(source: Path = _SOURCE, flags=_FLAGS, prefix: str = "lmgen_kernels") -
         )
 
 
+TURNED_OFF = "LMGEN_KERNELS=0"
+
+
+def turned_off() -> bool:
+    """Whether the user turned lmgen's kernels off (`LMGEN_KERNELS=0`)."""
+    return os.environ.get("LMGEN_KERNELS") == "0"
+
+
+def say_not_used(kernel: str, why: str) -> None:
+    """Logs why `kernel` is not used: a warning, unless the user asked for it (`TURNED_OFF`),
+    which is said at info level."""
+    level = logging.INFO if why == TURNED_OFF else logging.WARNING
+    log.log(level, "%s is not used: %s", kernel, why)
+
+
 def available() -> bool:
     """Whether `decode_gemv` runs here (builds and loads the kernel on the first call)."""
     ok = _state["ok"]
@@ -166,16 +183,14 @@ def available() -> bool:
         return ok
     with _lock:
         if _state["ok"] is None:
-            why = "LMGEN_KERNELS=0" if os.environ.get("LMGEN_KERNELS") == "0" else _cpu_ok()
+            why = TURNED_OFF if turned_off() else _cpu_ok()
             if not why:
                 try:
                     _load()
                 except Exception as e:  # no compiler, no ninja, a failed build: torch's path
                     why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
             if why:
-                # asked for (LMGEN_KERNELS=0): said at info level, not as a warning
-                level = logging.INFO if why == "LMGEN_KERNELS=0" else logging.WARNING
-                log.log(level, "lmgen's CPU decode kernel is not used: %s", why)
+                say_not_used("lmgen's CPU decode kernel", why)
             _state["ok"], _state["why"] = not why, why
     return _state["ok"]
 

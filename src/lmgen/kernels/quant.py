@@ -15,19 +15,25 @@ dequantizes the weights with the gguf package instead (the float fallback).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
 import torch
 
-from . import build_extension, integer_dot_flags
+from . import (
+    BASE_FLAGS,
+    TURNED_OFF,
+    build_extension,
+    integer_dot_flags,
+    say_not_used,
+    turned_off,
+)
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("quant.cpp")
-_BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]  # no fused
-# multiply-adds but the written ones: a row's arithmetic the same in every instantiation
+# BASE_FLAGS: the decode kernel's AVX2 base (-ffp-contract=off: no fused multiply-adds but the
+# written ones, so a row's arithmetic is the same in every instantiation)
 # ggml type numbers, and Q4_0 with rows interleaved by 8 (lmgen.ggml_blocks.interleave_q4_0)
 KINDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q4_0x8": 102}
 _state: dict = {"ok": None, "why": "", "gemm": None}
@@ -36,7 +42,7 @@ _lock = threading.Lock()
 
 def build_flags(flags: set[str] | None = None) -> list[str]:
     """Compiler flags for this CPU: the AVX2 base, plus the VNNI dot product where present."""
-    return [*_BASE_FLAGS, *integer_dot_flags(flags)]
+    return [*BASE_FLAGS, *integer_dot_flags(flags)]
 
 
 def integer_dot() -> str:
@@ -54,8 +60,8 @@ def available() -> bool:
     with _lock:
         if _state["ok"] is None:
             why = ""
-            if os.environ.get("LMGEN_KERNELS") == "0":
-                why = "LMGEN_KERNELS=0"
+            if turned_off():
+                why = TURNED_OFF
             elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
                 why = "it needs an x86-64 CPU with AVX2, FMA and F16C"
             if not why:
@@ -64,9 +70,7 @@ def available() -> bool:
                 except Exception as e:  # no compiler, a failed build: the float fallback
                     why = f"building it failed ({type(e).__name__}: {str(e).strip()[-300:]})"
             if why:
-                # asked for (LMGEN_KERNELS=0): said at info level, not as a warning
-                level = logging.INFO if why == "LMGEN_KERNELS=0" else logging.WARNING
-                log.log(level, "lmgen's quantized-weight kernel is not used: %s", why)
+                say_not_used("lmgen's quantized-weight kernel", why)
             _state["ok"], _state["why"] = not why, why
     return _state["ok"]
 
