@@ -85,6 +85,17 @@ async def render_messages(fmt: ChatFormat, body) -> str:
         raise from_lmgen(e, "messages") from None
 
 
+async def encode_off_loop(encode, text: str, param: str) -> list[int]:
+    """`encode()`, the ids of `text`, off the event loop (a long text takes a while); no text
+    is no ids, and the tokenizer's refusal is a 400 naming `param`."""
+    if not text:
+        return []
+    try:
+        return await anyio.to_thread.run_sync(encode)
+    except LmgenError as e:
+        raise from_lmgen(e, param) from None
+
+
 async def render_prompt(lm, fmt: ChatFormat, body, add_special_tokens: bool | None = None):
     """(text, token ids) of `body.messages` for `lm`: rendered (`render_messages`), then
     encoded as `lmgen.chat` encodes a conversation (`encode_rendered`: a template's own
@@ -97,10 +108,7 @@ async def render_prompt(lm, fmt: ChatFormat, body, add_special_tokens: bool | No
             return encode_rendered(lm, fmt, text)
         return lm.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
-    try:
-        return text, (await anyio.to_thread.run_sync(encode) if text else [])
-    except LmgenError as e:
-        raise from_lmgen(e, "messages") from None
+    return text, await encode_off_loop(encode, text, "messages")
 
 
 def template_card(lm) -> dict:

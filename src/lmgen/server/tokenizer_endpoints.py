@@ -4,14 +4,11 @@ tokens exactly as the model sees them: `POST /tokenize`, `POST /detokenize` and
 
 from __future__ import annotations
 
-import anyio
-
 from lmgen.chat import chat_format
-from lmgen.errors import LmgenError
 
 from . import schemas
-from .chat_prompt import render_prompt
-from .errors import APIError, from_lmgen
+from .chat_prompt import encode_off_loop, render_prompt
+from .errors import APIError
 from .registry import Registry
 
 
@@ -25,16 +22,9 @@ async def tokenize(models: Registry, body: schemas.TokenizeRequest) -> dict:
     else:  # a prompt as `generate` encodes it (vLLM's default: the tokenizer's specials)
         add = True if body.add_special_tokens is None else body.add_special_tokens
         text = body.prompt
-        try:
-            tokens = (
-                await anyio.to_thread.run_sync(
-                    lambda: lm.tokenizer.encode(text, add_special_tokens=add)
-                )
-                if text
-                else []
-            )
-        except LmgenError as e:
-            raise from_lmgen(e, "prompt") from None
+        tokens = await encode_off_loop(
+            lambda: lm.tokenizer.encode(text, add_special_tokens=add), text, "prompt"
+        )
     out = {"count": len(tokens), "max_model_len": lm.config.n_positions, "tokens": tokens}
     out["token_strs"] = (
         [lm.tokenizer.token_to_str(t) for t in tokens] if body.return_token_strs else None
