@@ -99,23 +99,22 @@ _FLAG_HINTS = [
 ]
 
 
-def cli_wording(message: str | LmgenError, args=None) -> str:
+def cli_wording(error: str | LmgenError, args=None) -> str:
     """An error as the command line says it: the flags to type, not the API's keywords; a
     prompt that does not fit, for a command without --max-new-tokens and --context-overflow
     (`next`, the plots), in terms of the prompt alone."""
-    e = message
     if (
-        isinstance(e, ContextLengthError)
-        and e.prompt_tokens is not None
+        isinstance(error, ContextLengthError)
+        and error.prompt_tokens is not None
         and args is not None
         and not hasattr(args, "context_overflow")
     ):
-        what = "and the next token do" if e.new_tokens else "does"
+        what = "and the next token do" if error.new_tokens else "does"
         return (
-            f"the prompt ({e.prompt_tokens} tokens) {what} not fit the model's context of "
-            f"{e.context} tokens; shorten the prompt"
+            f"the prompt ({error.prompt_tokens} tokens) {what} not fit the model's context of "
+            f"{error.context} tokens; shorten the prompt"
         )
-    message = str(message)
+    message = str(error)
     for pattern, replacement in _FLAG_HINTS:
         message = pattern.sub(replacement, message)
     return message

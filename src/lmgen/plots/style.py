@@ -199,11 +199,9 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
             )
         return fmt
     if suffix and suffix not in FORMATS:
-        hint = (
-            ""
-            if suffix in OTHER_IMAGE_SUFFIXES
-            else (" (or give --format to write one of those under this name)")
-        )
+        hint = " (or give --format to write one of those under this name)"
+        if suffix in OTHER_IMAGE_SUFFIXES:  # png bytes under a .jpg name: not suggested
+            hint = ""
         raise ConfigError(
             f"{path}: cannot write .{suffix} files; name it .png, .svg or .pdf{hint}", "format"
         )
