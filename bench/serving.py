@@ -7,7 +7,7 @@ completions one after another (the same token-id prompt, `--tokens` new tokens, 
 Per server and client count: aggregate tokens/s (all tokens over the wall time of the round),
 time to first token and inter-token latency (gaps between streamed chunks) at p50 and p99.
 For one client the table also shows `lmgen generate`'s single-stream speed on the same file
-in this process, alternated with the one-client round three times (the issue's goal: one client
+in this process, alternated with the one-client round seven times (the issue's goal: one client
 at >= 0.95x of it).
 
 Models: `gpt2-124m`, GPT-2's 124M shape with random weights and the bundled model's BPE
