@@ -708,8 +708,7 @@ def test_tokenize_shows_a_released_tokenizers_byte_pieces_as_bytes(family, capsy
     """A character split over tokens: SentencePiece's byte fallback (`<0xE6>`, Llama 2) and a
     byte-level BPE's pieces (Llama 3, SmolLM2) print as the bytes they stand for, checked
     against the UTF-8 of the text, never as a row of identical '�'."""
-    from lmgen.plots.tokens import token_bytes
-    from lmgen.tokenizers import load_tokenizer
+    from lmgen.tokenizers import load_tokenizer, token_bytes
     from test_tokenizers_pretrained import llama2_dir, llama3_dir
 
     directory = (llama2_dir if family == "llama2" else llama3_dir)(tmp_path / family)

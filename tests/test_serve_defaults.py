@@ -50,3 +50,28 @@ def test_requests_take_the_servers_defaults_and_override_them(served):
     ref = generate(lm, "ROMEO:", strategy="sample", temperature=0.9, seed=4, max_new_tokens=5,
                    repetition_penalty=1.3)  # fmt: skip
     assert r["choices"][0]["text"] == ref.text
+
+
+def test_a_chat_reply_takes_the_servers_max_new_tokens(served):
+    url, _ = served  # the bundled model writes no end of text within the context's room
+    messages = [{"role": "user", "content": "Speak of the moon."}]
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": messages}, timeout=60).json()
+    assert r["usage"]["completion_tokens"] == 7
+    body = {"messages": messages, "max_tokens": 3}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert r["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("generate", "(default 64)"),
+        ("chat", "(default 512)"),  # cli_chat.REPLY_TOKENS
+        ("serve", "(default 16 for /v1/completions; a chat reply: what the context leaves)"),
+    ],
+)
+def test_max_new_tokens_help_shows_each_commands_own_default(command, shown):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    action = next(a for a in sub._actions if a.dest == "max_new_tokens")
+    assert action.help.endswith(shown)

@@ -51,7 +51,9 @@ def add_parsers(sub) -> None:
         help="continue a saved conversation: a JSON list of {role, content} messages, as "
         "/save writes it",
     )
-    add_decoding_arguments(p, COMMAND_GROUPS["chat"])
+    add_decoding_arguments(
+        p, COMMAND_GROUPS["chat"], shown_defaults={"--max-new-tokens": REPLY_TOKENS}
+    )
     p.set_defaults(func=cmd_chat)
 
 

@@ -64,12 +64,16 @@ def add_decoding_arguments(
     strategy_help: str = STRATEGY_RULE,
     flags: tuple[str, ...] | None = None,
     defaults: dict[str, Any] | None = None,
+    shown_defaults: dict[str, Any] | None = None,
     argument_groups: dict[str, Any] | None = None,
 ) -> None:
     """One flag per declared setting of `groups` (see lmgen.settings.GROUPS), or only the
     `flags` named. `defaults` ({"--flag": value}) changes a default for this command;
-    `argument_groups` puts a group's flags into one the command made itself (its "output")."""
+    `shown_defaults` only the default its help shows, where the command applies its own when
+    the flag is not given; `argument_groups` puts a group's flags into one the command made
+    itself (its "output")."""
     defaults = defaults or {}
+    shown = {**defaults, **(shown_defaults or {})}
     made = dict(argument_groups or {})
     chosen = [
         s
@@ -82,7 +86,7 @@ def add_decoding_arguments(
             made[s.group] = p.add_argument_group(GROUPS[s.group])
         g = made[s.group]
         names = [s.flag_name, *([s.short] if s.short else [])]
-        kw: dict[str, Any] = {"dest": s.name, "help": flag_help(s, defaults.get(s.flag_name))}
+        kw: dict[str, Any] = {"dest": s.name, "help": flag_help(s, shown.get(s.flag_name))}
         if s.name == "strategy":
             kw["help"] = f"{s.help.split(';')[0]} ({strategy_help})"
         if s.kind == "bool":

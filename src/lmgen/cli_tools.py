@@ -26,7 +26,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             d["pieces"] = [backend.id_to_token(i) for i in ids]
         print(json.dumps(d, ensure_ascii=False))
         return 0
-    from .plots.tokens import token_bytes
+    from .tokenizers import token_bytes
 
     for i, t in zip(ids, tokens, strict=True):
         raw = token_bytes(tok, i) if "\ufffd" in t else None  # part of a UTF-8 character

@@ -46,6 +46,9 @@ SAMPLER_NAMES = (
 # What the HTTP server accepts at most, for its own sake (memory, time, JSON's exact integers);
 # the library and the command line have no such cap.
 SERVE_MAX_TOKENS = 2048
+# /v1/completions' max_tokens when neither the request nor `lmgen serve --max-new-tokens` sets
+# it (OpenAI's); a chat reply may take what the context leaves
+SERVE_COMPLETION_TOKENS = 16
 SERVE_MAX_N = 16
 SERVE_MAX_BEAMS = 16
 SERVE_MAX_SEED = 2**53  # the largest integer every JSON client sends exactly

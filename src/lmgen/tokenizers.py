@@ -13,7 +13,10 @@ transformers rebuilds it; `encode` adds BOS/EOS where transformers would
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -589,6 +592,7 @@ GGUF_TOKENIZER_MODELS = ("gpt2", "llama")
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
 
 
+@functools.lru_cache(maxsize=1)
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2's byte -> printable character map (bytes_to_unicode)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
@@ -601,6 +605,54 @@ def _byte_alphabet() -> dict[int, str]:
             chars[b] = chr(256 + extra)
             extra += 1
     return chars
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_of() -> dict[str, int]:
+    return {ch: b for b, ch in _byte_alphabet().items()}
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The bytes a byte-level token stands for: a byte-level BPE piece (GPT-2's alphabet, in
+    lmgen's own BPE or a released model's), or a SentencePiece byte-fallback piece such as
+    `<0xE6>`; None for other tokens and tokenizers."""
+    backend = getattr(tokenizer, "backend", None)
+    if getattr(tokenizer, "kind", None) not in ("bpe", "pretrained") or backend is None:
+        return None
+    piece = backend.id_to_token(int(token_id))
+    if piece is None:
+        return None
+    fallback = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+    if fallback:
+        return bytes([int(fallback.group(1), 16)])
+    byte_of = _byte_of()
+    if not all(ch in byte_of for ch in piece):
+        return None  # a special token such as <|endoftext|>, or a SentencePiece word
+    return bytes(byte_of[ch] for ch in piece)
+
+
+def token_utf8(tokenizer, token_id: int) -> bytes:
+    """The bytes of one token's text: its raw bytes where the token alone is not whole UTF-8
+    (part of a multi-byte character, shown as U+FFFD by `token_to_str`), else its text's UTF-8.
+    What OpenAI's logprobs `bytes` carry, so that a client can join a split character."""
+    text = tokenizer.token_to_str(int(token_id))
+    if "\ufffd" in text:
+        raw = token_bytes(tokenizer, token_id)
+        if raw is not None:
+            return raw
+    return text.encode()
+
+
+def text_offsets(tokenizer, ids: Iterable[int]) -> list[int]:
+    """The character offset in the decoded text at which each token starts: a token that
+    continues a multi-byte character gets the offset of that character (OpenAI's
+    `text_offset`)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    offsets, done = [], 0
+    for t in ids:
+        offsets.append(done)
+        done += len(decoder.decode(token_utf8(tokenizer, t)))
+    return offsets
 
 
 def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:

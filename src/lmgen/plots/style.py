@@ -19,9 +19,10 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from lmgen.errors import ConfigError
+from lmgen.tokenizers import token_bytes
 
 from . import DPI, FORMATS
-from .tokens import token_bytes, token_text  # noqa: F401 (part of style's API)
+from .tokens import token_text  # noqa: F401 (part of style's API)
 
 FONT = "DejaVu Sans"  # ships with matplotlib, so every machine draws the same glyphs
 MONO = "DejaVu Sans Mono"

@@ -12,7 +12,7 @@ from pathlib import Path
 from lmgen.cli_args import DTYPES, QUANTIZE_HELP, QUANTIZE_METHODS, add_command
 from lmgen.cli_decoding import add_decoding_arguments
 from lmgen.errors import ConfigError
-from lmgen.settings import COMMAND_GROUPS
+from lmgen.settings import COMMAND_GROUPS, SERVE_COMPLETION_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,10 @@ def add_parsers(sub) -> None:
         p,
         COMMAND_GROUPS["serve"],
         strategy_help="for requests that choose none; without it the API's rule applies",
+        shown_defaults={
+            "--max-new-tokens": f"{SERVE_COMPLETION_TOKENS} for /v1/completions; a chat reply: "
+            "what the context leaves"
+        },
     )
     p.add_argument(
         "--log-level",

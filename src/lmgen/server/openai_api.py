@@ -13,6 +13,7 @@ from lmgen.chat import chat_format, chat_kwargs
 from lmgen.decoding.session import check_context, encode_prompt
 from lmgen.errors import GenerationError, LmgenError
 from lmgen.generation_config import infer_strategy
+from lmgen.tokenizers import text_offsets, token_utf8
 
 from . import jobs, schemas, speculative
 from .budget import decode_cost, job_bytes
@@ -125,7 +126,7 @@ async def completions(models: Registry, body: schemas.CompletionRequest, request
     kw = sampling_kwargs(body, lm)
     if body.logprobs:
         kw["logprobs"] = body.logprobs
-    kw.setdefault("max_new_tokens", 16)
+    kw.setdefault("max_new_tokens", schemas.COMPLETION_MAX_TOKENS)
     scoring_only = kw["max_new_tokens"] == 0
     if scoring_only:
         if not body.echo:
@@ -280,7 +281,8 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         )
     (length,) = await prompt_lengths(lm, [prompt], "messages")
     room = lm.config.n_positions - length
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    # the request's, else `lmgen serve --max-new-tokens`, else what the context leaves
+    max_tokens = body.max_completion_tokens or body.max_tokens or kw.get("max_new_tokens")
     if max_tokens is None:
         if room < 1:
             raise APIError(
@@ -430,7 +432,7 @@ def completion_logprobs(tok, result, choice, top: int, scored) -> dict:
         else None,
     }
     if scored is None:
-        return with_offsets(gen)
+        return with_offsets(gen, tok, choice.token_ids)
     echo = prompt_logprobs(tok, result.prompt_token_ids, scored, top)  # echo: the prompt first
     tops = None
     if top:
@@ -440,7 +442,9 @@ def completion_logprobs(tok, result, choice, top: int, scored) -> dict:
             "tokens": echo["tokens"] + gen["tokens"],
             "token_logprobs": echo["token_logprobs"] + gen["token_logprobs"],
             "top_logprobs": tops,
-        }
+        },
+        tok,
+        [*result.prompt_token_ids, *choice.token_ids],
     )
 
 
@@ -457,30 +461,33 @@ def prompt_logprobs(tok, ids: list[int], scored, top: int) -> dict:
             "tokens": [tok.token_to_str(t) for t in ids],
             "token_logprobs": lps,
             "top_logprobs": tops if top else None,
-        }
+        },
+        tok,
+        ids,
     )
 
 
-def with_offsets(logprobs: dict) -> dict:
-    offsets, pos = [], 0
-    for t in logprobs["tokens"]:
-        offsets.append(pos)
-        pos += len(t)
-    return {**logprobs, "text_offset": offsets}
+def with_offsets(logprobs: dict, tok, ids: list[int]) -> dict:
+    """`text_offset`: where each token starts in the text, in characters (a token inside a
+    multi-byte character: where that character starts)."""
+    return {**logprobs, "text_offset": text_offsets(tok, ids)}
 
 
 def chat_logprobs(tok, choice) -> dict:
     content = []
-    for k, t in enumerate(choice.token_ids):
-        s = tok.token_to_str(t)
+    for k, t in enumerate(choice.token_ids):  # bytes: the token's own (token_utf8)
         alts = choice.top_logprobs[k] if choice.top_logprobs else []
         content.append(
             {
-                "token": s,
+                "token": tok.token_to_str(t),
                 "logprob": choice.logprobs[k],
-                "bytes": list(s.encode()),
+                "bytes": list(token_utf8(tok, t)),
                 "top_logprobs": [
-                    {"token": a.token, "logprob": a.logprob, "bytes": list(a.token.encode())}
+                    {
+                        "token": a.token,
+                        "logprob": a.logprob,
+                        "bytes": list(token_utf8(tok, a.token_id)),
+                    }
                     for a in alts
                 ],
             }

@@ -41,6 +41,7 @@ from lmgen.settings import (
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     SAMPLER_NAMES,
+    SERVE_COMPLETION_TOKENS,
     SERVE_MAX_BEAMS,
     SERVE_MAX_N,
     SERVE_MAX_PROMPT_TOKENS,
@@ -52,6 +53,7 @@ from lmgen.settings import (
 )
 
 MAX_TOKENS = SERVE_MAX_TOKENS  # the cap on max_tokens; the context is checked per request
+COMPLETION_MAX_TOKENS = SERVE_COMPLETION_TOKENS
 MAX_PROMPTS = 32  # prompts in one completions request
 MAX_PROMPT_TOKENS = SERVE_MAX_PROMPT_TOKENS  # ids in one token-id prompt
 MAX_N = SERVE_MAX_N  # choices per prompt
@@ -372,7 +374,9 @@ class CompletionRequest(Decoding):
     # a string, a list of strings, token ids, or a list of lists of token ids (as OpenAI)
     prompt: Prompt
     # 0 with echo: score the prompt only (its logprobs), generate nothing
-    max_tokens: _number(at_least(0), MAX_TOKENS, "max_tokens", {"default": 16}) | None = None
+    max_tokens: (
+        _number(at_least(0), MAX_TOKENS, "max_tokens", {"default": COMPLETION_MAX_TOKENS}) | None
+    ) = None
     logprobs: Int(0, MAX_LOGPROBS) | None = None
     echo: bool | None = None
     best_of: Int(1, MAX_N) | None = None  # only None or equal to n
