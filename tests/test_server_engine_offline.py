@@ -60,3 +60,13 @@ def test_other_strategies_keep_one_batch_session(lm):
     assert E.generate_many(lm, "ROMEO:", None, {}) is None
     results = lm.generate(PROMPTS[:2], strategy="beam", num_beams=2, max_new_tokens=4)
     assert len(results) == 2
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_a_bare_token_id_in_a_list_of_prompts_is_refused(lm, strategy):
+    """['a', 5] is not two prompts: a token-id prompt is a list of its own, for every
+    strategy (the engine used to read the 5 as the one-token prompt [5])."""
+    kw = {"num_beams": 2} if strategy == "beam" else {}
+    with pytest.raises(lmgen.ConfigError, match=r"prompt 1 of the list .* got int 5"):
+        lm.generate(["a", 5], strategy=strategy, max_new_tokens=2, **kw)
+    assert len(lm.generate(["a", [5, 6]], strategy=strategy, max_new_tokens=2, **kw)) == 2

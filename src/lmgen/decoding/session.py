@@ -136,6 +136,16 @@ def split_prompts(prompts) -> tuple[bool, list]:
     if isinstance(prompts, Sequence) and prompts and all(_is_int(t) for t in prompts):
         return True, [list(prompts)]  # one prompt given as token ids
     if isinstance(prompts, Sequence) and not isinstance(prompts, bytes | bytearray):
+        for k, p in enumerate(prompts):  # each a string or a list of token ids, never a bare id
+            if not isinstance(p, str) and not (
+                isinstance(p, Sequence) and not isinstance(p, bytes | bytearray)
+            ):
+                raise ConfigError(
+                    f"prompt {k} of the list must be a string or a list of token ids, got "
+                    f"{type(p).__name__} {p!r} (a token-id prompt is a list of its own: "
+                    f"[[id, ...], ...])",
+                    "prompt",
+                )
         return False, list(prompts)
     raise ConfigError(
         f"prompt must be a string, a list of strings or token-id lists, got "
