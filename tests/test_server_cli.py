@@ -28,6 +28,9 @@ def test_model_names(tmp_path):
     assert model_name(str(tmp_path / "my-model")) == ("my-model", str(tmp_path / "my-model"))
     assert model_name("hf:openai-community/gpt2") == ("gpt2", "hf:openai-community/gpt2")
     assert model_name("shakespeare") == ("shakespeare", "shakespeare")
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert model_name(str(gguf)) == ("SmolLM2-135M-Instruct.Q4_1", str(gguf))
 
 
 @pytest.mark.parametrize(

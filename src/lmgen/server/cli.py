@@ -21,15 +21,19 @@ DEFAULT_BATCHING = "on"
 
 
 def model_name(spec: str) -> tuple[str, str]:
-    """`NAME=MODEL` or `MODEL` -> (name, model). A directory is named after its last part,
-    `hf:owner/gpt2` after the repository."""
+    """`NAME=MODEL` or `MODEL` -> (name, model). A directory is named after its last part, a
+    `.gguf` file after its name less the suffix, `hf:owner/gpt2` after the repository."""
     name, sep, model = spec.partition("=")
     if sep and name and "/" not in name and not Path(spec).exists():
         return name, model
     if spec.startswith("hf:"):
         return spec[3:].rstrip("/").rsplit("/", 1)[-1] or spec, spec
     path = Path(spec).expanduser()
-    return (path.resolve().name if path.is_dir() else spec), spec
+    if path.is_dir():
+        return path.resolve().name, spec
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return path.stem, spec
+    return spec, spec
 
 
 def load_models(
