@@ -5,6 +5,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -269,6 +270,35 @@ def test_stdin_prompt_drops_the_final_newline(capsys, model_dir, monkeypatch):
         capsys, "generate", "-", "--model", model_dir, "--json", "--max-new-tokens", "2"
     )
     assert json.loads(out)["prompt"] == "To be, or not"
+
+
+@pytest.mark.parametrize(
+    "argv, data",
+    [
+        (["generate", "-"], b"\xef\xbb\xbfROMEO:\r\nbut soft\r\n"),
+        (["generate", "--prompts-file", "-"], b"\xef\xbb\xbfROMEO:\r\nbut soft\r\n"),
+        (["generate", "--prompts-file", "{dir}/p.txt"], b"\xef\xbb\xbfROMEO:\r\nbut soft\r\n"),
+        (
+            ["generate", "--prompts-file", "{dir}/p.jsonl"],
+            b'\xef\xbb\xbf"ROMEO:"\r\n"but soft"\r\n',
+        ),
+    ],
+)
+def test_a_byte_order_mark_and_windows_line_ends_read_as_the_text(
+    argv, data, capsys, model_dir, monkeypatch, tmp_path
+):
+    """Whatever the way in, a leading UTF-8 BOM is dropped (as the server drops it from a
+    body) and a CRLF line end is a line end: the prompts are the text's own."""
+    if argv[-1].startswith("{dir}"):
+        path = tmp_path / Path(argv[-1]).name
+        path.write_bytes(data)
+        argv = [*argv[:-1], str(path)]
+    else:
+        _stdin_bytes(monkeypatch, data)
+    code, out, _ = run(capsys, *argv, "--model", model_dir, "--json", "--max-new-tokens", "1")
+    prompts = [json.loads(line)["prompt"] for line in out.splitlines()]
+    want = ["ROMEO:\nbut soft"] if argv[1] == "-" else ["ROMEO:", "but soft"]
+    assert code == 0 and prompts == want
 
 
 # -- text that is not UTF-8 is refused at every entry point (one line, exit 2) ------------------

@@ -115,10 +115,14 @@ def unescape(value: str) -> str:
 # -- text from the command line: UTF-8 or a one-line error ---------------------------------------
 
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors write first
+
+
 def utf8(data: bytes, what: str) -> str:
-    """`data` decoded as UTF-8, or ConfigError naming the first byte that is not."""
+    """`data` decoded as UTF-8 without a leading byte order mark (as the server reads a
+    body), or ConfigError naming the first byte that is not UTF-8."""
     try:
-        return data.decode("utf-8")
+        return data.removeprefix(BOM).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} is not valid UTF-8 at byte {e.start}", "prompt") from None
 
@@ -142,10 +146,12 @@ def arg_text(value: str, what: str = "the prompt") -> str:
 
 
 def read_prompt(prompt: str) -> str:
-    """`-` reads stdin, without the one newline that `echo` and editors add at the end."""
+    """`-` reads stdin (Windows line ends as newlines, as text mode reads them), without the
+    one newline that `echo` and editors add at the end."""
     if prompt == "-":
         buffer = getattr(sys.stdin, "buffer", None)
         text = utf8(buffer.read(), "stdin") if buffer is not None else sys.stdin.read()
+        text = text.replace("\r\n", "\n")
         return text[:-1] if text.endswith("\n") else text
     return arg_text(prompt)
 
@@ -163,6 +169,7 @@ def read_prompts_file(path: str) -> list[str]:
         except OSError as e:
             raise ConfigError(f"--prompts-file {path}: {e.strerror or e}", "prompts_file") from None
         name = path
+    data = data.removeprefix(BOM)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
