@@ -233,3 +233,34 @@ def test_a_failing_template_is_one_line_naming_it(tmp_path):
         f"error: the chat template of {model} failed: Conversation roles must alternate "
         "user/assistant/user/assistant/...\n"
     )
+
+
+@pytest.mark.parametrize(
+    "line, want",
+    [
+        ('/settings stop=["a b", "c"] temperature=0.5', {"stop": ["a b", "c"], "temperature": 0.5}),
+        ("/settings stop=\\n", {"stop": ["\n"]}),  # as --stop reads it
+        ('/settings --stop="x y"', {"stop": ["x y"]}),
+        ("/settings logit_bias=198=-100 top-k=5", {"logit_bias": {198: -100.0}, "top_k": 5}),
+        ('/settings logit_bias={"198": -100}', {"logit_bias": {198: -100}}),
+        ("/settings strategy=sample seed=3", {"strategy": "sample", "seed": 3}),
+    ],
+)
+def test_settings_read_values_as_json_or_as_their_flags(line, want, capsys):
+    """/settings NAME=VALUE ...: a value may hold spaces, and one that is not JSON is read the
+    way the setting's flag reads it (so the /help's "names as the flags" holds)."""
+    from lmgen.cli_chat import Conversation, command
+
+    conv = Conversation(lmgen.load("shakespeare"), {}, [], print)
+    command(conv, line)
+    assert conv.kwargs == want
+    capsys.readouterr()
+
+
+def test_settings_name_a_bad_flag_value(capsys):
+    from lmgen.cli_chat import Conversation, command
+
+    conv = Conversation(lmgen.load("shakespeare"), {}, [], print)
+    with pytest.raises(lmgen.ConfigError, match=r"logit_bias: expected TOKEN_ID=BIAS"):
+        command(conv, "/settings logit_bias=oops")
+    assert conv.kwargs == {}

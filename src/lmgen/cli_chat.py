@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .cli_args import add_model_arg, add_runtime_args, load_lm, read_prompt
-from .cli_decoding import add_decoding_arguments, config_kwargs
+from .cli_decoding import add_decoding_arguments, config_kwargs, typed_value
 from .errors import ConfigError, LmgenError
 from .settings import COMMAND_GROUPS
 
@@ -25,7 +26,8 @@ HELP = """\
 /system TEXT        set the system message (/system alone removes it)
 /save FILE          write the conversation as JSON messages (lmgen chat --messages FILE reads it)
 /settings           show the decoding settings; /settings NAME=VALUE ... changes them
-                    (names as the flags or keywords: top_p=0.9, --temperature=0.7, seed=1)
+                    (names as the flags or keywords: top_p=0.9, --temperature=0.7, seed=1;
+                    values as JSON or as the flag takes them: stop=["a b"], stop=\\n)
 /help               this list
 Multi-line input: end a line with \\ to go on, or put the lines between two lines of \"\"\".
 Ctrl-C stops a reply (or clears the line you are typing); Ctrl-D leaves."""
@@ -107,10 +109,7 @@ class Conversation:
             if not eq:
                 raise ConfigError(f"/settings takes NAME=VALUE, got {a!r}")
             name = name.strip().lstrip("-").replace("-", "_")
-            try:
-                kwargs[name] = json.loads(value)
-            except json.JSONDecodeError:
-                kwargs[name] = value  # a word: a strategy, a stop string
+            kwargs[name] = typed_value(name, value)
         config = make_config(kwargs)  # raises on a bad name or value: nothing changes
         self.kwargs, self.config = kwargs, config
 
@@ -282,8 +281,8 @@ def command(conv: Conversation, text: str) -> None:
             raise ConfigError(f"cannot write {rest}: {e.strerror or e}") from None
         print(f"[{len(conv.messages)} messages saved to {rest}]")
     elif name == "/settings":
-        if rest:
-            conv.settings(rest.split())
+        if rest:  # NAME=VALUE pairs; a value may hold spaces (stop=["a b", "c"])
+            conv.settings(re.split(r"\s+(?=-{0,2}[A-Za-z_][\w-]*=)", rest))
         print(conv.describe())
     elif name in ("/help", "/?"):
         print(HELP)

@@ -10,6 +10,7 @@ lmgen/settings.py is on every command line at once.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -24,7 +25,8 @@ from .cli_args import (
     text_file,
     token_bias,
 )
-from .settings import GROUPS, SETTINGS, Setting
+from .errors import ConfigError
+from .settings import BY_NAME, GROUPS, SETTINGS, Setting
 
 ALL_GROUPS = tuple(GROUPS)
 STRATEGY_RULE = (
@@ -48,6 +50,31 @@ _TYPES = {
     "dola": dola_layers_arg,
 }
 _REPEATABLE = ("texts", "token_bias", "bias_pairs")  # given once per item
+
+
+def typed_value(name: str, text: str) -> Any:
+    """`text` as a value of setting `name`, for `lmgen chat`'s `/settings NAME=VALUE`: JSON
+    where it parses (0.9, true, ["a b", "c"], {"50": -5}), else what the setting's flag makes
+    of it (`stop=\\n` is ["\\n"]); one string for a setting given once per item is a list of
+    one. An unknown name is left to GenerationConfig, which names it."""
+    s = BY_NAME.get(name)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        if s is None or s.flag_name is None or s.kind == "bool":
+            return text
+        if s.kind == "choice" and all(isinstance(c, str) for c in s.choices):
+            return text
+        try:
+            value = _TYPES[s.cli or s.kind](text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise ConfigError(f"{name}: {e}", name) from None
+    if s is not None and s.kind in _REPEATABLE and not isinstance(value, list | dict):
+        value = [value]
+        return dict(value) if s.kind == "token_bias" else value  # as config_kwargs makes it
+    if s is not None and s.kind == "token_bias" and isinstance(value, dict):  # JSON's keys
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+    return value
 
 
 def flag_help(s: Setting, default: Any = None) -> str:
