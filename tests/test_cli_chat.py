@@ -264,3 +264,17 @@ def test_settings_name_a_bad_flag_value(capsys):
     with pytest.raises(lmgen.ConfigError, match=r"logit_bias: expected TOKEN_ID=BIAS"):
         command(conv, "/settings logit_bias=oops")
     assert conv.kwargs == {}
+
+
+def test_a_message_without_content_is_refused_as_the_server_refuses_it(tmp_path):
+    """Only the assistant's message may lack content (lmgen.chat.may_lack_content), on the
+    command line as in /v1/chat/completions."""
+    from lmgen.cli_chat import read_messages
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps([{"role": "user"}]))
+    with pytest.raises(lmgen.ConfigError, match=r"message 0 \(user\) has no content"):
+        read_messages(str(path))
+    ok = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []}]
+    path.write_text(json.dumps(ok))
+    assert read_messages(str(path)) == ok

@@ -76,6 +76,12 @@ class ChatTemplateError(ConfigError):
 # -- reading ----------------------------------------------------------------------------------
 
 
+def may_lack_content(role: str) -> bool:
+    """Whether a message of `role` may come without content: only the assistant's, whose tool
+    calls a template may render instead. The command line and the server refuse the others."""
+    return role == "assistant"
+
+
 def read_chat_template(path: str | Path) -> str | None:
     """The chat template of a model directory: `chat_template.jinja` when present (it wins,
     as in transformers), else `tokenizer_config.json`'s `chat_template`; None when neither."""

@@ -61,6 +61,8 @@ def add_parsers(sub) -> None:
 
 def read_messages(path: str) -> list[dict]:
     """A conversation file: a JSON list of {"role", "content"} objects."""
+    from .chat import may_lack_content
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -75,6 +77,8 @@ def read_messages(path: str) -> list[dict]:
             )
         if not isinstance(m.get("content"), (str, list, type(None))):
             raise ConfigError(f"{path}: message {k}'s content must be text", "messages")
+        if m.get("content") is None and not may_lack_content(m["role"]):
+            raise ConfigError(f"{path}: message {k} ({m['role']}) has no content", "messages")
     return data
 
 

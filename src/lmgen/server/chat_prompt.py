@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import anyio
 
-from lmgen.chat import ChatFormat, ChatTemplateError, chat_format, encode_rendered
+from lmgen.chat import (
+    ChatFormat,
+    ChatTemplateError,
+    chat_format,
+    encode_rendered,
+    may_lack_content,
+)
 from lmgen.errors import LmgenError
 
 from .errors import APIError, from_lmgen
@@ -63,7 +69,7 @@ def request_messages(body) -> list[dict]:
         content = message.get("content")
         if isinstance(content, list):
             message["content"] = "\n".join(part["text"] for part in content)
-        elif content is None and message["role"] != "assistant":
+        elif content is None and not may_lack_content(message["role"]):
             raise APIError(
                 400,
                 f"messages[{i}] ({message['role']}) has no content",
