@@ -155,7 +155,10 @@ def test_next_table(capsys, model_dir):
         (["--num-beams", "2", "--num-return-sequences", "3"], "num_return_sequences"),
         (["--max-new-tokens", "-5"], "max_new_tokens"),
         (["--strategy", "nucleus"], "strategy"),
-        (["--early-stopping", "maybe"], "early-stopping"),
+        (
+            ["--early-stopping", "maybe"],
+            "early_stopping must be true, false or \"never\", got 'maybe'",
+        ),
         (["--max-new-tokens", "500"], "context"),
     ],
 )

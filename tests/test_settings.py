@@ -227,6 +227,7 @@ OUT_OF_RANGE = [
     ("top_k", -1),
     ("mirostat", 1),
     ("mirostat_tau", 0.0),
+    ("early_stopping", "sometimes"),  # true, false or "never": a union on the wire
 ]
 
 

@@ -18,12 +18,10 @@ from .errors import ConfigError
 
 
 def early_stopping_arg(value: str):
+    """true and false as booleans; any other word as it is, for GenerationConfig's check
+    (settings.check_early_stopping: one message from Python, the command line and HTTP)."""
     v = value.lower()
-    if v in ("true", "false"):
-        return v == "true"
-    if v == "never":
-        return "never"
-    raise argparse.ArgumentTypeError(f"must be true, false or never, got {value!r}")
+    return v == "true" if v in ("true", "false") else value
 
 
 def finite_float(value: str) -> float:

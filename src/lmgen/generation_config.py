@@ -25,6 +25,7 @@ from lmgen.settings import (
     SETTINGS,
     STRATEGIES,
     between,
+    check_early_stopping,
 )
 
 __all__ = ["MAX_LOGPROBS", "MIN_TEMPERATURE", "GenerationConfig", "infer_strategy"]
@@ -128,11 +129,7 @@ class _Config:
         self._check_bad_words()
         self._check_new_samplers()
         self._check_p_less()
-        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
-            raise ConfigError(
-                f"early_stopping must be True, False or 'never', got {self.early_stopping!r}",
-                param="early_stopping",
-            )
+        check_early_stopping(self.early_stopping)
         self._check_num_return_sequences()
         self._check_contrastive()
         self._check_beam_groups()

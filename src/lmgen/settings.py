@@ -131,6 +131,15 @@ class Range:
         return out
 
 
+def check_early_stopping(value: Any) -> Any:
+    """early_stopping's values: true, false or "never" (transformers'), one message for all."""
+    if isinstance(value, bool) or value == "never":
+        return value
+    raise ConfigError(
+        f'early_stopping must be true, false or "never", got {value!r}', param="early_stopping"
+    )
+
+
 def at_least(low: int) -> Range:
     return Range(low, integer=True)
 

@@ -18,6 +18,7 @@ chat messages, where clients echo back fields of earlier responses.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -50,6 +51,7 @@ from lmgen.settings import (
     Range,
     Setting,
     at_least,
+    check_early_stopping,
 )
 
 MAX_TOKENS = SERVE_MAX_TOKENS  # the cap on max_tokens; the context is checked per request
@@ -217,7 +219,7 @@ class StreamOptions(_Strict):
 # -- the decoding settings, from lmgen.settings ------------------------------------------------
 
 
-def _checked(check) -> AfterValidator:
+def _library(check) -> Callable[[Any], Any]:
     """The library's own check of a setting: its message is the one Python and the command
     line give (errors.py passes a "setting" error on as it is)."""
 
@@ -227,7 +229,11 @@ def _checked(check) -> AfterValidator:
         except ConfigError as e:
             raise PydanticCustomError("setting", str(e)) from None
 
-    return AfterValidator(run)
+    return run
+
+
+def _checked(check) -> AfterValidator:
+    return AfterValidator(_library(check))
 
 
 def _number(library: Range, cap: float | None, name: str, doc: dict[str, Any]) -> Any:
@@ -243,7 +249,10 @@ def _number(library: Range, cap: float | None, name: str, doc: dict[str, Any]) -
 
 _WIRE_TYPES = {  # a setting's shape on the wire, where a range or choices do not say it
     "bool": bool,
-    "early_stopping": bool | Literal["never"],
+    # checked before the union, whose own message would name one of its branches only
+    "early_stopping": Annotated[
+        bool | Literal["never"], BeforeValidator(_library(check_early_stopping))
+    ],
     "text": Text(1, MAX_STRING),
     "texts": Texts,
     "choices": Choices,
