@@ -464,3 +464,23 @@ def test_the_table_lists_measured_claims_and_counts_the_others(result):
         assert c["claim"] not in text
     assert f"{len(missing)} of the papers' claims need strategies this run did not have" in text
     assert "not measured" not in text
+
+
+def test_the_likelihood_panel_takes_a_self_bleu_of_zero_without_warning():
+    """Two greedy texts share no 4-gram: Self-BLEU 0 has no place on a log scale, so that axis
+    is linear (matplotlib used to warn "Data has no positive values")."""
+    import warnings
+
+    from lmgen.plots.compare import plot_compare
+
+    def row(name, ppl, bleu):
+        metrics = {"perplexity": {"value": ppl, "ci": None}, "self_bleu4": {"value": bleu}}
+        return {"name": name, "kind": "strategy", "metrics": metrics, "per_position_prob": []}
+
+    data = {"model": "m", "rows": [row("greedy", 3.2, 0.0), row("top_p=0.9", 9.5, 0.0)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_compare(data, panel="likelihood")
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "linear")
+    assert "log scale" not in ax.get_ylabel()

@@ -113,10 +113,13 @@ def _colours(rows: list[dict]) -> dict[str, str]:
 
 def _likelihood(ax, data: CompareData) -> None:
     colours = _colours(data.rows)
+    xs, ys = [], []
     for row in data.rows:
         (x, xci), (y, yci) = _metric(row, "perplexity"), _metric(row, "self_bleu4")
         if x is None or y is None:
             continue
+        xs.append(x)
+        ys.append(y)
         human = row["name"] == HUMAN
         xerr = None if not xci else [[x - xci[0]], [xci[1] - x]]
         yerr = None if not yci else [[y - yci[0]], [yci[1] - y]]
@@ -125,10 +128,12 @@ def _likelihood(ax, data: CompareData) -> None:
             markersize=15 if human else 7, color=colours[row["name"]], capsize=2, lw=0.8,
             zorder=3 if human else 2, label=row["name"],
         )  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("perplexity under the model (log scale)")
-    ax.set_ylabel("Self-BLEU-4, log scale (higher: texts more alike)")
+    # log scales where every point can take one (a Self-BLEU of 0: no shared 4-gram at all)
+    x_log, y_log = all(v > 0 for v in xs), all(v > 0 for v in ys)
+    ax.set_xscale("log" if x_log else "linear")
+    ax.set_yscale("log" if y_log else "linear")
+    ax.set_xlabel("perplexity under the model" + (" (log scale)" if x_log else ""))
+    ax.set_ylabel(f"Self-BLEU-4{', log scale' if y_log else ''} (higher: texts more alike)")
     ax.set_title("likelihood against diversity")
     ax.legend(fontsize=7, loc="best", ncol=2)
     ax.grid(True, which="both", alpha=0.25)
