@@ -26,7 +26,8 @@ def add_parsers(sub) -> None:
         "compare",
         "measure each decoding strategy against human text (Holtzman et al.'s Table 1)",
         description=f"{inspect.cleandoc(cmd_compare.__doc__)} Default: the bundled model, 50 "
-        f"passages of held-out Hamlet, and these strategies: {_defaults_help()}.",
+        f"passages of held-out Hamlet, and these strategies: {_defaults_help()}. Needs the "
+        "compare extra (nltk, for Self-BLEU): pip install 'lmgen[compare]'.",
     )
     add_model_arg(p)
     g = p.add_argument_group("prompts (default: passages of held-out hamlet_gut.txt)")
