@@ -3,6 +3,7 @@ errors."""
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,16 @@ def test_next_table(capsys, model_dir):
         capsys, "next", "ROMEO:", "--model", model_dir, "--top", "5", "--top-p", "0.5"
     )
     assert code == 0
-    assert "greedy" in out and "TopP" in out
+    assert "greedy" in out and "TopP" in out and "logit" in out and "log-prob" not in out
+
+
+def test_next_table_under_beam_search_heads_its_scores_log_prob(capsys, model_dir):
+    """Beam search's chain works on log-probabilities (LM.next_token): the column says so,
+    and its values are the log of the prob column."""
+    code, out, _ = run(capsys, "next", "ROMEO:", "--model", model_dir, "--strategy", "beam")
+    assert code == 0 and "log-prob" in out and "logit" not in out
+    lp, p = next(ln for ln in out.splitlines() if "greedy" in ln).split("│")[4:6]
+    assert math.exp(float(lp)) == pytest.approx(float(p), abs=1e-4)
 
 
 @pytest.mark.parametrize(

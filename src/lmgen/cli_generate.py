@@ -158,7 +158,9 @@ def cmd_next(args: argparse.Namespace) -> int:
         title=f"next token after {prompt!r}",
         caption="chain: " + (" -> ".join(dist.chain) or "(none)"),
     )
-    for col in ("rank", "token", "id", "logit", "prob", "after chain", "kept"):
+    # beam search scores log-probabilities, and its chain works on them (next_token's doc)
+    score = "log-prob" if config.effective_strategy() == "beam" else "logit"
+    for col in ("rank", "token", "id", score, "prob", "after chain", "kept"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for rank, c in enumerate(dist.candidates, 1):
         mark = " <- greedy" if c.token_id == dist.greedy_token_id else ""

@@ -108,7 +108,7 @@ def add_parsers(sub) -> None:
     add_json_option(p, '{"text", "token_ids", "tokens", "pieces"} as one JSON object')
 
     p = add_command(sub, cmd_export_gguf, "export-gguf", "write a model as GGUF for llama.cpp")
-    p.add_argument("model", help="model directory, bundled model name, or hf:NAME")
+    p.add_argument("model", help="a model directory, a .gguf file, a bundled name, or hf:NAME")
     p.add_argument("out", metavar="OUT.gguf", help="the file to write")
     p.add_argument(
         "--dtype",

@@ -472,8 +472,9 @@ SETTINGS: tuple[Setting, ...] = (
             "only the last tokens", choices=("error", "slide"), group="search", metavar="",
             llama_cpp="(context shift)"),
     Setting("penalty_alpha", "float", 0.6, "contrastive search: weight of the degeneration "
-            "penalty, with --top-k candidates; giving it (> 0) implies --strategy contrastive, "
-            "and --strategy contrastive without it uses the default",
+            "penalty among the --top-k candidates (contrastive search needs --top-k); giving it "
+            "(> 0) implies --strategy contrastive, and --strategy contrastive without it uses "
+            "the default",
             between(0, 1), metavar="A", transformers="penalty_alpha"),
     Setting("num_beam_groups", "int", 1, "diverse beam search: split the beams into G "
             "groups searched in turn", at_least(1), group="search", serve_max=SERVE_MAX_BEAMS,
