@@ -204,8 +204,9 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--prompts-file",
         metavar="FILE",
-        help="generate for every prompt in FILE, as one batch: one prompt per line (blank lines skipped), or JSON "
-        'Lines (a name ending in .jsonl: a string or {"prompt": ...} per line); - reads stdin',
+        help="generate for every prompt in FILE, as one batch: one prompt per line (blank lines "
+        'skipped), or JSON Lines (a name ending in .jsonl: a string or {"prompt": ...} per '
+        "line); - reads stdin",
     )
     g.add_argument(
         "--draft",
