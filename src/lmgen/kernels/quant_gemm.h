@@ -56,62 +56,91 @@ struct Tile {
 };
 
 // 32 weight values of block b of one row (bytes 0..255, as `vpdpbusd`'s unsigned operand),
-// their scale and offset.
+// returned; their scale and offset into ws and wm.
 template <int64_t kind>
-inline void unpack_block(const uint8_t* w, int64_t row_bytes, int64_t o, int64_t b, uint8_t* v,
-                         float* ws, float* wm) {
-  auto store = [&](__m256i q) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(v), q); };
+inline __m256i unpack_block(const uint8_t* w, int64_t row_bytes, int64_t o, int64_t b,
+                            float* ws, float* wm) {
   const uint8_t* row = w + o * row_bytes;
   if constexpr (kind == qdot::Q4_0X8) {  // the row's 16 quant bytes back together (quant_dot.h)
     const uint8_t* blk = w + (o / 8 * 8) * row_bytes + b * 144;
     const int64_t j = o % 8;
     alignas(16) uint8_t qs[16];
     for (int c = 0; c < 4; ++c) std::memcpy(qs + 4 * c, blk + 16 + 32 * c + 4 * j, 4);
-    store(qdot::nibbles16(qs));
     *ws = half_at(blk + 2 * j);
     *wm = -8.f * *ws;
+    return qdot::nibbles16(qs);
   } else if constexpr (kind == qdot::Q8_0) {
     const uint8_t* w = row + b * 34;
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
-    store(_mm256_xor_si256(q, _mm256_set1_epi8(static_cast<char>(0x80))));  // q + 128
     *ws = half_at(w);
     *wm = 0.f;
+    return _mm256_xor_si256(q, _mm256_set1_epi8(static_cast<char>(0x80)));  // q + 128
   } else if constexpr (kind == qdot::Q4_0 || kind == qdot::Q4_1) {
     const uint8_t* w = row + b * (kind == qdot::Q4_0 ? 18 : 20);
-    store(qdot::nibbles16(w + (kind == qdot::Q4_0 ? 2 : 4)));
     *ws = half_at(w);
     *wm = kind == qdot::Q4_0 ? -8.f * *ws : half_at(w + 2);
+    return qdot::nibbles16(w + (kind == qdot::Q4_0 ? 2 : 4));
   } else if constexpr (kind == qdot::Q5_0) {
     const uint8_t* w = row + b * 22;
-    store(_mm256_or_si256(qdot::nibbles16(w + 6), qdot::high_bits32(w + 2)));
     *ws = half_at(w);
     *wm = -16.f * *ws;
+    return _mm256_or_si256(qdot::nibbles16(w + 6), qdot::high_bits32(w + 2));
   } else {  // Q4_K: block b is sub-block b % 8 of super-block b / 8
     const uint8_t* w = row + (b / 8) * 144;
     const int j = static_cast<int>(b % 8);
     __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 + 32 * (j / 2)));
     if (j % 2) q = _mm256_srli_epi16(q, 4);
-    store(_mm256_and_si256(q, _mm256_set1_epi8(0x0F)));
     int sc, mn;
     qdot::scale_min_k4(j, w + 4, &sc, &mn);
     *ws = half_at(w) * static_cast<float>(sc);
     *wm = -half_at(w + 2) * static_cast<float>(mn);
+    return _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
   }
 }
 
-// Weight rows o0..o0+n-1 (n <= 16; the missing rows zero) into t.
+// 8 rows of 8 dwords (r[i]: row i) transposed in place: r[g] becomes dword g of rows 0..7.
+inline void transpose8x8(__m256i (&r)[8]) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 (t[0..3]), rows 4-7 (t[4..7])
+    const __m256i* a = t + 4 * h;
+    u[4 * h + 0] = _mm256_unpacklo_epi64(a[0], a[2]);
+    u[4 * h + 1] = _mm256_unpackhi_epi64(a[0], a[2]);
+    u[4 * h + 2] = _mm256_unpacklo_epi64(a[1], a[3]);
+    u[4 * h + 3] = _mm256_unpackhi_epi64(a[1], a[3]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    r[g] = _mm256_permute2x128_si256(u[g], u[4 + g], 0x20);
+    r[g + 4] = _mm256_permute2x128_si256(u[g], u[4 + g], 0x31);
+  }
+}
+
+// Weight rows o0..o0+n-1 (n <= 16; the missing rows zero) into t: for each block, the 16 rows'
+// 32 bytes as 8 registers, register g holding bytes 4g..4g+3 of each row (a transpose of 16 x
+// 8 dwords, in two 8 x 8 halves).
 template <int64_t kind>
 void pack_tile(const uint8_t* w, int64_t row_bytes, int64_t o0, int64_t n, int64_t nb, Tile& t) {
-  t.q.assign(nb * 512, 0);
-  t.ws.assign(nb * TILE, 0.f);
-  t.wm.assign(nb * TILE, 0.f);
-  alignas(32) uint8_t v[32];
-  for (int64_t o = 0; o < n; ++o) {
-    for (int64_t b = 0; b < nb; ++b) {
-      unpack_block<kind>(w, row_bytes, o0 + o, b, v, &t.ws[b * TILE + o], &t.wm[b * TILE + o]);
-      uint8_t* dst = t.q.data() + b * 512 + o * 4;
-      for (int g = 0; g < 8; ++g) std::memcpy(dst + g * 64, v + 4 * g, 4);
+  t.q.resize(nb * 512);  // every byte written below
+  t.ws.resize(nb * TILE);
+  t.wm.resize(nb * TILE);
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i lo[8], hi[8];
+    float* ws = &t.ws[b * TILE];
+    float* wm = &t.wm[b * TILE];
+    for (int64_t o = 0; o < TILE; ++o) {
+      __m256i v = _mm256_setzero_si256();
+      ws[o] = wm[o] = 0.f;
+      if (o < n) v = unpack_block<kind>(w, row_bytes, o0 + o, b, ws + o, wm + o);
+      (o < 8 ? lo : hi)[o % 8] = v;
     }
+    transpose8x8(lo);
+    transpose8x8(hi);
+    __m512i* dst = reinterpret_cast<__m512i*>(t.q.data() + b * 512);
+    for (int g = 0; g < 8; ++g)
+      _mm512_storeu_si512(dst + g, _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1));
   }
 }
 
