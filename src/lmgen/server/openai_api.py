@@ -281,9 +281,8 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
         )
     (length,) = await prompt_lengths(lm, [prompt], "messages")
     room = lm.config.n_positions - length
-    # the request's, else `lmgen serve --max-new-tokens`, else what the context leaves
-    max_tokens = body.max_completion_tokens or body.max_tokens or kw.get("max_new_tokens")
-    if max_tokens is None:
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is None:  # `lmgen serve --max-new-tokens`, or what the context leaves
         if room < 1:
             raise APIError(
                 400,
@@ -292,7 +291,7 @@ async def chat(models: Registry, body: schemas.ChatRequest, request: Request):
                 param="messages",
                 code="context_length_exceeded",
             )
-        max_tokens = min(room, schemas.MAX_TOKENS)
+        max_tokens = min(room, lm.decoding_defaults.get("max_new_tokens") or schemas.MAX_TOKENS)
     kw["max_new_tokens"] = max_tokens
     config = make_config(kw)
     fits_context(lm, length, config, "messages")
