@@ -75,3 +75,19 @@ def test_max_new_tokens_help_shows_each_commands_own_default(command, shown):
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     action = next(a for a in sub._actions if a.dest == "max_new_tokens")
     assert action.help.endswith(shown)
+
+
+def test_a_servers_default_beyond_the_context_is_capped_for_a_chat_reply():
+    """A default the client never sent is not a 400: the reply takes what the context leaves
+    (a request's own max_tokens beyond it still is one)."""
+    lm = lmgen.load("shakespeare")
+    lm.decoding_defaults = {"max_new_tokens": 2048, "temperature": 0.0, "ignore_eos": True}
+    messages = [{"role": "user", "content": "Speak of the moon."}]
+    with serve_in_thread(create_app({"s": lm})) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages}, timeout=120)
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        assert usage["prompt_tokens"] + usage["completion_tokens"] == lm.config.n_positions
+        body = {"messages": messages, "max_tokens": 2048}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 400
