@@ -185,3 +185,61 @@ def test_playground_asks_for_the_api_key(browser_page, keyed_url):
     expect(page.locator("#status")).to_have_text(re.compile("^step 1"))
     page.problems = [p for p in page.problems if "401" not in p]
     assert page.problems == []
+
+
+def _open_groups(page) -> None:
+    """Every group of settings unfolded, so that its controls can be filled."""
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+
+
+def test_an_actions_error_stays_after_the_chart_refreshes(browser_page, base_url):
+    """Generate's 400 (max_new_tokens 0) stays on the page: the chart's refresh afterwards
+    clears only its own errors (it used to wipe any within half a second)."""
+    page = browser_page
+    page.goto(base_url + "/")
+    page.wait_for_selector("#chart li.bar")
+    _open_groups(page)
+    page.fill("#max_new_tokens", "0")
+    page.press("#max_new_tokens", "Tab")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("max_tokens", timeout=30_000)
+    page.wait_for_timeout(1500)  # the chart has refreshed since
+    expect(page.locator("#status")).to_contain_text("max_tokens")
+    assert "error" in page.get_attribute("#status", "class")
+    page.problems = [p for p in page.problems if "400" not in p]
+    assert page.problems == []
+
+
+def test_the_text_box_grows_and_follows_a_streamed_continuation(browser_page, base_url):
+    page = browser_page
+    page.goto(base_url + "/")
+    page.wait_for_selector("#chart li.bar")
+    height = page.evaluate("document.querySelector('#text').clientHeight")
+    page.fill("#text", "To be, or not\n" * 12)
+    grown = page.evaluate("document.querySelector('#text').clientHeight")
+    assert grown > height  # typed text: the box grows to it
+    _open_groups(page)
+    page.fill("#max_new_tokens", "40")
+    page.press("#max_new_tokens", "Tab")
+    page.click("#generate")
+    expect(page.locator("#status")).to_have_text(re.compile("^done"), timeout=60_000)
+    box = page.evaluate(
+        "(() => { const t = document.querySelector('#text');"
+        " return [t.scrollTop + t.clientHeight, t.scrollHeight]; })()"
+    )
+    assert box[0] >= box[1] - 2  # scrolled to the end, where the new tokens are
+    assert page.problems == []
+
+
+def test_the_sampler_order_takes_lines_or_semicolons(browser_page, base_url):
+    page = browser_page
+    page.goto(base_url + "/")
+    page.wait_for_selector("#chart li.bar")
+    for text in ("top_k\ntemperature", "top_k;temperature"):
+        _open_groups(page)
+        page.fill("#samplers", text)
+        page.press("#samplers", "Tab")
+        page.click("#step")
+        expect(page.locator("#status")).to_have_text(re.compile("^step"), timeout=30_000)
+        page.click("#undo")
+    assert page.problems == []

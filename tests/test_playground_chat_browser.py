@@ -67,3 +67,44 @@ def test_playground_chat_mode(browser_page, chat_url):  # noqa: F811
     page.click("#clear-chat")
     expect(page.locator("#conversation li")).to_have_count(0)
     assert page.problems == []
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_chat_bubbles_read_in_both_colour_schemes(browser_page, chat_url, scheme):  # noqa: F811
+    """A reply's tokens are buttons: they take the page's text colour, not the buttons' white,
+    and each bubble's text contrasts with its background in light and dark mode."""
+    page = browser_page
+    page.emulate_media(color_scheme=scheme)
+    page.goto(chat_url + "/")
+    page.wait_for_selector("#chart li.bar")
+    page.check("input[name=mode][value=chat]")
+    page.check("input[name=strategy][value=greedy]")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    page.fill("#max_new_tokens", "4")
+    page.press("#max_new_tokens", "Tab")
+    page.fill("#message", QUESTION)
+    page.click("#send")
+    expect(page.locator("#conversation li.assistant")).to_have_count(1, timeout=60_000)
+    pairs = page.evaluate(
+        """() => {
+        const rgb = (c) => {  // rgb(r, g, b) or, from color-mix(), color(srgb r g b) in [0, 1]
+          const n = c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+          return c.startsWith("color(") ? n.map((v) => v * 255) : n;
+        };
+        const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255;
+          return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+          .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+        const contrast = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+          return (x + 0.05) / (y + 0.05); };
+        const out = [];
+        for (const sel of ["#conversation li.user", "#conversation li.assistant button.tok"]) {
+          const el = document.querySelector(sel);
+          const bubble = el.closest("li");
+          out.push(contrast(rgb(getComputedStyle(el).color),
+                            rgb(getComputedStyle(bubble).backgroundColor)));
+        }
+        return out;
+      }"""
+    )
+    assert min(pairs) >= 4.5, pairs  # WCAG AA for text
+    assert page.problems == []

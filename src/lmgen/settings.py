@@ -465,7 +465,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(llama.cpp's order; transformers' is first)", processor="Temperature",
             sampling_only=True, chain=True, api=None, vllm="", llama_cpp="(sampler order)"),
     Setting("logprobs", "int", 0, "also report each token's top-N alternatives with their "
-            "log-probabilities", between(0, MAX_LOGPROBS), off=_OFF, group="output",
+            "log-probabilities", Range(0, MAX_LOGPROBS, integer=True), off=_OFF, group="output",
             api=None, metavar="N", openai="logprobs / top_logprobs", vllm="logprobs",
             llama_cpp="n_probs"),
     Setting("context_overflow", "choice", "error", "past the model's context: fail, or keep "

@@ -46,10 +46,22 @@ function fmtPct(p) {
   return "0%";
 }
 
-function setStatus(msg, isError = false) {
+// `source` names who set an error, so that only the chart's own refresh clears the chart's
+// error: an action's error (generate, beam search, a chat reply) stays until the next action
+function setStatus(msg, isError = false, source = "") {
   const el = $("status");
   el.textContent = msg;
   el.classList.toggle("error", isError);
+  el.dataset.source = isError ? source : "";
+}
+
+// The text box grows with its text (up to 60% of the window; its rows are the least) and,
+// where the model adds to it, shows the end, where the new tokens are.
+function fitText(toEnd = false) {
+  const el = $("text");
+  el.style.height = "auto";
+  el.style.height = Math.min(el.scrollHeight + 2, Math.round(window.innerHeight * 0.6)) + "px";
+  if (toEnd) el.scrollTop = el.scrollHeight;
 }
 
 function headers() {
@@ -95,7 +107,9 @@ function baseSeed() {
 }
 
 function seedFor(step) {
-  return baseSeed() + step;
+  const base = baseSeed();
+  // a seed the server refuses goes as typed, so that its message names the value typed
+  return Number.isInteger(base) && base >= 0 ? base + step : base;
 }
 
 function maxTokens() {
@@ -250,10 +264,12 @@ async function refreshDistribution() {
     if (seq !== state.refreshSeq) return; // a newer request is on its way
     renderStep(data, null);
     if (mode() === "chat") chatCaption(data);
-    // a fresh chart answers an earlier error; it leaves "done" or "step 2" in place
-    if ($("status").classList.contains("error")) setStatus("");
+    // a fresh chart answers its own earlier error; it leaves "done", "step 2" and the
+    // errors of actions in place
+    const status = $("status");
+    if (status.classList.contains("error") && status.dataset.source === "chart") setStatus("");
   } catch (e) {
-    if (seq === state.refreshSeq) setStatus(e.message, true);
+    if (seq === state.refreshSeq) setStatus(e.message, true, "chart");
   }
 }
 
@@ -339,6 +355,7 @@ async function generate() {
         if (data.error) throw new ApiError(400, data.error.message);
         for (const c of data.choices) {
           $("text").value += c.text;
+          fitText(true);
           if (c.finish_reason) finish = c.finish_reason;
         }
       }
@@ -617,6 +634,7 @@ function setMode() {
   $("text-mode").hidden = chatMode;
   $("chat-mode").hidden = !chatMode;
   $("prompt-section").hidden = !chatMode;
+  $("force-hint").hidden = chatMode; // a chat's chart cannot be forced (forceEnabled)
   syncChat();
   if (chatMode) refreshChat();
   else scheduleRefresh();
@@ -672,6 +690,7 @@ function init() {
     scheduleRefresh();
   });
   $("text").addEventListener("input", () => {
+    fitText();
     branchReset($("text").value);
     syncControls();
     scheduleRefresh();

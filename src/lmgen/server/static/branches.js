@@ -36,12 +36,14 @@ function branchAdvance(text, label, how) {
   }
   branches.current = child.id;
   $("text").value = text;
+  fitText(true);
   renderBranches();
 }
 
 function branchGoto(id) {
   branches.current = id;
   $("text").value = branches.nodes[id].text;
+  fitText(true);
   renderBranches();
   syncControls();
   clearDistribution(); // no candidate of another text may be forced here

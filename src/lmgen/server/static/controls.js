@@ -13,7 +13,8 @@ const controls = {
 
 const REFERENCE_NAMES = { transformers: "transformers", vllm: "vLLM", llama_cpp: "llama.cpp",
   openai: "OpenAI" };
-const LINES = new Set(["texts", "choices", "one_or_more_texts"]); // a list of strings, one a line
+// a list of strings, one a line (the sampler order also as llama.cpp writes it: a;b;c)
+const LINES = new Set(["texts", "choices", "one_or_more_texts", "sampler_order"]);
 
 async function loadControls() {
   const res = await api("/v1/lmgen/settings");
@@ -139,6 +140,7 @@ function typedAsJson(s) {
 }
 
 function placeholder(s) {
+  if (s.wire === "sampler_order") return "one name a line, or separated by ;";
   if (LINES.has(s.wire)) return "one a line";
   if (s.kind === "token_bias") return "ID=BIAS, one a line";
   if (s.kind === "token_lists") return "ids separated by commas, one list a line";
@@ -163,6 +165,7 @@ function controlValue(s) {
   }
   if (s.kind === "text" || s.kind === "json") return text;
   const lines = text.split("\n").map((x) => x.trim()).filter(Boolean);
+  if (s.wire === "sampler_order") return lines.flatMap((x) => x.split(";")).map((x) => x.trim()).filter(Boolean);
   if (LINES.has(s.wire)) return lines;
   if (s.kind === "token_bias") {
     const out = {};
