@@ -243,3 +243,19 @@ def test_the_sampler_order_takes_lines_or_semicolons(browser_page, base_url):
         expect(page.locator("#status")).to_have_text(re.compile("^step"), timeout=30_000)
         page.click("#undo")
     assert page.problems == []
+
+
+def test_contrastive_search_runs_from_the_pages_defaults(browser_page, base_url):
+    """top_k is off (0) by default, and contrastive search needs candidates: the page sends
+    its own k (shown beside the control) where top_k is left off."""
+    page = browser_page
+    page.goto(base_url + "/")
+    page.wait_for_selector("#chart li.bar")
+    page.check("input[name=strategy][value=contrastive]")
+    _open_groups(page)
+    expect(page.locator("#top_k-out")).to_have_text("4 (contrastive)")
+    page.fill("#max_new_tokens", "8")
+    page.press("#max_new_tokens", "Tab")
+    page.click("#generate")
+    expect(page.locator("#status")).to_have_text(re.compile("^done"), timeout=60_000)
+    assert page.problems == []

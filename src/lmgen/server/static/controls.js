@@ -9,6 +9,9 @@ const controls = {
   byName: {},
   // where the page starts elsewhere than the declared default: sampling first, 3 beams
   pageDefaults: { strategy: "sample", num_beams: 3 },
+  // contrastive search compares top_k candidates: the page's k where top_k is off (0), as in
+  // transformers' examples (penalty_alpha 0.6, top_k 4)
+  contrastiveTopK: 4,
 };
 
 const REFERENCE_NAMES = { transformers: "transformers", vllm: "vLLM", llama_cpp: "llama.cpp",
@@ -220,6 +223,7 @@ function snapshot() {
   if (strategy === "contrastive" && !("penalty_alpha" in values)) {
     values.penalty_alpha = controls.byName.penalty_alpha.default;
   }
+  if (strategy === "contrastive" && !values.top_k) values.top_k = controls.contrastiveTopK;
   // the server's default length differs by endpoint (completions: 16): always say it
   if (!("max_new_tokens" in values)) values.max_new_tokens = controls.byName.max_new_tokens.default;
   return { strategy, values };
@@ -261,6 +265,9 @@ function syncSettingControls() {
     if (!row) continue;
     const out = $(s.name + "-out");
     if (out) out.textContent = controlText(s);
+    if (out && s.name === "top_k" && strategy === "contrastive" && !controlValue(s)) {
+      out.textContent = `${controls.contrastiveTopK} (contrastive)`;
+    }
     const served = Object.values(s.requests).some((v) => v !== null);
     const on = s.name === "strategy" || (served && applies(s, strategy));
     row.classList.toggle("off", !on);
