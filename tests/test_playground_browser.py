@@ -215,11 +215,11 @@ def test_the_text_box_grows_and_follows_a_streamed_continuation(browser_page, ba
     page.goto(base_url + "/")
     page.wait_for_selector("#chart li.bar")
     height = page.evaluate("document.querySelector('#text').clientHeight")
-    page.fill("#text", "To be, or not\n" * 12)
+    page.fill("#text", "To be\n" * 9)  # more lines than its rows; well inside the context
     grown = page.evaluate("document.querySelector('#text').clientHeight")
     assert grown > height  # typed text: the box grows to it
     _open_groups(page)
-    page.fill("#max_new_tokens", "40")
+    page.fill("#max_new_tokens", "30")
     page.press("#max_new_tokens", "Tab")
     page.click("#generate")
     expect(page.locator("#status")).to_have_text(re.compile("^done"), timeout=60_000)
@@ -228,6 +228,8 @@ def test_the_text_box_grows_and_follows_a_streamed_continuation(browser_page, ba
         " return [t.scrollTop + t.clientHeight, t.scrollHeight]; })()"
     )
     assert box[0] >= box[1] - 2  # scrolled to the end, where the new tokens are
+    label = page.inner_text("button.node.generated")  # the branch: the text's start only
+    assert 1 <= len(label) <= 24
     assert page.problems == []
 
 

@@ -66,7 +66,9 @@ function branchItem(node) {
   b.type = "button";
   b.className = "node " + node.how;
   b.dataset.node = node.id;
-  b.textContent = node.how === "typed" ? "prompt" : showToken(node.label);
+  // a generation's or a beam's label is its whole text: its start, the rest in the title
+  const label = node.how === "typed" ? "prompt" : showToken(node.label);
+  b.textContent = label.length > 24 ? label.slice(0, 23) + "…" : label;
   b.title = `${node.how}: …${node.text.slice(-60)}`;
   if (node.id === branches.current) {
     b.classList.add("current");
