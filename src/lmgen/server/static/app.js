@@ -55,7 +55,7 @@ function setStatus(msg, isError = false, source = "") {
   el.dataset.source = isError ? source : "";
 }
 
-// The text box grows with its text (up to 60% of the window; its rows are the least) and,
+// The text box grows with its text (never below its rows, at most 60% of the window) and,
 // where the model adds to it, shows the end, where the new tokens are.
 function fitText(toEnd = false) {
   const el = $("text");

@@ -168,7 +168,9 @@ function controlValue(s) {
   }
   if (s.kind === "text" || s.kind === "json") return text;
   const lines = text.split("\n").map((x) => x.trim()).filter(Boolean);
-  if (s.wire === "sampler_order") return lines.flatMap((x) => x.split(";")).map((x) => x.trim()).filter(Boolean);
+  if (s.wire === "sampler_order") {
+    return lines.flatMap((x) => x.split(";")).map((x) => x.trim()).filter(Boolean);
+  }
   if (LINES.has(s.wire)) return lines;
   if (s.kind === "token_bias") {
     const out = {};
