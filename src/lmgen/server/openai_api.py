@@ -423,47 +423,45 @@ def refuse_unsupported(body: schemas.ChatRequest) -> None:
 
 
 def completion_logprobs(tok, result, choice, top: int, scored) -> dict:
-    gen = {
-        "tokens": [tok.token_to_str(t) for t in choice.token_ids],
+    ids = choice.token_ids
+    entries = {
+        "tokens": [tok.token_to_str(t) for t in ids],
         "token_logprobs": list(choice.logprobs),
         "top_logprobs": [{t.token: t.logprob for t in step} for step in choice.top_logprobs]
         if top and choice.top_logprobs
         else None,
     }
-    if scored is None:
-        return with_offsets(gen, tok, choice.token_ids)
-    echo = prompt_logprobs(tok, result.prompt_token_ids, scored, top)  # echo: the prompt first
-    tops = None
-    if top:
-        tops = echo["top_logprobs"] + (gen["top_logprobs"] or [{} for _ in choice.token_ids])
-    return with_offsets(
-        {
-            "tokens": echo["tokens"] + gen["tokens"],
-            "token_logprobs": echo["token_logprobs"] + gen["token_logprobs"],
+    if scored is not None:  # echo: the prompt first
+        echo = prompt_entries(tok, result.prompt_token_ids, scored, top)
+        tops = None
+        if top:
+            tops = echo["top_logprobs"] + (entries["top_logprobs"] or [{} for _ in ids])
+        entries = {
+            "tokens": echo["tokens"] + entries["tokens"],
+            "token_logprobs": echo["token_logprobs"] + entries["token_logprobs"],
             "top_logprobs": tops,
-        },
-        tok,
-        [*result.prompt_token_ids, *choice.token_ids],
-    )
+        }
+        ids = [*result.prompt_token_ids, *ids]
+    return with_offsets(entries, tok, ids)
 
 
 def prompt_logprobs(tok, ids: list[int], scored, top: int) -> dict:
-    """OpenAI's logprobs of the prompt's tokens: the first has none (null), as has any token
-    cut off by context_overflow='slide'."""
+    return with_offsets(prompt_entries(tok, ids, scored, top), tok, ids)
+
+
+def prompt_entries(tok, ids: list[int], scored, top: int) -> dict:
+    """OpenAI's logprobs of the prompt's tokens, less `text_offset`: the first has none
+    (null), as has any token cut off by context_overflow='slide'."""
     lps, tops = scored
     missing = len(ids) - len(lps)  # the prompt's start, beyond the context
     lps = [None] * missing + list(lps)
     tops = [None] * missing + list(tops)
     tops[0] = None
-    return with_offsets(
-        {
-            "tokens": [tok.token_to_str(t) for t in ids],
-            "token_logprobs": lps,
-            "top_logprobs": tops if top else None,
-        },
-        tok,
-        ids,
-    )
+    return {
+        "tokens": [tok.token_to_str(t) for t in ids],
+        "token_logprobs": lps,
+        "top_logprobs": tops if top else None,
+    }
 
 
 def with_offsets(logprobs: dict, tok, ids: list[int]) -> dict:
